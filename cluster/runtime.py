@@ -1,0 +1,62 @@
+"""Start or join Ray.
+
+* Inside ``ray job submit`` Ray sets ``RAY_ADDRESS`` to the cluster: we join it.
+* ``RayConfig.address`` set explicitly (``auto`` or ``host:port``): we join that.
+* Otherwise we start a private local instance (the laptop case, ``ray.init(num_gpus=1)`` on a GTX 1660),
+  declaring exactly the GPUs torch sees, never more: a GPU request that no node can satisfy pends forever.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    """Cluster to join ('auto' or 'host:port'); None: join RAY_ADDRESS if set, else start a local Ray."""
+    num_cpus: int | None = None
+    """CPUs a local Ray may use; None: all of this machine's."""
+    num_gpus: int | None = None
+    """GPUs a local Ray may use; None: the number torch sees (0 on a CPU-only machine)."""
+    include_dashboard: bool = False
+    """Start the dashboard with a local Ray (costs start-up time and memory)."""
+
+
+def local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def connect(config: RayConfig | None = None) -> str:
+    """Initialise Ray once per process; returns how ('existing', 'joined <addr>', 'local')."""
+    import ray
+
+    config = config or RayConfig()
+    if ray.is_initialized():
+        return "existing"
+    env_address = os.environ.get("RAY_ADDRESS", "")
+    if env_address.startswith(("http://", "https://")):
+        # That is the dashboard/job-server address used by the `ray job` CLI; ray.init cannot use it.
+        log.warning("RAY_ADDRESS=%s is a dashboard URL (for `ray job submit`), not a cluster address; "
+                    "ignoring it here", env_address)
+        os.environ.pop("RAY_ADDRESS")
+        env_address = ""
+    address = config.address or env_address or None
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return f"joined {address}"
+    visible = local_gpu_count()
+    num_gpus = visible if config.num_gpus is None else config.num_gpus
+    if num_gpus > visible:
+        raise ValueError(
+            f"ray.num_gpus={num_gpus} but torch sees {visible} GPU(s) here; tasks asking for GPUs "
+            f"that do not exist would wait forever. Set ray.num_gpus to at most {visible}."
+        )
+    ray.init(address="local", num_cpus=config.num_cpus, num_gpus=num_gpus,
+             include_dashboard=config.include_dashboard)
+    return "local"

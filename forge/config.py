@@ -1,0 +1,204 @@
+"""Typed configuration: one dataclass per phase and one for the pipeline.
+
+The dataclass defaults are the embedded ``tiny`` preset (CPU, offline, minutes); ``configs/*.yaml``
+override them. Load with :func:`load_pipeline_config`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cluster.runtime import RayConfig
+from forge.configtools import (ConfigError, apply_override, from_dict, load_yaml, parse_override)
+from forge.optim import MuonGrokfastConfig
+from forge.tracking import TrackingConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+SPEC_CATEGORY_WEIGHTS = {"math": 0.4, "qa": 0.3, "code": 0.1, "commonsense": 0.1, "language": 0.1}
+
+
+@dataclass
+class DataConfig:
+    data_dir: str | None = None
+    """Folder with the reference data files (formats of shared/data); None: $FORGE_DATA_DIR if set."""
+    sources: list[str] = field(default_factory=lambda: ["local", "offline"])
+    """Order in which each dataset's sources are tried: local files, the Hugging Face hub, offline text
+    (generated or read from Python's standard library, labelled as such in the manifest)."""
+    allow_skip: bool = True
+    """Record a dataset that no source provides as skipped (in the manifest) instead of failing."""
+
+
+@dataclass
+class CognateModelSpec:
+    """One of the three Cognate models: what makes it different from the other two."""
+
+    name: str
+    """Short name, also the output directory name (model_<name>)."""
+    act_threshold: float
+    """ACT cumulative halting probability at which a token stops refining."""
+    ltm_slots: int
+    """Capacity of the Titans long-term memory."""
+    seed: int
+    """Seed for weights, data order and sampling."""
+    stage_epochs: list[int]
+    """Epochs for each curriculum stage (foundation, reasoning, advanced)."""
+    category_weights: dict[str, float] = field(default_factory=lambda: dict(SPEC_CATEGORY_WEIGHTS))
+    """Mix of dataset categories in this model's training data."""
+
+
+def _spec_models() -> list[CognateModelSpec]:
+    # Spec: reasoning (ACT 0.95, LTM 2048, seed 42, 10 epochs), memory (0.90, 8192, 43, 12, language-heavy),
+    # speed (0.99, 2048, 44, 8, commonsense-heavy). The tiny preset keeps the differences, fewer epochs.
+    return [
+        CognateModelSpec("reasoning", 0.95, 2048, 42, [1, 1, 1]),
+        CognateModelSpec("memory", 0.90, 8192, 43, [1, 1, 2],
+                         {"math": 0.2, "qa": 0.2, "code": 0.1, "commonsense": 0.1, "language": 0.4}),
+        CognateModelSpec("speed", 0.99, 2048, 44, [1, 1, 1],
+                         {"math": 0.2, "qa": 0.2, "code": 0.1, "commonsense": 0.4, "language": 0.1}),
+    ]
+
+
+@dataclass
+class CognateTrainConfig:
+    seq_len: int = 128
+    """Tokens per training sequence."""
+    batch_size: int = 16
+    """Sequences per optimizer step (micro-batches are accumulated to reach it)."""
+    micro_batch_size: int | None = None
+    """Sequences per forward pass; None: the largest that fits the device's free memory."""
+    max_steps_per_epoch: int | None = 40
+    """Cap on optimizer steps per epoch (None: the whole stage corpus each epoch)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip."""
+    warmup_steps: int = 10
+    """Linear learning-rate warm-up steps at the start of training."""
+    checkpoint_every: int = 25
+    """Optimizer steps between checkpoints (a killed run resumes from the last one)."""
+    eval_max_batches: int = 16
+    """Validation micro-batches per evaluation (None-like 0: the whole validation set)."""
+    spike_factor: float = 4.0
+    """A loss above this multiple of the recent mean counts as divergence (as do NaN and inf)."""
+    lr_backoff: float = 0.5
+    """Learning-rate factor applied after rolling back from a divergence."""
+    max_rollbacks: int = 3
+    """Divergences tolerated before the model's training fails."""
+    optimizer: MuonGrokfastConfig = field(default_factory=MuonGrokfastConfig)
+    """MuonGrokfast settings (spec: muon_lr 1e-3, grokfast_lambda 0.3, qk_clip 30)."""
+
+
+@dataclass
+class CognateDataConfig:
+    tokenizer: Literal["gpt2", "bpe"] = "bpe"
+    """gpt2: the real 50257-token GPT-2 BPE; bpe: a byte-level BPE trained on the run's training text."""
+    bpe_vocab_size: int = 4096
+    """Vocabulary of the trained BPE (tokenizer=bpe)."""
+    items_per_dataset: int | None = 300
+    """Records taken from each dataset (None: all)."""
+    chars_per_stage: int = 300_000
+    """Characters of text in each curriculum stage's mix (small sets repeat, large ones are sampled)."""
+    validation_fraction: float = 0.1
+    """Share of documents held out for validation loss and perplexity."""
+
+
+@dataclass
+class CognatePhaseConfig:
+    architecture: dict[str, Any] = field(default_factory=lambda: {
+        "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 352,
+        "sliding_window": 64, "max_position_embeddings": 512, "memory_dim": 16, "memory_chunk_size": 32,
+        "act_max_steps": 3, "trm_refinements": 2, "trm_latent_updates": 1,
+    })
+    """CognateConfig fields shared by the three models (they must share shapes to be merged later)."""
+    models: list[CognateModelSpec] = field(default_factory=_spec_models)
+    """The three diverse models."""
+    train: CognateTrainConfig = field(default_factory=CognateTrainConfig)
+    """Training loop settings."""
+    data: CognateDataConfig = field(default_factory=CognateDataConfig)
+    """Tokenizer and corpus settings."""
+    diversity_threshold: float = 0.3
+    """Minimum measured diversity of the three; below it the manifest records a warning."""
+
+
+@dataclass
+class PipelineConfig:
+    """Usage: ``python -m forge.pipeline [--preset tiny] [--set cognate.train.seq_len=256]``."""
+
+    preset: str = "tiny"
+    """Name of the preset these values came from (recorded in the run)."""
+    phases: list[str] = field(default_factory=lambda: ["cognate"])
+    """Phases to run, in pipeline order."""
+    seed: int = 0
+    """Global seed (each phase derives its own from it)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: the GPUs Ray offers, else CPU."""
+    out_dir: str = "runs"
+    """Parent folder of run directories."""
+    run_name: str | None = None
+    """Run directory name; None: the preset's name, so re-running the same command resumes."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where datasets come from."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """wandb and metrics logging."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Ray start-up (join a cluster or start locally)."""
+    cognate: CognatePhaseConfig = field(default_factory=CognatePhaseConfig)
+    """Phase 1: three TRM x Titans-MAG models."""
+
+
+def preset_path(name: str) -> Path:
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset '{name}'; available presets: {', '.join(available)}")
+    return path
+
+
+def load_pipeline_config(preset: str | None = "tiny", *, config_file: str | None = None,
+                         overrides: list[str] = (), phases: list[str] | None = None,
+                         out_dir: str | None = None) -> PipelineConfig:
+    """Preset YAML (or ``config_file``), then ``key=value`` overrides, then explicit arguments."""
+    data: dict[str, Any] = load_yaml(config_file) if config_file else load_yaml(preset_path(preset or "tiny"))
+    if not config_file:
+        data.setdefault("preset", preset or "tiny")
+    for text in overrides:
+        path, value = parse_override(text)
+        apply_override(data, path, value)
+    if phases is not None:
+        data["phases"] = phases
+    if out_dir is not None:
+        data["out_dir"] = out_dir
+    config = from_dict(PipelineConfig, data)
+    validate(config)
+    return config
+
+
+def validate(config: PipelineConfig) -> None:
+    """Cross-field checks that the types alone cannot express."""
+    from forge.phases import PHASES
+
+    for name in config.phases:
+        if name not in PHASES:
+            raise ConfigError(f"unknown phase '{name}'; valid phases: {', '.join(PHASES)}")
+    order = list(PHASES)
+    if config.phases != sorted(config.phases, key=order.index):
+        raise ConfigError(f"phases must be in pipeline order: {', '.join(order)}")
+    if len(set(config.phases)) != len(config.phases):
+        raise ConfigError("phases: a phase is listed twice")
+    cognate = config.cognate
+    if len(cognate.models) < 2:
+        raise ConfigError("cognate.models: at least two models are needed (the spec trains three)")
+    names = [m.name for m in cognate.models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"cognate.models: names must be unique, got {names}")
+    for spec in cognate.models:
+        if not 0.0 < spec.act_threshold < 1.0:
+            raise ConfigError(f"cognate.models[{spec.name}].act_threshold must be in (0, 1)")
+        if len(spec.stage_epochs) != 3 or min(spec.stage_epochs) < 0:
+            raise ConfigError(f"cognate.models[{spec.name}].stage_epochs: three non-negative counts "
+                              "(foundation, reasoning, advanced)")
+    if not 0.0 < cognate.data.validation_fraction < 0.5:
+        raise ConfigError("cognate.data.validation_fraction must be in (0, 0.5)")
+    unknown_sources = set(config.data.sources) - {"local", "hub", "offline"}
+    if unknown_sources:
+        raise ConfigError(f"data.sources: unknown {sorted(unknown_sources)}; valid: local, hub, offline")

@@ -1,0 +1,47 @@
+"""The small protocol every phase follows: ``run(ctx) -> PhaseResult``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from forge.config import PipelineConfig
+from forge.tracking import Tracker
+
+
+@dataclass
+class PhaseContext:
+    """What a phase gets from the runner."""
+
+    config: PipelineConfig
+    run_dir: Path
+    phase_dir: Path
+    """The phase's own folder: outputs, checkpoints (under work/), metrics.jsonl."""
+    inputs: dict[str, Path]
+    """Model directories written by the previous phase (empty for the first phase)."""
+
+    def tracker(self, name: str, run_config: dict[str, Any] | None = None) -> Tracker:
+        return Tracker(self.phase_dir, name=name, config=self.config.tracking, run_config=run_config,
+                       group=self.run_dir.name)
+
+    @property
+    def work_dir(self) -> Path:
+        """Checkpoints and intermediate files; kept across a crash so the phase can resume."""
+        path = self.phase_dir / "work"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass
+class PhaseResult:
+    outputs: dict[str, Path]
+    """Model directories the phase wrote (all under the phase folder); the next phase's inputs."""
+    summary: dict[str, Any] = field(default_factory=dict)
+    """Measured figures and checks, recorded in the phase manifest."""
+
+
+class Phase(Protocol):
+    def __call__(self, ctx: PhaseContext) -> PhaseResult: ...
+
+
+PhaseFn = Callable[[PhaseContext], PhaseResult]

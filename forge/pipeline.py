@@ -1,0 +1,173 @@
+"""Run the pipeline: ``python -m forge.pipeline [--preset NAME] [--phases a,b] [--out DIR] [--set k=v]``.
+
+With no arguments: the embedded ``tiny`` preset (CPU, offline, minutes), written to ``runs/tiny``.
+Re-running the same command resumes: a phase whose manifest matches its config, its inputs and the
+hashes of its outputs is skipped; anything missing, truncated or altered is redone.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from forge.artifacts import (MANIFEST, atomic_write_json, model_dir_problems, read_json, read_manifest)
+from forge.config import PipelineConfig, load_pipeline_config
+from forge.configtools import ConfigError, config_hash, to_dict
+
+log = logging.getLogger("forge.pipeline")
+
+PHASE_KIND = "agent-forge/phase"
+
+
+class PipelineError(RuntimeError):
+    """A phase cannot run (for example its input phase has not finished)."""
+
+
+def phase_config_hash(config: PipelineConfig, phase: str) -> str:
+    """What a phase's result depends on besides its inputs: its own section, data sources, seed."""
+    return config_hash({"phase": getattr(config, phase, None) and to_dict(getattr(config, phase)),
+                        "data": to_dict(config.data), "seed": config.seed, "device": config.device})
+
+
+def _output_digests(phase_dir: Path, outputs: dict[str, Path]) -> dict[str, dict[str, str]]:
+    return {name: {"path": Path(path).relative_to(phase_dir).as_posix(),
+                   "digest": read_manifest(path)["digest"]} for name, path in outputs.items()}
+
+
+def finished_outputs(phase_dir: Path) -> dict[str, Path] | None:
+    """The verified outputs of a finished phase, or None if it is unfinished, failed or altered."""
+    manifest_path = phase_dir / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    manifest = read_json(manifest_path)
+    if manifest.get("status") != "complete":
+        return None
+    outputs = {}
+    for name, entry in manifest["outputs"].items():
+        path = phase_dir / entry["path"]
+        problems = model_dir_problems(path)
+        if problems or read_manifest(path)["digest"] != entry["digest"]:
+            log.warning("%s: output %s is not usable (%s); the phase will be redone", phase_dir.name, name,
+                        "; ".join(problems) or "digest changed")
+            return None
+        outputs[name] = path
+    return outputs
+
+
+def _phase_is_current(phase_dir: Path, cfg_hash: str, input_digests: dict[str, str]) -> dict[str, Path] | None:
+    outputs = finished_outputs(phase_dir)
+    if outputs is None:
+        return None
+    manifest = read_json(phase_dir / MANIFEST)
+    if manifest["config_hash"] != cfg_hash or manifest["inputs"] != input_digests:
+        return None
+    return outputs
+
+
+def _prepare_phase_dir(phase_dir: Path, cfg_hash: str, input_digests: dict[str, str]) -> None:
+    """Keep checkpoints of an interrupted attempt with the same config and inputs; clear anything else."""
+    attempt_path = phase_dir / "attempt.json"
+    attempt = {"config_hash": cfg_hash, "inputs": input_digests}
+    if phase_dir.exists():
+        previous = read_json(attempt_path) if attempt_path.is_file() else None
+        if previous != attempt:
+            log.info("%s: config or inputs changed since the last attempt; starting it afresh", phase_dir.name)
+            shutil.rmtree(phase_dir)
+    phase_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(attempt_path, attempt)
+
+
+def run_pipeline(config: PipelineConfig) -> Path:
+    """Run ``config.phases`` in order inside one run directory; returns the run directory."""
+    from cluster.runtime import connect
+    from forge.phases import PHASES, load_phase
+    from forge.phases.base import PhaseContext
+
+    run_dir = Path(config.out_dir) / (config.run_name or config.preset)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", to_dict(config))
+    how = connect(config.ray)
+    log.info("Ray: %s", how)
+
+    order = list(PHASES)
+    for name in config.phases:
+        phase_dir = run_dir / name
+        index = order.index(name)
+        inputs: dict[str, Path] = {}
+        if index > 0:
+            previous = order[index - 1]
+            found = finished_outputs(run_dir / previous)
+            if found is None:
+                raise PipelineError(f"phase '{name}' needs the finished outputs of '{previous}' in {run_dir}; "
+                                    f"run with --phases {previous},{name}")
+            inputs = found
+        input_digests = {k: read_manifest(v)["digest"] for k, v in inputs.items()}
+        cfg_hash = phase_config_hash(config, name)
+        if _phase_is_current(phase_dir, cfg_hash, input_digests) is not None:
+            print(f"[forge] {name}: already complete and verified in {phase_dir}; skipping", flush=True)
+            continue
+        _prepare_phase_dir(phase_dir, cfg_hash, input_digests)
+        print(f"[forge] {name}: running in {phase_dir}", flush=True)
+        started = time.time()
+        manifest: dict[str, Any] = {"kind": PHASE_KIND, "phase": name, "config_hash": cfg_hash,
+                                    "inputs": input_digests, "started_unix": started}
+        ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=phase_dir, inputs=inputs)
+        try:
+            result = load_phase(name)(ctx)
+        except BaseException as err:
+            manifest.update(status="failed", error=f"{type(err).__name__}: {err}",
+                            traceback=traceback.format_exc(), wall_time_s=time.time() - started)
+            atomic_write_json(phase_dir / MANIFEST, manifest)
+            raise
+        manifest.update(status="complete", outputs=_output_digests(phase_dir, result.outputs),
+                        summary=result.summary, wall_time_s=round(time.time() - started, 2))
+        atomic_write_json(phase_dir / MANIFEST, manifest)
+        print(f"[forge] {name}: complete in {manifest['wall_time_s']:.0f} s; outputs: "
+              + ", ".join(str(p) for p in result.outputs.values()), flush=True)
+    return run_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m forge.pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="tiny", help="preset in configs/ (default: tiny)")
+    parser.add_argument("--config", help="a YAML config file instead of a preset")
+    parser.add_argument("--phases", help="comma-separated phases to run (default: the preset's)")
+    parser.add_argument("--out", help="parent folder of run directories (default: runs)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set cognate.train.seq_len=256 (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()] if args.phases else None
+    try:
+        config = load_pipeline_config(args.preset, config_file=args.config, overrides=args.overrides,
+                                      phases=phases, out_dir=args.out)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        return 0
+    try:
+        run_dir = run_pipeline(config)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"[forge] run written to {run_dir.resolve()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Metrics: always a local ``metrics.jsonl``; wandb too unless tracking is off (then a no-op)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass
+class TrackingConfig:
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """wandb mode: offline (default, synced later with `wandb sync`), online, or disabled."""
+    project: str = "agent-forge"
+    """wandb project name."""
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them visible rather than dropping them
+    return value
+
+
+class Tracker:
+    """Log a run's metrics to ``<dir>/metrics.jsonl`` and, if enabled, to a wandb run."""
+
+    def __init__(self, directory: Path, *, name: str, config: TrackingConfig,
+                 run_config: dict[str, Any] | None = None, group: str | None = None):
+        self.path = Path(directory) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self._wandb_run = None
+        mode = os.environ.get("WANDB_MODE", config.wandb_mode)
+        if mode != "disabled":
+            import wandb
+
+            self._wandb_run = wandb.init(
+                project=config.project, name=name, group=group, mode=mode, dir=str(self.path.parent),
+                config=run_config or {}, reinit="create_new",
+            )
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        record = {"time": time.time(), "source": self.name, **({"step": step} if step is not None else {}),
+                  **{k: _clean(v) for k, v in metrics.items()}}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+        if self._wandb_run is not None:
+            self._wandb_run.log(metrics, step=step)
+
+    def finish(self) -> None:
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` (a torn last line from a killed process is ignored)."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.endswith("\n"):
+                records.append(json.loads(line))
+    return records

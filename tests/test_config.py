@@ -1,0 +1,71 @@
+"""Config loading and the command line's handling of bad input (exit 2, nothing written)."""
+import subprocess
+import sys
+
+import pytest
+
+from forge.config import CONFIG_DIR, PipelineConfig, load_pipeline_config
+from forge.configtools import ConfigError, config_hash, to_dict
+
+
+def test_tiny_yaml_is_the_embedded_default():
+    assert to_dict(load_pipeline_config("tiny")) == to_dict(PipelineConfig())
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_every_preset_loads_and_has_a_usage_header(preset):
+    config = load_pipeline_config(preset)
+    assert config.preset == preset
+    assert (CONFIG_DIR / f"{preset}.yaml").read_text().startswith(f"# {preset}:")
+    assert "Usage" in (CONFIG_DIR / f"{preset}.yaml").read_text()
+
+
+def test_overrides_are_typed():
+    config = load_pipeline_config("tiny", overrides=["cognate.train.seq_len=256", "seed=7",
+                                                     "cognate.train.optimizer.muon_lr=2e-3"])
+    assert config.cognate.train.seq_len == 256 and config.seed == 7
+    assert config.cognate.train.optimizer.muon_lr == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("cognate.train.seq_lenn=5", "unknown config key 'cognate.train.seq_lenn'"),
+    ("cognate.train.seq_len=abc", "cognate.train.seq_len: expected an integer"),
+    ("seed=1.5", "seed: expected an integer"),
+    ("device=tpu", "device: 'tpu' is not one of"),
+    ("tracking.wandb_mode=maybe", "tracking.wandb_mode"),
+    ("cognate.models[0]=1", "unknown config key"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_pipeline_config("tiny", overrides=[override])
+
+
+def test_unknown_phase_lists_valid_ones():
+    with pytest.raises(ConfigError, match="unknown phase 'cognite'; valid phases: cognate"):
+        load_pipeline_config("tiny", phases=["cognite"])
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="available presets: cluster, gtx1660, tiny"):
+        load_pipeline_config("huge")
+
+
+def test_config_hash_changes_with_any_value():
+    a, b = load_pipeline_config("tiny"), load_pipeline_config("tiny", overrides=["cognate.train.grad_clip=0.5"])
+    assert config_hash(a) != config_hash(b)
+    assert config_hash(a) == config_hash(load_pipeline_config("tiny"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "cognate.nope=1"], "unknown config key 'cognate.nope'"),
+    (["--phases", "cognate,bogus"], "unknown phase 'bogus'"),
+    (["--preset", "nothere"], "unknown preset 'nothere'"),
+    (["--set", "novalue"], "expected key=value"),
+])
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "forge.pipeline", "--out", str(out), *args],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert not any(tmp_path.iterdir())
