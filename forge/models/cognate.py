@@ -1,0 +1,302 @@
+"""The Cognate model: a TRM-style recursive decoder whose layers are Titans-MAG blocks, with ACT halting.
+
+Layer (Titans "memory as a gate"): ``h = x + SWA(norm(x)) * sigmoid(Memory(norm(x)))``, then a SwiGLU MLP.
+Recursion (Tiny Recursive Model): with x the normalised token embedding, a latent z and an answer y,
+one refinement is ``n`` latent updates ``z <- f(x + y + z)`` followed by ``y <- f(y + z)``, where f is the
+layer stack plus a final RMSNorm. A supervision step runs T refinements, the first T-1 without grad, and
+ends with a halting probability per token; y and z enter the next step detached (deep supervision).
+ACT (Graves 2016) mixes the steps' answers per token and stops each token at cumulative probability
+>= ``act_threshold``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .config import CognateConfig
+from .layers import CognateRMSNorm, SlidingWindowAttention, SwiGLU
+from .memory import NeuralMemory
+
+
+@dataclass
+class CognateModelOutput(ModelOutput):
+    """Output of the recursive stack.
+
+    last_hidden_state: ACT-weighted mixture of the steps' answers y (B, n, d).
+    step_hidden_states: the answer y after each computed supervision step (tuple of (B, n, d)).
+    step_weights: per-step ACT weights (S, B, n); a token's weights sum to 1, zero after it halted.
+    step_counts: N(t), steps each token ran (B, n) float; 0 for padding.
+    ponder_cost: mean over real tokens of N(t) + R(t) (Graves), differentiable through R.
+    halting_steps: mean N(t) over real tokens (python float).
+    computed_steps: supervision steps the batch ran (python int; the max of N over the batch).
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    step_hidden_states: tuple[torch.Tensor, ...] | None = None
+    step_weights: torch.Tensor | None = None
+    step_counts: torch.Tensor | None = None
+    ponder_cost: torch.Tensor | None = None
+    halting_steps: float | None = None
+    computed_steps: int | None = None
+
+
+@dataclass
+class CognateCausalLMOutput(ModelOutput):
+    """Causal-LM output: loss terms, logits and the ACT statistics of this forward.
+
+    loss: total loss (see ``CognateForCausalLM.forward``); ce_loss, deep_supervision_loss: its CE terms.
+    logits: next-token logits from the ACT-mixed answer (B, n, vocab).
+    ponder_cost, halting_steps, computed_steps: as in ``CognateModelOutput``.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    deep_supervision_loss: torch.Tensor | None = None
+    ponder_cost: torch.Tensor | None = None
+    halting_steps: float | None = None
+    computed_steps: int | None = None
+
+
+class CognateDecoderLayer(nn.Module):
+    """Titans-MAG block: sliding-window attention gated by neural memory, then a SwiGLU MLP."""
+
+    def __init__(self, config: CognateConfig):
+        super().__init__()
+        self.input_norm = CognateRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = SlidingWindowAttention(config)
+        self.memory = NeuralMemory(config)
+        self.post_attention_norm = CognateRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        normed = self.input_norm(hidden)
+        gate = torch.sigmoid(self.memory(normed, valid))
+        hidden = hidden + self.self_attn(normed, positions, valid) * gate
+        return hidden + self.mlp(self.post_attention_norm(hidden))
+
+
+class HaltingHead(nn.Linear):
+    """ACT halting logit per token from the answer y; its bias starts at ``act_halt_bias_init``."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size, 1, bias=True)
+
+
+class CognatePreTrainedModel(PreTrainedModel):
+    """Weight init and Hugging Face plumbing shared by the Cognate classes."""
+
+    config_class = CognateConfig
+    config: CognateConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["CognateDecoderLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, NeuralMemory):
+            module.reset_parameters()
+        elif isinstance(module, HaltingHead):
+            init.constant_(module.bias, self.config.act_halt_bias_init)
+
+
+class CognateModel(CognatePreTrainedModel):
+    """Embeddings, the shared layer stack f, the TRM recursion and the ACT halting head."""
+
+    def __init__(self, config: CognateConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_norm = CognateRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(CognateDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = CognateRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.halt_head = HaltingHead(config.hidden_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def stack(self, hidden: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """f: every layer once, then RMSNorm (keeps z and y at unit scale across recursions)."""
+        for layer in self.layers:
+            hidden = layer(hidden, positions, valid)
+        return self.norm(hidden)
+
+    def refine(self, x, y, z, positions, valid):
+        """One TRM refinement: n latent updates, then one answer update."""
+        for _ in range(self.config.trm_latent_updates):
+            z = self.stack(x + y + z, positions, valid)
+        y = self.stack(y + z, positions, valid)
+        return y, z
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                **kwargs) -> CognateModelOutput:
+        """Run supervision steps until every real token has halted (or ``act_max_steps``)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("CognateModel.forward: pass exactly one of input_ids or inputs_embeds")
+        if kwargs.get("past_key_values") is not None:
+            raise ValueError("Cognate has no KV cache (its memory state belongs to one full pass): "
+                             "call it with the whole sequence and use_cache=False")
+        embeds = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        bsz, n, _ = embeds.shape
+        valid = None if attention_mask is None else attention_mask.to(torch.bool)
+        order = restore = None
+        if valid is not None and bool((~valid[:, 0]).any()):
+            # Left padding: rotate each row so its real tokens start at 0 (pads move to the end, where causal
+            # masking hides them); memory chunks then align as without padding. Undone on the outputs.
+            lead = (valid.long().cumsum(-1) == 0).sum(-1, keepdim=True)
+            index = torch.arange(n, device=embeds.device).expand(bsz, n)
+            order, restore = (index + lead) % n, (index - lead) % n
+            embeds = embeds.gather(1, order[..., None].expand_as(embeds))
+            valid = valid.gather(1, order)
+            position_ids = None if position_ids is None else position_ids.gather(1, order)
+        if position_ids is None:
+            if valid is None:
+                position_ids = torch.arange(n, device=embeds.device).expand(bsz, n)
+            else:
+                position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        for layer in self.layers:
+            layer.self_attn.max_attn_logit = float("-inf")
+
+        cfg = self.config
+        x = self.embed_norm(embeds)
+        y, z = x, torch.zeros_like(x)
+        real = torch.ones(bsz, n, dtype=torch.bool, device=x.device) if valid is None else valid
+        running = real.clone()
+        cum_prob = x.new_zeros(bsz, n)
+        counts = x.new_zeros(bsz, n)
+        ponder = x.new_zeros(bsz, n)
+        mixed = torch.zeros_like(x)
+        states, weights = [], []
+        for step in range(1, cfg.act_max_steps + 1):
+            with torch.no_grad():
+                for _ in range(cfg.trm_refinements - 1):
+                    y, z = self.refine(x, y, z, position_ids, valid)
+            y, z = self.refine(x, y, z, position_ids, valid)
+            halt_prob = torch.sigmoid(self.halt_head(y).squeeze(-1).float())
+            halts_now = running & ((cum_prob + halt_prob >= cfg.act_threshold) | (step == cfg.act_max_steps))
+            remainder = 1.0 - cum_prob
+            weight = torch.where(halts_now, remainder, torch.where(running, halt_prob, 0.0))
+            ponder = torch.where(halts_now, step + remainder, ponder)
+            cum_prob = cum_prob + torch.where(running, halt_prob, 0.0)
+            counts = counts + running.to(counts.dtype)
+            running = running & ~halts_now
+            mixed = mixed + weight.to(y.dtype)[..., None] * y
+            states.append(y)
+            weights.append(weight)
+            y, z = y.detach(), z.detach()
+            if not bool(running.any()):
+                break
+        n_real = real.sum().clamp(min=1)
+        step_weights = torch.stack(weights)
+        if restore is not None:
+            mixed, counts = _gather_tokens(mixed, restore), _gather_tokens(counts, restore)
+            states = [_gather_tokens(state, restore) for state in states]
+            step_weights = torch.stack([_gather_tokens(w, restore) for w in step_weights])
+        return CognateModelOutput(
+            last_hidden_state=mixed,
+            step_hidden_states=tuple(states),
+            step_weights=step_weights,
+            step_counts=counts,
+            ponder_cost=ponder.sum() / n_real,
+            halting_steps=float(counts.sum() / n_real),
+            computed_steps=len(states),
+        )
+
+
+def _gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Reorder the token axis (dim 1) of a (B, n) or (B, n, d) tensor by a (B, n) index."""
+    if tensor.dim() == 3:
+        index = index[..., None].expand_as(tensor)
+    return tensor.gather(1, index)
+
+
+class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
+    """Cognate language model with tied embeddings, ACT halting head and the deep-supervision loss.
+
+    ``generate()`` has no KV cache: every new token recomputes the whole prefix (the memory state belongs
+    to one pass over a sequence), so generation costs O(length^2 * w) attention work in total.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: CognateConfig):
+        super().__init__(config)
+        self.model = CognateModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def attention_modules(self) -> list[SlidingWindowAttention]:
+        """The attention modules, whose ``max_attn_logit`` the optimizer's QK-clip reads."""
+        return [layer.self_attn for layer in self.model.layers]
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
+    def prepare_inputs_for_generation(self, input_ids, **kwargs):
+        """Always feed the whole prefix: there is no cache to continue from."""
+        kwargs["next_sequence_length"] = None
+        kwargs["use_cache"] = False
+        return super().prepare_inputs_for_generation(input_ids, **kwargs)
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                labels: torch.LongTensor | None = None, **kwargs) -> CognateCausalLMOutput:
+        """Logits, and with ``labels`` the loss
+
+            loss = CE(mix) + deep_supervision_weight * DS + ponder_cost_weight * P
+
+        CE(mix): next-token cross-entropy of the ACT-mixed answer (labels shifted inside, -100 ignored).
+        DS = sum_t sum_{s <= N(t)} CE_s(t) / sum_t N(t): per-step CE over the steps each labelled token ran.
+        P = mean over real tokens of N(t) + R(t), the ACT ponder cost (R = 1 - sum of earlier halting probs).
+        """
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         inputs_embeds=inputs_embeds, past_key_values=kwargs.get("past_key_values"))
+        logits = self.lm_head(out.last_hidden_state)
+        loss = ce = ds = None
+        if labels is not None:
+            # position t predicts labels[t + 1]; shifting the labels (not the logits) avoids copying logits
+            target = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)
+            ce = F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), target, ignore_index=-100)
+            loss = ce + self.config.ponder_cost_weight * out.ponder_cost
+            if self.config.deep_supervision_weight > 0:
+                ds = self._deep_supervision(out, target)
+                loss = loss + self.config.deep_supervision_weight * ds
+        return CognateCausalLMOutput(loss=loss, logits=logits, ce_loss=ce, deep_supervision_loss=ds,
+                                     ponder_cost=out.ponder_cost, halting_steps=out.halting_steps,
+                                     computed_steps=out.computed_steps)
+
+    def _deep_supervision(self, out: CognateModelOutput, target: torch.Tensor) -> torch.Tensor:
+        """Mean CE over (labelled token, step it ran) pairs, through one lm_head call."""
+        labelled = target != -100
+        counts = out.step_counts.reshape(-1)
+        rows, targets = [], []
+        for step, state in enumerate(out.step_hidden_states, start=1):
+            ran = labelled & (counts >= step)
+            rows.append(state.reshape(-1, state.shape[-1])[ran])
+            targets.append(target[ran])
+        hidden, target = torch.cat(rows), torch.cat(targets)
+        if not len(target):
+            return hidden.new_zeros(())
+        return F.cross_entropy(self.lm_head(hidden).float(), target)

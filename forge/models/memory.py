@@ -1,0 +1,123 @@
+"""Titans neural long-term memory: fast weights trained inside the forward pass by their own surprise."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+
+from .config import CognateConfig
+
+MEMORY_INIT_SEED = 0  # seed of the fixed random features W1_0 shared by every model
+
+
+class NeuralMemory(nn.Module):
+    """A per-sequence 2-layer MLP memory ``M(k) = k + W2 silu(W1 k)`` written by gradient descent.
+
+    For each token t (key k_t, value v_t, from the layer input) the associative loss
+    ``l_t = 0.5 * ||M(k_t) - v_t||^2`` gives the surprise gradient g_t, and with input-dependent gates
+    from ``gates`` (learning rate theta_t in (0, memory_lr / ltm_slots), momentum eta_t and forgetting
+    alpha_t in (0, 1)):
+
+        S_t = eta_t * S_{t-1} - theta_t * g_t          M_t = (1 - alpha_t) * M_{t-1} + S_t
+
+    Updates are chunk-wise (Titans sec. 3.2): inside a chunk all g_t are taken at the chunk's start weights,
+    so they are computed in parallel and the two linear recurrences are summed in closed form; chunks are
+    processed in order. Tokens of chunk c read ``M(q_t)`` from the weights left by chunks < c, so the memory
+    is causal; the current chunk is covered by sliding-window attention (chunk <= window).
+
+    The fast weights start on every call from fixed random features ``W1_0`` (seeded, not learned) and
+    ``W2_0 = 0`` (so M starts as the identity) and are never stored on the module. Keeping them out of the
+    parameters makes ``ltm_slots`` a capacity setting that leaves parameter shapes unchanged, so models
+    with different capacities can still be merged weight by weight.
+    """
+
+    def __init__(self, config: CognateConfig):
+        super().__init__()
+        self.slots = config.ltm_slots
+        self.dim = config.memory_dim
+        self.chunk = config.memory_chunk_size
+        self.lr = config.memory_lr / config.ltm_slots  # keep the step size independent of capacity
+        self.query_proj = nn.Linear(config.hidden_size, self.dim, bias=False)
+        self.key_proj = nn.Linear(config.hidden_size, self.dim, bias=False)
+        self.value_proj = nn.Linear(config.hidden_size, self.dim, bias=False)
+        self.out_proj = nn.Linear(self.dim, config.hidden_size, bias=False)
+        self.gates = nn.Linear(config.hidden_size, 3, bias=True)  # logits of (lr, momentum, forget)
+        self.register_buffer("init_w1", torch.empty(self.slots, self.dim), persistent=False)
+        self.reset_parameters()
+
+    def initial_w1(self) -> torch.Tensor:
+        """The fixed random first-layer features W1_0 (slots, dim), the same for every model and call."""
+        generator = torch.Generator().manual_seed(MEMORY_INIT_SEED)
+        return torch.randn(self.slots, self.dim, generator=generator) / math.sqrt(self.dim)
+
+    def reset_parameters(self) -> None:
+        """Gate biases and the W1_0 buffer, via ``transformers.initialization`` (keeps loaded weights)."""
+        init.copy_(self.init_w1, self.initial_w1())
+        # gate logits (lr, momentum, forget) start at sigmoid = 0.5, ~0.88, ~0.02
+        init.copy_(self.gates.bias, torch.tensor([0.0, 2.0, -4.0]))
+
+    def forward(self, hidden: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """hidden (B, n, d) normalised layer input, valid (B, n) bool or None -> memory read (B, n, d)."""
+        bsz, n, _ = hidden.shape
+        q = F.normalize(self.query_proj(hidden), dim=-1)
+        k = F.normalize(self.key_proj(hidden), dim=-1)
+        v = self.value_proj(hidden)
+        lr_logit, eta_logit, forget_logit = self.gates(hidden).float().unbind(-1)
+        lr = torch.sigmoid(lr_logit) * self.lr
+        log_eta = F.logsigmoid(eta_logit)  # log momentum
+        log_keep = F.logsigmoid(-forget_logit)  # log(1 - forget)
+        if valid is not None:  # padding neither writes, decays nor dampens momentum
+            lr = lr * valid
+            log_eta = log_eta * valid
+            log_keep = log_keep * valid
+        pad = -n % self.chunk
+        if pad:
+            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+            lr, log_eta, log_keep = (F.pad(t, (0, pad)) for t in (lr, log_eta, log_keep))
+        nc = (n + pad) // self.chunk
+        split = lambda t: t.view(bsz, nc, self.chunk, *t.shape[2:]).unbind(1)  # noqa: E731
+        w1 = self.init_w1.to(q.dtype).expand(bsz, -1, -1)
+        w2 = q.new_zeros(bsz, self.dim, self.slots)
+        s1 = torch.zeros_like(w1)
+        s2 = torch.zeros_like(w2)
+        reads = []
+        for index, (qc, kc, vc, lr_c, le_c, lk_c) in enumerate(zip(*map(split, (q, k, v, lr, log_eta, log_keep)))):
+            reads.append(qc + F.silu(qc @ w1.transpose(1, 2)) @ w2.transpose(1, 2))
+            if index < nc - 1:  # nothing reads the state the last chunk would leave
+                w1, w2, s1, s2 = self._write(w1, w2, s1, s2, kc, vc, lr_c, le_c, lk_c)
+        read = torch.cat(reads, dim=1)[:, :n]
+        return self.out_proj(read)
+
+    def _write(self, w1, w2, s1, s2, k, v, lr, log_eta, log_keep):
+        """One chunk of surprise-driven updates, closed form of the momentum and forgetting recurrences."""
+        pre = k @ w1.transpose(1, 2)  # (B, C, slots)
+        act = F.silu(pre)
+        err = k + act @ w2.transpose(1, 2) - v  # dl/dM(k), (B, C, dim)
+        sig = torch.sigmoid(pre)
+        d_pre = (err @ w2) * sig * (1 + pre * (1 - sig))  # dl/dpre through silu
+        # Per-token gradients: g2_t = err_t act_t^T (dim x slots), g1_t = d_pre_t k_t^T (slots x dim).
+        # After the chunk: M_C = A M_0 + b S_0 - sum_i c_i g_i and S_C = e S_0 - sum_i d_i g_i, where
+        # c_i = lr_i * sum_{t>=i} keep(t+1..C) * eta(i+1..t) and d_i = lr_i * eta(i+1..C).
+        cum_eta = torch.cumsum(log_eta, dim=1)  # (B, C)
+        cum_keep = torch.cumsum(log_keep, dim=1)
+        keep_after = cum_keep[:, -1:] - cum_keep  # log prod_{j>t} (1 - alpha_j)
+        size = k.shape[1]
+        later = torch.ones(size, size, dtype=torch.bool, device=k.device).tril()  # [t, i]: t >= i
+        log_e = keep_after[:, :, None] + cum_eta[:, :, None] - cum_eta[:, None, :]
+        e = torch.exp(log_e.masked_fill(~later, float("-inf")))  # (B, t, i)
+        c = lr * e.sum(dim=1)
+        d = lr * torch.exp(cum_eta[:, -1:] - cum_eta)
+        mem_decay = torch.exp(cum_keep[:, -1])[:, None, None]
+        mom_into_mem = torch.exp(keep_after + cum_eta).sum(dim=1)[:, None, None]
+        mom_decay = torch.exp(cum_eta[:, -1])[:, None, None]
+        coef = torch.stack([c, d], dim=1).to(k.dtype)[..., None]  # (B, 2, C, 1)
+        g2 = (err[:, None] * coef).transpose(2, 3) @ act[:, None]  # (B, 2, dim, slots)
+        g1 = (d_pre[:, None] * coef).transpose(2, 3) @ k[:, None]  # (B, 2, slots, dim)
+        w1_new = mem_decay * w1 + mom_into_mem * s1 - g1[:, 0]
+        w2_new = mem_decay * w2 + mom_into_mem * s2 - g2[:, 0]
+        s1_new = mom_decay * s1 - g1[:, 1]
+        s2_new = mom_decay * s2 - g2[:, 1]
+        return w1_new, w2_new, s1_new, s2_new
