@@ -1,0 +1,58 @@
+"""Size, sparsity and speed measurements of ternary models (no timing in tests: scripts report them)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from forge.quant.bitlinear import BitLinear, TernaryLinear
+
+
+def weight_file_bytes(model_dir: Path) -> int:
+    """Bytes of the weight files (``*.safetensors``) of a model directory."""
+    files = list(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir} holds no *.safetensors weight file")
+    return sum(f.stat().st_size for f in files)
+
+
+def ternary_layer_bytes(model: nn.Module) -> dict[str, int]:
+    """Stored bytes of the ternary layers' weights against float32 and float16 of the same weights."""
+    stored = weights = 0
+    for module in model.modules():
+        if isinstance(module, TernaryLinear):
+            stored += module.weight_packed.numel() + module.weight_scale.numel() * 4
+            weights += module.in_features * module.out_features
+        elif isinstance(module, BitLinear):
+            raise ValueError("the model still has BitLinear layers: pack it (forge.quant.pack_model) first")
+    return {"ternary_weights": weights, "packed_bytes": stored, "float32_bytes": 4 * weights,
+            "float16_bytes": 2 * weights}
+
+
+@torch.no_grad()
+def forward_latency(model: nn.Module, input_ids: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
+    """Fastest of ``repeats`` forward passes, in seconds (the minimum filters other load on the machine)."""
+    model.eval()
+    for _ in range(warmup):
+        model(input_ids=input_ids)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(input_ids=input_ids)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def linear_latency(layer: nn.Module, x: torch.Tensor, repeats: int = 50, warmup: int = 5) -> float:
+    """Fastest of ``repeats`` calls of one layer, in seconds."""
+    for _ in range(warmup):
+        layer(x)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        layer(x)
+        best = min(best, time.perf_counter() - start)
+    return best

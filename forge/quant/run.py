@@ -1,0 +1,164 @@
+"""Phase 4 on one model directory: calibrate, quantize under the guard, pack, measure, save.
+
+``python -m forge.quantize`` and the pipeline's BitNet phase both call :func:`quantize_model_dir`;
+the phase may pass its own ``evaluate`` (the benchmarks harness) instead of the default held-out
+next-token accuracy on WikiText-2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+import torch.nn as nn
+
+from forge.quant.config import compression_config, conservative_config
+from forge.quant.convert import pack_model, ternary_stats
+from forge.quant.measure import forward_latency, ternary_layer_bytes
+from forge.quant.staged import batches, relative_drop, staged_quantize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantizeJobConfig:
+    """Data, evaluation and measurement settings of one quantization run."""
+
+    data_dir: str | None = None  # reference data folder with wikitext2/ (None: FORGE_DATA_DIR)
+    seq_len: int = 128  # tokens per sequence for evaluation, calibration and fine-tuning
+    eval_sequences: int = 64  # held-out WikiText-2 *test* sequences behind the default guard metric
+    finetune_sequences: int = 128  # WikiText-2 *valid* sequences for straight-through fine-tuning
+    metric: Literal["accuracy", "likelihood"] = "accuracy"  # next-token top-1 accuracy or exp(-mean NLL)
+    size_category: str | None = None  # override of the category read from the model (tiny/small/...)
+    latency_batch: int = 1  # sequences per forward pass when timing float against ternary
+    latency_repeats: int = 5  # timed passes (the fastest counts)
+
+
+def text_token_ids(tokenizer, texts: list[str], sequences: int, seq_len: int) -> torch.Tensor:
+    """``sequences`` consecutive chunks of ``seq_len`` tokens from ``texts`` joined by newlines."""
+    needed, ids = sequences * seq_len, []
+    for text in texts:
+        ids.extend(tokenizer(text + "\n", add_special_tokens=False)["input_ids"])
+        if len(ids) >= needed:
+            break
+    if len(ids) < needed:
+        raise ValueError(f"the text gives {len(ids)} tokens, fewer than {sequences} x {seq_len}: "
+                         "lower the number of sequences or seq_len")
+    return torch.tensor(ids[:needed], dtype=torch.long).view(sequences, seq_len)
+
+
+@torch.no_grad()
+def next_token_scores(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -> dict[str, float]:
+    """Top-1 next-token accuracy, mean NLL and perplexity of ``model`` on token ids."""
+    model.eval()
+    correct = total = 0
+    nll = 0.0
+    for batch in batches(ids, batch_size):
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        targets = batch[:, 1:]
+        correct += int((logits.argmax(-1) == targets).sum())
+        nll += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                       targets.reshape(-1), reduction="sum"))
+        total += targets.numel()
+    mean_nll = nll / total
+    return {"accuracy": correct / total, "nll": mean_nll, "perplexity": float(torch.tensor(mean_nll).exp()),
+            "likelihood": float(torch.tensor(-mean_nll).exp())}
+
+
+def payload_bytes(model: nn.Module) -> int:
+    """Bytes of the distinct tensors a model saves (tied weights once): the weight file minus its header."""
+    seen, total = set(), 0
+    for tensor in model.state_dict().values():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.numel())
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = QuantizeJobConfig(), *,
+                       evaluate: Callable[[nn.Module], float] | None = None) -> dict[str, Any]:
+    """Quantize the model directory ``model_dir`` into ``out_dir``; returns the metrics it records.
+
+    The output's manifest carries ``quantization``: compression, accuracy before/after (and after
+    fine-tuning), sparsity, speed-up, per-block guard decisions, and each spec criterion as met/missed.
+    """
+    from forge.artifacts import load_model_dir, save_model_dir
+    from forge.data.readers import read_wikitext
+    from forge.models.size import get_model_size
+
+    model, tokenizer = load_model_dir(Path(model_dir))
+    model.float()
+    category = job.size_category or get_model_size(model)["size_category"]
+    config, fallback = compression_config(category), conservative_config(category)
+    calibration_count = max(config.calibration_samples, fallback.calibration_samples)
+    train_texts = [r["text"] for r in read_wikitext(job.data_dir, "valid")]
+    test_texts = [r["text"] for r in read_wikitext(job.data_dir, "test")]
+    pool = text_token_ids(tokenizer, train_texts, calibration_count + job.finetune_sequences, job.seq_len)
+    calibration_ids, finetune_ids = pool[:calibration_count], pool[calibration_count:]
+    eval_ids = text_token_ids(tokenizer, test_texts, job.eval_sequences, job.seq_len)
+    guard_metric = job.metric if evaluate is None else "caller's evaluate"
+    if evaluate is None:
+        def evaluate(m: nn.Module) -> float:
+            return next_token_scores(m, eval_ids)[job.metric]
+
+    scores_before = next_token_scores(model, eval_ids)
+    bytes_before = payload_bytes(model)
+    result = staged_quantize(model, evaluate, config, conservative=fallback,
+                             calibration_ids=calibration_ids, finetune_ids=finetune_ids)
+    pack_model(model)
+    accuracy_packed = float(evaluate(model))  # the stored model's own score
+    scores_after = next_token_scores(model, eval_ids)
+    bytes_after = payload_bytes(model)
+
+    float_model, _ = load_model_dir(Path(model_dir))
+    latency_ids = eval_ids[:job.latency_batch]
+    latency_float = forward_latency(float_model.float(), latency_ids, job.latency_repeats)
+    latency_ternary = forward_latency(model, latency_ids, job.latency_repeats)
+    del float_model
+
+    compression = bytes_before / bytes_after
+    drop = relative_drop(result.accuracy_before, accuracy_packed)
+    speedup = latency_float / latency_ternary
+    min_compression = result.config.target_compression  # the spec's criterion: 6x tiny, 8x otherwise
+    metrics = {
+        "size_category": category,
+        "config": dataclasses.asdict(result.config),
+        "conservative": result.conservative,
+        "first_attempt_drop": result.first_attempt_drop,
+        "weight_bytes_before": bytes_before,
+        "weight_bytes_after": bytes_after,
+        "compression_ratio": compression,
+        "ternary_layers": ternary_layer_bytes(model),
+        "sparsity": ternary_stats(model)["sparsity"],
+        "guard_metric": guard_metric,
+        "accuracy_before": result.accuracy_before,
+        "accuracy_quantized": result.accuracy_quantized,
+        "accuracy_finetuned": result.accuracy_final if result.finetuned else None,
+        "accuracy_packed": accuracy_packed,
+        "accuracy_drop": drop,
+        "heldout_before": scores_before,
+        "heldout_after": scores_after,
+        "latency_float_s": latency_float,
+        "latency_ternary_s": latency_ternary,
+        "inference_speedup": speedup,
+        "latency_input_shape": list(latency_ids.shape),
+        "steps": [step.__dict__ for step in result.steps],
+        "reverted_layers": result.reverted,
+        "quantized_layers": len(result.quantized),
+        "criteria": {
+            "compression_ratio": {"value": compression, "required": f">= {min_compression}",
+                                  "met": compression >= min_compression},
+            "accuracy_drop": {"value": drop, "required": "< 0.10", "met": drop < 0.10},
+            "inference_speedup": {"value": speedup, "required": ">= 2.0", "met": speedup >= 2.0},
+        },
+    }
+    for name, criterion in metrics["criteria"].items():
+        log.info("%s = %.3f (%s): %s", name, criterion["value"], criterion["required"],
+                 "met" if criterion["met"] else "MISSED")
+    save_model_dir(model, tokenizer, Path(out_dir), phase="bitnet",
+                   extra={"source": str(model_dir), "quantization": metrics})
+    return metrics

@@ -1,0 +1,356 @@
+"""BitNet b1.58 quantization: packing, layers, HF loading, staged guard, LoRA, CLI (tiny models, CPU)."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+import forge.quant as fq
+from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
+from forge.quant import kernels
+from forge.quant.bitlinear import BitLinear, TernaryLinear, absmean_ternarize
+from forge.quant.config import compression_config, config_for_model, conservative_config
+from forge.quant.convert import pack_model, quantizable_linears, ternary_stats, to_bitlinear
+from forge.quant.lora import add_lora, load_lora
+from forge.quant.measure import ternary_layer_bytes, weight_file_bytes
+from forge.quant.packing import pack_ternary, packed_size, unpack_ternary
+from forge.quant.staged import staged_quantize
+
+VOCAB = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: a second thread only adds wake-up latency on a shared 2-core machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_llama(layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=VOCAB)
+    return LlamaForCausalLM(config).eval()
+
+
+def quantized_llama(layers: int = 2) -> LlamaForCausalLM:
+    model = tiny_llama(layers)
+    to_bitlinear(model, quantizable_linears(model))
+    pack_model(model)
+    return model
+
+
+def tokens(rows: int = 2, cols: int = 12, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (rows, cols), generator=torch.Generator().manual_seed(seed))
+
+
+# --- packing and layers -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1,), (7, 13), (64, 32), (3, 5, 11)])
+def test_pack_roundtrip_is_exact_and_uses_1_6_bits(shape):
+    values = torch.randint(-1, 2, shape, generator=torch.Generator().manual_seed(0))
+    packed = pack_ternary(values)
+    assert packed.dtype == torch.uint8 and packed.numel() == packed_size(values.numel()) == -(-values.numel() // 5)
+    assert torch.equal(unpack_ternary(packed, shape), values.to(torch.int8))
+
+
+def test_pack_rejects_non_ternary_and_wrong_sizes():
+    with pytest.raises(ValueError, match="-1, 0 and 1"):
+        pack_ternary(torch.tensor([0.0, 2.0]))
+    with pytest.raises(ValueError, match="-1, 0 and 1"):
+        pack_ternary(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="does not match"):
+        unpack_ternary(torch.zeros(3, dtype=torch.uint8), (4, 5))
+
+
+def test_absmean_ternarize_is_bitnet_roundclip():
+    weight = torch.randn(48, 40)
+    ternary, gamma = absmean_ternarize(weight)
+    assert torch.isclose(gamma, weight.abs().mean())
+    assert torch.equal(ternary.float(), (weight / gamma).round().clamp(-1, 1))
+    # Ties: |w| / gamma == 0.5 rounds half to even, i.e. to 0 (gamma is 1 here).
+    tie, tie_gamma = absmean_ternarize(torch.tensor([[2.0, 0.5, -0.5, 1.0]]))
+    assert tie_gamma == 1.0 and tie.tolist() == [[1, 0, 0, 1]]
+    sparser, _ = absmean_ternarize(weight, zero_threshold=0.8)
+    assert (sparser == 0).sum() > (ternary == 0).sum()
+
+
+def test_activation_quantization_is_per_token_8bit():
+    x = torch.randn(3, 4, 50) * torch.tensor([0.01, 1.0, 100.0]).view(3, 1, 1)
+    q, scale = kernels.quantize_activations(x)
+    assert torch.equal(q, q.round()) and q.min() >= -128 and q.max() <= 127
+    assert torch.allclose(q.abs().amax(-1), torch.full((3, 4), 127.0))  # each token uses its own range
+    assert ((q * scale - x).abs() <= scale / 2 + 1e-6).all()
+
+
+def test_bitlinear_forward_and_straight_through_gradient():
+    torch.manual_seed(0)
+    layer = BitLinear(24, 16)
+    x = torch.randn(5, 24, requires_grad=True)
+    ternary, scale = layer.ternary()
+    expected = nn.functional.linear(kernels.quantize_activations(x)[0] * kernels.quantize_activations(x)[1],
+                                    ternary.float() * scale, layer.bias)
+    out = layer(x)
+    assert torch.allclose(out, expected, atol=1e-6)
+    out.square().sum().backward()
+    # STE: gradients reach the latent float weight and the input as if there were no rounding.
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not kernels.fbgemm_available(), reason="fbgemm int8 kernel not available on this CPU")
+def test_fbgemm_kernel_matches_reference_and_bitlinear():
+    torch.manual_seed(0)
+    bit = BitLinear(96, 80)
+    ternary_layer = TernaryLinear.from_bitlinear(bit)
+    x = torch.randn(2, 7, 96)
+    with torch.no_grad():
+        fast = ternary_layer(x)
+        ternary_layer.kernel = "reference"
+        reference = ternary_layer(x)
+        expected = bit(x)
+    assert torch.allclose(fast, reference, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(fast, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_conversion_preserves_embeddings_head_and_preserve_rules():
+    model = tiny_llama()
+    names = quantizable_linears(model, preserve=["layers.1.mlp.*"])
+    assert "lm_head" not in names and not any("layers.1.mlp" in n for n in names)
+    assert "model.layers.1.self_attn.q_proj" in names and "model.layers.0.mlp.down_proj" in names
+    embed_before = model.model.embed_tokens.weight.detach().clone()
+    head_before = model.lm_head.weight.detach().clone()
+    to_bitlinear(model, names)
+    pack_model(model)
+    assert isinstance(model.model.layers[0].mlp.down_proj, TernaryLinear)
+    assert type(model.model.layers[1].mlp.down_proj) is nn.Linear
+    assert type(model.lm_head) is nn.Linear and torch.equal(model.lm_head.weight, head_before)
+    assert torch.equal(model.model.embed_tokens.weight, embed_before)
+    stats = ternary_stats(model)
+    assert stats["ternary_layers"] == len(names) and stats["only_ternary_values"]
+    assert 0.1 < stats["sparsity"] < 0.6
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+def test_packed_model_dir_roundtrip_is_exact_and_smaller(tmp_path):
+    float_model = tiny_llama()
+    save_model_dir(float_model, None, tmp_path / "float", phase="test")
+    model = quantized_llama()
+    ids = tokens()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    save_model_dir(model, None, tmp_path / "ternary", phase="bitnet")
+    assert verify_model_dir(tmp_path / "ternary")
+    config = json.loads((tmp_path / "ternary" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "forge_bitnet"
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ternary").eval()
+    for name, module in model.named_modules():
+        if isinstance(module, TernaryLinear):
+            twin = loaded.get_submodule(name)
+            assert isinstance(twin, TernaryLinear)
+            assert torch.equal(twin.ternary_weight(), module.ternary_weight())
+            assert torch.equal(twin.weight_scale, module.weight_scale)
+            assert not twin.weight_scale.requires_grad
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, logits)
+
+    # Only the ternary layers shrink: 1.6 bits per weight + a float32 scale, against 32 bits.
+    layer_bytes = ternary_layer_bytes(loaded)
+    assert layer_bytes["float32_bytes"] / layer_bytes["packed_bytes"] > 19
+    saved = weight_file_bytes(tmp_path / "float") - weight_file_bytes(tmp_path / "ternary")
+    assert saved >= layer_bytes["float32_bytes"] - layer_bytes["packed_bytes"] - 4096  # header differences
+
+
+def test_cognate_model_roundtrip(tmp_path):
+    from forge.models import CognateConfig, CognateForCausalLM
+
+    torch.manual_seed(0)
+    config = CognateConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, ltm_slots=16, memory_dim=8, memory_chunk_size=8,
+                           sliding_window=16, act_max_steps=2, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    model = CognateForCausalLM(config).eval()
+    names = quantizable_linears(model, min_out_features=8)
+    assert {n.rpartition(".")[2] for n in names} >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                    "up_proj", "down_proj"}
+    assert "lm_head" not in names and not any("gates" in n for n in names)  # tied head, 3-wide gate
+    to_bitlinear(model, names)
+    pack_model(model)
+    ids = tokens()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    save_model_dir(model, None, tmp_path / "cognate", phase="bitnet")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "cognate").eval()
+    assert ternary_stats(loaded)["ternary_layers"] == len(names)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, logits)
+
+
+# --- staged quantization ------------------------------------------------------------------------
+
+def guarded_model():
+    """3 blocks: blocks 0-1 have ternary-valued weights (lossless to ternarise once the scale is
+    calibrated); block 2's down_proj has heavy-tailed weights that ternarisation wrecks."""
+    model = tiny_llama(layers=3)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name in quantizable_linears(model):
+            weight = model.get_submodule(name).weight
+            weight.copy_(torch.randint(-1, 2, weight.shape, generator=gen) * 0.05)
+        weight = model.model.layers[2].mlp.down_proj.weight
+        weight.copy_(torch.sign(torch.randn(weight.shape, generator=gen))
+                     * torch.exp(torch.rand(weight.shape, generator=gen) * 9 - 8))
+    return model
+
+
+def logit_fidelity(reference_model, ids):
+    with torch.no_grad():
+        reference = reference_model(input_ids=ids).logits
+
+    def evaluate(model):  # 1.0 for identical logits, falling with the relative error
+        return float(torch.exp(-(model(input_ids=ids).logits - reference).norm() / reference.norm()))
+    return evaluate
+
+
+def test_staged_quantization_reverts_the_damaging_block_and_calibrates_scales():
+    model = guarded_model()
+    result = staged_quantize(model, logit_fidelity(model, tokens(4, 16)), compression_config("tiny"),
+                             calibration_ids=tokens(8, 16, seed=2))
+    assert [s.reverted for s in result.steps] == [False, False, True]
+    assert all(n.startswith("model.layers.2.") for n in result.reverted) and len(result.reverted) == 7
+    assert isinstance(model.model.layers[1].mlp.up_proj, BitLinear)
+    assert type(model.model.layers[2].mlp.down_proj) is nn.Linear
+    assert result.drop_quantized < 0.05 and not result.conservative
+    # absmean gamma is 2/3 of the true magnitude of a {-0.05, 0, 0.05} weight; calibration finds x1.5.
+    for name in result.quantized:
+        assert result.scale_corrections[name] == pytest.approx(1.5, rel=0.1)
+
+
+def test_staged_quantization_restarts_with_conservative_config():
+    model = guarded_model()
+    evaluate = logit_fidelity(model, tokens(4, 16))
+    strict = compression_config("tiny").__class__(layer_revert_drop=1.0, max_total_drop=0.0)
+    result = staged_quantize(model, evaluate, strict, conservative=conservative_config("tiny"),
+                             calibration_ids=tokens(8, 16, seed=2))
+    assert result.conservative and result.first_attempt_drop > 0
+    # The conservative config keeps the first and last blocks in float.
+    assert result.quantized and all(n.startswith("model.layers.1.") for n in result.quantized)
+    assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear
+
+
+def test_staged_quantization_finetunes_with_ste_above_the_threshold():
+    model = tiny_llama()
+    config = compression_config("tiny").__class__(layer_revert_drop=1.0, max_total_drop=1.0, finetune_above_drop=0.0,
+                                                  finetune_lr=1e-3, finetune_epochs=1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = staged_quantize(model, logit_fidelity(model, tokens(4, 16)), config,
+                             finetune_ids=tokens(4, 16, seed=5))
+    assert result.finetuned and result.accuracy_final != result.accuracy_quantized
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert any("q_proj" in n for n in changed)  # latent weights trained through the STE
+    pack_model(model)
+    assert ternary_stats(model)["only_ternary_values"]
+
+
+def test_staged_quantization_needs_a_positive_baseline():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="positive"):
+        staged_quantize(model, lambda m: 0.0, compression_config("tiny"))
+
+
+# --- adaptive config ----------------------------------------------------------------------------
+
+def test_adaptive_config_by_size_category():
+    tiny, large = compression_config("tiny"), compression_config("large")
+    assert tiny.target_compression == 6.0 and large.target_compression == 8.0
+    assert large.calibration_samples > tiny.calibration_samples
+    safe = conservative_config("tiny")
+    assert safe.preserve_edge_blocks and safe.zero_threshold < tiny.zero_threshold
+    assert config_for_model(tiny_llama()) == tiny  # forge.models.size.get_model_size: < 50M params
+    with pytest.raises(ValueError, match="tiny, small, medium, large"):
+        compression_config("huge")
+    with pytest.raises(ValueError, match="zero_threshold"):
+        fq.QuantConfig(zero_threshold=2.0)
+
+
+# --- LoRA on the frozen ternary model -----------------------------------------------------------
+
+def test_lora_trains_on_loaded_ternary_model(tmp_path):
+    save_model_dir(quantized_llama(), None, tmp_path / "ternary", phase="bitnet")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ternary")
+    frozen = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    peft_model = add_lora(model, r=4, lora_alpha=8)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    ids = tokens(4, 16)
+    losses = []
+    peft_model.train()
+    for _ in range(8):
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    base = peft_model.get_base_model()
+    for name, tensor in base.state_dict().items():
+        key = name.replace(".base_layer", "")
+        if "lora_" not in name and key in frozen:
+            assert torch.equal(tensor, frozen[key]), f"{name} changed: the ternary model must stay frozen"
+    with pytest.raises(NotImplementedError, match="ternary"):
+        peft_model.merge_and_unload()
+
+    # The adapter saves on its own and loads back onto a fresh copy of the ternary model.
+    peft_model.eval()
+    with torch.no_grad():
+        adapted = peft_model(input_ids=ids).logits
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = load_lora(AutoModelForCausalLM.from_pretrained(tmp_path / "ternary"), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, adapted)
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_lora(model, tmp_path / "nothing")
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+def test_quantize_cli_writes_a_smaller_loadable_model(tmp_path, shared_data, monkeypatch):
+    from forge.data.readers import read_wikitext
+    from forge.data.tokenizer import train_bpe_tokenizer
+    from forge.quantize import main
+
+    tokenizer = train_bpe_tokenizer([r["text"] for r in read_wikitext(shared_data, "valid")[:5]],
+                                    vocab_size=300)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2,
+                                         vocab_size=len(tokenizer), tie_word_embeddings=True))
+    save_model_dir(model, tokenizer, tmp_path / "float", phase="test")
+    monkeypatch.setenv("FORGE_DATA_DIR", str(shared_data))
+    code = main(["--model", str(tmp_path / "float"), "--out", str(tmp_path / "ternary"), "--seq-len", "32",
+                 "--eval-sequences", "4", "--finetune-sequences", "4", "--metric", "likelihood",
+                 "--latency-repeats", "1"])
+    assert code == 0
+    assert verify_model_dir(tmp_path / "ternary")
+    quant = read_manifest(tmp_path / "ternary")["quantization"]
+    assert set(quant["criteria"]) == {"compression_ratio", "accuracy_drop", "inference_speedup"}
+    assert all(isinstance(c["met"], bool) for c in quant["criteria"].values())
+    assert quant["compression_ratio"] > 1.5 and quant["weight_bytes_after"] < quant["weight_bytes_before"]
+    assert weight_file_bytes(tmp_path / "ternary") < weight_file_bytes(tmp_path / "float")
+    loaded, _ = load_model_dir(tmp_path / "ternary")
+    assert ternary_stats(loaded)["ternary_layers"] == quant["quantized_layers"] > 0
+
+
+def test_quantize_cli_usage_errors_exit_2(tmp_path, capsys):
+    from forge.quantize import main
+
+    assert main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path)])
+    assert exit_info.value.code == 2
