@@ -6,10 +6,13 @@ CPU-only cluster it gets no GPU at all and an even share of the CPUs.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 GiB = 1024**3
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,11 @@ def share_for(plan: DevicePlan, memory_bytes: int, n_actors: int) -> ResourceSha
     """Resources for each of ``n_actors`` actors that each need ``memory_bytes`` of device memory."""
     if n_actors < 1:
         raise ValueError("n_actors must be at least 1")
-    cpus = max(plan.num_cpus / n_actors, 0.1)
+    # Round down: shares that add up to more than the node has leave the last actor pending forever.
+    cpus = max(math.floor(plan.num_cpus / n_actors * 100) / 100, 0.01)
     threads = max(1, math.floor(cpus))
     if plan.num_gpus <= 0 or not plan.gpu_memory_bytes:
-        return ResourceShare(num_cpus=round(cpus, 2), num_gpus=0.0, device="cpu", torch_threads=threads)
+        return ResourceShare(num_cpus=cpus, num_gpus=0.0, device="cpu", torch_threads=threads)
     per_gpu = min(plan.gpu_memory_bytes)
     fraction = memory_bytes / per_gpu
     if fraction > 1.0:
@@ -92,7 +96,10 @@ def share_for(plan: DevicePlan, memory_bytes: int, n_actors: int) -> ResourceSha
         )
     # Round up to a twentieth so Ray's bookkeeping stays simple and shares never overlap.
     fraction = min(1.0, math.ceil(fraction * 20) / 20)
-    return ResourceShare(num_cpus=round(min(cpus, 1.0), 2), num_gpus=fraction, device="cuda",
+    if fraction * n_actors > plan.num_gpus and fraction < 1.0:
+        log.info("%d actors of %.2f GPU each exceed the %g GPU(s) offered: some will wait for others",
+                 n_actors, fraction, plan.num_gpus)
+    return ResourceShare(num_cpus=min(cpus, 1.0), num_gpus=fraction, device="cuda",
                          torch_threads=threads)
 
 

@@ -1,2 +1,5 @@
 """Agent Forge: create small language models from scratch and improve them phase by phase, on Ray."""
-from forge import models  # noqa: F401  (registers the Cognate architecture with the transformers Auto classes)
+# Importing forge registers with transformers what its model directories need to load through the
+# Auto classes: the Cognate architecture and the BitNet ternary quantizer.
+from forge import models  # noqa: F401
+from forge import quant  # noqa: F401

@@ -157,7 +157,8 @@ def state_dict_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape(-1): a 0-dim tensor cannot be viewed as bytes directly
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -186,7 +187,7 @@ def load_model_dir(directory: Path, *, device: str | torch.device = "cpu", verif
     """Load ``(model, tokenizer)`` from a model directory, refusing unfinished or altered ones."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import forge.models  # noqa: F401  (registers the Cognate architecture with the Auto classes)
+    import forge  # noqa: F401  (registers the Cognate architecture and the ternary quantizer)
 
     directory = Path(directory)
     if verify:

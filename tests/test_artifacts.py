@@ -64,6 +64,12 @@ def test_atomic_dir_leaves_nothing_on_failure_and_keeps_the_old_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_state_dict_hash_takes_scalars():
+    a = {"scale": torch.tensor(1.5), "w": torch.ones(2)}
+    b = {"scale": torch.tensor(1.25), "w": torch.ones(2)}
+    assert state_dict_hash(a) != state_dict_hash(b)
+
+
 def test_state_dict_hash_sees_a_single_changed_value(tiny_llama):
     state = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
     before = state_dict_hash(state)

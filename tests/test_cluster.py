@@ -8,7 +8,8 @@ def test_cpu_only_plan_requests_no_gpu():
     share = share_for(DevicePlan(num_cpus=2, num_gpus=0), memory_bytes=GiB, n_actors=3)
     assert share.num_gpus == 0 and share.device == "cpu"
     assert "num_gpus" not in share.ray_options()
-    assert share.num_cpus == pytest.approx(0.67, abs=0.01)
+    assert share.num_cpus == 0.66  # rounded down: three shares must fit in two CPUs
+    assert 3 * share.num_cpus <= 2
     assert share.torch_threads == 1
 
 

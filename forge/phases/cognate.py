@@ -17,7 +17,7 @@ import ray
 import torch
 
 from cluster.resources import plan_devices, share_for, training_memory_bytes
-from forge.artifacts import atomic_dir, load_model_dir
+from forge.artifacts import atomic_dir, atomic_write_json, load_model_dir
 from forge.config import CognateModelSpec, PipelineConfig
 from forge.data.curriculum import STAGES, CurriculumConfig, build_stage
 from forge.data.lm_dataset import blocks_from_stream, is_validation_text, token_stream, unigram_perplexity
@@ -29,6 +29,8 @@ from forge.training import Stage, TrainJob
 log = logging.getLogger(__name__)
 
 VALIDATION_SEED = 1729  # fixed, so the held-out documents do not move when the run's seed changes
+HELDOUT_TEXTS = "heldout_texts.json"
+"""Written next to the models: the validation documents no model trained on (later phases' perplexity)."""
 
 
 def _source_config(config: PipelineConfig) -> SourceConfig:
@@ -128,6 +130,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     if not val_texts:
         raise ValueError("no validation documents: raise cognate.data.validation_fraction or give more data")
 
+    atomic_write_json(ctx.phase_dir / HELDOUT_TEXTS, {"seed": VALIDATION_SEED, "fraction": fraction,
+                                                      "texts": val_texts})
     tokenizer, tokenizer_dir = _tokenizer(ctx, train_texts)
     val_stream = _encode(tokenizer, val_texts)
     val_blocks = blocks_from_stream(val_stream, seq_len)
@@ -175,17 +179,22 @@ def run(ctx: PhaseContext) -> PhaseResult:
     for job in jobs:
         job.device, job.threads = share.device, share.torch_threads
     log.info("cognate: %d trainers, each %s", len(jobs), share)
-    trainers = [CognateTrainer.options(**share.ray_options()).remote() for _ in jobs]
-    pending = {trainer.train.remote(job): job.name for trainer, job in zip(trainers, jobs)}
+    pending = {}
+    for job in jobs:
+        trainer = CognateTrainer.options(**share.ray_options()).remote()
+        pending[trainer.train.remote(job)] = (job.name, trainer)
     results: dict[str, dict[str, Any]] = {}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        name = pending.pop(done[0])
-        results[name] = ray.get(done[0])
-        print(f"[forge] cognate: model {name} done: val perplexity {results[name]['val/perplexity']:.2f} "
-              f"(unigram {data_record[name]['unigram_val_perplexity']:.2f})", flush=True)
-    for trainer in trainers:
-        ray.kill(trainer)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            name, trainer = pending.pop(done[0])
+            results[name] = ray.get(done[0])
+            ray.kill(trainer)  # free its share at once: on a small node a waiting trainer needs it
+            print(f"[forge] cognate: model {name} done: val perplexity {results[name]['val/perplexity']:.2f} "
+                  f"(unigram {data_record[name]['unigram_val_perplexity']:.2f})", flush=True)
+    finally:
+        for _, trainer in pending.values():
+            ray.kill(trainer)
 
     # 4. Measure the three side by side, from the saved directories.
     outputs = {job.name: job.out_dir for job in jobs}
@@ -207,7 +216,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
         "diversity": diversity,
         "datasets": sources_used,
         "skipped_datasets": sorted(name for name, texts in loaded.items() if texts.skipped),
-        "validation": {"documents": len(val_texts), "tokens": len(val_stream), "blocks": len(val_blocks)},
+        "validation": {"documents": len(val_texts), "tokens": len(val_stream), "blocks": len(val_blocks),
+                       "texts_file": HELDOUT_TEXTS},
         "tokenizer": {"kind": cognate.data.tokenizer, "vocab_size": len(tokenizer)},
         "resources": {"device": share.device, "num_gpus": share.num_gpus, "num_cpus": share.num_cpus},
     }

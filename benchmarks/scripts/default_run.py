@@ -1,0 +1,72 @@
+"""Wall time and peak memory of `python -m forge.pipeline` (default: the tiny preset), plus the measured
+validation perplexity of each Cognate model against the unigram baseline, as JSON.
+
+Usage:
+    python benchmarks/scripts/default_run.py --out /tmp/bench-run --json default_run.json [-- PIPELINE ARGS]
+
+Peak memory is the largest sum of RSS over the pipeline's whole process tree (driver, Ray's GCS and raylet,
+and the trainer workers), sampled every 0.2 s; the wall time includes Ray's start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="parent folder for the run (emptied first)")
+    parser.add_argument("--json", required=True, help="where to write the figures")
+    parser.add_argument("pipeline_args", nargs="*", help="extra arguments for forge.pipeline (after --)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "forge.pipeline", "--out", str(out), *args.pipeline_args]
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)  # a private Ray, so the whole tree is ours to measure
+    started = time.time()
+    proc = subprocess.Popen(cmd, env=env)
+    handle = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(handle))
+        time.sleep(0.2)
+    wall = time.time() - started
+    result = {"command": " ".join(cmd), "returncode": proc.returncode, "wall_time_s": round(wall, 1),
+              "peak_rss_gib": round(peak / 1024**3, 3), "cpus": os.cpu_count()}
+    manifests = sorted(out.glob("*/*/manifest.json"))
+    for manifest_path in manifests:
+        manifest = json.loads(manifest_path.read_text())
+        phase = {"status": manifest["status"], "wall_time_s": manifest.get("wall_time_s")}
+        if manifest["phase"] == "cognate" and manifest["status"] == "complete":
+            phase["models"] = {
+                name: {key: figures[key] for key in ("val/perplexity", "unigram_val_perplexity",
+                                                     "perplexity_vs_unigram", "steps", "tokens")}
+                for name, figures in manifest["summary"]["models"].items()}
+            phase["diversity"] = {k: v for k, v in manifest["summary"]["diversity"].items() if k != "per_model"}
+        result[manifest["phase"]] = phase
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

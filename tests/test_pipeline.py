@@ -1,0 +1,118 @@
+"""The pipeline end to end on a shrunken tiny preset: outputs, resume, and refusal of altered outputs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from forge.artifacts import read_json
+from forge.config import load_pipeline_config
+from forge.pipeline import run_pipeline
+from forge.tracking import read_metrics
+
+SMALL = [
+    "cognate.train.max_steps_per_epoch=2", "cognate.train.checkpoint_every=1", "cognate.train.batch_size=4",
+    "cognate.train.micro_batch_size=4", "cognate.train.seq_len=64", "cognate.train.eval_max_batches=2",
+    "cognate.data.items_per_dataset=60", "cognate.data.chars_per_stage=40000", "cognate.data.bpe_vocab_size=512",
+    "cognate.data.validation_fraction=0.2", "tracking.wandb_mode=disabled",
+    "cognate.models=[{name: a, act_threshold: 0.9, ltm_slots: 32, seed: 1, stage_epochs: [1, 1, 1]},"
+    " {name: b, act_threshold: 0.99, ltm_slots: 64, seed: 2, stage_epochs: [1, 0, 1]}]",
+]
+
+
+def small_config(out_dir, shared_data, extra=()):
+    return load_pipeline_config("tiny", overrides=[*SMALL, f"data.data_dir={shared_data}", *extra],
+                                out_dir=str(out_dir))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, shared_data, ray_session):
+    out = tmp_path_factory.mktemp("runs")
+    run_dir = run_pipeline(small_config(out, shared_data))
+    return out, run_dir
+
+
+def test_run_writes_verified_models_and_a_manifest(tiny_run):
+    _, run_dir = tiny_run
+    manifest = read_json(run_dir / "cognate" / "manifest.json")
+    assert manifest["status"] == "complete"
+    assert set(manifest["outputs"]) == {"a", "b"}
+    summary = manifest["summary"]
+    for name in ("a", "b"):
+        figures = summary["models"][name]
+        assert figures["val/perplexity"] > 1 and figures["unigram_val_perplexity"] > 1
+        assert figures["steps"] == 2 * sum(1 for e in ([1, 1, 1] if name == "a" else [1, 0, 1]) if e)
+    assert summary["diversity"]["weight_space_diversity"] > 0
+    assert summary["validation"]["blocks"] >= 1
+    metrics = read_metrics(run_dir / "cognate" / "metrics.jsonl")
+    assert {"train/loss", "train/perplexity"} <= set().union(*metrics)
+    assert any("val/loss" in m for m in metrics)
+
+
+def test_outputs_load_with_auto_classes_and_are_causal_and_deterministic(tiny_run):
+    import forge  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, run_dir = tiny_run
+    path = run_dir / "cognate" / "model_a"
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids = tokenizer("Question: what is 2 plus 3? Answer: 5", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        first, second = model(ids).logits, model(ids).logits
+        changed = ids.clone()
+        changed[0, -3] = (changed[0, -3] + 1) % len(tokenizer)
+        third = model(changed).logits
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(first[:, :-3], third[:, :-3], rtol=0, atol=0)
+    assert not torch.equal(first[:, -3:], third[:, -3:])
+
+
+def test_rerun_skips_and_altered_output_is_redone(tiny_run, shared_data, capsys):
+    out, run_dir = tiny_run
+    manifest_path = run_dir / "cognate" / "manifest.json"
+    before = read_json(manifest_path)
+    run_pipeline(small_config(out, shared_data))
+    assert "already complete and verified" in capsys.readouterr().out
+    assert read_json(manifest_path)["started_unix"] == before["started_unix"]
+
+    weights = run_dir / "cognate" / "model_b" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])  # truncated
+    run_pipeline(small_config(out, shared_data))
+    after = read_json(manifest_path)
+    assert after["status"] == "complete" and after["started_unix"] != before["started_unix"]
+    assert after["outputs"] == before["outputs"]  # redone from the last checkpoint: the same weights
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path, shared_data, ray_session):
+    extra = ["cognate.train.max_steps_per_epoch=6"]
+    overrides = [*SMALL, f"data.data_dir={shared_data}", *extra]
+    cmd = [sys.executable, "-m", "forge.pipeline", "--out", str(tmp_path)]
+    for item in overrides:
+        cmd += ["--set", item]
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    metrics = tmp_path / "tiny" / "cognate" / "metrics.jsonl"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if metrics.exists() and any(m.get("step", 0) >= 3 for m in read_metrics(metrics)):
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no training progress within 300 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "tiny" / "cognate" / "manifest.json").exists()
+    run_pipeline(load_pipeline_config("tiny", overrides=overrides, out_dir=str(tmp_path)))
+    records = read_metrics(metrics)
+    resumed = [m["train/resumed_at_step"] for m in records if "train/resumed_at_step" in m]
+    assert resumed and max(resumed) >= 3, "the second run should resume from a checkpoint, not step 0"
+    assert json.loads((tmp_path / "tiny" / "cognate" / "manifest.json").read_text())["status"] == "complete"
