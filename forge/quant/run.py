@@ -87,7 +87,7 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
     fine-tuning), sparsity, speed-up, per-block guard decisions, and each spec criterion as met/missed.
     """
     from forge.artifacts import load_model_dir, save_model_dir
-    from forge.data.readers import read_wikitext
+    from forge.data.splits import heldout_items, train_items
     from forge.models.size import get_model_size
 
     model, tokenizer = load_model_dir(Path(model_dir))
@@ -95,8 +95,10 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
     category = job.size_category or get_model_size(model)["size_category"]
     config, fallback = compression_config(category), conservative_config(category)
     calibration_count = max(config.calibration_samples, fallback.calibration_samples)
-    train_texts = [r["text"] for r in read_wikitext(job.data_dir, "valid")]
-    test_texts = [r["text"] for r in read_wikitext(job.data_dir, "test")]
+    # The one train/held-out partition: Phase 1 pretrains on WikiText's train side, so the guard must
+    # measure on the held-out side only (calibration and fine-tuning may use the train side).
+    train_texts = [r["text"] for r in train_items("wikitext", job.data_dir)]
+    test_texts = [r["text"] for r in heldout_items("wikitext", job.data_dir)]
     pool = text_token_ids(tokenizer, train_texts, calibration_count + job.finetune_sequences, job.seq_len)
     calibration_ids, finetune_ids = pool[:calibration_count], pool[calibration_count:]
     eval_ids = text_token_ids(tokenizer, test_texts, job.eval_sequences, job.seq_len)
