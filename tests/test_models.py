@@ -15,15 +15,6 @@ from forge.models.memory import NeuralMemory
 VOCAB = 97
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models are dominated by small ops: one thread avoids OpenMP barrier stalls on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_config(**overrides) -> CognateConfig:
     """Window 8 and memory chunks of 4, so a 29-token sequence spans 4 attention blocks and 8 chunks."""
     fields = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -13,15 +13,6 @@ from forge.optim import MuonGrokfast, MuonGrokfastConfig, build_muon_grokfast, n
 A, B, C = 3.4445, -4.7750, 2.0315
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny matrices gain nothing from threads, and on a busy shared CPU 2 threads made steps ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def hand_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """X <- aX + b(XX^T)X + c(XX^T)^2 X on the wide orientation of G/||G||_F."""
     tall = g.shape[0] > g.shape[1]
