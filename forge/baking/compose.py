@@ -1,0 +1,129 @@
+"""Bakes built from bakes: stacking half-bakes, sequential prompts, and prompt pursuit.
+
+Strengths here are measured on held-out trajectories of the ORIGINAL model with the prompt:
+``1 - KL(original + prompt || model) / KL(original + prompt || original)``. The original is kept as
+a frozen copy, since each bake merges its adapter into the weights of the model it was given.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from torch import nn
+
+from forge.baking.bake import TrajectorySet, bake_prompt, mean_kl, sample_trajectory_set
+from forge.baking.config import BakingConfig
+from forge.baking.kl import plain
+
+
+@dataclass
+class PromptTarget:
+    """A prompt, held-out trajectories of the original model with it, and the unbaked distance."""
+
+    prompt: str  # the prompt
+    trajectories: TrajectorySet  # sampled from the original model with the prompt
+    kl_reference: float  # held-out KL(original + prompt || original)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with no trainable parameters."""
+    original = copy.deepcopy(model).eval()
+    for param in original.parameters():
+        param.requires_grad_(False)
+    return original
+
+
+def prompt_target(original: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] | None,
+                  config: BakingConfig) -> PromptTarget:
+    """Sample the original model's prompted behaviour once; measure how far its unprompted self is."""
+    trajectories = sample_trajectory_set(plain(original), tokenizer, prompt, inputs, config)
+    kl_reference = mean_kl(plain(original), plain(original), trajectories.heldout, tokenizer, config)
+    return PromptTarget(prompt=prompt, trajectories=trajectories, kl_reference=kl_reference)
+
+
+def measured_strength(original: nn.Module, model: nn.Module, tokenizer, target: PromptTarget,
+                      config: BakingConfig) -> float:
+    """``1 - KL(original + prompt || model) / KL(original + prompt || original)`` on held-out inputs."""
+    kl = mean_kl(plain(original), plain(model), target.trajectories.heldout, tokenizer, config)
+    return 1.0 - kl / target.kl_reference
+
+
+def stack_bakes(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] | None,
+                config: BakingConfig, rounds: int) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Bake the same prompt ``rounds`` times, each time towards the ORIGINAL prompted model.
+
+    Each round trains a fresh adapter on the previous round's merged model, against the same teacher
+    (the original with the prompt) and the same trajectories; the row records the measured strength
+    next to the spec's ``S_N = 1 - 0.5^N`` and to ``1 - (1 - S_1)^N`` compounded from round one.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    original = frozen_copy(model)
+    target = prompt_target(original, tokenizer, prompt, inputs, config)
+    rows: list[dict[str, Any]] = []
+    for n in range(1, rounds + 1):
+        result = bake_prompt(model, tokenizer, prompt, None, config, teacher=original, reference=original,
+                             trajectories=target.trajectories)
+        model = result.merge()
+        first = rows[0]["measured_strength"] if rows else result.strength
+        rows.append({
+            "round": n,
+            "measured_strength": result.strength,
+            "spec_prediction": 1.0 - 0.5 ** n,
+            "compounded_from_round_1": 1.0 - (1.0 - first) ** n,
+            "heldout_kl": result.kl_after,
+            "kl_reference": result.kl_reference,
+            "wall_time_s": result.wall_time_s,
+        })
+    return model, rows
+
+
+def bake_sequence(model: nn.Module, tokenizer, prompts: Sequence[str], inputs: Sequence[str] | None,
+                  config: BakingConfig) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Bake different prompts one after another (e.g. a tool prompt, then a persona).
+
+    After each step every prompt's strength is measured against the original model, so the table
+    shows whether a later bake keeps or erodes an earlier one.
+    """
+    if not prompts:
+        raise ValueError("bake_sequence needs at least one prompt")
+    original = frozen_copy(model)
+    targets = [prompt_target(original, tokenizer, prompt, inputs, config) for prompt in prompts]
+    rows: list[dict[str, Any]] = []
+    for step, prompt in enumerate(prompts, start=1):
+        result = bake_prompt(model, tokenizer, prompt, inputs, config)
+        model = result.merge()
+        rows.append({
+            "step": step,
+            "prompt": prompt,
+            "bake_strength": result.strength,
+            "strength_vs_original": {
+                target.prompt: measured_strength(original, model, tokenizer, target, config) for target in targets
+            },
+        })
+    return model, rows
+
+
+def pursue_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] | None,
+                  config: BakingConfig, rounds: int) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Prompt pursuit: bake, re-prompt the baked model with the same prompt, bake that, ``rounds`` times.
+
+    Unlike stacking, the teacher moves: round k imitates the round k-1 model WITH the prompt, so the
+    model can go past the original prompted behaviour; ``strength_vs_original`` shows where it stands.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    original = frozen_copy(model)
+    target = prompt_target(original, tokenizer, prompt, inputs, config)
+    rows: list[dict[str, Any]] = []
+    for n in range(1, rounds + 1):
+        result = bake_prompt(model, tokenizer, prompt, inputs, config)
+        model = result.merge()
+        rows.append({
+            "round": n,
+            "bake_strength": result.strength,
+            "kl_prompted_vs_unprompted_before": result.kl_reference,
+            "strength_vs_original": measured_strength(original, model, tokenizer, target, config),
+        })
+    return model, rows

@@ -1,0 +1,93 @@
+"""KL(teacher || student) over generated tokens, computed in chunks of the vocabulary projection.
+
+Full-vocabulary float32 logits on both sides dominate memory (50257 x 4 bytes per token and side),
+so neither side materialises them for the whole batch: the models yield the hidden states their LM
+head reads (cheap, see ``hidden``), and the head is applied ``chunk`` tokens at a time. In training the student's chunk
+losses are back-propagated into a detached copy of its hidden states, whose gradient is then sent
+through the network once, so at most one chunk of logits (and its graph) is alive at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager
+
+import torch
+from torch import nn
+
+from forge.baking.hidden import final_hidden
+from forge.baking.trajectories import TrajectoryBatch
+
+# A model to run plus the context that selects how it runs (e.g. a PEFT model's disable_adapter()).
+ModelView = tuple[nn.Module, Callable[[], ContextManager]]
+
+
+def plain(model: nn.Module) -> ModelView:
+    """Run ``model`` as it is."""
+    return model, contextlib.nullcontext
+
+
+@torch.no_grad()
+def check_head(view: ModelView, ids: torch.Tensor) -> None:
+    """Refuse models whose logits are not their LM head applied to the head's input (e.g. soft-capping)."""
+    model, context = view
+    with context():
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        rebuilt = model.get_output_embeddings()(final_hidden(model, ids)).float()
+    if not torch.allclose(logits, rebuilt, atol=1e-4, rtol=1e-3):
+        raise ValueError(
+            f"{type(model).__name__}: get_output_embeddings() applied to its own input does not reproduce the "
+            "logits (soft-capping or scaling after the head?); the chunked KL cannot be used with this model"
+        )
+
+
+def _token_kl_sum(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Sum over tokens of KL(softmax(teacher) || softmax(student)), in float32."""
+    t_logp = torch.log_softmax(teacher_logits.float(), dim=-1)
+    s_logp = torch.log_softmax(student_logits.float(), dim=-1)
+    return (t_logp.exp() * (t_logp - s_logp)).sum()
+
+
+@torch.no_grad()
+def teacher_states(teacher: ModelView, batch: TrajectoryBatch) -> torch.Tensor:
+    """Teacher hidden states at the scored positions, (N, H)."""
+    model, context = teacher
+    with context():
+        return final_hidden(model, batch.teacher_ids)[batch.teacher_mask]
+
+
+@torch.no_grad()
+def batch_kl_sum(teacher: ModelView, student: ModelView, batch: TrajectoryBatch, chunk: int) -> float:
+    """Summed token KL(teacher || student) over the generated tokens of ``batch`` (no gradient)."""
+    t_model, t_context = teacher
+    s_model, s_context = student
+    t_hidden = teacher_states(teacher, batch)
+    with s_context():
+        s_hidden = final_hidden(s_model, batch.student_ids)[batch.student_mask]
+    total = 0.0
+    for start in range(0, t_hidden.shape[0], chunk):
+        with t_context():
+            t_logits = t_model.get_output_embeddings()(t_hidden[start:start + chunk])
+        with s_context():
+            s_logits = s_model.get_output_embeddings()(s_hidden[start:start + chunk])
+        total += float(_token_kl_sum(t_logits, s_logits))
+    return total
+
+
+def kl_backward(teacher: ModelView, student: nn.Module, batch: TrajectoryBatch, chunk: int) -> float:
+    """Back-propagate the mean token KL(teacher || student) of ``batch``; return its value."""
+    t_model, t_context = teacher
+    t_hidden = teacher_states(teacher, batch)
+    s_hidden = final_hidden(student, batch.student_ids)[batch.student_mask]
+    if s_hidden.shape[0] != t_hidden.shape[0]:
+        raise RuntimeError(f"teacher scores {t_hidden.shape[0]} tokens but student {s_hidden.shape[0]}")
+    detached = s_hidden.detach().requires_grad_(True)
+    head = student.get_output_embeddings()
+    total = 0.0
+    for start in range(0, detached.shape[0], chunk):
+        with torch.no_grad(), t_context():
+            t_logits = t_model.get_output_embeddings()(t_hidden[start:start + chunk])
+        loss = _token_kl_sum(t_logits, head(detached[start:start + chunk])) / batch.num_tokens
+        loss.backward()
+        total += loss.item()
+    s_hidden.backward(detached.grad)
+    return total
