@@ -1,0 +1,339 @@
+"""The model side of evaluation: log-likelihoods of continuations, greedy generation, perplexity.
+
+Works with any causal LM whose forward takes ``input_ids`` and returns ``.logits`` (every
+``AutoModelForCausalLM``). Models with a working KV cache get the fast paths:
+
+- multiple choice: items whose contexts have the same token length are stacked without padding, their
+  contexts run once, and the cache is repeated for every choice, so a context is never recomputed;
+- generation: one token per step from the cache; finished rows leave the batch.
+
+Models without a cache (or whose cache gives different logits) use the plain path: one right-padded
+sequence per (context, continuation), sorted by length. Both give the same numbers.
+Tokenisation follows lm-evaluation-harness (``_encode_pair``: trailing context spaces move to the
+continuation; the continuation is the tail of the encoded whole).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+# Upper bound on (rows x positions) of one forward pass: the logits alone are this times the
+# vocabulary size in float32 (2048 x 50257 x 4 B = 0.4 GB).
+DEFAULT_MAX_BATCH_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine needs to know about a model, probed once."""
+
+    max_length: int  # longest input the model accepts (positions)
+    kv_cache: bool  # whether incremental decoding with past_key_values matches a full forward
+    logits_to_keep: bool  # whether forward accepts logits_to_keep (saves the context logits)
+    use_cache_arg: bool  # whether forward accepts use_cache
+    pad_id: int  # any valid token id for right padding (never attended to by real tokens)
+
+
+def model_max_length(model, tokenizer) -> int:
+    """lm-eval's rule: the config's position limit, else the tokenizer's, else 2048."""
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    tokenizer_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 10**9:
+        return tokenizer_max
+    return 2048
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def probe_model(model, tokenizer) -> ModelInfo:
+    """Check once whether the cache reproduces a full forward pass (a model may ignore it)."""
+    device = _device(model)
+    pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    accepts = inspect.signature(model.forward).parameters
+    ids = torch.tensor([[1, 2, 3]], device=device) % model.config.vocab_size
+    use_cache_arg = "use_cache" in accepts
+    full = model(ids, **({"use_cache": False} if use_cache_arg else {})).logits[:, -1].float()
+    kv_cache = False
+    if "past_key_values" in accepts and use_cache_arg:
+        first = model(ids[:, :2], use_cache=True)
+        past = getattr(first, "past_key_values", None)
+        if past is not None:
+            step = model(ids[:, 2:], past_key_values=past, use_cache=True).logits[:, -1].float()
+            kv_cache = bool(torch.allclose(step, full, atol=1e-4, rtol=1e-3))
+    return ModelInfo(max_length=model_max_length(model, tokenizer), kv_cache=kv_cache,
+                     logits_to_keep="logits_to_keep" in accepts, use_cache_arg=use_cache_arg, pad_id=pad_id)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval ``_encode_pair``: trailing spaces of the context go to the continuation."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = encode(tokenizer, context + continuation)
+    context_ids = encode(tokenizer, context)
+    if len(whole) <= len(context_ids):
+        raise ValueError(f"continuation {continuation!r} adds no tokens to its context: every choice must be "
+                         "non-empty text")
+    return context_ids, whole[len(context_ids):]
+
+
+def _reorder_cache(past, index: torch.Tensor):
+    """Select/repeat batch rows of a cache (a transformers Cache or legacy tuples)."""
+    if hasattr(past, "reorder_cache"):
+        past.reorder_cache(index)
+        return past
+    return tuple(tuple(tensor.index_select(0, index) for tensor in layer) for layer in past)
+
+
+def _chunks_by_tokens(rows: list, length_of, batch_size: int, max_batch_tokens: int):
+    """Split rows (already sorted by decreasing length) into batches within both budgets."""
+    batch: list = []
+    for row in rows:
+        width = length_of(batch[0] if batch else row)
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * width > max_batch_tokens):
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def loglikelihood_choices(model, tokenizer, requests: Sequence[tuple[str, Sequence[str]]], *,
+                          batch_size: int = 32, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                          info: ModelInfo | None = None, shared_context: bool = True) -> list[list[float]]:
+    """Summed log-probability of each continuation given its context, per item.
+
+    ``requests`` holds ``(context, [continuation, ...])`` per item; the result has the same shape.
+    ``shared_context=False`` forces the plain path (used to check that both agree).
+    """
+    info = info or probe_model(model, tokenizer)
+    encoded = []
+    for context, continuations in requests:
+        pairs = [encode_pair(tokenizer, context, cont) for cont in continuations]
+        context_ids = pairs[0][0]
+        if not context_ids:
+            # lm-eval: an empty context is conditioned on the end-of-text token.
+            context_ids = [info.pad_id]
+        encoded.append((context_ids, [cont_ids for _, cont_ids in pairs]))
+    results: list[list[float] | None] = [None] * len(encoded)
+    shared, plain = [], []
+    for index, (context_ids, conts) in enumerate(encoded):
+        fits = len(context_ids) + max(len(c) for c in conts) - 1 <= info.max_length
+        (shared if (shared_context and info.kv_cache and fits) else plain).append(index)
+    _shared_context_pass(model, encoded, shared, results, info, batch_size, max_batch_tokens)
+    _plain_pass(model, encoded, plain, results, info, batch_size, max_batch_tokens)
+    return results  # type: ignore[return-value]
+
+
+def _forward(model, ids: torch.Tensor, info: ModelInfo, *, past=None, keep: int | None = None, cache: bool = False):
+    """Float logits of the last ``keep`` positions (all when None), and the cache when ``cache``."""
+    kwargs = {}
+    if info.use_cache_arg:
+        kwargs["use_cache"] = info.kv_cache and cache
+    if past is not None:
+        kwargs["past_key_values"] = past
+    if keep is not None and info.logits_to_keep:
+        kwargs["logits_to_keep"] = keep
+    out = model(ids, **kwargs)
+    logits = out.logits if keep is None else out.logits[:, -keep:]
+    return logits.float(), getattr(out, "past_key_values", None)
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each position: the target's logit minus the log-partition (no full log-softmax)."""
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _shared_context_pass(model, encoded, indices, results, info, batch_size, max_batch_tokens):
+    """Contexts of equal token length run once together; their cache serves every choice."""
+    device = _device(model)
+    by_length: dict[int, list[int]] = {}
+    for index in indices:
+        by_length.setdefault(len(encoded[index][0]), []).append(index)
+    for context_len, group in sorted(by_length.items(), reverse=True):
+        group.sort(key=lambda i: -max(len(c) for c in encoded[i][1]))
+        # Budget: the widest forward is a context pass or a choice pass of the first item in the batch.
+        row_width = lambda i: max(context_len, max(len(c) for c in encoded[i][1]))  # noqa: E731
+        per_item = max(len(encoded[i][1]) for i in group)
+        for batch in _chunks_by_tokens(group, row_width, max(1, batch_size // per_item),
+                                       max(max_batch_tokens // per_item, row_width(group[0]))):
+            contexts = torch.tensor([encoded[i][0] for i in batch], device=device)
+            first_logits, past = _forward(model, contexts, info, keep=1, cache=True)
+            owner = [row for row, i in enumerate(batch) for _ in encoded[i][1]]
+            conts = [cont for i in batch for cont in encoded[i][1]]
+            first = _token_logprobs(first_logits[owner, 0], torch.tensor([cont[0] for cont in conts], device=device))
+            rest_width = max(len(cont) for cont in conts) - 1
+            rest = torch.zeros(len(conts), device=device)
+            if rest_width > 0:
+                past = _reorder_cache(past, torch.tensor(owner, device=device))
+                inputs = torch.full((len(conts), rest_width), info.pad_id, device=device)
+                targets = torch.zeros((len(conts), rest_width), dtype=torch.long, device=device)
+                mask = torch.zeros((len(conts), rest_width), device=device)
+                for row, cont in enumerate(conts):
+                    n = len(cont) - 1
+                    inputs[row, :n] = torch.tensor(cont[:-1])
+                    targets[row, :n] = torch.tensor(cont[1:])
+                    mask[row, :n] = 1.0
+                logits, _ = _forward(model, inputs, info, past=past, cache=True)
+                rest = (_token_logprobs(logits, targets) * mask).sum(-1)
+            totals = (first + rest).tolist()
+            cursor = 0
+            for i in batch:
+                count = len(encoded[i][1])
+                results[i] = totals[cursor:cursor + count]
+                cursor += count
+
+
+def _plain_pass(model, encoded, indices, results, info, batch_size, max_batch_tokens):
+    """One sequence per (context, continuation), left-truncated to the model's length as lm-eval does."""
+    device = _device(model)
+    rows = []  # (item, choice, input ids, continuation ids)
+    for index in indices:
+        context_ids, conts = encoded[index]
+        for choice, cont in enumerate(conts):
+            inputs = (context_ids + cont)[-(info.max_length + 1):][:-1]
+            rows.append((index, choice, inputs, cont))
+    rows.sort(key=lambda row: -len(row[2]))
+    for index in indices:
+        results[index] = [0.0] * len(encoded[index][1])
+    for batch in _chunks_by_tokens(rows, lambda row: len(row[2]), batch_size, max_batch_tokens):
+        width = len(batch[0][2])
+        inputs = torch.full((len(batch), width), info.pad_id, device=device)
+        for row, (_, _, ids, _) in enumerate(batch):
+            inputs[row, :len(ids)] = torch.tensor(ids)
+        logits, _ = _forward(model, inputs, info)
+        for row, (index, choice, ids, cont) in enumerate(batch):
+            n = len(cont)
+            positions = torch.arange(len(ids) - n, len(ids), device=device)
+            targets = torch.tensor(cont, device=device)
+            results[index][choice] = float(_token_logprobs(logits[row, positions], targets).sum())
+
+
+def _truncate_at_stop(text: str, until: Sequence[str]) -> str:
+    for stop in until:
+        if stop:
+            text = text.split(stop)[0]
+    return text
+
+
+@torch.no_grad()
+def generate_until(model, tokenizer, prompts: Sequence[str], *, until: Sequence[str] = (),
+                   max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0,
+                   seed: int = 1234, info: ModelInfo | None = None) -> list[str]:
+    """Continue each prompt until a stop sequence, end-of-text or ``max_new_tokens``.
+
+    Greedy when ``temperature`` is 0 (lm-eval ``do_sample: false``), else sampling with a seeded
+    generator. Prompts are left-truncated to leave room for ``max_new_tokens``, as lm-eval does.
+    Prompts of equal token length share a batch, so no padding (and no attention mask) is needed.
+    """
+    info = info or probe_model(model, tokenizer)
+    device = _device(model)
+    room = max(1, info.max_length - max_new_tokens)
+    encoded = [(encode(tokenizer, prompt) or [info.pad_id])[-room:] for prompt in prompts]
+    outputs = [""] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for index, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(index)
+    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    eos = tokenizer.eos_token_id
+    for length, group in sorted(by_length.items(), reverse=True):
+        budget = min(max_new_tokens, info.max_length - length)
+        for start in range(0, len(group), batch_size):
+            batch = group[start:start + batch_size]
+            texts = _generate_batch(model, tokenizer, torch.tensor([encoded[i] for i in batch], device=device),
+                                    until, budget, temperature, generator, eos, info)
+            for i, text in zip(batch, texts):
+                outputs[i] = text
+    return outputs
+
+
+def _generate_batch(model, tokenizer, ids, until, budget, temperature, generator, eos, info) -> list[str]:
+    rows = list(range(ids.shape[0]))  # original row of each live batch row
+    generated: list[list[int]] = [[] for _ in rows]
+    texts = [""] * len(rows)
+    past = None
+    sequence = ids  # used when the model has no cache
+    step_input = ids
+    for _ in range(budget):
+        if info.kv_cache:
+            logits, past = _forward(model, step_input, info, past=past, keep=1, cache=True)
+        else:
+            logits, _ = _forward(model, sequence, info, keep=1)
+        logits = logits[:, -1]
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        else:
+            next_tokens = logits.argmax(-1)
+        keep = []
+        for live, token in enumerate(next_tokens.tolist()):
+            row = rows[live]
+            generated[row].append(token)
+            text = tokenizer.decode(generated[row], skip_special_tokens=False)
+            done = token == eos or any(stop and stop in text for stop in until)
+            texts[row] = text
+            if not done:
+                keep.append(live)
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, device=ids.device)
+            rows = [rows[k] for k in keep]
+            next_tokens = next_tokens.index_select(0, index)
+            sequence = sequence.index_select(0, index)
+            if past is not None:
+                past = _reorder_cache(past, index)
+        step_input = next_tokens.unsqueeze(-1)
+        sequence = torch.cat([sequence, step_input], dim=1)
+    eos_text = tokenizer.decode([eos]) if eos is not None else None
+    return [_truncate_at_stop(text, (*until, eos_text) if eos_text else until) for text in texts]
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: Sequence[str], *, max_length: int | None = None,
+               stride: int | None = None) -> float:
+    """Token-level perplexity of the texts joined by blank lines, with a sliding window.
+
+    Each window spans up to ``max_length`` tokens and advances by ``stride``; only the tokens not
+    scored by an earlier window count, each conditioned on up to ``max_length - 1`` earlier tokens.
+    Every token except the first is scored exactly once: exp(total NLL / scored tokens).
+    """
+    info = probe_model(model, tokenizer)
+    max_length = max_length or info.max_length
+    stride = stride or max_length // 2
+    if not 0 < stride <= max_length:
+        raise ValueError(f"stride must be in (0, max_length={max_length}], got {stride}")
+    if max_length > info.max_length:
+        raise ValueError(f"max_length={max_length} exceeds the model's {info.max_length} positions")
+    ids = torch.tensor(encode(tokenizer, "\n\n".join(texts)), device=_device(model))
+    if ids.numel() < 2:
+        raise ValueError("perplexity needs at least two tokens of text")
+    total_nll, scored, previous_end = 0.0, 0, 1  # token 0 is never predicted
+    for begin in range(0, ids.numel(), stride):
+        end = min(begin + max_length, ids.numel())
+        window = ids[begin:end].unsqueeze(0)
+        first_target = max(previous_end, begin + 1)
+        targets = ids[first_target:end]
+        # Only the positions that predict new targets: the last len(targets) + 1, minus the final one.
+        logits, _ = _forward(model, window, info, keep=targets.numel() + 1)
+        total_nll -= float(_token_logprobs(logits[0, :targets.numel()], targets).sum())
+        scored += targets.numel()
+        previous_end = end
+        if end == ids.numel():
+            break
+    return math.exp(total_nll / scored)
