@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from forge.data.readers import last_boxed_only_string, remove_boxed
+
 INVALID = "[invalid]"
 
 # lm-eval gsm8k.yaml filters: strict-match and flexible-extract.
@@ -71,35 +73,6 @@ def number_match(prediction: str, reference: str, *, numeric: bool = False) -> b
 
 
 # ---- MATH: answer extraction and normalisation (Hendrycks et al. 2021, math_equivalence.py) ----
-
-def last_boxed_only_string(text: str) -> str | None:
-    """The last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, or None."""
-    idx = text.rfind("\\boxed")
-    if idx < 0:
-        idx = text.rfind("\\fbox")
-        if idx < 0:
-            return None
-    if text.startswith("\\boxed ", idx):
-        # "\boxed 5" form: the answer runs to the next "$" or the end.
-        return "\\boxed " + text[idx + len("\\boxed "):].split("$")[0]
-    depth = 0
-    for pos in range(idx, len(text)):
-        if text[pos] == "{":
-            depth += 1
-        elif text[pos] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[idx:pos + 1]
-    return None
-
-
-def remove_boxed(text: str) -> str:
-    """``\\boxed{x}`` -> ``x``."""
-    for prefix in ("\\boxed ", "\\boxed{", "\\fbox{"):
-        if text.startswith(prefix):
-            return text[len(prefix):] if prefix.endswith(" ") else text[len(prefix):-1]
-    raise ValueError(f"not a boxed expression: {text[:40]!r}")
-
 
 def extract_math_answer(generation: str) -> str:
     """The model's final answer: the last ``\\boxed{}``, else the text between the first and last ``$``

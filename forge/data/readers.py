@@ -122,26 +122,39 @@ def strip_units(answer_text: str) -> str:
     return number_to_str(re.sub(r"\s*\([^)]*\)", "", answer_text).strip())
 
 
-def last_boxed(solution: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in a MATH solution, braces balanced."""
-    start = max(solution.rfind("\\boxed"), solution.rfind("\\fbox"))
-    if start < 0:
-        return None
-    rest = solution[start:]
-    if rest.startswith("\\boxed "):  # the brace-less "\boxed 5" form
-        return rest[len("\\boxed "):].split("$")[0].strip()
-    open_at = rest.find("{")
-    if open_at < 0:
-        return None
+def last_boxed_only_string(text: str) -> str | None:
+    """The last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, or None."""
+    idx = text.rfind("\\boxed")
+    if idx < 0:
+        idx = text.rfind("\\fbox")
+        if idx < 0:
+            return None
+    if text.startswith("\\boxed ", idx):
+        # "\boxed 5" form: the answer runs to the next "$" or the end.
+        return "\\boxed " + text[idx + len("\\boxed "):].split("$")[0]
     depth = 0
-    for index in range(open_at, len(rest)):
-        if rest[index] == "{":
+    for pos in range(idx, len(text)):
+        if text[pos] == "{":
             depth += 1
-        elif rest[index] == "}":
+        elif text[pos] == "}":
             depth -= 1
             if depth == 0:
-                return rest[open_at + 1:index]
+                return text[idx:pos + 1]
     return None
+
+
+def remove_boxed(text: str) -> str:
+    """``\\boxed{x}`` -> ``x``."""
+    for prefix in ("\\boxed ", "\\boxed{", "\\fbox{"):
+        if text.startswith(prefix):
+            return text[len(prefix):] if prefix.endswith(" ") else text[len(prefix):-1]
+    raise ValueError(f"not a boxed expression: {text[:40]!r}")
+
+
+def last_boxed(solution: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` in a MATH solution (``\\fbox`` only when there is no ``\\boxed``)."""
+    boxed = last_boxed_only_string(solution)
+    return None if boxed is None else remove_boxed(boxed)
 
 
 # ---------------------------------------------------------------- math word problems
@@ -235,9 +248,14 @@ def read_piqa(data_dir: str | os.PathLike | None = None) -> list[Record]:
 
 
 def read_hellaswag(data_dir: str | os.PathLike | None = None) -> list[Record]:
-    """HellaSwag validation, the local random subset of 1000; ``question`` is the context."""
+    """HellaSwag validation, the local random subset of 1000; ``question`` is the context.
+
+    The context is built as lm-evaluation-harness does (``ctx_a + " " + ctx_b.capitalize()``), so both
+    harnesses score the same text (``ctx`` joins them without the capital).
+    """
     path = _data_file(data_dir, "hellaswag", "hellaswag_val_subset1000.jsonl")
-    return [{"id": str(row["ind"]), "question": row["ctx"], "choices": list(row["endings"]),
+    return [{"id": str(row["ind"]), "question": f"{row['ctx_a']} {row['ctx_b'].capitalize()}".strip(),
+             "choices": list(row["endings"]),
              "label": int(row["label"]), "activity_label": row["activity_label"]}
             for row in _iter_jsonl(path)]
 
