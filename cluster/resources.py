@@ -66,8 +66,12 @@ def plan_devices() -> DevicePlan:
     return DevicePlan(num_cpus=float(resources.get("CPU", 1.0)), num_gpus=num_gpus, gpu_memory_bytes=memory)
 
 
+CUDA_CONTEXT_BYTES = 512 * 1024**2
+"""CUDA context and workspace a GPU process holds besides its tensors."""
+
+
 def training_memory_bytes(num_params: int, batch_size: int, seq_len: int, hidden_size: int,
-                          num_layers: int, recursion_steps: int = 1) -> int:
+                          num_layers: int, recursion_steps: int = 1, *, device: str = "cuda") -> int:
     """Rough float32 training footprint: weights, grads, two optimizer moments, activations.
 
     Activations: ~34 floats per token per layer per hidden unit (attention and MLP intermediates),
@@ -75,7 +79,7 @@ def training_memory_bytes(num_params: int, batch_size: int, seq_len: int, hidden
     """
     states = 4 * num_params * 4
     activations = 34 * batch_size * seq_len * hidden_size * num_layers * recursion_steps * 4
-    return int(states + activations + 512 * 1024**2)  # plus CUDA context / workspace
+    return int(states + activations + (CUDA_CONTEXT_BYTES if device.startswith("cuda") else 0))
 
 
 def share_for(plan: DevicePlan, memory_bytes: int, n_actors: int) -> ResourceShare:
@@ -104,14 +108,17 @@ def share_for(plan: DevicePlan, memory_bytes: int, n_actors: int) -> ResourceSha
 
 
 def safe_batch_size(free_bytes: int, num_params: int, seq_len: int, hidden_size: int, num_layers: int,
-                    recursion_steps: int, target_batch: int) -> tuple[int, int]:
+                    recursion_steps: int, target_batch: int, *, device: str = "cuda") -> tuple[int, int]:
     """Largest power-of-two micro-batch that fits ``free_bytes``, and the accumulation steps to
     reach ``target_batch`` sequences per optimizer step."""
+    def need(batch: int) -> int:
+        return training_memory_bytes(num_params, batch, seq_len, hidden_size, num_layers, recursion_steps,
+                                     device=device)
+
     batch = 1
-    while batch * 2 <= target_batch and training_memory_bytes(
-            num_params, batch * 2, seq_len, hidden_size, num_layers, recursion_steps) <= free_bytes:
+    while batch * 2 <= target_batch and need(batch * 2) <= free_bytes:
         batch *= 2
-    if training_memory_bytes(num_params, batch, seq_len, hidden_size, num_layers, recursion_steps) > free_bytes:
+    if need(batch) > free_bytes:
         raise ValueError(
             f"even batch size 1 does not fit in {free_bytes / GiB:.1f} GiB; shorten the sequence length "
             "or use a smaller model"

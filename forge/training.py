@@ -209,6 +209,10 @@ def train(model, stages: list[Stage], val_blocks: torch.Tensor, cfg: CognateTrai
                          "train/ce": step_ce, "train/grad_norm": float(grad_norm),
                          "train/lr_scale": pos.lr_scale, "train/stage": pos.stage, "train/epoch": pos.epoch,
                          "train/tokens_per_s": (pos.tokens - start_tokens) / elapsed}, step=pos.step)
+            if pos.step % max(1, total_steps // 20) == 0 or pos.step == total_steps:
+                # One line per ~5% of training: readable when Ray interleaves several trainers' output.
+                print(f"[{tracker.name}] step {pos.step}/{total_steps} stage {stage.name} loss {step_loss:.3f} "
+                      f"{(pos.tokens - start_tokens) / elapsed:.0f} tok/s", flush=True)
             if pos.step % cfg.checkpoint_every == 0:
                 _save_checkpoint(checkpoint, model, optimizer, pos)
         else:
@@ -290,7 +294,7 @@ def pick_micro_batch(job: TrainJob, num_params: int) -> int:
     arch = job.architecture
     steps = arch.get("act_max_steps", 1) * arch.get("trm_refinements", 1)
     micro, _ = safe_batch_size(free, num_params, cfg.seq_len, arch["hidden_size"], arch["num_hidden_layers"],
-                               steps, cfg.batch_size)
+                               steps, cfg.batch_size, device=job.device)
     while cfg.batch_size % micro:
         micro //= 2
     return micro

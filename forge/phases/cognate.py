@@ -169,7 +169,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     arch = jobs[0].architecture
     need = training_memory_bytes(sum(p.numel() for p in probe.parameters()), cognate.train.micro_batch_size or
                                  cognate.train.batch_size, seq_len, arch["hidden_size"], arch["num_hidden_layers"],
-                                 arch.get("act_max_steps", 1) * arch.get("trm_refinements", 1))
+                                 arch.get("act_max_steps", 1) * arch.get("trm_refinements", 1), device=plan.device)
     del probe
     share = share_for(plan, need, len(jobs))
     if config.device == "cpu" or (config.device == "auto" and share.device == "cpu"):
