@@ -4,8 +4,10 @@ validation perplexity of each Cognate model against the unigram baseline, as JSO
 Usage:
     python benchmarks/scripts/default_run.py --out /tmp/bench-run --json default_run.json [-- PIPELINE ARGS]
 
-Peak memory is the largest sum of RSS over the pipeline's whole process tree (driver, Ray's GCS and raylet,
-and the trainer workers), sampled every 0.2 s; the wall time includes Ray's start-up.
+Peak memory over the pipeline's whole process tree (driver, Ray's GCS and raylet, the trainer workers),
+sampled every 0.5 s: the sum of PSS (proportional set size: shared pages such as libtorch and Ray's
+object store split between the processes mapping them; the honest total) and, for reference, the sum of
+RSS (counts every shared page once per process, so it overstates). The wall time includes Ray's start-up.
 """
 from __future__ import annotations
 
@@ -21,14 +23,17 @@ from pathlib import Path
 import psutil
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def tree_memory(proc: psutil.Process) -> tuple[int, int]:
+    """(sum of PSS, sum of RSS) over ``proc`` and its descendants."""
+    pss = rss = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
         except psutil.Error:
             continue
-    return total
+        pss += info.pss
+        rss += info.rss
+    return pss, rss
 
 
 def main() -> int:
@@ -45,13 +50,15 @@ def main() -> int:
     started = time.time()
     proc = subprocess.Popen(cmd, env=env)
     handle = psutil.Process(proc.pid)
-    peak = 0
+    peak_pss = peak_rss = 0
     while proc.poll() is None:
-        peak = max(peak, tree_rss(handle))
-        time.sleep(0.2)
+        pss, rss = tree_memory(handle)
+        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+        time.sleep(0.5)
     wall = time.time() - started
     result = {"command": " ".join(cmd), "returncode": proc.returncode, "wall_time_s": round(wall, 1),
-              "peak_rss_gib": round(peak / 1024**3, 3), "cpus": os.cpu_count()}
+              "peak_pss_gib": round(peak_pss / 1024**3, 3), "peak_rss_sum_gib": round(peak_rss / 1024**3, 3),
+              "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}
     manifests = sorted(out.glob("*/*/manifest.json"))
     for manifest_path in manifests:
         manifest = json.loads(manifest_path.read_text())
