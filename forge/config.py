@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from cluster.runtime import RayConfig
 from forge.configtools import (ConfigError, apply_override, from_dict, load_yaml, parse_override)
+from forge.evolve import EvoMergeConfig
 from forge.optim import MuonGrokfastConfig
 from forge.tracking import TrackingConfig
 
@@ -129,7 +130,7 @@ class PipelineConfig:
 
     preset: str = "tiny"
     """Name of the preset these values came from (recorded in the run)."""
-    phases: list[str] = field(default_factory=lambda: ["cognate"])
+    phases: list[str] = field(default_factory=lambda: ["cognate", "evomerge"])
     """Phases to run, in pipeline order."""
     seed: int = 0
     """Global seed (each phase derives its own from it)."""
@@ -147,6 +148,8 @@ class PipelineConfig:
     """Ray start-up (join a cluster or start locally)."""
     cognate: CognatePhaseConfig = field(default_factory=CognatePhaseConfig)
     """Phase 1: three TRM x Titans-MAG models."""
+    evomerge: EvoMergeConfig = field(default_factory=EvoMergeConfig)
+    """Phase 2: the three models merged into one champion by evolution (Ray Tune)."""
 
 
 def preset_path(name: str) -> Path:

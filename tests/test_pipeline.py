@@ -21,6 +21,8 @@ SMALL = [
     "cognate.data.validation_fraction=0.2", "tracking.wandb_mode=disabled",
     "cognate.models=[{name: a, act_threshold: 0.9, ltm_slots: 32, seed: 1, stage_epochs: [1, 1, 1]},"
     " {name: b, act_threshold: 0.99, ltm_slots: 64, seed: 2, stage_epochs: [1, 0, 1]}]",
+    "evomerge.max_generations=1", "evomerge.heldout_max_chars=1500", "evomerge.perplexity_window=64",
+    "evomerge.speed_batch=2", "evomerge.speed_seq_len=16", "evomerge.speed_repeats=1", "evomerge.accuracy_limit=4",
 ]
 
 
@@ -53,11 +55,26 @@ def test_run_writes_verified_models_and_a_manifest(tiny_run):
     assert any("val/loss" in m for m in metrics)
 
 
+def test_evomerge_consumes_the_cognate_models_and_writes_a_champion(tiny_run):
+    _, run_dir = tiny_run
+    cognate = read_json(run_dir / "cognate" / "manifest.json")
+    evomerge = read_json(run_dir / "evomerge" / "manifest.json")
+    assert evomerge["status"] == "complete"
+    assert evomerge["inputs"] == {name: entry["digest"] for name, entry in cognate["outputs"].items()}
+    assert set(evomerge["outputs"]) == {"champion"}
+    summary = evomerge["summary"]
+    assert set(summary["parents"]) == {"parent_a", "parent_b"}
+    assert "accuracy" in summary["fitness_terms"]  # the data folder is configured: held-out ARC-Easy counts
+    assert summary["champion"]["terms"]["perplexity"] > 1
+
+
 def test_outputs_load_with_auto_classes_and_are_causal_and_deterministic(tiny_run):
     import forge  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _, run_dir = tiny_run
+    for path in (run_dir / "evomerge" / "champion", run_dir / "cognate" / "model_a"):
+        AutoModelForCausalLM.from_pretrained(path)
     path = run_dir / "cognate" / "model_a"
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
