@@ -13,6 +13,7 @@ from cluster.runtime import RayConfig
 from forge.configtools import (ConfigError, apply_override, from_dict, load_yaml, parse_override)
 from forge.evolve import EvoMergeConfig
 from forge.optim import MuonGrokfastConfig
+from forge.quant.run import QuantizeJobConfig
 from forge.tracking import TrackingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -130,7 +131,7 @@ class PipelineConfig:
 
     preset: str = "tiny"
     """Name of the preset these values came from (recorded in the run)."""
-    phases: list[str] = field(default_factory=lambda: ["cognate", "evomerge"])
+    phases: list[str] = field(default_factory=lambda: ["cognate", "evomerge", "bitnet"])
     """Phases to run, in pipeline order."""
     seed: int = 0
     """Global seed (each phase derives its own from it)."""
@@ -150,6 +151,10 @@ class PipelineConfig:
     """Phase 1: three TRM x Titans-MAG models."""
     evomerge: EvoMergeConfig = field(default_factory=EvoMergeConfig)
     """Phase 2: the three models merged into one champion by evolution (Ray Tune)."""
+    bitnet: QuantizeJobConfig = field(default_factory=lambda: QuantizeJobConfig(
+        seq_len=32, eval_sequences=64, finetune_sequences=32))
+    """Phase 4: BitNet 1.58 ternary compression under the accuracy guard. The tiny preset's short sequences
+    let Phase 1's ~50k held-out characters feed calibration, fine-tuning and the guard without a data folder."""
 
 
 def preset_path(name: str) -> Path:

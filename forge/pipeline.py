@@ -83,10 +83,22 @@ def _prepare_phase_dir(phase_dir: Path, cfg_hash: str, input_digests: dict[str, 
     atomic_write_json(attempt_path, attempt)
 
 
+def _input_phase(name: str, selected: list[str]) -> str | None:
+    """The phase whose models ``name`` consumes: the nearest earlier phase run in this invocation, else (when
+    it runs alone or first) the phase just before it in pipeline order. None for the first phase."""
+    from forge.phases import PHASES
+
+    earlier = list(PHASES[:PHASES.index(name)])
+    chosen = [phase for phase in earlier if phase in selected]
+    if chosen:
+        return chosen[-1]
+    return earlier[-1] if earlier else None
+
+
 def run_pipeline(config: PipelineConfig) -> Path:
     """Run ``config.phases`` in order inside one run directory; returns the run directory."""
     from cluster.runtime import connect
-    from forge.phases import PHASES, load_phase
+    from forge.phases import load_phase
     from forge.phases.base import PhaseContext
 
     run_dir = Path(config.out_dir) / (config.run_name or config.preset)
@@ -95,17 +107,15 @@ def run_pipeline(config: PipelineConfig) -> Path:
     how = connect(config.ray)
     log.info("Ray: %s", how)
 
-    order = list(PHASES)
     for name in config.phases:
         phase_dir = run_dir / name
-        index = order.index(name)
+        input_phase = _input_phase(name, config.phases)
         inputs: dict[str, Path] = {}
-        if index > 0:
-            previous = order[index - 1]
-            found = finished_outputs(run_dir / previous)
+        if input_phase is not None:
+            found = finished_outputs(run_dir / input_phase)
             if found is None:
-                raise PipelineError(f"phase '{name}' needs the finished outputs of '{previous}' in {run_dir}; "
-                                    f"run with --phases {previous},{name}")
+                raise PipelineError(f"phase '{name}' needs the finished outputs of '{input_phase}' in {run_dir}; "
+                                    f"run with --phases {input_phase},{name}")
             inputs = found
         input_digests = {k: read_manifest(v)["digest"] for k, v in inputs.items()}
         cfg_hash = phase_config_hash(config, name)
@@ -116,7 +126,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
         print(f"[forge] {name}: running in {phase_dir}", flush=True)
         started = time.time()
         manifest: dict[str, Any] = {"kind": PHASE_KIND, "phase": name, "config_hash": cfg_hash,
-                                    "inputs": input_digests, "started_unix": started}
+                                    "input_phase": input_phase, "inputs": input_digests, "started_unix": started}
         ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=phase_dir, inputs=inputs)
         try:
             result = load_phase(name)(ctx)

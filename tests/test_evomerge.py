@@ -191,7 +191,8 @@ def test_invalid_merge_is_replaced_by_a_linear_merge_and_recorded(parents):
 
 
 def test_fitness_is_deterministic_for_the_same_model(parents, shared_data):
-    from forge.phases.evomerge import measure_terms, read_heldout_texts
+    from forge.phases.cognate import read_heldout_texts
+    from forge.phases.evomerge import measure_terms
 
     root, dirs = parents
     config = EvoMergeConfig(accuracy_limit=4, heldout_max_chars=1500, perplexity_window=64, speed_batch=2,

@@ -23,6 +23,7 @@ SMALL = [
     " {name: b, act_threshold: 0.99, ltm_slots: 64, seed: 2, stage_epochs: [1, 0, 1]}]",
     "evomerge.max_generations=1", "evomerge.heldout_max_chars=1500", "evomerge.perplexity_window=64",
     "evomerge.speed_batch=2", "evomerge.speed_seq_len=16", "evomerge.speed_repeats=1", "evomerge.accuracy_limit=4",
+    "bitnet.seq_len=16", "bitnet.eval_sequences=32", "bitnet.finetune_sequences=16", "bitnet.latency_repeats=1",
 ]
 
 
@@ -66,6 +67,46 @@ def test_evomerge_consumes_the_cognate_models_and_writes_a_champion(tiny_run):
     assert set(summary["parents"]) == {"parent_a", "parent_b"}
     assert "accuracy" in summary["fitness_terms"]  # the data folder is configured: held-out ARC-Easy counts
     assert summary["champion"]["terms"]["perplexity"] > 1
+
+
+def test_bitnet_quantizes_the_champion_and_reports_the_spec_criteria(tiny_run):
+    import forge  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    _, run_dir = tiny_run
+    evomerge = read_json(run_dir / "evomerge" / "manifest.json")
+    bitnet = read_json(run_dir / "bitnet" / "manifest.json")
+    assert bitnet["status"] == "complete" and bitnet["input_phase"] == "evomerge"
+    assert bitnet["inputs"] == {"champion": evomerge["outputs"]["champion"]["digest"]}
+    summary = bitnet["summary"]
+    assert summary["input"] == "champion" and summary["text_source"].startswith("WikiText-2")
+    assert summary["quantized_layers"] > 0 and summary["compression_ratio"] > 1.0
+    assert set(summary["criteria"]) == {"compression_ratio", "accuracy_drop", "inference_speedup"}
+    assert summary["criteria_missed"] == [k for k, c in summary["criteria"].items() if not c["met"]]
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "bitnet" / "model").eval()
+    packed = [name for name, tensor in model.state_dict().items() if name.endswith("weight_packed")]
+    assert packed and all(model.state_dict()[n].dtype == torch.uint8 for n in packed)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3, 4]])).logits).all()
+
+
+def test_bitnet_without_data_folder_takes_the_best_model_and_phase1_heldout_text(tiny_run, tmp_path, monkeypatch):
+    from forge.phases import bitnet
+    from forge.phases.base import PhaseContext
+    from forge.pipeline import finished_outputs
+
+    out, run_dir = tiny_run
+    monkeypatch.delenv("FORGE_DATA_DIR", raising=False)
+    config = load_pipeline_config("tiny", overrides=[*SMALL, "bitnet.latency_repeats=1"], out_dir=str(out))
+    assert config.data.data_dir is None
+    ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=tmp_path,
+                       inputs=finished_outputs(run_dir / "cognate"))
+    result = bitnet.run(ctx)
+    summary = result.summary
+    perplexities = summary["input_perplexities"]
+    assert set(perplexities) == {"a", "b"} and summary["input"] == min(perplexities, key=perplexities.get)
+    assert summary["text_source"].startswith("Phase 1's held-out documents")
+    assert read_json(result.outputs["model"] / "manifest.json")["input"] == summary["input"]
 
 
 def test_outputs_load_with_auto_classes_and_are_causal_and_deterministic(tiny_run):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-PHASES: tuple[str, ...] = ("cognate", "evomerge")
+PHASES: tuple[str, ...] = ("cognate", "evomerge", "bitnet")
 
 
 def load_phase(name: str):

@@ -16,7 +16,7 @@ import ray
 import torch
 
 from cluster.resources import plan_devices, share_for, training_memory_bytes
-from forge.artifacts import atomic_dir, atomic_write_json, load_model_dir
+from forge.artifacts import atomic_dir, atomic_write_json, load_model_dir, read_json
 from forge.config import CognateModelSpec, PipelineConfig
 from forge.data.curriculum import STAGES, CurriculumConfig, build_stage
 from forge.data.lm_dataset import blocks_from_stream, is_validation_text, token_stream, unigram_perplexity
@@ -30,6 +30,25 @@ log = logging.getLogger(__name__)
 VALIDATION_SEED = 1729  # fixed, so the held-out documents do not move when the run's seed changes
 HELDOUT_TEXTS = "heldout_texts.json"
 """Written next to the models: the validation documents no model trained on (later phases' perplexity)."""
+
+
+def read_heldout_texts(cognate_dir: Path, max_chars: int) -> list[str]:
+    """Phase 1's held-out documents (no Cognate model trained on them), up to ``max_chars`` characters."""
+    path = Path(cognate_dir) / HELDOUT_TEXTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: later phases measure on the texts Phase 1 held out; run the "
+                                "cognate phase in this run directory first (python -m forge.pipeline --phases "
+                                "cognate,...)")
+    texts, total = [], 0
+    for text in read_json(path)["texts"]:
+        if total >= max_chars:
+            break
+        texts.append(text[: max_chars - total])
+        total += len(texts[-1])
+    if total < 100:
+        raise ValueError(f"{path} holds only {total} characters of held-out text; raise "
+                         "cognate.data.validation_fraction (or the reading phase's character limit)")
+    return texts
 
 
 def _source_config(config: PipelineConfig) -> SourceConfig:

@@ -31,33 +31,15 @@ from forge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGenera
                           population_diversity, stop_reason)
 from forge.merge import check_compatible, infer_layer_layout, merge, weight_space_diversity
 from forge.phases.base import PhaseContext, PhaseResult
+from forge.phases.cognate import read_heldout_texts
 
 log = logging.getLogger(__name__)
 
-HELDOUT_TEXTS = "heldout_texts.json"  # written by Phase 1 (forge.phases.cognate) next to its models
 PROBE_TOKENS = 16  # tokens of held-out text fed to every candidate before it is evaluated
 PROBE_NEW_TOKENS = 4  # greedy steps of the generation check
 
 
 # ------------------------------------------------------------------------------------ measurement
-
-def read_heldout_texts(cognate_dir: Path, max_chars: int) -> list[str]:
-    """Phase 1's held-out documents (no Cognate model trained on them), up to ``max_chars`` characters."""
-    path = Path(cognate_dir) / HELDOUT_TEXTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: EvoMerge measures perplexity on the texts Phase 1 held out; "
-                                "run the cognate phase first (python -m forge.pipeline --phases cognate,evomerge)")
-    texts, total = [], 0
-    for text in read_json(path)["texts"]:
-        if total >= max_chars:
-            break
-        texts.append(text[: max_chars - total])
-        total += len(texts[-1])
-    if total < 100:
-        raise ValueError(f"{path} holds only {total} characters of held-out text; raise "
-                         "cognate.data.validation_fraction or evomerge.heldout_max_chars")
-    return texts
-
 
 def heldout_token_ids(tokenizer, texts: Sequence[str], count: int) -> torch.Tensor:
     ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]

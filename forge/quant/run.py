@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -25,16 +25,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QuantizeJobConfig:
-    """Data, evaluation and measurement settings of one quantization run."""
+    """Phase 4: data, evaluation and measurement settings of one quantization run."""
 
-    data_dir: str | None = None  # reference data folder with wikitext2/ (None: FORGE_DATA_DIR)
-    seq_len: int = 128  # tokens per sequence for evaluation, calibration and fine-tuning
-    eval_sequences: int = 64  # held-out WikiText-2 *test* sequences behind the default guard metric
-    finetune_sequences: int = 128  # WikiText-2 *valid* sequences for straight-through fine-tuning
-    metric: Literal["accuracy", "likelihood"] = "accuracy"  # next-token top-1 accuracy or exp(-mean NLL)
-    size_category: str | None = None  # override of the category read from the model (tiny/small/...)
-    latency_batch: int = 1  # sequences per forward pass when timing float against ternary
-    latency_repeats: int = 5  # timed passes (the fastest counts)
+    data_dir: str | None = None
+    """Reference data folder with wikitext2/; None: the pipeline's data.data_dir or $FORGE_DATA_DIR. Without
+    one, the pipeline phase uses Phase 1's held-out documents (alternate documents: calibration / guard)."""
+    seq_len: int = 128
+    """Tokens per sequence for evaluation, calibration and fine-tuning."""
+    eval_sequences: int = 64
+    """Held-out sequences behind the default guard metric."""
+    finetune_sequences: int = 128
+    """Train-side sequences for straight-through fine-tuning."""
+    metric: Literal["accuracy", "likelihood"] = "accuracy"
+    """Guard metric: next-token top-1 accuracy or exp(-mean NLL)."""
+    size_category: str | None = None
+    """Override of the size category read from the model (tiny/small/medium/large)."""
+    latency_batch: int = 1
+    """Sequences per forward pass when timing float against ternary."""
+    latency_repeats: int = 5
+    """Timed passes (the fastest counts)."""
 
 
 def text_token_ids(tokenizer, texts: list[str], sequences: int, seq_len: int) -> torch.Tensor:
@@ -80,11 +89,15 @@ def payload_bytes(model: nn.Module) -> int:
 
 
 def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = QuantizeJobConfig(), *,
-                       evaluate: Callable[[nn.Module], float] | None = None) -> dict[str, Any]:
+                       evaluate: Callable[[nn.Module], float] | None = None,
+                       texts: tuple[Sequence[str], Sequence[str]] | None = None,
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quantize the model directory ``model_dir`` into ``out_dir``; returns the metrics it records.
 
-    The output's manifest carries ``quantization``: compression, accuracy before/after (and after
-    fine-tuning), sparsity, speed-up, per-block guard decisions, and each spec criterion as met/missed.
+    ``texts`` (train side, held-out side) replaces WikiText-2's partition: calibration and fine-tuning read
+    the first, the guard the second. The output's manifest carries ``quantization`` (compression, accuracy
+    before/after and after fine-tuning, sparsity, speed-up, per-block guard decisions, each spec criterion
+    as met/missed) and ``extra``.
     """
     from forge.artifacts import load_model_dir, save_model_dir
     from forge.data.splits import heldout_items, train_items
@@ -97,8 +110,11 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
     calibration_count = max(config.calibration_samples, fallback.calibration_samples)
     # The one train/held-out partition: Phase 1 pretrains on WikiText's train side, so the guard must
     # measure on the held-out side only (calibration and fine-tuning may use the train side).
-    train_texts = [r["text"] for r in train_items("wikitext", job.data_dir)]
-    test_texts = [r["text"] for r in heldout_items("wikitext", job.data_dir)]
+    if texts is None:
+        train_texts = [r["text"] for r in train_items("wikitext", job.data_dir)]
+        test_texts = [r["text"] for r in heldout_items("wikitext", job.data_dir)]
+    else:
+        train_texts, test_texts = list(texts[0]), list(texts[1])
     pool = text_token_ids(tokenizer, train_texts, calibration_count + job.finetune_sequences, job.seq_len)
     calibration_ids, finetune_ids = pool[:calibration_count], pool[calibration_count:]
     eval_ids = text_token_ids(tokenizer, test_texts, job.eval_sequences, job.seq_len)
@@ -162,5 +178,5 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
         log.info("%s = %.3f (%s): %s", name, criterion["value"], criterion["required"],
                  "met" if criterion["met"] else "MISSED")
     save_model_dir(model, tokenizer, Path(out_dir), phase="bitnet",
-                   extra={"source": str(model_dir), "quantization": metrics})
+                   extra={"source": str(model_dir), "quantization": metrics, **(extra or {})})
     return metrics

@@ -1,0 +1,82 @@
+"""Phase 4, BitNet 1.58: the best model so far ternarised under the accuracy guard, packed and measured.
+
+Input: the previous phase's ``champion`` (EvoMerge); when it wrote several models instead (a run of
+``--phases cognate,bitnet``), the one with the lowest perplexity on the guard's held-out text. Text: with a
+data folder, WikiText-2's one partition (train side: calibration and straight-through fine-tuning; held-out
+side: the guard); without one, Phase 1's held-out documents, which no model trained on, split alternately
+into the two roles. The work is ``forge.quant.run.quantize_model_dir``, run on the driver: one model at
+a time, and its int8 kernels are CPU kernels. The summary records every spec criterion as met or missed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from forge.artifacts import load_model_dir
+from forge.phases.base import PhaseContext, PhaseResult
+from forge.phases.cognate import read_heldout_texts
+from forge.quant.run import QuantizeJobConfig, next_token_scores, quantize_model_dir, text_token_ids
+
+log = logging.getLogger(__name__)
+
+
+def quantization_texts(ctx: PhaseContext, job: QuantizeJobConfig) -> tuple[list[str], list[str], str]:
+    """(train side, held-out side, description) of the text this phase calibrates and guards with."""
+    from forge.data.splits import heldout_items, train_items
+
+    if job.data_dir is not None:
+        return ([r["text"] for r in train_items("wikitext", job.data_dir)],
+                [r["text"] for r in heldout_items("wikitext", job.data_dir)],
+                f"WikiText-2 from {job.data_dir}: train side calibrates and fine-tunes, held-out side guards")
+    documents = read_heldout_texts(ctx.run_dir / "cognate", max_chars=10**12)
+    return (documents[0::2], documents[1::2],
+            "Phase 1's held-out documents (no data folder): even ones calibrate and fine-tune, odd ones guard")
+
+
+def choose_input(inputs: dict[str, Path], heldout: Sequence[str], job: QuantizeJobConfig) -> tuple[str, dict]:
+    """The previous phase's champion, its only model, or its model with the lowest held-out perplexity."""
+    if not inputs:
+        raise ValueError("bitnet quantizes the previous phase's model; run it after cognate or evomerge")
+    if "champion" in inputs:
+        return "champion", {}
+    if len(inputs) == 1:
+        return next(iter(inputs)), {}
+    perplexities = {}
+    for name, path in inputs.items():
+        model, tokenizer = load_model_dir(path)
+        ids = text_token_ids(tokenizer, list(heldout), job.eval_sequences, job.seq_len)
+        perplexities[name] = next_token_scores(model.float(), ids)["perplexity"]
+    return min(perplexities, key=perplexities.get), perplexities
+
+
+def run(ctx: PhaseContext) -> PhaseResult:
+    from forge.data.readers import DATA_DIR_ENV
+
+    job: QuantizeJobConfig = ctx.config.bitnet
+    data_dir = job.data_dir or ctx.config.data.data_dir or os.environ.get(DATA_DIR_ENV) or None
+    job = dataclasses.replace(job, data_dir=data_dir)
+    train_texts, heldout_texts, text_source = quantization_texts(ctx, job)
+    name, perplexities = choose_input(ctx.inputs, heldout_texts, job)
+    print(f"[forge] bitnet: quantizing {name} ({ctx.inputs[name]}); text: {text_source}", flush=True)
+    out_dir = ctx.phase_dir / "model"
+    metrics = quantize_model_dir(ctx.inputs[name], out_dir, job, texts=(train_texts, heldout_texts),
+                                 extra={"input": name, "text_source": text_source})
+    criteria = metrics["criteria"]
+    print("[forge] bitnet: " + "; ".join(
+        f"{key} {c['value']:.3f} ({c['required']}): {'met' if c['met'] else 'missed'}" for key, c in criteria.items()),
+        flush=True)
+    summary = {
+        "input": name,
+        "input_perplexities": perplexities,
+        "text_source": text_source,
+        **{key: metrics[key] for key in (
+            "size_category", "conservative", "compression_ratio", "weight_bytes_before", "weight_bytes_after",
+            "sparsity", "guard_metric", "accuracy_before", "accuracy_quantized", "accuracy_finetuned",
+            "accuracy_packed", "accuracy_drop", "heldout_before", "heldout_after", "inference_speedup",
+            "latency_float_s", "latency_ternary_s", "reverted_layers", "quantized_layers", "criteria")},
+        "criteria_missed": [key for key, c in criteria.items() if not c["met"]],
+    }
+    return PhaseResult(outputs={"model": out_dir}, summary=summary)
