@@ -213,7 +213,11 @@ def test_memory_chunk_update_matches_token_by_token_recurrence():
     w1 = memory.init_w1.expand(2, -1, -1)
     w2 = torch.randn(2, dim, slots) * 0.1  # nonzero, so the W1 gradient is exercised too
     s1, s2 = torch.randn(2, slots, dim) * 0.01, torch.randn(2, dim, slots) * 0.01
-    lr, eta, keep = torch.rand(2, size) * 0.5, torch.rand(2, size) * 0.5 + 0.4, torch.rand(2, size) * 0.2 + 0.8
+    # Steps small enough that the step cap does not bind (checked below): the plain recurrence must hold.
+    lr, eta, keep = torch.rand(2, size) * 0.02, torch.rand(2, size) * 0.5 + 0.4, torch.rand(2, size) * 0.2 + 0.8
+    act = F.silu(k @ w1.transpose(1, 2))
+    curvature = act.pow(2).sum(-1) + 1.21 * w2.pow(2).sum((1, 2))[:, None]
+    assert float((lr * size * 2 * curvature).sum(1).max()) < 1.0  # (c + d) <= 2 * size * lr per token
     got = memory._write(w1, w2, s1, s2, k, v, lr, eta.log(), keep.log())
 
     def surprise(t):  # gradient of 0.5*||M(k_t) - v_t||^2 at the chunk's start weights, by autograd
@@ -246,6 +250,33 @@ def test_memory_write_lowers_the_associative_loss():
     zeros = torch.zeros(1, 4)
     n1, n2, _, _ = memory._write(w1, w2, torch.zeros_like(w1), torch.zeros_like(w2), k, v, lr, zeros, zeros)
     assert loss(n1, n2) < loss(w1, w2)
+
+
+def test_memory_step_cap_keeps_a_huge_learning_rate_a_descent_step():
+    torch.manual_seed(0)
+    memory = NeuralMemory(tiny_config(ltm_slots=64, memory_dim=8))
+    k = F.normalize(torch.randn(1, 4, 8), dim=-1)
+    v = torch.randn(1, 4, 8)
+    w1, w2 = memory.init_w1[None], torch.zeros(1, 8, 64)
+
+    def loss(a1, a2):
+        return ((k + F.silu(k @ a1.transpose(1, 2)) @ a2.transpose(1, 2) - v) ** 2).sum().item()
+
+    zeros = torch.zeros(1, 4)
+    n1, n2, _, _ = memory._write(w1, w2, torch.zeros_like(w1), torch.zeros_like(w2), k, v,
+                                 torch.full((1, 4), 100.0), zeros, zeros)  # 100x past divergence uncapped
+    assert loss(n1, n2) < loss(w1, w2)
+
+
+def test_memory_stays_finite_far_past_training_length_with_extreme_gates():
+    torch.manual_seed(0)
+    model = tiny_model(memory_lr=50.0)
+    for layer in model.model.layers:  # the largest step, momentum ~1 and no forgetting: the worst case
+        layer.memory.gates.bias.data = torch.tensor([20.0, 20.0, -20.0])
+    ids = torch.randint(0, model.config.vocab_size, (1, 1024))
+    assert torch.isfinite(logits_of(model, ids)).all()
+    for layer in model.model.layers:
+        assert layer.memory.max_norm == pytest.approx(4.0 * layer.memory.slots ** 0.5)
 
 
 def test_memory_capacity_leaves_parameter_shapes_unchanged():

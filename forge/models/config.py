@@ -30,6 +30,7 @@ class CognateConfig(PreTrainedConfig):
     memory_dim: int = 32  # width of memory keys/values/queries (keeps per-sequence fast weights small)
     memory_chunk_size: int = 64  # tokens per memory update; parallel inside a chunk, sequential across
     memory_lr: float = 1.0  # largest per-token memory learning rate (scaled by 1/ltm_slots inside)
+    memory_max_norm: float = 4.0  # bound on the fast weights' and momenta's norms, in units of sqrt(ltm_slots)
     trm_latent_updates: int = 1  # n: latent updates z <- f(x + y + z) before each answer update y <- f(y + z)
     trm_refinements: int = 2  # T: (z, y) refinements per supervision step; the first T-1 run without grad
     act_max_steps: int = 4  # most supervision (ACT) steps per forward
@@ -65,6 +66,8 @@ class CognateConfig(PreTrainedConfig):
         if self.memory_chunk_size > self.sliding_window:
             raise ValueError(f"CognateConfig.memory_chunk_size ({self.memory_chunk_size}) must be <= sliding_window "
                              f"({self.sliding_window}): tokens of the current chunk are seen only through attention")
+        if self.memory_max_norm <= 0:
+            raise ValueError(f"CognateConfig.memory_max_norm must be > 0, got {self.memory_max_norm}")
         for name in ("memory_lr", "deep_supervision_weight", "ponder_cost_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"CognateConfig.{name} must be >= 0, got {getattr(self, name)}")

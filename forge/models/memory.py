@@ -23,6 +23,10 @@ class NeuralMemory(nn.Module):
 
         S_t = eta_t * S_{t-1} - theta_t * g_t          M_t = (1 - alpha_t) * M_{t-1} + S_t
 
+Two guards keep this inner gradient descent stable at any length: each chunk's step is capped below the
+divergence limit of its own curvature, and the fast weights and momenta are bounded in norm
+(``memory_max_norm`` x sqrt(slots)).
+
     Updates are chunk-wise (Titans sec. 3.2): inside a chunk all g_t are taken at the chunk's start weights,
     so they are computed in parallel and the two linear recurrences are summed in closed form; chunks are
     processed in order. Tokens of chunk c read ``M(q_t)`` from the weights left by chunks < c, so the memory
@@ -40,6 +44,7 @@ class NeuralMemory(nn.Module):
         self.dim = config.memory_dim
         self.chunk = config.memory_chunk_size
         self.lr = config.memory_lr / config.ltm_slots  # keep the step size independent of capacity
+        self.max_norm = config.memory_max_norm * math.sqrt(config.ltm_slots)  # W1_0's norm is ~sqrt(slots)
         self.query_proj = nn.Linear(config.hidden_size, self.dim, bias=False)
         self.key_proj = nn.Linear(config.hidden_size, self.dim, bias=False)
         self.value_proj = nn.Linear(config.hidden_size, self.dim, bias=False)
@@ -113,6 +118,14 @@ class NeuralMemory(nn.Module):
         mem_decay = torch.exp(cum_keep[:, -1])[:, None, None]
         mom_into_mem = torch.exp(keep_after + cum_eta).sum(dim=1)[:, None, None]
         mom_decay = torch.exp(cum_eta[:, -1])[:, None, None]
+        # Step cap (normalised LMS): along its steepest direction the chunk's summed step, into the memory and
+        # into the momentum, stays <= 1, below gradient descent's divergence limit of 2 on this quadratic.
+        # Without it the learned gates reach 10-70 and the fast weights blow up a few chunks past the
+        # training length. curvature_t bounds ||dM(k_t)/d(W1, W2)||^2 (|silu'| <= 1.1, ||k_t|| <= 1).
+        curvature = act.pow(2).sum(-1) + 1.21 * w2.pow(2).sum((1, 2))[:, None] * k.pow(2).sum(-1)
+        step = ((c + d) * curvature).sum(dim=1, keepdim=True)
+        cap = 1.0 / step.clamp_min(1.0)
+        c, d = c * cap, d * cap
         coef = torch.stack([c, d], dim=1).to(k.dtype)[..., None]  # (B, 2, C, 1)
         g2 = (err[:, None] * coef).transpose(2, 3) @ act[:, None]  # (B, 2, dim, slots)
         g1 = (d_pre[:, None] * coef).transpose(2, 3) @ k[:, None]  # (B, 2, slots, dim)
@@ -120,4 +133,10 @@ class NeuralMemory(nn.Module):
         w2_new = mem_decay * w2 + mom_into_mem * s2 - g2[:, 0]
         s1_new = mom_decay * s1 - g1[:, 1]
         s2_new = mom_decay * s2 - g2[:, 1]
-        return w1_new, w2_new, s1_new, s2_new
+        return tuple(self._bounded(t) for t in (w1_new, w2_new, s1_new, s2_new))
+
+    def _bounded(self, fast: torch.Tensor) -> torch.Tensor:
+        """``fast`` scaled down where its Frobenius norm exceeds ``max_norm``: momentum can still push the fast
+        weights up chunk after chunk, and bounded weights keep every read finite at any sequence length."""
+        norm = fast.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
+        return fast * (self.max_norm / norm).clamp(max=1.0)
