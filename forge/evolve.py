@@ -58,8 +58,8 @@ class EvoMergeConfig:
     """Most merge recipes one genome mixes (loser merges of loser merges are trimmed to this)."""
     heldout_max_chars: int = 20_000
     """Characters of Phase 1's held-out texts used for the perplexity term."""
-    perplexity_window: int = 256
-    """Tokens per perplexity window (sliding, half overlap)."""
+    perplexity_window: int = 128
+    """Tokens per perplexity window (sliding, half overlap); the tiny models train on 128-token sequences."""
     accuracy_tasks: list[str] = field(default_factory=lambda: ["arc_easy"])
     """Harness tasks (held-out items only) for the accuracy term; used when a data folder is configured."""
     accuracy_limit: int = 20
