@@ -80,6 +80,8 @@ class EvoMergeConfig:
     """Fitness weight of measured tokens/s relative to the parents."""
     weight_size: float = 0.05
     """Fitness weight of the parameter bytes relative to the parents (smaller is better)."""
+    keep_best_parent: bool = True
+    """Pass on the best parent instead of the champion when no merge beat it (recorded as the output)."""
     eval_actors: int = 2
     """Candidates evaluated at the same time (Tune trials running at once, each with its resource share)."""
 

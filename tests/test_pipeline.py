@@ -67,6 +67,12 @@ def test_evomerge_consumes_the_cognate_models_and_writes_a_champion(tiny_run):
     assert set(summary["parents"]) == {"parent_a", "parent_b"}
     assert "accuracy" in summary["fitness_terms"]  # the data folder is configured: held-out ARC-Easy counts
     assert summary["champion"]["terms"]["perplexity"] > 1
+    # keep_best_parent (default): what is passed on is never worse than the best parent.
+    best_parent = max(summary["parents"], key=lambda label: summary["parents"][label]["fitness"])
+    passed = summary["output"]["model"]
+    assert summary["output"]["fitness"] == max(summary["champion"]["fitness"], summary["parents"][best_parent]["fitness"])
+    assert passed == (best_parent if summary["output"]["fitness"] > summary["champion"]["fitness"]
+                      else summary["champion"]["label"])
 
 
 def test_bitnet_quantizes_the_champion_and_reports_the_spec_criteria(tiny_run):

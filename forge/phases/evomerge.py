@@ -397,7 +397,15 @@ def run(ctx: PhaseContext) -> PhaseResult:
     # The champion: the best of the last population.
     final = records[-1]
     champion = max(final["population"], key=lambda p: p["fitness"])
-    template.load_state_dict(weights[champion["label"]], strict=True)
+    best_parent = max(records[0]["parents"], key=lambda p: p["fitness"])
+    output = {"model": champion["label"], "fitness": champion["fitness"]}
+    if config.keep_best_parent and best_parent["fitness"] > champion["fitness"]:
+        # No merge beat the best parent: pass the parent on rather than hand the next phase a worse model.
+        output = {"model": best_parent["label"], "fitness": best_parent["fitness"],
+                  "reason": f"best parent fitness {best_parent['fitness']:.4f} > champion {champion['fitness']:.4f}"}
+        template.load_state_dict(parents[names.index(best_parent["label"].removeprefix("parent_"))], strict=True)
+    else:
+        template.load_state_dict(weights[champion["label"]], strict=True)
     initial_best = records[0]["stats"]["best"]
     gain = improvement(champion["fitness"], initial_best)
     outcome = {
@@ -405,6 +413,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
                      "terms": champion["terms"], "scores": champion["scores"]},
         "parents": {p["label"]: {"fitness": p["fitness"], "terms": p["terms"], "scores": p["scores"]}
                     for p in records[0]["parents"]},
+        "output": output,
         "generation0_best": {"fitness": initial_best, "label": records[0]["stats"]["champion_label"]},
         "improvement_over_generation0": gain,
         "spec_target_improvement": config.target_improvement,
@@ -420,11 +429,10 @@ def run(ctx: PhaseContext) -> PhaseResult:
     tracker.log({"evomerge/champion_fitness": champion["fitness"], "evomerge/improvement_over_gen0": gain,
                  "evomerge/spec_target_met": outcome["spec_target_met"]})
     tracker.finish()
-    best_parent = max(outcome["parents"].values(), key=lambda p: p["fitness"])["fitness"]
     print(f"[forge] evomerge: champion {champion['label']} fitness {champion['fitness']:.4f} (generation 0 best "
-          f"{initial_best:.4f}, best parent {best_parent:.4f}): {gain:+.1%} vs the spec's "
+          f"{initial_best:.4f}, best parent {best_parent['fitness']:.4f}): {gain:+.1%} vs the spec's "
           f"{config.target_improvement:.0%} target: {'met' if outcome['spec_target_met'] else 'missed'} "
-          f"({reason} after {final['generation']} generations)", flush=True)
+          f"({reason} after {final['generation']} generations); passed on: {output['model']}", flush=True)
     summary = {
         **outcome,
         "fitness_definition": FITNESS_DEFINITION,
