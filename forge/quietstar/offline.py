@@ -30,9 +30,10 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 from forge.data.readers import number_to_str
+from forge.data.arithmetic import OPERATORS, CalculatorError, apply_operator, evaluate, evaluate_node, parse
 from forge.data.splits import DEFAULT_HELDOUT_FRACTION, train_items
 from forge.quietstar.data import ReasoningExample, make_example
 
@@ -41,15 +42,9 @@ Moves = list[tuple[str, str]]
 
 OFFLINE_SOURCES: tuple[str, ...] = ("gsm8k", "svamp", "mbpp", "arc_easy", "arc_challenge", "strategyqa")
 
-_BINARY: dict[type, tuple[Callable[[float, float], float], str]] = {
-    ast.Add: (operator.add, "+"), ast.Sub: (operator.sub, "-"), ast.Mult: (operator.mul, "*"),
-    ast.Div: (operator.truediv, "/"), ast.FloorDiv: (operator.floordiv, "//"), ast.Mod: (operator.mod, "%"),
-    ast.Pow: (operator.pow, "**"),
-}
 # The inverse that recovers the left operand a from c = a op b.
 _INVERSE = {ast.Add: ("-", operator.sub), ast.Sub: ("+", operator.add),
             ast.Mult: ("/", operator.truediv), ast.Div: ("*", operator.mul)}
-MAX_EXPONENT = 64  # larger powers are not school arithmetic and could take unbounded time
 _ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 _UNIT_DOMAINS: dict[str, re.Pattern] = {
     "money": re.compile(r"\$|\b(dollars?|cents?|price|cost|costs|paid|pays?|earns?|salary)\b", re.I),
@@ -61,40 +56,9 @@ _UNIT_DOMAINS: dict[str, re.Pattern] = {
 }
 
 
-class NotArithmetic(ValueError):
-    """An expression is not plain arithmetic on numbers."""
-
-
-def evaluate(expression: str) -> float:
-    """Value of a plain arithmetic expression (numbers, + - * / // % **, parentheses, unary +/-)."""
-    try:
-        tree = ast.parse(expression.replace(",", "").strip(), mode="eval")
-    except SyntaxError as err:
-        raise NotArithmetic(f"not an arithmetic expression: {expression!r}") from err
-    return _evaluate_node(tree.body, expression)
-
-
-def _apply(op: ast.operator, left: float, right: float, expression: str) -> float:
-    if isinstance(op, ast.Pow) and abs(right) > MAX_EXPONENT:
-        raise NotArithmetic(f"exponent {right} is beyond {MAX_EXPONENT} in {expression!r}")
-    return _BINARY[type(op)][0](left, right)
-
-
 def show(value: float) -> str:
     """A computed number as text, to 10 significant digits (0.1 + 0.2 shows as 0.3)."""
     return number_to_str(float(f"{value:.10g}"))
-
-
-def _evaluate_node(node: ast.AST, expression: str) -> float:
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        return node.value
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        return _apply(node.op, _evaluate_node(node.left, expression), _evaluate_node(node.right, expression),
-                      expression)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
-        value = _evaluate_node(node.operand, expression)
-        return -value if isinstance(node.op, ast.USub) else value
-    raise NotArithmetic(f"not plain arithmetic: {expression!r}")
 
 
 def close(a: float, b: float) -> bool:
@@ -131,7 +95,7 @@ def gsm8k_example(record: Record) -> ReasoningExample:
     for expression, claimed in annotations:
         try:
             value, stated = evaluate(expression), evaluate(claimed)
-        except (NotArithmetic, ZeroDivisionError, OverflowError) as err:
+        except CalculatorError as err:
             raise Rejected("unverifiable calculator annotation", str(err)) from err
         if not close(value, stated):
             raise Rejected("calculator annotation does not hold", f"{expression}={claimed}")
@@ -151,23 +115,23 @@ def gsm8k_example(record: Record) -> ReasoningExample:
 
 def _equation_steps(node: ast.AST, moves: Moves, expression: str) -> float:
     """Evaluate ``node`` innermost first, one <step> per operation."""
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+    if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
         left = _equation_steps(node.left, moves, expression)
         right = _equation_steps(node.right, moves, expression)
-        value = _apply(node.op, left, right, expression)
-        moves.append(("<step>", f"{show(left)} {_BINARY[type(node.op)][1]} {show(right)} = {show(value)}"))
+        value = apply_operator(node.op, left, right)
+        moves.append(("<step>", f"{show(left)} {OPERATORS[type(node.op)][1]} {show(right)} = {show(value)}"))
         return value
-    return _evaluate_node(node, expression)
+    return evaluate_node(node)
 
 
 def svamp_example(record: Record) -> ReasoningExample:
     """SVAMP equation -> one <step> per operation, <orthogonal> inverse check, <multidomain>."""
     equation = record["equation"]
     try:
-        tree = ast.parse(equation, mode="eval").body
+        tree = parse(equation).body
         moves: Moves = []
         value = _equation_steps(tree, moves, equation)
-    except (SyntaxError, NotArithmetic, ZeroDivisionError, OverflowError) as err:
+    except CalculatorError as err:
         raise Rejected("unusable equation", f"{equation!r}: {err}") from err
     if not moves:
         raise Rejected("equation without an operation", equation)
