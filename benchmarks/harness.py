@@ -71,13 +71,13 @@ def aggregate_score(results: Mapping[str, TaskResult], weights: Mapping[str, flo
     return sum(weights[name] * results[name].score for name in weights) / total
 
 
-def _tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _docs_digest(docs: Sequence[dict]) -> str:
+def docs_digest(docs: Sequence[dict]) -> str:
     return hashlib.sha256(json.dumps(docs, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -189,7 +189,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str], *, limit: int | None = None
     identity = None
     if cache is not None:
         identity = {"weights": weights_hash or state_dict_hash(model.state_dict()),
-                    "tokenizer": _tokenizer_fingerprint(tokenizer)}
+                    "tokenizer": tokenizer_fingerprint(tokenizer)}
     was_training = model.training
     model.eval()
     info = None
@@ -208,7 +208,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str], *, limit: int | None = None
             key = None
             if cache is not None:
                 key = cache_key(identity["weights"], task.name, prompt,
-                                {**config, "tokenizer": identity["tokenizer"], "items": _docs_digest(docs),
+                                {**config, "tokenizer": identity["tokenizer"], "items": docs_digest(docs),
                                  "sandbox": asdict(sandbox)})
                 stored = cache.get(key)
                 if stored is not None:

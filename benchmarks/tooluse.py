@@ -26,7 +26,7 @@ from forge.artifacts import state_dict_hash
 
 from benchmarks import scoring
 from benchmarks.cache import ResultCache, cache_key
-from benchmarks.harness import _docs_digest, _tokenizer_fingerprint
+from benchmarks.harness import docs_digest, tokenizer_fingerprint
 from benchmarks.lm import encode, generate_until, probe_model
 from benchmarks.sandbox import SandboxLimits, run_programs
 from benchmarks.tooluse_problems import SOURCES, ToolProblem, demonstrations, load_problems, rotation_subset
@@ -252,9 +252,9 @@ def evaluate_tool_use(model, tokenizer, *, prompt: str, problems: Sequence[ToolP
     key = None
     if cache is not None:
         key = cache_key(weights_hash or state_dict_hash(model.state_dict()), TASK_NAME, prompt,
-                        {**config_dict, "tokenizer": _tokenizer_fingerprint(tokenizer),
-                         "items": _docs_digest([problem.to_dict() for problem in problems]),
-                         "contexts": _docs_digest(contexts)})
+                        {**config_dict, "tokenizer": tokenizer_fingerprint(tokenizer),
+                         "items": docs_digest([problem.to_dict() for problem in problems]),
+                         "contexts": docs_digest(contexts)})
         stored = cache.get(key)
         if stored is not None:
             return ToolUseResult.from_dict({**stored, "cached": True})
