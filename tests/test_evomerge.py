@@ -214,6 +214,14 @@ def test_fitness_is_deterministic_for_the_same_model(parents, shared_data):
         read_heldout_texts(root / "missing", 100)
 
 
+def test_heldout_texts_are_taken_across_the_whole_file(tmp_path):
+    from forge.phases.cognate import HELDOUT_TEXTS, read_heldout_texts
+
+    atomic_write_json(tmp_path / HELDOUT_TEXTS, {"texts": [letter * 100 for letter in "abcdefghij"]})
+    assert [t[0] for t in read_heldout_texts(tmp_path, 300)] == ["a", "d", "g"]  # not the first three
+    assert len(read_heldout_texts(tmp_path, 10**9)) == 10
+
+
 # ------------------------------------------------------------------------------------- the phase
 
 def test_phase_evolves_and_writes_a_loadable_champion(phase_run):
