@@ -47,13 +47,7 @@ CONFIG = BakingConfig(lora_r=4, lora_alpha=8, learning_rate=1e-2, max_new_tokens
                       batch_size=4, heldout_fraction=0.2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tensors here are tiny: on a shared 2-core machine thread hand-offs cost more than the math.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from forge.quant.staged import staged_quantize
 VOCAB = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: a second thread only adds wake-up latency on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_llama(layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
