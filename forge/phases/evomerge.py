@@ -32,6 +32,7 @@ from forge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGenera
 from forge.merge import check_compatible, infer_layer_layout, merge, weight_space_diversity
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.phases.cognate import read_heldout_texts
+from forge.quant.measure import forward_latency
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +65,6 @@ def invalid_reason(model, probe_ids: torch.Tensor) -> str | None:
     return None
 
 
-@torch.no_grad()
-def tokens_per_second(model, ids: torch.Tensor, repeats: int) -> float:
-    """Forward throughput on the batch ``ids``: its fastest of ``repeats`` timed passes after one warm-up
-    (the fastest pass is the least disturbed by other processes on a shared machine)."""
-    model(input_ids=ids)
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(input_ids=ids)
-        timings.append(time.perf_counter() - start)
-    return ids.numel() / min(timings)
-
-
 def measure_terms(model, tokenizer, texts: Sequence[str], config: EvoMergeConfig, *,
                   data_dir: str | None) -> dict[str, float]:
     """Every fitness term of ``model``, measured: held-out perplexity, accuracy (with ``data_dir``),
@@ -99,8 +87,9 @@ def measure_terms(model, tokenizer, texts: Sequence[str], config: EvoMergeConfig
             terms[f"accuracy/{name}"] = result.score
         terms["accuracy"] = statistics.fmean(r.score for r in results.values())
     speed_ids = heldout_token_ids(tokenizer, texts, config.speed_batch * config.speed_seq_len)
-    terms["tokens_per_s"] = tokens_per_second(model, speed_ids.view(config.speed_batch, config.speed_seq_len),
-                                              config.speed_repeats)
+    # The fastest of speed_repeats passes after one warm-up: the least disturbed by other load.
+    terms["tokens_per_s"] = speed_ids.numel() / forward_latency(
+        model, speed_ids.view(config.speed_batch, config.speed_seq_len), config.speed_repeats, warmup=1)
     return terms
 
 
