@@ -53,17 +53,23 @@ def _probe_gpu_memory() -> list[int]:
     return [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
 
 
-def plan_devices() -> DevicePlan:
-    """Read the cluster's resources (Ray must be initialised)."""
+def plan_devices(device: str = "auto") -> DevicePlan:
+    """Read the cluster's resources (Ray must be initialised), as the pipeline's ``device`` setting allows:
+    ``cpu`` plans no GPU at all, ``cuda`` requires a GPU whose memory can be read, ``auto`` takes what is there."""
     import ray
 
     resources = ray.cluster_resources()
+    num_cpus = float(resources.get("CPU", 1.0))
+    if device == "cpu":
+        return DevicePlan(num_cpus=num_cpus, num_gpus=0.0)
     num_gpus = float(resources.get("GPU", 0.0))
     memory = _probe_gpu_memory()
     if num_gpus > 0 and not memory:
         # The driver has no GPU (a CPU head node): ask one GPU worker for its free memory.
         memory = ray.get(ray.remote(num_gpus=1)(_probe_gpu_memory).remote())
-    return DevicePlan(num_cpus=float(resources.get("CPU", 1.0)), num_gpus=num_gpus, gpu_memory_bytes=memory)
+    if device == "cuda" and (num_gpus <= 0 or not memory):
+        raise ValueError("device=cuda but the Ray cluster offers no GPU; use device=auto or cpu")
+    return DevicePlan(num_cpus=num_cpus, num_gpus=num_gpus, gpu_memory_bytes=memory)
 
 
 CUDA_CONTEXT_BYTES = 512 * 1024**2

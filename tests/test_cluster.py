@@ -42,3 +42,6 @@ def test_plan_devices_reads_this_cpu_cluster(ray_session):
     plan = plan_devices()
     assert plan.num_gpus == 0 and plan.device == "cpu"
     assert plan.num_cpus == 2
+    assert plan_devices("cpu") == plan
+    with pytest.raises(ValueError, match="device=cuda but the Ray cluster offers no GPU"):
+        plan_devices("cuda")

@@ -183,7 +183,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
                          f"{seq_len}: raise cognate.data.chars_per_stage or validation_fraction")
 
     # 2. One training job per model.
-    plan = plan_devices()
+    plan = plan_devices(config.device)
     jobs, data_record = [], {}
     for spec in cognate.models:
         stages, unigram_train = [], []
@@ -215,10 +215,6 @@ def run(ctx: PhaseContext) -> PhaseResult:
                                  arch.get("act_max_steps", 1) * arch.get("trm_refinements", 1), device=plan.device)
     del probe
     share = share_for(plan, need, len(jobs))
-    if config.device == "cpu" or (config.device == "auto" and share.device == "cpu"):
-        share = share_for(type(plan)(num_cpus=plan.num_cpus, num_gpus=0), need, len(jobs))
-    elif config.device == "cuda" and share.device != "cuda":
-        raise ValueError("device=cuda but the Ray cluster offers no GPU; use device=auto or cpu")
     for job in jobs:
         job.device, job.threads = share.device, share.torch_threads
     log.info("cognate: %d trainers, each %s", len(jobs), share)

@@ -161,11 +161,7 @@ def evaluation_share(state_dict: Mapping[str, torch.Tensor], device: str, n_acto
     """The resource share of each of ``n_actors`` evaluations of a model with these weights."""
     from cluster.resources import plan_devices, share_for
 
-    plan = plan_devices()
-    if device == "cpu":
-        plan = type(plan)(num_cpus=plan.num_cpus, num_gpus=0)
-    elif device == "cuda" and plan.num_gpus <= 0:
-        raise ValueError("device=cuda but the Ray cluster offers no GPU; use device=auto or cpu")
+    plan = plan_devices(device)
     weight_bytes = sum(t.numel() * t.element_size() for t in state_dict.values())
     return share_for(plan, 3 * weight_bytes + 256 * 1024**2, n_actors)
 
