@@ -18,18 +18,16 @@ from typing import Sequence
 from forge.artifacts import load_model_dir
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.phases.cognate import read_heldout_texts
-from forge.quant.run import QuantizeJobConfig, next_token_scores, quantize_model_dir, text_token_ids
+from forge.quant.run import (QuantizeJobConfig, next_token_scores, quantize_model_dir, text_token_ids,
+                             wikitext_texts)
 
 log = logging.getLogger(__name__)
 
 
 def quantization_texts(ctx: PhaseContext, job: QuantizeJobConfig) -> tuple[list[str], list[str], str]:
     """(train side, held-out side, description) of the text this phase calibrates and guards with."""
-    from forge.data.splits import heldout_items, train_items
-
     if job.data_dir is not None:
-        return ([r["text"] for r in train_items("wikitext", job.data_dir)],
-                [r["text"] for r in heldout_items("wikitext", job.data_dir)],
+        return (*wikitext_texts(job.data_dir),
                 f"WikiText-2 from {job.data_dir}: train side calibrates and fine-tunes, held-out side guards")
     documents = read_heldout_texts(ctx.run_dir / "cognate", max_chars=10**12)
     return (documents[0::2], documents[1::2],

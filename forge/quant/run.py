@@ -88,6 +88,15 @@ def payload_bytes(model: nn.Module) -> int:
     return total
 
 
+def wikitext_texts(data_dir: str | None) -> tuple[list[str], list[str]]:
+    """WikiText-2's (train side, held-out side) of the one partition: Phase 1 pretrains on the train side,
+    so the guard measures on the held-out side only (calibration and fine-tuning may use the train side)."""
+    from forge.data.splits import heldout_items, train_items
+
+    return ([r["text"] for r in train_items("wikitext", data_dir)],
+            [r["text"] for r in heldout_items("wikitext", data_dir)])
+
+
 def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = QuantizeJobConfig(), *,
                        evaluate: Callable[[nn.Module], float] | None = None,
                        texts: tuple[Sequence[str], Sequence[str]] | None = None,
@@ -100,7 +109,6 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
     as met/missed) and ``extra``.
     """
     from forge.artifacts import load_model_dir, save_model_dir
-    from forge.data.splits import heldout_items, train_items
     from forge.models.size import get_model_size
 
     model, tokenizer = load_model_dir(Path(model_dir))
@@ -108,13 +116,7 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
     category = job.size_category or get_model_size(model)["size_category"]
     config, fallback = compression_config(category), conservative_config(category)
     calibration_count = max(config.calibration_samples, fallback.calibration_samples)
-    # The one train/held-out partition: Phase 1 pretrains on WikiText's train side, so the guard must
-    # measure on the held-out side only (calibration and fine-tuning may use the train side).
-    if texts is None:
-        train_texts = [r["text"] for r in train_items("wikitext", job.data_dir)]
-        test_texts = [r["text"] for r in heldout_items("wikitext", job.data_dir)]
-    else:
-        train_texts, test_texts = list(texts[0]), list(texts[1])
+    train_texts, test_texts = (list(side) for side in (wikitext_texts(job.data_dir) if texts is None else texts))
     pool = text_token_ids(tokenizer, train_texts, calibration_count + job.finetune_sequences, job.seq_len)
     calibration_ids, finetune_ids = pool[:calibration_count], pool[calibration_count:]
     eval_ids = text_token_ids(tokenizer, test_texts, job.eval_sequences, job.seq_len)
