@@ -1,6 +1,7 @@
 """The small protocol every phase follows: ``run(ctx) -> PhaseResult``."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -23,6 +24,13 @@ class PhaseContext:
     def tracker(self, name: str, run_config: dict[str, Any] | None = None) -> Tracker:
         return Tracker(self.phase_dir, name=name, config=self.config.tracking, run_config=run_config,
                        group=self.run_dir.name)
+
+    @property
+    def data_dir(self) -> str | None:
+        """The reference data folder: ``data.data_dir``, else $FORGE_DATA_DIR, else None (offline)."""
+        from forge.data.readers import DATA_DIR_ENV
+
+        return self.config.data.data_dir or os.environ.get(DATA_DIR_ENV) or None
 
     @property
     def work_dir(self) -> Path:

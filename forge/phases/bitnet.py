@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -51,10 +50,8 @@ def choose_input(inputs: dict[str, Path], heldout: Sequence[str], job: QuantizeJ
 
 
 def run(ctx: PhaseContext) -> PhaseResult:
-    from forge.data.readers import DATA_DIR_ENV
-
     job: QuantizeJobConfig = ctx.config.bitnet
-    data_dir = job.data_dir or ctx.config.data.data_dir or os.environ.get(DATA_DIR_ENV) or None
+    data_dir = job.data_dir or ctx.data_dir
     job = dataclasses.replace(job, data_dir=data_dir)
     train_texts, heldout_texts, text_source = quantization_texts(ctx, job)
     name, perplexities = choose_input(ctx.inputs, heldout_texts, job)

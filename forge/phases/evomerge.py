@@ -227,12 +227,6 @@ def _json_roundtrip(obj: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------- the phase
 
-def _data_dir(ctx: PhaseContext) -> str | None:
-    from forge.data.readers import DATA_DIR_ENV
-
-    return ctx.config.data.data_dir or os.environ.get(DATA_DIR_ENV) or None
-
-
 def _scored(entries: Sequence[Mapping[str, Any]]) -> list[Scored]:
     return [Scored(Genome.from_dict(e["genome"]), e["fitness"]) for e in entries]
 
@@ -298,7 +292,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     center = merge("linear", parents)
     texts = read_heldout_texts(ctx.run_dir / "cognate", config.heldout_max_chars)
     probe_ids = heldout_token_ids(tokenizer, texts, PROBE_TOKENS)
-    data_dir = _data_dir(ctx)
+    data_dir = ctx.data_dir
     storage = (ctx.work_dir / "tune").resolve()
     checkpoints = ctx.work_dir / "generations"
     checkpoints.mkdir(parents=True, exist_ok=True)
