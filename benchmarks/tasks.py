@@ -35,8 +35,8 @@ class Task:
     name: str  # registry key, e.g. "arc_easy"
     kind: TaskKind  # how it is scored
     read_local: Callable[[Any], list[Doc]]  # data_dir -> normalised items (forge.data.readers)
-    hub: tuple[str, str | tuple[str, ...] | None, str]  # (hub dataset id, config name(s), split) for online users
-    from_hub: Callable[[dict], Doc | None]  # hub row -> normalised item (None: skip the row)
+    hub: tuple[str, str | tuple[str, ...] | None, str] | None  # (hub dataset id, config name(s), split); None: generated
+    from_hub: Callable[[dict], Doc | None] | None  # hub row -> normalised item (None: skip the row)
     primary_metric: str  # the metric used by aggregate_score
     doc_to_text: Callable[[Doc], str] = lambda doc: ""  # the prompt of one item
     doc_to_target: Callable[[Doc], str] = lambda doc: ""  # the answer shown in few-shot examples
@@ -193,6 +193,42 @@ def _hub_wikitext(row: dict) -> Doc | None:
     return {"id": hashlib.sha1(row["text"].encode()).hexdigest()[:16], "title": "", "text": row["text"]}
 
 
+# ---------------------------------------------------------------- generated items
+
+SYNTHETIC_REASONING_ITEMS = 400
+
+
+def _answer_choices(answer: str, rng: random.Random) -> list[str]:
+    """The answer and its distractors: the other side of a two-way question, else near numbers and "unknown"."""
+    for pair in (("yes", "no"), ("even", "odd")):
+        if answer in pair:
+            return list(pair)
+    if answer == "unknown":
+        return ["unknown", *(str(rng.randint(2, 60)) for _ in range(3))]
+    value = float(answer)
+    step = 1 if value == int(value) else 0.1
+    near = [value + step, value + 10 * step, value - step if value - step > 0 else value + 2 * step]
+    return [answer, *(readers.number_to_str(round(v, 6)) for v in near), "unknown"]
+
+
+def read_synthetic_reasoning(data_dir: Any = None) -> list[Doc]:
+    """Multiple-choice items from the held-out side of Phase 3's generated problems (no data folder needed).
+
+    The distractors sit next to the answer (n +- 1, n + 10) or are "unknown", which is right only for
+    questions that leave a quantity unstated; choices are shuffled per item by a seeded generator.
+    """
+    from forge.quietstar.synthetic import SyntheticConfig, SyntheticReasoningGenerator
+
+    docs = []
+    for example in SyntheticReasoningGenerator(SyntheticConfig(heldout=True)).generate(SYNTHETIC_REASONING_ITEMS):
+        rng = random.Random(example.id)
+        choices = list(dict.fromkeys(_answer_choices(example.answer, rng)))
+        rng.shuffle(choices)
+        docs.append({"id": example.id, "question": example.question, "choices": choices,
+                     "label": choices.index(example.answer), "kind": example.source})
+    return docs
+
+
 # ---------------------------------------------------------------- the registry
 
 def _mc(name: str, read_local, hub, from_hub, doc_to_text, primary="acc_norm", **kwargs) -> Task:
@@ -246,6 +282,10 @@ TASKS: dict[str, Task] = {task.name: task for task in [
          target_delimiter="",
          read_fewshot=partial(readers.read_mbpp, split="prompt"), fewshot_first_n=True,
          until=("[DONE]",), max_new_tokens=512, program=_mbpp_program, split_dataset="mbpp"),
+    Task(name="synthetic_reasoning", kind="multiple_choice", read_local=read_synthetic_reasoning, hub=None,
+         from_hub=None, primary_metric="acc", doc_to_text=_question_answer,
+         doc_to_target=lambda doc: doc["choices"][doc["label"]], doc_to_choice=lambda doc: list(doc["choices"]),
+         group_by=lambda doc: doc["kind"]),
     Task(name="wikitext", kind="perplexity", read_local=partial(readers.read_wikitext, split="test"),
          hub=("Salesforce/wikitext", "wikitext-2-v1", "test"), from_hub=_hub_wikitext,
          primary_metric="perplexity", split_dataset="wikitext"),
@@ -277,7 +317,7 @@ def load_docs(task: Task, data_dir: str | os.PathLike | None, *, heldout_only: b
     ``heldout_only`` keeps the half that ``forge.data.splits`` holds out of pretraining; sets that
     pretraining never reads (MMLU, MATH, HumanEval) are held out whole.
     """
-    if data_dir == HUB:
+    if data_dir == HUB and task.hub is not None:
         docs = _from_hub(task)
         if heldout_only and task.split_dataset in splits.SPLIT_PLANS:
             docs = splits.partition(task.split_dataset, docs)[1]

@@ -200,3 +200,21 @@ def test_code_sampling_is_seeded_and_reports_pass_at_k(model, tokenizer, shared_
     assert len(completions) == 3 and len(set(completions)) > 1  # sampled, not greedy
     assert again.samples[0]["completions"] == completions
     assert set(first.metrics) == {"pass@1"} and first.metrics["pass@1"] == first.samples[0]["correct"] / 3
+
+
+def test_generated_reasoning_task_runs_without_a_data_folder(model, tokenizer, monkeypatch):
+    """synthetic_reasoning needs no data: its items are the held-out side of Phase 3's generated problems."""
+    from forge.data.readers import DATA_DIR_ENV
+    from forge.quietstar.synthetic import SyntheticReasoningGenerator
+
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    task = get_task("synthetic_reasoning")
+    docs = load_docs(task, None, heldout_only=True)
+    assert len(docs) == len({doc["id"] for doc in docs}) > 100
+    train_questions = {e.question for e in SyntheticReasoningGenerator().generate(2000)}
+    assert not train_questions & {doc["question"] for doc in docs}
+    for doc in docs:
+        assert len(set(doc["choices"])) == len(doc["choices"]) >= 2
+    result = evaluate(model, tokenizer, ["synthetic_reasoning"], limit=24, data_dir=None)["synthetic_reasoning"]
+    assert result.n_items == 24 and 0.0 <= result.score <= 1.0
+    assert any(key.startswith("acc/synthetic-") for key in result.metrics), result.metrics
