@@ -130,3 +130,10 @@ def safe_batch_size(free_bytes: int, num_params: int, seq_len: int, hidden_size:
             "or use a smaller model"
         )
     return batch, math.ceil(target_batch / batch)
+
+
+def evaluation_share(state_dict, device: str, n_actors: int) -> ResourceShare:
+    """The resource share of each of ``n_actors`` evaluations (no gradients) of a model with these weights."""
+    plan = plan_devices(device)
+    weight_bytes = sum(t.numel() * t.element_size() for t in state_dict.values())
+    return share_for(plan, 3 * weight_bytes + 256 * 1024**2, n_actors)

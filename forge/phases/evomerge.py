@@ -32,6 +32,7 @@ from forge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGenera
 from forge.merge import check_compatible, infer_layer_layout, merge, weight_space_diversity
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.phases.cognate import read_heldout_texts
+from cluster.resources import evaluation_share
 from forge.quant.measure import forward_latency
 
 log = logging.getLogger(__name__)
@@ -155,15 +156,6 @@ class Evaluation:
     timings: dict[str, float]  # wall_s (the Tune experiment), and summed over candidates: merge_s (driver),
     # put_s (driver: weights into the object store), transfer_s (trial: fetch + load), eval_s (trial: measure)
     restored: bool  # the generation's Tune experiment was restored (resume), not started afresh
-
-
-def evaluation_share(state_dict: Mapping[str, torch.Tensor], device: str, n_actors: int):
-    """The resource share of each of ``n_actors`` evaluations of a model with these weights."""
-    from cluster.resources import plan_devices, share_for
-
-    plan = plan_devices(device)
-    weight_bytes = sum(t.numel() * t.element_size() for t in state_dict.values())
-    return share_for(plan, 3 * weight_bytes + 256 * 1024**2, n_actors)
 
 
 def evaluate_candidates(candidates: Sequence[Candidate], template, tokenizer, texts: Sequence[str],
