@@ -1,0 +1,616 @@
+"""Phase 6 control logic: the alternating A/B cycle driver, independent of models.
+
+The phase supplies the work through :class:`ABHooks` (models, benchmarks, baking, Ray actors); this
+module decides what happens next and keeps a resumable record. Cycle "A" optimises the tool-use prompt,
+cycle "B" the self-guided persona prompt. Iterations are numbered 0, 1, 2, ... over both cycles.
+
+Contract (each point is tested in ``tests/test_ab_cycles.py``):
+
+* One iteration of cycle X: ``propose(X, incumbent_X, it, n)`` returns 1..n :class:`Proposal`;
+  ``evaluate(X, [incumbent_X, *variants], it)`` scores them in order on this iteration's benchmark subset
+  with the current model. The incumbent is re-scored every time: subsets rotate, so only a same-subset
+  comparison is fair. Winner = best variant (the first on ties); relative improvement =
+  ``(winner - incumbent) / max(|incumbent|, 1e-9)``.
+* Improvement >= ``plateau_threshold``: ``half_bake(X, winner)``; the winner becomes incumbent_X; the
+  cycle's half-bake count N rises and the spec strength ``1 - 0.5**N`` is recorded next to the strength
+  the hook measured; the cycle continues. Otherwise cycle X has plateaued: switch to the other cycle.
+  Initial prompts are never baked by the driver: they are the first incumbents a variant must beat.
+* After the decision: ``checkpoint(it)``, then the state file is written atomically, then the record is
+  logged. A saved state therefore never points at an iteration whose checkpoint is missing.
+* ``plateaued[X]`` means "X plateaued on the current model": any half-bake (in either cycle) clears both
+  flags. Convergence = both flags set, i.e. both cycles plateaued with no successful half-bake in
+  between; the run stops with reason ``"converged"``.
+* Other stops, checked between iterations: ``max_iterations`` (reason ``"max_iterations"``) and the
+  wall-time budget (``"budget"``; elapsed time survives a resume, the time of a crashed iteration is lost).
+  A cycle that proposes nothing, or an evaluation of the wrong length or with a non-finite score, raises
+  :class:`ABCycleError`.
+* Oscillation (spec risk 2, a cycle undoing the other's gains): the incumbent score at which a cycle is
+  left is recorded; on re-entry its re-score (``prompts[0]`` of the first evaluation) is compared. A drop
+  of more than ``plateau_threshold`` (relative) is a regression, recorded with the iteration and both
+  values. After ``oscillation_patience`` regressions the mode becomes ``"sequential"``: the current cycle
+  runs until it plateaus, then the other until it plateaus, then the run stops (``"sequential_complete"``,
+  or ``"converged"`` if the second plateaus without a half-bake in between).
+* Lock-in (spec risk 2 mitigation): after ``lock_in_after`` half-bakes in a cycle, ``full_bake`` the
+  incumbent once (recorded in that iteration's ``lock_in``) and reset the cycle's count N to 0.
+* Resume: when ``state_path`` exists the run continues at the next iteration with the saved state. The
+  phase must first restore the model saved by ``checkpoint(last_checkpoint_iteration(state_path))``: a
+  crash inside an iteration may have baked the model already. A state written under a different config or
+  initial prompts raises :class:`ABStateMismatchError`. A finished state returns its result at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol
+from xml.sax.saxutils import escape
+
+from forge.artifacts import atomic_write_bytes, atomic_write_json
+from forge.configtools import config_hash
+
+CYCLES = ("A", "B")
+STATE_VERSION = 1
+# W&B prefixes of the spec: a_cycle/* is tool use, b_cycle/* is the persona.
+METRIC_PREFIX = {"A": "a_cycle", "B": "b_cycle"}
+# Score in a relative improvement's denominator when the incumbent scores 0.
+_MIN_DENOMINATOR = 1e-9
+
+
+class ABCycleError(RuntimeError):
+    """A hook broke the A/B contract (no proposals, wrong number of scores, non-finite score)."""
+
+
+class ABStateMismatchError(ValueError):
+    """The state file was written by a run with another config or other initial prompts."""
+
+
+@dataclass
+class ABCycleConfig:
+    """Control parameters of the alternating A/B driver; the defaults are the tiny preset."""
+
+    plateau_threshold: float = 0.005  # relative improvement below this is a plateau (spec: 0.5%)
+    max_iterations: int = 4  # iterations over both cycles together (full presets: 40)
+    wall_time_budget_s: float | None = None  # stop once this much time has passed (checked between iterations)
+    variants_per_iteration: int = 4  # proposals asked of propose() per iteration (spec: 4)
+    oscillation_patience: int = 1  # cycle-entry regressions that switch the run to sequential mode
+    lock_in_after: int | None = 3  # full-bake after this many half-bakes in a cycle (spec: 3); None: never
+    start_cycle: Literal["A", "B"] = "A"  # the cycle of iteration 0 (spec: A, tool use)
+
+    def __post_init__(self) -> None:
+        if not (self.plateau_threshold >= 0 and math.isfinite(self.plateau_threshold)):
+            raise ValueError(f"plateau_threshold must be a finite number >= 0, got {self.plateau_threshold}")
+        if self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {self.max_iterations}")
+        if self.wall_time_budget_s is not None and not self.wall_time_budget_s > 0:
+            raise ValueError(f"wall_time_budget_s must be > 0 or None (no budget), got {self.wall_time_budget_s}")
+        if self.variants_per_iteration < 1:
+            raise ValueError(f"variants_per_iteration must be >= 1, got {self.variants_per_iteration}")
+        if self.oscillation_patience < 1:
+            raise ValueError(f"oscillation_patience must be >= 1, got {self.oscillation_patience}")
+        if self.lock_in_after is not None and self.lock_in_after < 1:
+            raise ValueError(f"lock_in_after must be >= 1 or None (no lock-in), got {self.lock_in_after}")
+        if self.start_cycle not in CYCLES:
+            raise ValueError(f"start_cycle must be 'A' or 'B', got {self.start_cycle!r}")
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A candidate prompt and where it came from."""
+
+    prompt: str  # the prompt text
+    origin: str  # how it was made: "mutation:<operator>", "self:t=<temperature>" or "fallback:human"
+
+
+class ABHooks(Protocol):
+    """What the phase implements with models and Ray actors; the driver calls nothing else."""
+
+    def propose(self, cycle: str, incumbent: str, iteration: int, n: int) -> list[Proposal]:
+        """Up to ``n`` candidate prompts for ``cycle`` (tool variants for A, self-prompts for B)."""
+        ...
+
+    def evaluate(self, cycle: str, prompts: list[str], iteration: int) -> list[float]:
+        """Scores of ``prompts`` in order, on this iteration's subset with the current model."""
+        ...
+
+    def half_bake(self, cycle: str, prompt: str, iteration: int) -> float:
+        """Half-bake ``prompt`` into the model; return the strength measured afterwards."""
+        ...
+
+    def full_bake(self, cycle: str, prompt: str, iteration: int) -> float:
+        """Fully bake ``prompt`` (lock-in); return the strength measured afterwards."""
+        ...
+
+    def checkpoint(self, iteration: int) -> None:
+        """Save the model and prompts as they are after ``iteration``."""
+        ...
+
+
+@dataclass
+class IterationRecord:
+    """What one iteration did; JSON-serialisable, kept in the state file and the result."""
+
+    cycle: str  # "A" or "B"
+    iteration: int  # global index over both cycles, from 0
+    cycle_iteration: int  # index within this cycle, from 0
+    incumbent: dict[str, Any]  # {"prompt", "origin", "score"}: the incumbent re-scored on this subset
+    proposals: list[dict[str, Any]]  # [{"prompt", "origin", "score"}] in the order proposed
+    winner_index: int  # index of the best proposal
+    winner_score: float  # its score
+    improvement: float  # (winner - incumbent) / max(|incumbent|, 1e-9)
+    plateaued: bool  # improvement < plateau_threshold
+    half_baked: bool  # the winner was half-baked and became the incumbent
+    half_bake_count: int  # N: half-bakes in this cycle since its last lock-in, counting this one
+    baking_strength_spec: float  # 1 - 0.5**N, the spec's stacking formula
+    baking_strength_measured: float | None  # what half_bake measured (None when nothing was baked)
+    best_score: float  # the cycle's incumbent score after this iteration
+    lock_in: dict[str, Any] | None  # {"prompt", "strength_measured", "half_bakes"} when full_bake ran
+    regression: dict[str, Any] | None  # {"iteration", "cycle", "exit_score", "entry_score", "relative_drop"}
+    mode: str  # "alternating" or "sequential", after this iteration
+    next_cycle: str | None  # the cycle of the next iteration; None when the run stopped here
+    iteration_s: float  # wall time of this iteration
+    elapsed_s: float  # wall time of the run so far, across resumes
+
+
+@dataclass
+class _RunState:
+    """Everything needed to continue a run; saved after every iteration."""
+
+    config_hash: str  # hash of the config and the initial prompts
+    next_iteration: int  # the iteration to run next
+    cycle: str  # the cycle of the next iteration
+    entering: bool  # the next iteration is the first of a visit to ``cycle``
+    incumbents: dict[str, dict[str, Any]]  # per cycle: {"prompt", "origin", "score" (None before scoring)}
+    cycle_iterations: dict[str, int]  # iterations run per cycle
+    half_bakes: dict[str, int]  # per cycle: N, half-bakes since its last lock-in
+    total_half_bakes: dict[str, int]  # per cycle: all half-bakes
+    measured_strength: dict[str, float | None]  # per cycle: strength measured by its last bake
+    last_bake: dict[str, str | None]  # per cycle: "half" or "full" (lock-in); None before any bake
+    plateaued: dict[str, bool]  # per cycle: plateaued on the current model (no half-bake since)
+    exit_scores: dict[str, float | None]  # per cycle: incumbent score when the cycle was last left
+    mode: str  # "alternating" or "sequential"
+    sequential_order: list[str] | None  # in sequential mode: [cycle finishing now, cycle after it]
+    regressions: list[dict[str, Any]]  # every cycle-entry regression: iteration, cycle, scores
+    history: list[dict[str, Any]]  # IterationRecord dicts
+    elapsed_s: float  # wall time spent in completed iterations, across resumes
+    stop_reason: str | None  # set once the run has stopped
+    version: int = STATE_VERSION  # state file format
+
+
+@dataclass
+class ABResult:
+    """The outcome of an A/B run: its history, why it stopped and what each cycle ended with."""
+
+    history: list[IterationRecord]  # one record per iteration, in order
+    stop_reason: str  # "converged", "sequential_complete", "max_iterations" or "budget"
+    mode: str  # "alternating", or "sequential" after oscillation
+    incumbents: dict[str, str]  # per cycle: the final incumbent prompt
+    origins: dict[str, str]  # per cycle: where that prompt came from ("initial" if never beaten)
+    scores: dict[str, float | None]  # per cycle: its last measured score (None if the cycle never ran)
+    iterations: dict[str, int]  # iterations run per cycle
+    half_bakes: dict[str, int]  # per cycle: all half-bakes
+    strengths: dict[str, dict[str, Any]]  # per cycle: {"last_bake", "half_bakes_since_lock_in", "spec", "measured"}
+    regressions: list[dict[str, Any]]  # cycle-entry regressions seen
+    elapsed_s: float  # wall time of the run across resumes
+
+    @property
+    def converged(self) -> bool:
+        """Both cycles ran until they plateaued (alternating, or sequentially after oscillation)."""
+        return self.stop_reason in ("converged", "sequential_complete")
+
+    def bakes(self, cycle: str) -> list[dict[str, Any]]:
+        """Every prompt baked in ``cycle``, in order: iteration, kind ("half"/"full"), prompt, strengths."""
+        out = []
+        for record in self.history:
+            if record.cycle != cycle:
+                continue
+            if record.half_baked:
+                winner = record.proposals[record.winner_index]
+                out.append({"iteration": record.iteration, "kind": "half", "prompt": winner["prompt"],
+                            "origin": winner["origin"], "strength_spec": record.baking_strength_spec,
+                            "strength_measured": record.baking_strength_measured})
+            if record.lock_in is not None:
+                # a lock-in always follows this iteration's half-bake, so the baked prompt is the winner
+                out.append({"iteration": record.iteration, "kind": "full", "prompt": record.lock_in["prompt"],
+                            "origin": record.proposals[record.winner_index]["origin"], "strength_spec": 1.0,
+                            "strength_measured": record.lock_in["strength_measured"]})
+        return out
+
+    def baseline(self, cycle: str) -> float | None:
+        """The cycle's first incumbent score (before anything of this run was baked for it)."""
+        return next((r.incumbent["score"] for r in self.history if r.cycle == cycle), None)
+
+    def final_metrics(self) -> dict[str, Any]:
+        """The spec's final/* and convergence/* summary."""
+        out: dict[str, Any] = {
+            "convergence/total_iterations": len(self.history),
+            "convergence/a_cycle_iterations": self.iterations["A"],
+            "convergence/b_cycle_iterations": self.iterations["B"],
+            "convergence/converged": self.converged,
+            "convergence/stop_reason": self.stop_reason,
+            "convergence/mode": self.mode,
+        }
+        for cycle, name, gain in (("A", "final/swe_bench_score", "final/total_improvement_swe_bench"),
+                                  ("B", "final/aggregate_benchmark", "final/total_improvement_aggregate")):
+            final, first = self.scores[cycle], self.baseline(cycle)
+            if final is not None:
+                out[name] = final
+            if final is not None and first is not None:
+                out[gain] = (final - first) / max(abs(first), _MIN_DENOMINATOR)
+        return out
+
+    def handoff(self) -> dict[str, Any]:
+        """Phase 7 handoff metadata (spec "To Phase 7"); A's score is the tool-use fitness."""
+        return {
+            "phase": 6,
+            "swe_bench_score": self.scores["A"],
+            "aggregate_benchmark": self.scores["B"],
+            "a_cycle_iterations": self.iterations["A"],
+            "b_cycle_iterations": self.iterations["B"],
+            "baking_strength": {c: dict(self.strengths[c]) for c in CYCLES},
+            "tool_prompts_baked": self.bakes("A"),
+            "persona_prompts_baked": self.bakes("B"),
+            "final_prompts": dict(self.incumbents),
+            "stop_reason": self.stop_reason,
+            "converged": self.converged,
+            "mode": self.mode,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "history": [dataclasses.asdict(r) for r in self.history],
+            "stop_reason": self.stop_reason,
+            "converged": self.converged,
+            "mode": self.mode,
+            "incumbents": self.incumbents,
+            "origins": self.origins,
+            "scores": self.scores,
+            "iterations": self.iterations,
+            "half_bakes": self.half_bakes,
+            "strengths": self.strengths,
+            "regressions": self.regressions,
+            "elapsed_s": self.elapsed_s,
+            "handoff": self.handoff(),
+        }
+
+
+def spec_strength(half_bakes: int) -> float:
+    """The spec's half-baking stack: S_N = 1 - 0.5**N."""
+    return 1.0 - 0.5 ** half_bakes
+
+
+def _other(cycle: str) -> str:
+    return "B" if cycle == "A" else "A"
+
+
+def _run_hash(config: ABCycleConfig, initial_prompts: dict[str, str]) -> str:
+    return config_hash({"config": dataclasses.asdict(config), "initial_prompts": initial_prompts})
+
+
+def _new_state(config: ABCycleConfig, initial_prompts: dict[str, str], run_hash: str) -> _RunState:
+    per_cycle = lambda value: {c: value for c in CYCLES}  # noqa: E731
+    return _RunState(
+        config_hash=run_hash, next_iteration=0, cycle=config.start_cycle, entering=True,
+        incumbents={c: {"prompt": initial_prompts[c], "origin": "initial", "score": None} for c in CYCLES},
+        cycle_iterations=per_cycle(0), half_bakes=per_cycle(0), total_half_bakes=per_cycle(0),
+        measured_strength=per_cycle(None), last_bake=per_cycle(None), plateaued=per_cycle(False),
+        exit_scores=per_cycle(None),
+        mode="alternating", sequential_order=None, regressions=[], history=[], elapsed_s=0.0, stop_reason=None,
+    )
+
+
+def _load_state(path: Path) -> _RunState:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        state = _RunState(**data)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ABStateMismatchError(
+            f"{path} is not an A/B cycle state file ({err}); point state_path elsewhere or delete it to start over"
+        ) from err
+    if state.version != STATE_VERSION:
+        raise ABStateMismatchError(f"{path} has state format {state.version}, this code reads {STATE_VERSION}; "
+                                   "delete it to start over")
+    return state
+
+
+def last_checkpoint_iteration(state_path: Path) -> int | None:
+    """The iteration whose checkpoint a resumed run continues from; None when nothing was saved yet."""
+    state_path = Path(state_path)
+    if not state_path.exists():
+        return None
+    last = _load_state(state_path).next_iteration - 1
+    return last if last >= 0 else None
+
+
+def _strength(state: _RunState, cycle: str) -> dict[str, Any]:
+    """The cycle's current strength: 1.0 (spec) right after a lock-in, else 1 - 0.5**N, next to the measured."""
+    locked = state.last_bake[cycle] == "full"
+    return {"last_bake": state.last_bake[cycle], "half_bakes_since_lock_in": state.half_bakes[cycle],
+            "spec": 1.0 if locked else spec_strength(state.half_bakes[cycle]),
+            "measured": state.measured_strength[cycle]}
+
+
+def _result(state: _RunState) -> ABResult:
+    return ABResult(
+        history=[IterationRecord(**r) for r in state.history],
+        stop_reason=state.stop_reason,  # always set here: the run has stopped
+        mode=state.mode,
+        incumbents={c: state.incumbents[c]["prompt"] for c in CYCLES},
+        origins={c: state.incumbents[c]["origin"] for c in CYCLES},
+        scores={c: state.incumbents[c]["score"] for c in CYCLES},
+        iterations=dict(state.cycle_iterations),
+        half_bakes=dict(state.total_half_bakes),
+        strengths={c: _strength(state, c) for c in CYCLES},
+        regressions=list(state.regressions),
+        elapsed_s=state.elapsed_s,
+    )
+
+
+def _checked_proposals(proposals: Any, cycle: str, iteration: int, n: int) -> list[Proposal]:
+    if not isinstance(proposals, list) or not proposals:
+        raise ABCycleError(f"cycle {cycle} proposed no prompts at iteration {iteration}: propose() must return "
+                           f"1..{n} Proposal objects (add a fallback, e.g. origin 'fallback:human')")
+    if len(proposals) > n or not all(isinstance(p, Proposal) for p in proposals):
+        raise ABCycleError(f"cycle {cycle}, iteration {iteration}: propose() must return 1..{n} Proposal objects, "
+                           f"got {proposals!r}")
+    return proposals
+
+
+def _checked_scores(scores: Any, expected: int, cycle: str, iteration: int) -> list[float]:
+    if not isinstance(scores, (list, tuple)) or len(scores) != expected:
+        raise ABCycleError(f"cycle {cycle}, iteration {iteration}: evaluate() must return {expected} scores "
+                           f"(incumbent first, then each proposal), got {scores!r}")
+    values = [float(s) for s in scores]
+    if not all(math.isfinite(v) for v in values):
+        raise ABCycleError(f"cycle {cycle}, iteration {iteration}: evaluate() returned a non-finite score {values}")
+    return values
+
+
+def _relative(new: float, old: float) -> float:
+    return (new - old) / max(abs(old), _MIN_DENOMINATOR)
+
+
+def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> IterationRecord:
+    """Run ``state.next_iteration`` up to (not including) the checkpoint; updates ``state`` in place."""
+    cycle, it = state.cycle, state.next_iteration
+    incumbent = state.incumbents[cycle]
+    proposals = _checked_proposals(hooks.propose(cycle, incumbent["prompt"], it, config.variants_per_iteration),
+                                   cycle, it, config.variants_per_iteration)
+    scores = _checked_scores(hooks.evaluate(cycle, [incumbent["prompt"], *(p.prompt for p in proposals)], it),
+                             1 + len(proposals), cycle, it)
+    incumbent_score, variant_scores = scores[0], scores[1:]
+
+    regression = None
+    exit_score = state.exit_scores[cycle]
+    if state.entering and exit_score is not None:
+        drop = -_relative(incumbent_score, exit_score)
+        if drop > config.plateau_threshold:
+            regression = {"iteration": it, "cycle": cycle, "exit_score": exit_score,
+                          "entry_score": incumbent_score, "relative_drop": drop}
+            state.regressions.append(regression)
+            if state.mode == "alternating" and len(state.regressions) >= config.oscillation_patience:
+                state.mode = "sequential"
+                state.sequential_order = [cycle, _other(cycle)]
+
+    winner_index = max(range(len(proposals)), key=lambda i: variant_scores[i])  # first best on ties
+    winner, winner_score = proposals[winner_index], variant_scores[winner_index]
+    improvement = _relative(winner_score, incumbent_score)
+    plateaued = improvement < config.plateau_threshold
+
+    measured, lock_in = None, None
+    if plateaued:
+        state.incumbents[cycle] = {**incumbent, "score": incumbent_score}
+        state.plateaued[cycle] = True
+        state.exit_scores[cycle] = incumbent_score
+    else:
+        measured = float(hooks.half_bake(cycle, winner.prompt, it))
+        state.incumbents[cycle] = {"prompt": winner.prompt, "origin": winner.origin, "score": winner_score}
+        state.half_bakes[cycle] += 1
+        state.total_half_bakes[cycle] += 1
+        state.measured_strength[cycle] = measured
+        state.last_bake[cycle] = "half"
+        state.plateaued = {c: False for c in CYCLES}  # the model changed: earlier plateaus no longer hold
+    half_bake_count = state.half_bakes[cycle]
+    if not plateaued and config.lock_in_after is not None and half_bake_count >= config.lock_in_after:
+        full = float(hooks.full_bake(cycle, winner.prompt, it))
+        lock_in = {"prompt": winner.prompt, "strength_measured": full, "half_bakes": half_bake_count}
+        state.half_bakes[cycle] = 0
+        state.measured_strength[cycle] = full
+        state.last_bake[cycle] = "full"
+
+    state.cycle_iterations[cycle] += 1
+    next_cycle: str | None = cycle
+    if plateaued:
+        if all(state.plateaued.values()):
+            state.stop_reason, next_cycle = "converged", None
+        elif state.mode == "sequential" and state.sequential_order is not None and cycle == state.sequential_order[1]:
+            state.stop_reason, next_cycle = "sequential_complete", None
+        else:
+            next_cycle = _other(cycle)
+    state.entering = next_cycle is not None and next_cycle != cycle
+    state.cycle = next_cycle or cycle
+    return IterationRecord(
+        cycle=cycle, iteration=it, cycle_iteration=state.cycle_iterations[cycle] - 1,
+        incumbent={**incumbent, "score": incumbent_score},
+        proposals=[{"prompt": p.prompt, "origin": p.origin, "score": s} for p, s in zip(proposals, variant_scores)],
+        winner_index=winner_index, winner_score=winner_score, improvement=improvement, plateaued=plateaued,
+        half_baked=not plateaued, half_bake_count=half_bake_count,
+        baking_strength_spec=spec_strength(half_bake_count), baking_strength_measured=measured,
+        best_score=state.incumbents[cycle]["score"], lock_in=lock_in, regression=regression, mode=state.mode,
+        next_cycle=next_cycle, iteration_s=0.0, elapsed_s=0.0,
+    )
+
+
+def _iteration_metrics(record: IterationRecord, state: _RunState) -> dict[str, Any]:
+    """The W&B record of one iteration under the spec's names (a_cycle/*, b_cycle/*, convergence/*)."""
+    p = METRIC_PREFIX[record.cycle]
+    out: dict[str, Any] = {
+        f"{p}/iteration": record.iteration,
+        f"{p}/cycle_iteration": record.cycle_iteration,
+        f"{p}/baseline_score": record.incumbent["score"],
+        **{f"{p}/variant_{i}_score": v["score"] for i, v in enumerate(record.proposals)},
+        f"{p}/winner_idx": record.winner_index,
+        f"{p}/winner_score": record.winner_score,
+        f"{p}/best_score": record.best_score,
+        f"{p}/improvement": record.improvement,
+        f"{p}/plateau_detected": record.plateaued,
+        f"{p}/half_baked": record.half_baked,
+        f"{p}/half_bake_count": record.half_bake_count,
+        f"{p}/baking_strength_spec": record.baking_strength_spec,
+        f"{p}/iteration_s": record.iteration_s,
+        "convergence/total_iterations": record.iteration + 1,
+        "convergence/a_cycle_iterations": state.cycle_iterations["A"],
+        "convergence/b_cycle_iterations": state.cycle_iterations["B"],
+        "convergence/a_plateaued": state.plateaued["A"],
+        "convergence/b_plateaued": state.plateaued["B"],
+        "convergence/mode": record.mode,
+        "convergence/regressions": len(state.regressions),
+        "convergence/elapsed_s": record.elapsed_s,
+    }
+    if record.baking_strength_measured is not None:
+        out[f"{p}/baking_strength_measured"] = record.baking_strength_measured
+    if record.lock_in is not None:
+        out[f"{p}/lock_in_strength_measured"] = record.lock_in["strength_measured"]
+    if record.regression is not None:
+        out[f"{p}/regression_relative_drop"] = record.regression["relative_drop"]
+    return out
+
+
+def _limit_reached(config: ABCycleConfig, state: _RunState) -> str | None:
+    """The stop reason of a limit that ends the run before the next iteration, if any."""
+    if state.next_iteration >= config.max_iterations:
+        return "max_iterations"
+    if config.wall_time_budget_s is not None and state.elapsed_s >= config.wall_time_budget_s:
+        return "budget"
+    return None
+
+
+def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dict[str, str], state_path: Path,
+                  log: Callable[[dict[str, Any]], None] | None = None,
+                  clock: Callable[[], float] = time.monotonic) -> ABResult:
+    """Alternate the A (tool use) and B (persona) cycles until they converge or a limit stops the run.
+
+    ``initial_prompts`` maps "A" and "B" to the first incumbents. ``state_path`` is written after every
+    iteration and resumed from when it exists. ``log`` receives one record per iteration under the spec's
+    metric names and a final ``final/*`` summary. See the module docstring for the full contract.
+    """
+    if set(initial_prompts) != set(CYCLES) or not all(isinstance(initial_prompts[c], str) for c in CYCLES):
+        raise ValueError(f"initial_prompts must map exactly 'A' (tool use) and 'B' (persona) to prompt strings, "
+                         f"got keys {sorted(initial_prompts)}")
+    state_path = Path(state_path)
+    run_hash = _run_hash(config, initial_prompts)
+    if state_path.exists():
+        state = _load_state(state_path)
+        if state.config_hash != run_hash:
+            raise ABStateMismatchError(
+                f"{state_path} was written by an A/B run with a different config or initial prompts "
+                f"(state {state.config_hash[:12]}, this run {run_hash[:12]}); resume with the same config and "
+                "prompts, or delete the file (or pass another state_path) to start a new run"
+            )
+        if state.stop_reason is not None:
+            return _result(state)
+    else:
+        state = _new_state(config, initial_prompts, run_hash)
+
+    started, elapsed_before = clock(), state.elapsed_s
+    while state.stop_reason is None:
+        state.stop_reason = _limit_reached(config, state)
+        if state.stop_reason is not None:
+            atomic_write_json(state_path, dataclasses.asdict(state))
+            break
+        iteration_start = clock()
+        record = _run_iteration(hooks, config, state)
+        hooks.checkpoint(record.iteration)
+        now = clock()
+        record.iteration_s = now - iteration_start
+        record.elapsed_s = state.elapsed_s = elapsed_before + (now - started)
+        state.history.append(dataclasses.asdict(record))
+        state.next_iteration += 1
+        atomic_write_json(state_path, dataclasses.asdict(state))
+        if log is not None:
+            log(_iteration_metrics(record, state))
+    result = _result(state)
+    if log is not None:
+        log(result.final_metrics())
+    return result
+
+
+# --- trajectory plot: a plain SVG (text, no plotting dependency) --------------------------------------
+
+_COLOURS = {"A": "#1f77b4", "B": "#d62728"}
+_WIDTH, _PANEL_H, _LEFT, _RIGHT, _TOP, _GAP = 720, 220, 70, 150, 40, 60
+
+
+def _polyline(points: list[tuple[float, float]], colour: str, dashed: bool, label: str) -> str:
+    coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    dash = ' stroke-dasharray="6,4"' if dashed else ""
+    return (f'<polyline data-series="{escape(label)}" points="{coords}" fill="none" stroke="{colour}" '
+            f'stroke-width="2"{dash}/>')
+
+
+def _panel(top: float, title: str, y_range: tuple[float, float], n_iter: int,
+           series: list[tuple[str, str, bool, list[tuple[int, float]]]]) -> list[str]:
+    """One chart: axes, ticks, a title and each series as a polyline with point markers."""
+    plot_w = _WIDTH - _LEFT - _RIGHT
+    lo, hi = y_range
+    x_of = lambda i: _LEFT + (plot_w * (i + 0.5) / max(n_iter, 1))  # noqa: E731
+    y_of = lambda v: top + _PANEL_H - (v - lo) / (hi - lo) * _PANEL_H  # noqa: E731
+    out = [f'<text x="{_LEFT}" y="{top - 10}" font-size="14" font-weight="bold">{escape(title)}</text>',
+           f'<rect x="{_LEFT}" y="{top}" width="{plot_w}" height="{_PANEL_H}" fill="none" stroke="#333"/>']
+    for k in range(5):
+        value = lo + (hi - lo) * k / 4
+        y = y_of(value)
+        out.append(f'<line x1="{_LEFT - 4}" y1="{y:.1f}" x2="{_LEFT + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{_LEFT - 8}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{value:.4g}</text>')
+    for i in range(n_iter):
+        out.append(f'<text x="{x_of(i):.1f}" y="{top + _PANEL_H + 16}" font-size="11" '
+                   f'text-anchor="middle">{i}</text>')
+    for row, (label, colour, dashed, points) in enumerate(series):
+        if not points:
+            continue
+        xy = [(x_of(i), y_of(v)) for i, v in points]
+        out.append(_polyline(xy, colour, dashed, label))
+        out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in xy)
+        ly = top + 14 + 18 * row
+        dash = ' stroke-dasharray="6,4"' if dashed else ""
+        out.append(f'<line x1="{_WIDTH - _RIGHT + 12}" y1="{ly - 4}" x2="{_WIDTH - _RIGHT + 36}" y2="{ly - 4}" '
+                   f'stroke="{colour}" stroke-width="2"{dash}/>')
+        out.append(f'<text x="{_WIDTH - _RIGHT + 42}" y="{ly}" font-size="11">{escape(label)}</text>')
+    return out
+
+
+def plot_trajectory(result: ABResult, path: Path) -> Path:
+    """Write an SVG of both cycles' incumbent scores and baking strengths per iteration (atomically)."""
+    history = result.history
+    if not history:
+        raise ValueError("the A/B result has no iterations to plot; run at least one iteration first")
+    n = len(history)
+    score_series, strength_series = [], []
+    for cycle in CYCLES:
+        rows = [r for r in history if r.cycle == cycle]
+        score_series.append((f"{cycle} best score", _COLOURS[cycle], False,
+                             [(r.iteration, r.best_score) for r in rows]))
+        strength_series.append((f"{cycle} strength (spec)", _COLOURS[cycle], True,
+                                [(r.iteration, r.baking_strength_spec) for r in rows]))
+        strength_series.append((f"{cycle} strength (measured)", _COLOURS[cycle], False,
+                                [(r.iteration, r.baking_strength_measured) for r in rows
+                                 if r.baking_strength_measured is not None]))
+    scores = [v for *_, pts in score_series for _, v in pts]
+    lo, hi = min(scores), max(scores)
+    pad = (hi - lo) * 0.1 or max(abs(hi) * 0.1, 1e-3)
+    measured = [v for *_, pts in strength_series for _, v in pts]
+    s_lo, s_hi = min(0.0, *measured), max(1.0, *measured)
+    height = _TOP + 2 * _PANEL_H + _GAP + 40
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
+             f'viewBox="0 0 {_WIDTH} {height}" font-family="sans-serif">',
+             f'<rect width="{_WIDTH}" height="{height}" fill="white"/>',
+             *_panel(_TOP, f"Phase 6 A/B cycles: incumbent score per iteration (stop: {result.stop_reason})",
+                     (lo - pad, hi + pad), n, score_series),
+             *_panel(_TOP + _PANEL_H + _GAP, "Baking strength: spec 1 - 0.5^N (dashed) and measured",
+                     (s_lo, s_hi), n, strength_series),
+             "</svg>"]
+    path = Path(path)
+    atomic_write_bytes(path, ("\n".join(parts) + "\n").encode())
+    return path
