@@ -3,7 +3,8 @@
 The caller decides resources: ``BenchmarkActor.options(num_cpus=1, num_gpus=0.25).remote(model_dir)``.
 New weights arrive in memory (``set_weights`` with a state dict put once in the object store), so a
 pool of actors evaluates a whole population without re-creating actors or re-reading files;
-``evaluate_candidates`` yields results as they finish (``ray.wait``), not in submission order.
+``evaluate_candidates`` yields results as they finish (``ray.wait``), not in submission order;
+``evaluate_prompts`` scores Phase 6 prompt proposals on a pool holding one set of weights.
 """
 from __future__ import annotations
 
@@ -68,11 +69,26 @@ class BenchmarkActor:
         which also makes this call wait for it and fail if it failed); a mismatch raises."""
         from benchmarks.harness import evaluate
 
-        if weights_hash is not None and weights_hash != self.weights_hash:
-            raise RuntimeError(f"actor holds weights {self.weights_hash[:12]}, caller expected {weights_hash[:12]}")
+        self._check_weights(weights_hash)
         kwargs.setdefault("data_dir", self.data_dir)
         kwargs.setdefault("cache", self.cache)
         return evaluate(self.model, self.tokenizer, list(tasks), weights_hash=self.weights_hash, **kwargs)
+
+    def evaluate_tool_use(self, prompt: str, problems: Sequence, *, weights_hash: str | None = None,
+                          **kwargs: Any) -> dict:
+        """``benchmarks.tooluse.evaluate_tool_use`` of ``prompt`` on ``problems`` (``ToolProblem``s) with
+        the resident model; returns ``ToolUseResult.to_dict()``. ``weights_hash`` as in ``evaluate``."""
+        from benchmarks.tooluse import evaluate_tool_use
+
+        self._check_weights(weights_hash)
+        kwargs.setdefault("data_dir", self.data_dir)
+        kwargs.setdefault("cache", self.cache)
+        return evaluate_tool_use(self.model, self.tokenizer, prompt=prompt, problems=list(problems),
+                                 weights_hash=self.weights_hash, **kwargs).to_dict()
+
+    def _check_weights(self, weights_hash: str | None) -> None:
+        if weights_hash is not None and weights_hash != self.weights_hash:
+            raise RuntimeError(f"actor holds weights {self.weights_hash[:12]}, caller expected {weights_hash[:12]}")
 
     def info(self) -> dict[str, Any]:
         """Where this actor runs and what it holds."""
@@ -111,3 +127,48 @@ def evaluate_candidates(actors: Sequence, candidates: Sequence, tasks: Sequence[
         if next_candidate < len(refs):
             submit(actor)
         yield index, result
+
+
+PROMPT_METHODS = ("evaluate", "evaluate_tool_use")  # BenchmarkActor methods evaluate_prompts can run
+
+
+def evaluate_prompts(actors: Sequence, prompts: Sequence[str], *, method: str, **kwargs: Any) -> list[dict]:
+    """Evaluate every prompt on a pool of ``BenchmarkActor``s that hold the same weights; results in
+    prompt order.
+
+    method "evaluate": harness tasks (``tasks=`` in kwargs; each result is ``{task: TaskResult}``);
+    "evaluate_tool_use": the tool-use benchmark (``problems=`` in kwargs; each result is
+    ``ToolUseResult.to_dict()``). Other kwargs go to that method. The first prompts go to actors in
+    order, then each actor takes the next prompt as soon as it is free (``ray.wait``). A prompt given
+    twice is evaluated once. The caller loads the weights on every actor first (``set_weights``).
+    """
+    if method not in PROMPT_METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(PROMPT_METHODS)}")
+    required = "tasks" if method == "evaluate" else "problems"
+    if required not in kwargs:
+        raise ValueError(f"evaluate_prompts(method={method!r}) needs {required}=...")
+    if not actors:
+        raise ValueError("evaluate_prompts needs at least one BenchmarkActor")
+    # The method's main input: the task names, or the problems put once in the object store.
+    inputs = list(kwargs.pop("tasks")) if method == "evaluate" else ray.put(list(kwargs.pop("problems")))
+    results: dict[str, dict] = {}
+    pending: dict[ray.ObjectRef, tuple[str, Any]] = {}
+
+    def submit(actor, prompt: str) -> None:
+        if method == "evaluate":
+            ref = actor.evaluate.remote(inputs, prompt=prompt, **kwargs)
+        else:
+            ref = actor.evaluate_tool_use.remote(prompt, inputs, **kwargs)
+        pending[ref] = (prompt, actor)
+
+    queue = iter(dict.fromkeys(prompts))
+    for actor, prompt in zip(actors, queue):  # actors first: zip stops before taking a prompt it cannot place
+        submit(actor, prompt)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        prompt, actor = pending.pop(done[0])
+        results[prompt] = ray.get(done[0])
+        following = next(queue, None)
+        if following is not None:
+            submit(actor, following)
+    return [results[prompt] for prompt in prompts]
