@@ -82,6 +82,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {_type_name(tp)}")
 
 
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` applied key by key, recursing where both sides are dicts."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = (_merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
+                       else value)
+    return merged
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``; missing keys keep their defaults."""
     hints = typing.get_type_hints(cls)
@@ -94,6 +111,11 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         )
     kwargs = {}
     for name, value in data.items():
+        default = _default(fields[name])
+        if isinstance(value, dict) and dataclasses.is_dataclass(default):
+            # A partial section keeps the PARENT's defaults for this field (e.g. the tiny learning rate a
+            # default_factory sets), not the nested class's own.
+            value = _merged(dataclasses.asdict(default), value)
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
     try:
         return cls(**kwargs)

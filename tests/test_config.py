@@ -69,3 +69,13 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_partial_section_keeps_the_parents_defaults():
+    """Overriding one key of a nested section must not reset its siblings to the nested class's defaults."""
+    config = load_pipeline_config("tiny", overrides=["quietstar.format_bake.epochs=1", "bitnet.seq_len=16"])
+    default = PipelineConfig()
+    assert config.quietstar.format_bake.epochs == 1
+    assert config.quietstar.format_bake.optimizer == default.quietstar.format_bake.optimizer
+    assert config.quietstar.format_bake.seq_len == default.quietstar.format_bake.seq_len
+    assert config.bitnet.seq_len == 16 and config.bitnet.finetune_sequences == default.bitnet.finetune_sequences
