@@ -119,3 +119,37 @@ def ternary_stats(model: nn.Module) -> dict[str, float]:
         zeros += int((ternary == 0).sum())
     return {"ternary_layers": len(ternary_layers(model)), "ternary_weights": total,
             "sparsity": zeros / total if total else 0.0, "only_ternary_values": only_ternary}
+
+
+@torch.no_grad()
+def dequantize_model(model: nn.Module) -> list[str]:
+    """Replace every TernaryLinear by a float ``nn.Linear`` with weight ``ternary * scale`` and the same bias.
+
+    The weights keep their ternary values exactly, now trainable, so full training and LoRA baking work on
+    the model. Lost: the 8-bit per-token activation quantization TernaryLinear applies to its input (outputs
+    move by that rounding), the 1.6-bit packing (weights take a float each again) and the int8 kernel. The
+    model's ``quantization_config`` is dropped so that it saves and loads as a plain float model. Returns
+    the names of the layers replaced.
+    """
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    dtype = embedding.weight.dtype if embedding is not None else torch.float32
+    names = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, TernaryLinear):
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                               device=module.weight_packed.device, dtype=dtype)
+            linear.weight.copy_(module.ternary_weight().to(torch.float32) * module.weight_scale)
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+            swap_module(model, name, linear)
+            names.append(name)
+    if getattr(model, "hf_quantizer", None) is not None:
+        # Loaded by from_pretrained: drop the quantizer, the config entry and the is_quantized flags, or
+        # transformers would save (and peft would treat) the model as a quantized one.
+        model.hf_quantizer.remove_quantization_config(model)
+        for module in model.modules():
+            if hasattr(getattr(module, "config", None), "_is_quantized"):
+                del module.config._is_quantized
+    elif names and hasattr(getattr(model, "config", None), "quantization_config"):
+        del model.config.quantization_config  # packed in memory by pack_model
+    return names

@@ -1,0 +1,389 @@
+"""Phase 5's curriculum: levels of arithmetic of rising difficulty, a short training stage per level,
+greedy-answer accuracy on each level's held-out items, and the value prompts baked after each level.
+
+Levels are built deterministically from a seed. The synthetic ladder climbs from one operation on small
+numbers to several operations on large ones (``Start with 12. Add 7. Multiply by 3. What is the
+result?``); with a data folder the top levels are SVAMP and then GSM8K word problems, drawn from the
+train side of ``forge.data.splits`` for training and from the held-out side for accuracy. An item is
+(question, answer, worked solution); the model reads ``Question: ...\\n`` and is trained to write
+``<solution>\\nAnswer: <answer>\\n``, the format ``forge.quietstar.generate.answer_accuracy`` reads.
+Everything here is plain PyTorch; ``forge/phases/curriculum.py`` runs it as a phase.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import yaml
+
+from forge.baking.config import BakingConfig
+from forge.baking.trajectories import max_positions
+from forge.quietstar.generate import answer_accuracy
+
+DATA_LEVEL_SOURCES = ("svamp", "gsm8k")  # word-problem sets a level can draw from, easiest first
+DEFAULT_VALUES_FILE = Path(__file__).resolve().parent.parent / "configs" / "prompts" / "values.yaml"
+_GSM8K_ANNOTATION = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator notes "<<48/2=24>>"
+_WORDS = {"+": "Add {b}.", "-": "Subtract {b}.", "*": "Multiply by {b}."}
+
+
+@dataclass
+class CurriculumPhaseConfig:
+    """Phase 5: curriculum levels, each trained and measured, with the value prompts baked after each."""
+
+    num_levels: int = 2  # levels of rising difficulty (spec: 10; tiny: 2)
+    seed: int = 0  # seeds item generation, data sampling and training order
+    train_items: int = 256  # training items per level (data levels: at most what the train side has)
+    heldout_items: int = 16  # held-out items per level on which accuracy is measured
+    max_operations: int = 3  # operations per item at the top synthetic level (the first has one)
+    operand_start: int = 20  # largest operand at the first level
+    operand_end: int = 999  # largest operand at the top synthetic level (geometric climb in between)
+    data_levels: list[str] = field(default_factory=lambda: list(DATA_LEVEL_SOURCES))  # word-problem sets
+    # that replace the top levels, in order, when a data folder is found and two synthetic levels remain
+    data_dir: str | None = None  # folder with svamp/ and gsm8k/; None: the pipeline's data.data_dir or
+    # $FORGE_DATA_DIR; with neither, every level is synthetic
+    max_item_chars: int = 600  # word problems with a longer question + solution are left out
+    steps_per_level: int = 60  # optimizer steps of each level's training stage
+    batch_size: int = 8  # sequences per optimizer step
+    learning_rate: float = 1e-3  # AdamW learning rate (constant after warm-up)
+    warmup_steps: int = 5  # linear learning-rate warm-up at the start of each stage
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 disables it
+    max_new_tokens: int = 32  # greedy tokens generated per held-out item when measuring accuracy
+    values_file: str | None = None  # YAML of the value prompts; None: configs/prompts/values.yaml of the project
+    bake_inputs: int = 6  # training questions of the level that follow each prompt in the bake
+    baking: BakingConfig = field(default_factory=lambda: BakingConfig(
+        lora_r=8, lora_alpha=16, learning_rate=5e-3, batch_size=8, samples_per_input=2, max_new_tokens=16))
+    # how each value prompt is baked (run at full strength, 3 epochs); tiny: few samples, short
+    # trajectories, and a 10x spec learning rate since a full bake is only a few steps
+
+    def __post_init__(self) -> None:
+        positive = ("num_levels", "train_items", "heldout_items", "max_operations", "steps_per_level",
+                    "batch_size", "max_new_tokens", "max_item_chars")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"curriculum.{name} must be >= 1, got {getattr(self, name)}")
+        if not 2 <= self.operand_start <= self.operand_end:
+            raise ValueError(f"curriculum needs 2 <= operand_start <= operand_end, got {self.operand_start} and "
+                             f"{self.operand_end}")
+        unknown = [name for name in self.data_levels if name not in DATA_LEVEL_SOURCES]
+        if unknown:
+            raise ValueError(f"curriculum.data_levels: unknown {unknown}; choose from {', '.join(DATA_LEVEL_SOURCES)}")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ValueError("curriculum needs learning_rate > 0 and weight_decay, grad_clip, warmup_steps >= 0")
+        if self.bake_inputs < 2:
+            raise ValueError(f"curriculum.bake_inputs must be >= 2 (one is held out to measure strength), "
+                             f"got {self.bake_inputs}")
+
+
+@dataclass(frozen=True)
+class LevelItem:
+    """One task: the question, its reference answer and a worked solution."""
+
+    question: str  # what the model is asked
+    answer: str  # the final answer (a number)
+    solution: str  # worked steps leading to the answer
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """What a level is made of."""
+
+    level: int  # 1-based position in the curriculum
+    source: str  # "synthetic" or a word-problem set of DATA_LEVEL_SOURCES
+    operations: int  # arithmetic operations per synthetic item (0 for word problems)
+    max_operand: int  # largest operand of a synthetic item (0 for word problems)
+
+
+@dataclass
+class Level:
+    """A level's spec with its disjoint training and held-out items."""
+
+    spec: LevelSpec
+    train: list[LevelItem]
+    heldout: list[LevelItem]
+
+
+@dataclass(frozen=True)
+class ValuePrompt:
+    """A prompt baked after every level."""
+
+    name: str  # short identifier, e.g. "eudaimonia_1"
+    text: str  # the prompt itself
+
+
+# ------------------------------------------------------------------------------------ levels
+
+def level_specs(config: CurriculumPhaseConfig, with_data: bool) -> list[LevelSpec]:
+    """The levels in order: the synthetic ladder, then (with data) the word-problem sets on top."""
+    data = list(config.data_levels) if with_data and config.num_levels - len(config.data_levels) >= 2 else []
+    synthetic = config.num_levels - len(data)
+    specs = []
+    for index in range(synthetic):
+        progress = index / (synthetic - 1) if synthetic > 1 else 0.0
+        specs.append(LevelSpec(
+            level=index + 1, source="synthetic",
+            operations=1 + round(progress * (config.max_operations - 1)),
+            max_operand=round(config.operand_start * (config.operand_end / config.operand_start) ** progress)))
+    specs.extend(LevelSpec(level=synthetic + offset + 1, source=name, operations=0, max_operand=0)
+                 for offset, name in enumerate(data))
+    return specs
+
+
+def synthetic_item(operations: int, max_operand: int, rng: random.Random) -> LevelItem:
+    """A chain of ``operations`` steps on operands up to ``max_operand`` (multipliers 2..12, no negatives)."""
+    value = rng.randint(2, max_operand)
+    words, steps = [f"Start with {value}."], []
+    for _ in range(operations):
+        op = rng.choice("+-*" if value >= 2 else "+*")
+        if op == "*":
+            operand = rng.randint(2, min(12, max_operand))
+        elif op == "-":
+            operand = rng.randint(1, min(value, max_operand))
+        else:
+            operand = rng.randint(2, max_operand)
+        result = {"+": value + operand, "-": value - operand, "*": value * operand}[op]
+        words.append(_WORDS[op].format(b=operand))
+        steps.append(f"{value} {op} {operand} = {result}.")
+        value = result
+    return LevelItem(question=" ".join(words) + " What is the result?", answer=str(value), solution=" ".join(steps))
+
+
+def synthetic_level(spec: LevelSpec, train_count: int, heldout_count: int, seed: int) -> Level:
+    """Distinct items of one synthetic level; the first ``heldout_count`` are held out."""
+    rng = random.Random(f"curriculum/{seed}/{spec.level}")
+    wanted, items, seen = heldout_count + train_count, [], set()
+    attempts = 0
+    while len(items) < wanted:
+        attempts += 1
+        if attempts > 50 * wanted:
+            raise ValueError(
+                f"level {spec.level} ({spec.operations} operation(s), operands <= {spec.max_operand}) yields only "
+                f"{len(items)} distinct items, {wanted} wanted: lower train_items/heldout_items or raise operand_start")
+        item = synthetic_item(spec.operations, spec.max_operand, rng)
+        if item.question not in seen:
+            seen.add(item.question)
+            items.append(item)
+    return Level(spec=spec, train=items[heldout_count:], heldout=items[:heldout_count])
+
+
+def word_problem(source: str, record: dict) -> LevelItem:
+    """A SVAMP or GSM8K record (forge.data.readers schema) as an item with its worked solution."""
+    if source == "svamp":
+        solution = f"{record['equation']} = {record['final_answer']}."
+    else:
+        steps = _GSM8K_ANNOTATION.sub("", record["answer"].rsplit("####", 1)[0])
+        solution = " ".join(steps.split())
+    return LevelItem(question=record["question"], answer=record["final_answer"], solution=solution)
+
+
+def data_level(spec: LevelSpec, train_count: int, heldout_count: int, seed: int, data_dir: str | os.PathLike,
+               max_chars: int) -> Level:
+    """Word problems: training items from the train side of ``forge.data.splits``, accuracy items from
+    the held-out side, each a seeded sample of those no longer than ``max_chars``."""
+    from forge.data import splits
+
+    sides = []
+    for side, count in ((splits.train_items, train_count), (splits.heldout_items, heldout_count)):
+        items = [word_problem(spec.source, record) for record in side(spec.source, data_dir)]
+        items = [item for item in items if len(item.question) + len(item.solution) <= max_chars]
+        if not items:
+            raise ValueError(f"{spec.source} has no problems of at most {max_chars} characters in {data_dir}: "
+                             "raise curriculum.max_item_chars")
+        rng = random.Random(f"curriculum/{seed}/{spec.level}/{side.__name__}")
+        sides.append(rng.sample(items, min(count, len(items))))
+    return Level(spec=spec, train=sides[0], heldout=sides[1])
+
+
+def build_levels(config: CurriculumPhaseConfig, data_dir: str | os.PathLike | None) -> list[Level]:
+    """Every level of the curriculum (word-problem levels only when ``data_dir`` is given)."""
+    levels = []
+    for spec in level_specs(config, with_data=data_dir is not None):
+        if spec.source == "synthetic":
+            levels.append(synthetic_level(spec, config.train_items, config.heldout_items, config.seed))
+        else:
+            levels.append(data_level(spec, config.train_items, config.heldout_items, config.seed, data_dir,
+                                     config.max_item_chars))
+    return levels
+
+
+def prompt_text(item: LevelItem) -> str:
+    """What the model reads before writing its solution (the format ``answer_accuracy`` prompts with)."""
+    return f"Question: {item.question}\n"
+
+
+def completion_text(item: LevelItem) -> str:
+    """What the model is trained to write after :func:`prompt_text`: the worked steps, then the answer line."""
+    return f"{item.solution}\nAnswer: {item.answer}\n"
+
+
+# ------------------------------------------------------------------------------------ training
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return 0 if pad is None else pad
+
+
+def encode_items(tokenizer, items: Sequence[LevelItem], max_len: int | None) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per item: prompt + completion + EOS; items longer than ``max_len`` dropped."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    encoded = []
+    for item in items:
+        prompt = tokenizer(prompt_text(item), add_special_tokens=False)["input_ids"]  # as answer_accuracy
+        completion = tokenizer(completion_text(item), add_special_tokens=False)["input_ids"] + eos
+        if max_len is None or len(prompt) + len(completion) <= max_len:
+            encoded.append((prompt + completion, len(prompt)))
+    return encoded
+
+
+def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, labels); labels are -100 on the prompt and the padding."""
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    for row, (ids, prompt_len) in enumerate(encoded):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        mask[row, :len(ids)] = 1
+        labels[row, prompt_len:len(ids)] = torch.tensor(ids[prompt_len:])
+    return input_ids.to(device), mask.to(device), labels.to(device)
+
+
+def _checked_encoding(model, tokenizer, items: Sequence[LevelItem]) -> list[tuple[list[int], int]]:
+    encoded = encode_items(tokenizer, items, max_positions(model))
+    if not encoded:
+        raise ValueError(f"every item is longer than the model's {max_positions(model)} positions; "
+                         "lower curriculum.max_item_chars")
+    return encoded
+
+
+@torch.no_grad()
+def answer_loss(model, tokenizer, items: Sequence[LevelItem], batch_size: int = 8) -> float:
+    """Mean cross-entropy per solution/answer token of ``items`` given their prompts (no training)."""
+    device = next(model.parameters()).device
+    encoded = _checked_encoding(model, tokenizer, items)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        input_ids, mask, labels = collate(encoded[start:start + batch_size], _pad_id(tokenizer), device)
+        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        target = labels[:, 1:]
+        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                         ignore_index=-100, reduction="sum"))
+        count += int((target != -100).sum())
+    model.train(was_training)
+    return total / count
+
+
+@dataclass
+class StageReport:
+    """What one level's training stage did."""
+
+    steps: int  # optimizer steps taken
+    sequences: int  # training sequences available (items that fit the model's positions)
+    loss_first: float  # the model's own training loss at the first step
+    loss_last: float  # mean training loss over the last tenth of the steps
+    wall_time_s: float  # time the stage took
+
+
+def train_stage(model, tokenizer, items: Sequence[LevelItem], config: CurriculumPhaseConfig) -> StageReport:
+    """Next-token training on the items' solutions and answers (prompt tokens masked out), with AdamW.
+
+    The loss is the model's own (``labels=``), so a Cognate model keeps its ACT and deep-supervision terms.
+    """
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    encoded = _checked_encoding(model, tokenizer, items)
+    model.requires_grad_(True)  # every weight trains; a merged bake leaves them frozen
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    rng = random.Random(f"curriculum-train/{config.seed}")
+    order: list[int] = []
+    losses = []
+    model.train()
+    for step in range(config.steps_per_level):
+        if len(order) < config.batch_size:
+            refill = list(range(len(encoded)))
+            rng.shuffle(refill)
+            order.extend(refill)
+        batch, order = order[:config.batch_size], order[config.batch_size:]
+        input_ids, mask, labels = collate([encoded[i] for i in batch], _pad_id(tokenizer), device)
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * min(1.0, (step + 1) / (config.warmup_steps + 1))
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {float(loss)} at step {step} of the level; "
+                                     "lower curriculum.learning_rate")
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    tail = losses[-max(1, len(losses) // 10):]
+    return StageReport(steps=len(losses), sequences=len(encoded), loss_first=losses[0],
+                       loss_last=sum(tail) / len(tail), wall_time_s=time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------------ accuracy
+
+def level_accuracy(model, tokenizer, items: Sequence[LevelItem], max_new_tokens: int) -> float:
+    """Greedy-answer accuracy on ``items``: ``forge.quietstar.generate.answer_accuracy`` (the answer line,
+    thoughts stripped, compared as numbers), whose ``Question: ...\n`` prompt :func:`prompt_text` matches."""
+    problems = [(item.question, item.answer) for item in items]
+    return answer_accuracy(model, tokenizer, problems, max_new_tokens=max_new_tokens)["accuracy"]
+
+
+# ------------------------------------------------------------------------------------ value prompts
+
+def values_path(config: CurriculumPhaseConfig) -> Path:
+    """The value-prompt file the config names (the project's configs/prompts/values.yaml by default)."""
+    return Path(config.values_file) if config.values_file is not None else DEFAULT_VALUES_FILE
+
+
+def load_value_prompts(path: str | os.PathLike) -> list[ValuePrompt]:
+    """The prompts of a values file: ``prompts:`` a list of ``{name: ..., text: ...}``, names unique."""
+    path = Path(path)
+    fix = (f"fix {path} (see configs/prompts/values.yaml in the project for the format) or point "
+           "curriculum.values_file at a valid file")
+    if not path.is_file():
+        raise FileNotFoundError(f"values file {path} does not exist: create it with a 'prompts:' list of "
+                                "{name, text} entries (copy configs/prompts/values.yaml) or set curriculum.values_file")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as err:
+        raise ValueError(f"values file {path} is not valid YAML ({err}); {fix}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("prompts"), list) or not data["prompts"]:
+        raise ValueError(f"values file {path} must hold a non-empty 'prompts:' list; {fix}")
+    prompts = []
+    for index, entry in enumerate(data["prompts"]):
+        if not isinstance(entry, dict) or set(entry) != {"name", "text"} or \
+                not all(isinstance(entry[key], str) and entry[key].strip() for key in ("name", "text")):
+            raise ValueError(f"values file {path}: prompt {index + 1} must have exactly a non-empty 'name' and "
+                             f"'text', got {entry!r}; {fix}")
+        prompts.append(ValuePrompt(name=entry["name"].strip(), text=" ".join(entry["text"].split()) + "\n"))
+    names = [prompt.name for prompt in prompts]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"values file {path}: prompt names {duplicates} appear more than once; {fix}")
+    return prompts
+
+
+def bake_inputs(level: Level, count: int) -> list[str]:
+    """Texts that follow each value prompt in the bake: prompts of the level's first training items."""
+    return [prompt_text(item) for item in level.train[:count]]
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens of ``text`` without special tokens (value prompts are recorded with their length)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+

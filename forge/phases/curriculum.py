@@ -1,0 +1,181 @@
+"""Phase 5, curriculum and value baking: levels of rising difficulty, each trained and measured, with the
+value prompts of ``configs/prompts/values.yaml`` baked at full strength after every level.
+
+Input: the previous phase's model (``model`` from BitNet, ``champion`` from EvoMerge). A packed ternary
+model is dequantized first (``forge.quant.convert.dequantize_model``): training and LoRA baking need float
+weights, so the output is a float model and the manifest says so. Per level (``forge.levels``): held-out
+accuracy before, a short AdamW training stage on the level's items, accuracy after, then every value
+prompt baked in turn (``forge.baking.bake_sequence``), each prompt's strength measured against the model
+the level's bakes started from, and the accuracy once more. Each finished level is saved to
+``work/level_<k>`` with its records in the manifest; a rerun with the same config, input and prompts
+continues after the last finished level.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
+from forge.baking import bake_sequence
+from forge.configtools import config_hash
+from forge.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
+                          count_tokens, level_accuracy, load_value_prompts, train_stage, values_path)
+from forge.phases.base import PhaseContext, PhaseResult
+from forge.quant.convert import dequantize_model
+
+log = logging.getLogger(__name__)
+
+PHASE = "curriculum"
+RESUME_KEY = "curriculum_resume"  # manifest entry of a level checkpoint: fingerprint and records so far
+INPUT_NAMES = ("champion", "model")  # names of the previous phase's model, in order of preference
+
+
+def choose_input(inputs: dict[str, Path]) -> str:
+    """The previous phase's only model, else its ``champion`` or ``model``."""
+    if not inputs:
+        raise ValueError("curriculum trains the previous phase's model; run it after bitnet or evomerge")
+    if len(inputs) == 1:
+        return next(iter(inputs))
+    for name in INPUT_NAMES:
+        if name in inputs:
+            return name
+    raise ValueError(f"curriculum cannot tell which input to train: got {', '.join(sorted(inputs))}, none named "
+                     f"{' or '.join(INPUT_NAMES)}; run it after a phase that writes one of those")
+
+
+def level_dir(ctx: PhaseContext, level: int) -> Path:
+    return ctx.work_dir / f"level_{level}"
+
+
+def run_fingerprint(cfg: CurriculumPhaseConfig, data_dir: str | None, input_dir: Path,
+                    prompts: Sequence[ValuePrompt]) -> str:
+    """What a level checkpoint must have been made from to be resumed: config, data, input model, prompts."""
+    return config_hash({"config": dataclasses.asdict(cfg), "data_dir": data_dir,
+                        "input_digest": read_manifest(input_dir)["digest"],
+                        "prompts": [dataclasses.asdict(prompt) for prompt in prompts]})
+
+
+def resume_state(ctx: PhaseContext, num_levels: int, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint record of the last finished level of this same run (config, input, prompts), if any."""
+    for level in range(num_levels, 0, -1):
+        directory = level_dir(ctx, level)
+        if not verify_model_dir(directory):
+            continue
+        state = read_manifest(directory).get(RESUME_KEY, {})
+        if state.get("fingerprint") == fingerprint and len(state.get("records", [])) == level:
+            return state
+        log.warning("curriculum: %s was written by another config, input or prompt set; not resuming from it",
+                    directory)
+    return None
+
+
+def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt],
+              cfg: CurriculumPhaseConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train, measure and bake one level; returns the baked model and the level's record."""
+    heldout = level.heldout
+    record: dict[str, Any] = {**dataclasses.asdict(level.spec), "train_items": len(level.train),
+                              "heldout_items": len(heldout)}
+    record["accuracy_before"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
+    record["heldout_answer_loss_before"] = answer_loss(model, tokenizer, heldout)
+    stage = train_stage(model, tokenizer, level.train, cfg)
+    record["training"] = dataclasses.asdict(stage)
+    record["accuracy_after_training"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
+    record["heldout_answer_loss_after"] = answer_loss(model, tokenizer, heldout)
+
+    started = time.perf_counter()
+    model, rows = bake_sequence(model, tokenizer, [prompt.text for prompt in prompts],
+                                bake_inputs(level, cfg.bake_inputs), cfg.baking.at_strength("full"))
+    final = rows[-1]["strength_vs_original"]
+    record["bakes"] = [{"name": prompt.name, "bake_strength": row["bake_strength"],
+                        "strength_vs_level_start": final[prompt.text]} for prompt, row in zip(prompts, rows)]
+    record["bake_time_s"] = time.perf_counter() - started
+    model.eval()
+    record["accuracy_after_baking"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
+    return model, record
+
+
+def level_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The flat per-level figures logged to the tracker."""
+    metrics = {key: record[key] for key in ("level", "accuracy_before", "accuracy_after_training",
+                                            "accuracy_after_baking", "heldout_answer_loss_before",
+                                            "heldout_answer_loss_after", "bake_time_s")}
+    metrics["train_loss_first"] = record["training"]["loss_first"]
+    metrics["train_loss_last"] = record["training"]["loss_last"]
+    for bake in record["bakes"]:
+        metrics[f"strength/{bake['name']}"] = bake["strength_vs_level_start"]
+    return metrics
+
+
+def run(ctx: PhaseContext) -> PhaseResult:
+    cfg: CurriculumPhaseConfig = ctx.config.curriculum
+    data_dir = cfg.data_dir or ctx.data_dir
+    values_file = values_path(cfg)
+    prompts = load_value_prompts(values_file)
+    name = choose_input(ctx.inputs)
+    input_dir = ctx.inputs[name]
+    levels = build_levels(cfg, data_dir)
+    fingerprint = run_fingerprint(cfg, data_dir, input_dir, prompts)
+    device = "cuda" if ctx.config.device != "cpu" and torch.cuda.is_available() else "cpu"
+
+    state = resume_state(ctx, len(levels), fingerprint)
+    if state is None:
+        model, tokenizer = load_model_dir(input_dir, device=device)
+        dequantized = dequantize_model(model)
+        state = {"fingerprint": fingerprint, "records": [], "input_bitnet_quantized": bool(dequantized),
+                 "dequantized_layers": dequantized}
+        resumed_after = 0
+    else:
+        resumed_after = len(state["records"])
+        model, tokenizer = load_model_dir(level_dir(ctx, resumed_after), device=device)
+        print(f"[forge] curriculum: resuming after level {resumed_after} ({level_dir(ctx, resumed_after)})",
+              flush=True)
+    print(f"[forge] curriculum: {len(levels)} levels ({', '.join(level.spec.source for level in levels)}) on "
+          f"{name} ({input_dir}); {len(prompts)} value prompts from {values_file}", flush=True)
+
+    tracker = ctx.tracker(PHASE, run_config=dataclasses.asdict(cfg))
+    try:
+        for level in levels[resumed_after:]:
+            model, record = run_level(model, tokenizer, level, prompts, cfg)
+            state["records"].append(record)
+            tracker.log(level_metrics(record), step=level.spec.level)
+            save_model_dir(model, tokenizer, level_dir(ctx, level.spec.level), phase=PHASE,
+                           extra={RESUME_KEY: state})
+            print(f"[forge] curriculum: level {level.spec.level} ({level.spec.source}): accuracy "
+                  f"{record['accuracy_before']:.3f} -> {record['accuracy_after_training']:.3f} (trained) -> "
+                  f"{record['accuracy_after_baking']:.3f} (baked); strengths "
+                  + ", ".join(f"{b['name']} {b['strength_vs_level_start']:.3f}" for b in record["bakes"]), flush=True)
+    finally:
+        tracker.finish()
+
+    records = state["records"]
+    quantized = state["input_bitnet_quantized"]
+    metadata = {
+        "input": name,
+        "input_dir": str(input_dir),
+        "input_bitnet_quantized": quantized,
+        "dequantized_layers": state["dequantized_layers"],
+        "output_format": "float (dequantized from ternary)" if quantized else "float",
+        "curriculum_level_reached": records[-1]["level"],
+        "num_levels": len(levels),
+        "levels": records,
+        "prompts_baked": [{"name": p.name, "text": p.text, "tokens": count_tokens(tokenizer, p.text)}
+                          for p in prompts],
+        "measured_strengths": {p.name: [next(b["strength_vs_level_start"] for b in r["bakes"] if b["name"] == p.name)
+                                        for r in records] for p in prompts},
+        "values_file": str(values_file),
+        "data_dir": data_dir,
+        "optimizer": "AdamW",
+        "config": dataclasses.asdict(cfg),
+    }
+    out_dir = save_model_dir(model, tokenizer, ctx.phase_dir / "model", phase=PHASE, extra=metadata)
+    summary = {key: metadata[key] for key in ("input", "input_bitnet_quantized", "output_format",
+                                              "curriculum_level_reached", "num_levels", "measured_strengths")}
+    summary["resumed_after_level"] = resumed_after
+    summary["accuracy"] = {r["level"]: {key: r[key] for key in ("accuracy_before", "accuracy_after_training",
+                                                                "accuracy_after_baking")} for r in records}
+    return PhaseResult(outputs={"model": out_dir}, summary=summary)

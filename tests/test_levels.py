@@ -1,0 +1,210 @@
+"""Phase 5's technique: curriculum levels, the training stage, level accuracy, value prompts, dequantization."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from forge.artifacts import load_model_dir, save_model_dir
+from forge.data import splits
+from forge.data.arithmetic import calculate
+from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
+from forge.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, LevelItem, answer_loss, build_levels,
+                          completion_text, level_accuracy, level_specs, load_value_prompts, prompt_text,
+                          train_stage)
+from forge.quant.bitlinear import TernaryLinear
+from forge.quant.convert import dequantize_model, pack_model, quantizable_linears, to_bitlinear
+from forge.quant.kernels import fake_quantize_activations
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
+
+
+def operations_and_operands(item: LevelItem) -> tuple[int, int]:
+    steps = STEP.findall(item.solution)
+    return len(steps), max(int(n) for n in re.findall(r"\d+", item.question))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    levels = build_levels(CurriculumPhaseConfig(), None)
+    texts = [prompt_text(item) + completion_text(item) for level in levels for item in level.train]
+    return train_bpe_tokenizer(texts, vocab_size=400)
+
+
+def tiny_llama(tokenizer, seed: int = 0, hidden: int = 64) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)).eval()
+
+
+# ------------------------------------------------------------------------------------ levels
+
+def test_difficulty_rises_level_by_level():
+    for num_levels in (2, 5, 10):
+        specs = level_specs(CurriculumPhaseConfig(num_levels=num_levels), with_data=False)
+        assert [spec.level for spec in specs] == list(range(1, num_levels + 1))
+        assert all(spec.source == "synthetic" for spec in specs)
+        assert specs[0].operations == 1 and specs[0].max_operand == 20
+        assert specs[-1].operations == 3 and specs[-1].max_operand == 999
+        for lower, higher in zip(specs, specs[1:]):
+            assert higher.operations >= lower.operations and higher.max_operand > lower.max_operand
+
+    level_1, level_2 = build_levels(CurriculumPhaseConfig(num_levels=2, train_items=64, heldout_items=8), None)
+    ops_1, operands_1 = zip(*map(operations_and_operands, level_1.train + level_1.heldout))
+    ops_2, operands_2 = zip(*map(operations_and_operands, level_2.train + level_2.heldout))
+    assert set(ops_1) == {1} and set(ops_2) == {3}
+    assert max(operands_1) <= 20 < max(operands_2) <= 999
+    assert sum(operands_2) / len(operands_2) > 5 * sum(operands_1) / len(operands_1)
+
+
+def test_word_problem_levels_sit_on_top_only_with_data_and_room():
+    ten = level_specs(CurriculumPhaseConfig(num_levels=10), with_data=True)
+    assert [spec.source for spec in ten] == ["synthetic"] * 8 + ["svamp", "gsm8k"]
+    assert [spec.operations for spec in ten[:8]] == sorted(spec.operations for spec in ten[:8])
+    # Two levels with data: no room for two synthetic levels below the word problems, so none are added.
+    assert [spec.source for spec in level_specs(CurriculumPhaseConfig(), with_data=True)] == ["synthetic"] * 2
+
+
+def test_items_are_correct_deterministic_and_heldout_is_disjoint():
+    config = CurriculumPhaseConfig(num_levels=3, train_items=100, heldout_items=20)
+    levels = build_levels(config, None)
+    assert levels == build_levels(config, None)
+    other_seed = build_levels(dataclasses.replace(config, seed=1), None)
+    assert levels[0].train != other_seed[0].train
+    for level in levels:
+        assert len(level.train) == 100 and len(level.heldout) == 20
+        train_questions = {item.question for item in level.train}
+        assert len(train_questions) == 100
+        assert not train_questions & {item.question for item in level.heldout}
+        for item in level.train + level.heldout:
+            steps = STEP.findall(item.solution)
+            for left, op, right, result in steps:
+                assert calculate(f"{left}{op}{right}") == result
+            assert steps[-1][3] == item.answer and int(item.answer) >= 0
+
+
+def test_data_levels_draw_train_and_heldout_sides(shared_data):
+    config = CurriculumPhaseConfig(num_levels=4, train_items=40, heldout_items=10)
+    levels = build_levels(config, shared_data)
+    assert [level.spec.source for level in levels] == ["synthetic", "synthetic", "svamp", "gsm8k"]
+    for level in levels[2:]:
+        source = level.spec.source
+        train_side = {record["question"] for record in splits.train_items(source, shared_data)}
+        heldout_side = {record["question"] for record in splits.heldout_items(source, shared_data)}
+        assert len(level.train) == 40 and len(level.heldout) == 10
+        assert {item.question for item in level.train} <= train_side - heldout_side
+        assert {item.question for item in level.heldout} <= heldout_side
+        for item in level.train + level.heldout:
+            assert "<<" not in item.solution and item.answer
+            assert len(item.question) + len(item.solution) <= config.max_item_chars
+
+
+# ------------------------------------------------------------------------------------ accuracy and training
+
+def test_training_stage_lowers_loss_and_raises_accuracy(tokenizer):
+    level = build_levels(CurriculumPhaseConfig(train_items=4, heldout_items=4), None)[0]
+    model = tiny_llama(tokenizer)
+    items = level.train
+    loss_before = answer_loss(model, tokenizer, items)
+    accuracy_before = level_accuracy(model, tokenizer, items, max_new_tokens=24)
+    config = CurriculumPhaseConfig(steps_per_level=120, batch_size=4, learning_rate=3e-3)
+    report = train_stage(model, tokenizer, items, config)
+    assert report.steps == 120 and report.sequences == 4
+    assert report.loss_last < report.loss_first / 4
+    assert answer_loss(model, tokenizer, items) < loss_before / 4
+    # Four memorised items: the whole path (generation, stopping, parsing, matching) must find them right.
+    accuracy_after = level_accuracy(model, tokenizer, items, max_new_tokens=24)
+    assert accuracy_before == 0.0 and accuracy_after == 1.0
+    # Hand-made answers: the same memorised outputs are wrong for two items whose answers are changed.
+    altered = [dataclasses.replace(item, answer=str(int(item.answer) + 1)) if index % 2 else item
+               for index, item in enumerate(items)]
+    assert level_accuracy(model, tokenizer, altered, max_new_tokens=24) == 0.5
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="num_levels"):
+        CurriculumPhaseConfig(num_levels=0)
+    with pytest.raises(ValueError, match="operand_start"):
+        CurriculumPhaseConfig(operand_start=50, operand_end=10)
+    with pytest.raises(ValueError, match="data_levels"):
+        CurriculumPhaseConfig(data_levels=["mmlu"])
+    with pytest.raises(ValueError, match="bake_inputs"):
+        CurriculumPhaseConfig(bake_inputs=1)
+    with pytest.raises(ValueError, match="distinct items"):
+        build_levels(CurriculumPhaseConfig(operand_start=2, operand_end=2, max_operations=1), None)
+
+
+# ------------------------------------------------------------------------------------ value prompts
+
+def test_shipped_values_file_has_the_spec_prompts_and_they_are_short():
+    prompts = load_value_prompts(DEFAULT_VALUES_FILE)
+    names = [prompt.name for prompt in prompts]
+    assert sum(name.startswith("eudaimonia_") for name in names) == 4
+    assert "ooda_loop" in names and "identity" in names and len(names) == 6
+    gpt2 = load_gpt2_tokenizer()
+    for prompt in prompts:
+        assert prompt.text.endswith("\n") and "  " not in prompt.text
+        assert len(gpt2(prompt.text)["input_ids"]) < 60, prompt.name
+
+
+def test_values_file_errors_name_the_file_and_the_fix(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(FileNotFoundError, match="missing.yaml.*values.yaml"):
+        load_value_prompts(missing)
+    cases = {
+        "broken.yaml": ("prompts: [unclosed\n", "not valid YAML"),
+        "empty.yaml": ("other: 1\n", "non-empty 'prompts:' list"),
+        "no_text.yaml": ("prompts:\n  - name: a\n", "prompt 1 must have exactly"),
+        "duplicate.yaml": ("prompts:\n  - {name: a, text: x}\n  - {name: a, text: y}\n", "more than once"),
+    }
+    for file_name, (content, message) in cases.items():
+        path = tmp_path / file_name
+        path.write_text(content)
+        with pytest.raises(ValueError, match=message) as info:
+            load_value_prompts(path)
+        assert file_name in str(info.value) and "curriculum.values_file" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------ dequantization
+
+def test_dequantize_model_matches_ternary_up_to_activation_rounding(tmp_path, tokenizer):
+    model = tiny_llama(tokenizer, hidden=32)
+    names = quantizable_linears(model)
+    to_bitlinear(model, names)
+    pack_model(model)
+    save_model_dir(model, tokenizer, tmp_path / "ternary", phase="bitnet")
+    ternary, _ = load_model_dir(tmp_path / "ternary")
+    layer = ternary.get_submodule(names[0])
+    assert isinstance(layer, TernaryLinear)
+    ids = torch.randint(0, len(tokenizer), (2, 16), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits_ternary = ternary(input_ids=ids).logits
+        layer_ternary = layer(x)
+
+    assert sorted(dequantize_model(ternary)) == sorted(names)
+    linear = ternary.get_submodule(names[0])
+    assert type(linear) is torch.nn.Linear and linear.weight.requires_grad
+    assert not any(isinstance(m, TernaryLinear) for m in ternary.modules())
+    assert not hasattr(ternary.config, "quantization_config")
+    with torch.no_grad():
+        # The only difference left is TernaryLinear's 8-bit activation rounding: applying it reproduces
+        # the ternary layer, leaving it out moves the model's logits by little.
+        assert torch.allclose(linear(fake_quantize_activations(x)), layer_ternary, atol=1e-5)
+        assert not torch.allclose(linear(x), layer_ternary, atol=1e-5)
+        logits_float = ternary(input_ids=ids).logits
+    assert (logits_float - logits_ternary).abs().max() < 0.05 * logits_ternary.abs().max()
+
+    save_model_dir(ternary, tokenizer, tmp_path / "float", phase="curriculum")
+    reloaded, _ = load_model_dir(tmp_path / "float")
+    assert not any(isinstance(m, TernaryLinear) for m in reloaded.modules())
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, logits_float)
+    assert dequantize_model(reloaded) == []

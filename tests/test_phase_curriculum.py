@@ -1,0 +1,127 @@
+"""Phase 5 end to end on a tiny ternary model: the model directory, its metadata, the metrics, resume."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
+from forge.baking import BakingConfig
+from forge.config import PipelineConfig
+from forge.data.tokenizer import train_bpe_tokenizer
+from forge.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, build_levels, completion_text,
+                          load_value_prompts, prompt_text)
+from forge.phases.base import PhaseContext
+from forge.phases.curriculum import choose_input, resume_state, run, run_fingerprint
+from forge.quant.bitlinear import TernaryLinear
+from forge.quant.convert import pack_model, quantizable_linears, to_bitlinear
+from forge.tracking import read_metrics
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# Tiny and quick: two levels of a few items, short training stages, bakes of a few steps.
+CURRICULUM = CurriculumPhaseConfig(
+    num_levels=2, train_items=24, heldout_items=4, steps_per_level=15, batch_size=8, learning_rate=3e-3,
+    max_new_tokens=20, bake_inputs=3,
+    baking=BakingConfig(lora_r=4, lora_alpha=8, learning_rate=1e-2, batch_size=4, samples_per_input=2,
+                        max_new_tokens=6))
+
+
+@pytest.fixture(scope="module")
+def ternary_dir(tmp_path_factory):
+    """A packed ternary Llama with a BPE tokenizer, as Phase 4 (bitnet) writes it."""
+    levels = build_levels(CURRICULUM, None)
+    texts = [prompt_text(item) + completion_text(item) for level in levels for item in level.train]
+    texts += [prompt.text for prompt in load_value_prompts(DEFAULT_VALUES_FILE)]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=400)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=len(tokenizer), max_position_embeddings=256, initializer_range=0.2, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)).eval()
+    to_bitlinear(model, quantizable_linears(model))
+    pack_model(model)
+    return save_model_dir(model, tokenizer, tmp_path_factory.mktemp("bitnet") / "model", phase="bitnet")
+
+
+def context(run_dir, inputs, curriculum=CURRICULUM) -> PhaseContext:
+    config = PipelineConfig()
+    config.curriculum = curriculum
+    return PhaseContext(config=config, run_dir=run_dir, phase_dir=run_dir / "curriculum", inputs=inputs)
+
+
+def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, ternary_dir):
+    ctx = context(tmp_path, {"model": ternary_dir})
+    result = run(ctx)
+    out = result.outputs["model"]
+    assert out == ctx.phase_dir / "model" and verify_model_dir(out)
+    model, _ = load_model_dir(out)
+    assert not any(isinstance(module, TernaryLinear) for module in model.modules())
+
+    manifest = read_manifest(out)
+    assert manifest["phase"] == "curriculum"
+    assert manifest["input_bitnet_quantized"] is True
+    assert manifest["output_format"] == "float (dequantized from ternary)"
+    assert manifest["curriculum_level_reached"] == 2 and manifest["num_levels"] == 2
+    prompts = load_value_prompts(DEFAULT_VALUES_FILE)
+    assert [(p["name"], p["text"]) for p in manifest["prompts_baked"]] == [(p.name, p.text) for p in prompts]
+    assert set(manifest["measured_strengths"]) == {p.name for p in prompts}
+    for strengths in manifest["measured_strengths"].values():
+        assert len(strengths) == 2 and all(math.isfinite(s) and s < 1.0 for s in strengths)
+    levels = manifest["levels"]
+    assert [level["level"] for level in levels] == [1, 2]
+    assert levels[1]["operations"] > levels[0]["operations"]
+    for level in levels:
+        for key in ("accuracy_before", "accuracy_after_training", "accuracy_after_baking"):
+            assert 0.0 <= level[key] <= 1.0
+        assert level["heldout_answer_loss_after"] < level["heldout_answer_loss_before"]
+        assert level["training"]["loss_last"] < level["training"]["loss_first"]
+        assert [bake["name"] for bake in level["bakes"]] == [p.name for p in prompts]
+        # Full-strength bakes of a few steps at a high rate: each must take hold measurably.
+        assert all(bake["bake_strength"] > 0.05 for bake in level["bakes"])
+    assert result.summary["resumed_after_level"] == 0
+    metrics = read_metrics(ctx.phase_dir / "metrics.jsonl")
+    assert [record["step"] for record in metrics] == [1, 2]
+    assert metrics[0]["accuracy_before"] == levels[0]["accuracy_before"]
+
+    # A crash during level 2: its checkpoint and the output are gone, level 1's checkpoint remains.
+    level_1 = ctx.work_dir / "level_1"
+    digest_1 = read_manifest(level_1)["digest"]
+    shutil.rmtree(ctx.work_dir / "level_2")
+    shutil.rmtree(out)
+    resumed = run(ctx)
+    assert resumed.summary["resumed_after_level"] == 1
+    assert read_manifest(level_1)["digest"] == digest_1
+    again = read_manifest(resumed.outputs["model"])
+    assert again["levels"][0] == levels[0]  # level 1 not run again: its record is the checkpoint's
+    assert again["curriculum_level_reached"] == 2 and again["input_bitnet_quantized"] is True
+    assert again["levels"][1]["accuracy_before"] == levels[1]["accuracy_before"]
+    assert [record["step"] for record in read_metrics(ctx.phase_dir / "metrics.jsonl")] == [1, 2, 2]
+
+    # Another config, input or prompt set does not resume from these checkpoints.
+    fingerprint = run_fingerprint(CURRICULUM, None, ternary_dir, prompts)
+    assert len(resume_state(ctx, 2, fingerprint)["records"]) == 2
+    for other in (run_fingerprint(dataclasses.replace(CURRICULUM, steps_per_level=16), None, ternary_dir, prompts),
+                  run_fingerprint(CURRICULUM, None, level_1, prompts),
+                  run_fingerprint(CURRICULUM, None, ternary_dir, prompts[:-1])):
+        assert other != fingerprint and resume_state(ctx, 2, other) is None
+
+
+def test_input_choice_and_values_file_errors(tmp_path, ternary_dir):
+    assert choose_input({"model": ternary_dir}) == "model"
+    assert choose_input({"model_reasoning": ternary_dir}) == "model_reasoning"
+    assert choose_input({"champion": ternary_dir, "other": ternary_dir}) == "champion"
+    with pytest.raises(ValueError, match="a, b.*champion or model"):
+        choose_input({"a": ternary_dir, "b": ternary_dir})
+    with pytest.raises(ValueError, match="after bitnet or evomerge"):
+        choose_input({})
+    missing = tmp_path / "nowhere" / "values.yaml"
+    ctx = context(tmp_path, {"model": ternary_dir},
+                  dataclasses.replace(CURRICULUM, values_file=str(missing)))
+    with pytest.raises(FileNotFoundError, match="nowhere/values.yaml"):
+        run(ctx)
+    assert not (ctx.phase_dir / "model").exists()
