@@ -10,10 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cluster.runtime import RayConfig
+from forge.ab_cycles import ABCycleConfig
+from forge.baking.config import BakingConfig
 from forge.configtools import (ConfigError, apply_override, from_dict, load_yaml, parse_override)
 from forge.evolve import EvoMergeConfig
+from forge.levels import CurriculumPhaseConfig
 from forge.optim import MuonGrokfastConfig
 from forge.quant.run import QuantizeJobConfig
+from forge.quietstar.format_bake import FormatBakeConfig
+from forge.quietstar.rl import ThoughtRLConfig
 from forge.tracking import TrackingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -126,12 +131,82 @@ class CognatePhaseConfig:
 
 
 @dataclass
+class QuietStarPhaseConfig:
+    data_source: Literal["auto", "offline", "synthetic", "file"] = "auto"
+    """Reasoning data: offline (traces from the data folder's solved problems), synthetic (generated problems
+    with verified traces), file (``data_file``, written by ``python -m forge.quietstar``); auto: offline when a
+    data folder is set, else synthetic."""
+    data_file: str | None = None
+    """The dataset read when data_source is file."""
+    num_examples: int = 400
+    """Reasoning examples to build (spec: >= 20,000)."""
+    min_examples: int = 300
+    """The data validation's minimum count (spec: 20,000; the tiny preset trains on fewer)."""
+    format_bake: FormatBakeConfig = field(default_factory=lambda: FormatBakeConfig(
+        epochs=2, seq_len=96, mitigation_epochs=1, optimizer=MuonGrokfastConfig(
+            muon_lr=1e-2, adam_lr=1e-2, grokfast_lambda=0.2, qk_clip_threshold=30.0)))
+    """Step 1. Tiny: 2 epochs (+1 mitigation) at 1e-2: the spec's 1e-4 left a small model's format accuracy
+    unchanged over 2 epochs (docs/BENCHMARKS.md), as Phase 1's tiny models also train at 1e-2."""
+    rl: ThoughtRLConfig = field(default_factory=lambda: ThoughtRLConfig(
+        episodes=8, check_every=4, check_items=8, max_rollbacks=2))
+    """Step 2 (spec optimizer settings; the tiny preset runs 8 episodes with checks every 4)."""
+    eval_problems: int = 16
+    """Held-out problems per accuracy set (before Phase 3, after Step 1, after Step 2)."""
+    eval_max_new_tokens: int = 32
+    """Generation budget per held-out problem (the thinking block counts)."""
+    commonsense_task: str = "arc_easy"
+    """Harness task of the commonsense check (needs a data folder)."""
+    commonsense_limit: int = 64
+    """Items of the commonsense check."""
+    speed_prompts: int = 4
+    """Prompts of the tokens/s measurement with and without thinking."""
+
+
+@dataclass
+class ToolPersonaPhaseConfig:
+    cycles: ABCycleConfig = field(default_factory=ABCycleConfig)
+    """The A/B driver: plateau threshold, iteration and time budget, oscillation, lock-in."""
+    eval_actors: int = 4
+    """Remote benchmark actors; the 4 variants of an iteration are evaluated at the same time (spec: 4)."""
+    tool_sources: list[str] = field(default_factory=lambda: ["easy"])
+    """Tool-use problem sources that need no data folder."""
+    tool_sources_with_data: list[str] = field(default_factory=lambda: ["svamp"])
+    """Sources added when a data folder is set (gsm8k, mbpp also exist)."""
+    tool_items: int = 8
+    """Problems per iteration (a subset of the held-out pool that rotates per iteration)."""
+    tool_max_turns: int = 3
+    """Model turns per tool-use problem."""
+    tool_max_new_tokens: int = 32
+    """Tokens per model turn."""
+    tool_fewshot: int = 1
+    """Worked transcripts before each problem."""
+    tool_metric_weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "tool_usage_rate": 0.1})
+    """A-cycle fitness: weighted sum of tool-use metrics (accuracy first; tool usage gives small models a signal)."""
+    initial_persona: str = "I solve problems step by step and check each result before I answer."
+    """The B-cycle's first incumbent (ours; the spec starts from the model's own self-prompts)."""
+    self_prompt_max_new_tokens: int = 64
+    """Tokens sampled per self-prompt from the meta-prompt."""
+    persona_items: int = 16
+    """Items per task per B-cycle iteration (drawn with the iteration's seed)."""
+    persona_max_new_tokens: int = 32
+    """Generation budget of generated-answer tasks in the B-cycle."""
+    validation_items: int = 24
+    """Held-out items of the final check (A: disjoint from every iteration's subset)."""
+    bake_inputs: int = 12
+    """Train-side questions that follow the prompt in the bake's trajectories."""
+    baking: BakingConfig = field(default_factory=lambda: BakingConfig(
+        lora_r=16, learning_rate=5e-4, batch_size=8, samples_per_input=2, max_new_tokens=16))
+    """Half-bake = 1.5 of 3 epochs (spec: LoRA r=16, lr 5e-4)."""
+
+
+@dataclass
 class PipelineConfig:
     """Usage: ``python -m forge.pipeline [--preset tiny] [--set cognate.train.seq_len=256]``."""
 
     preset: str = "tiny"
     """Name of the preset these values came from (recorded in the run)."""
-    phases: list[str] = field(default_factory=lambda: ["cognate", "evomerge", "bitnet"])
+    phases: list[str] = field(default_factory=lambda: ["cognate", "evomerge", "quietstar", "bitnet", "curriculum",
+                                                       "tool_persona"])
     """Phases to run, in pipeline order."""
     seed: int = 0
     """Global seed (each phase derives its own from it)."""
@@ -151,10 +226,16 @@ class PipelineConfig:
     """Phase 1: three TRM x Titans-MAG models."""
     evomerge: EvoMergeConfig = field(default_factory=EvoMergeConfig)
     """Phase 2: the three models merged into one champion by evolution (Ray Tune)."""
+    quietstar: QuietStarPhaseConfig = field(default_factory=QuietStarPhaseConfig)
+    """Phase 3: thinking tokens, the reasoning format baked, RL on thoughts."""
     bitnet: QuantizeJobConfig = field(default_factory=lambda: QuantizeJobConfig(
         seq_len=32, eval_sequences=64, finetune_sequences=32))
     """Phase 4: BitNet 1.58 ternary compression under the accuracy guard. The tiny preset's short sequences
     let Phase 1's ~50k held-out characters feed calibration, fine-tuning and the guard without a data folder."""
+    curriculum: CurriculumPhaseConfig = field(default_factory=CurriculumPhaseConfig)
+    """Phase 5: curriculum levels with the value prompts baked after each."""
+    tool_persona: ToolPersonaPhaseConfig = field(default_factory=ToolPersonaPhaseConfig)
+    """Phase 6: alternating A/B optimization of the tool prompt and the persona."""
 
 
 def preset_path(name: str) -> Path:

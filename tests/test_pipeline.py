@@ -24,6 +24,19 @@ SMALL = [
     "evomerge.max_generations=1", "evomerge.heldout_max_chars=1500", "evomerge.perplexity_window=64",
     "evomerge.speed_batch=2", "evomerge.speed_seq_len=16", "evomerge.speed_repeats=1", "evomerge.accuracy_limit=4",
     "bitnet.seq_len=16", "bitnet.eval_sequences=32", "bitnet.finetune_sequences=16", "bitnet.latency_repeats=1",
+    "quietstar.num_examples=120", "quietstar.min_examples=100", "quietstar.eval_problems=3",
+    "quietstar.eval_max_new_tokens=12", "quietstar.format_bake.epochs=1", "quietstar.format_bake.mitigation_epochs=1",
+    "quietstar.format_bake.seq_len=80", "quietstar.rl.episodes=2", "quietstar.rl.check_every=2",
+    "quietstar.rl.check_items=2", "quietstar.rl.max_rollbacks=1", "quietstar.commonsense_limit=4",
+    "quietstar.speed_prompts=2",
+    "curriculum.train_items=16", "curriculum.heldout_items=3", "curriculum.steps_per_level=3",
+    "curriculum.max_new_tokens=8", "curriculum.bake_inputs=3", "curriculum.baking.samples_per_input=1",
+    "curriculum.baking.max_new_tokens=8",
+    "tool_persona.cycles.max_iterations=2", "tool_persona.eval_actors=2", "tool_persona.tool_items=2",
+    "tool_persona.validation_items=2", "tool_persona.persona_items=2", "tool_persona.tool_max_turns=1",
+    "tool_persona.tool_max_new_tokens=8", "tool_persona.persona_max_new_tokens=8",
+    "tool_persona.self_prompt_max_new_tokens=16", "tool_persona.bake_inputs=3",
+    "tool_persona.baking.samples_per_input=1", "tool_persona.baking.max_new_tokens=8",
 ]
 
 
@@ -81,11 +94,13 @@ def test_bitnet_quantizes_the_champion_and_reports_the_spec_criteria(tiny_run):
 
     _, run_dir = tiny_run
     evomerge = read_json(run_dir / "evomerge" / "manifest.json")
+    quietstar = read_json(run_dir / "quietstar" / "manifest.json")
     bitnet = read_json(run_dir / "bitnet" / "manifest.json")
-    assert bitnet["status"] == "complete" and bitnet["input_phase"] == "evomerge"
-    assert bitnet["inputs"] == {"champion": evomerge["outputs"]["champion"]["digest"]}
+    assert quietstar["inputs"] == {"champion": evomerge["outputs"]["champion"]["digest"]}
+    assert bitnet["status"] == "complete" and bitnet["input_phase"] == "quietstar"
+    assert bitnet["inputs"] == {"model": quietstar["outputs"]["model"]["digest"]}
     summary = bitnet["summary"]
-    assert summary["input"] == "champion" and summary["text_source"].startswith("WikiText-2")
+    assert summary["input"] == "model" and summary["text_source"].startswith("WikiText-2")
     assert summary["quantized_layers"] > 0 and summary["compression_ratio"] > 1.0
     assert set(summary["criteria"]) == {"compression_ratio", "accuracy_drop", "inference_speedup"}
     assert summary["criteria_missed"] == [k for k, c in summary["criteria"].items() if not c["met"]]
@@ -113,6 +128,47 @@ def test_bitnet_without_data_folder_takes_the_best_model_and_phase1_heldout_text
     assert set(perplexities) == {"a", "b"} and summary["input"] == min(perplexities, key=perplexities.get)
     assert summary["text_source"].startswith("Phase 1's held-out documents")
     assert read_json(result.outputs["model"] / "manifest.json")["input"] == summary["input"]
+
+
+def test_quietstar_adds_thinking_tokens_and_reports_every_stage(tiny_run):
+    from forge.quietstar.data import read_dataset, validate_examples
+    from forge.quietstar.rl import load_mixing_head
+    from forge.quietstar.tokens import THINKING_TOKENS
+    from transformers import AutoTokenizer
+
+    _, run_dir = tiny_run
+    phase = run_dir / "quietstar"
+    summary = read_json(phase / "manifest.json")["summary"]
+    assert summary["data"]["source"] == "offline"  # the data folder is configured: real solved problems
+    examples, _ = read_dataset(phase / "reasoning.jsonl")
+    assert validate_examples(examples, 100).passed
+    assert set(summary["stages"]) == {"before", "step1", "step2"}
+    assert {"synthetic_accuracy", "gsm8k_accuracy"} <= set(summary["stages"]["step2"])
+    assert summary["stages"]["before"]["commonsense_accuracy"] is not None
+    assert set(summary["criteria"]) == {"accuracy_above_phase2", "coherence", "thinking_usage", "format_baking_converged"}
+    assert summary["criteria_missed"] == [k for k, c in summary["criteria"].items() if not c["met"]]
+    assert summary["step1"]["history"] and summary["step2"]["checks"]
+    assert 0.0 < summary["criteria"]["coherence"]["value"] <= 1.0
+    tokenizer = AutoTokenizer.from_pretrained(phase / "model")
+    assert all(tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in THINKING_TOKENS)
+    assert load_mixing_head(phase / "mixing_head.safetensors") is not None
+
+
+def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
+    _, run_dir = tiny_run
+    curriculum = read_json(run_dir / "curriculum" / "manifest.json")
+    assert curriculum["input_phase"] == "bitnet"
+    model_manifest = read_json(run_dir / "curriculum" / "model" / "manifest.json")
+    assert model_manifest["input_bitnet_quantized"] is True
+    tool = read_json(run_dir / "tool_persona" / "manifest.json")
+    assert tool["input_phase"] == "curriculum"
+    assert tool["inputs"] == {"model": curriculum["outputs"]["model"]["digest"]}
+    summary = tool["summary"]
+    assert summary["iterations"] >= 1 and summary["stop_reason"] in {"converged", "max_iterations", "sequential_complete"}
+    for name in ("prompts.json", "trajectory.json", "trajectory.svg"):
+        assert (run_dir / "tool_persona" / name).is_file()
+    handoff = read_json(run_dir / "tool_persona" / "model" / "manifest.json")["handoff"]
+    assert set(handoff["validation_after"]) == {"tool_fitness", "tool_accuracy", "tool_usage_rate", "persona_aggregate"}
 
 
 def test_outputs_load_with_auto_classes_and_are_causal_and_deterministic(tiny_run):
@@ -153,7 +209,7 @@ def test_rerun_skips_and_altered_output_is_redone(tiny_run, shared_data, capsys)
 
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path, shared_data, ray_session):
-    extra = ["cognate.train.max_steps_per_epoch=6"]
+    extra = ["cognate.train.max_steps_per_epoch=6", "phases=[cognate]"]
     overrides = [*SMALL, f"data.data_dir={shared_data}", *extra]
     cmd = [sys.executable, "-m", "forge.pipeline", "--out", str(tmp_path)]
     for item in overrides:

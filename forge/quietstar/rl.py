@@ -368,6 +368,21 @@ def thought_coherence(reference: nn.Module, context: torch.Tensor, thoughts: tor
 
 
 @torch.no_grad()
+def mean_coherence(model: nn.Module, reference: nn.Module, items: Sequence[HeldOutItem], think: ThinkIds,
+                   config: ThoughtRLConfig, generator: torch.Generator) -> float:
+    """Mean ``thought_coherence`` of ``num_thoughts`` thoughts sampled by ``model`` on each held-out item:
+    the per-token probability the Step 1 ``reference`` gives them (the spec's final coherence, > 0.6)."""
+    device = next(model.parameters()).device
+    values = []
+    for item in items:
+        context = torch.tensor([item.context], device=device)
+        thoughts = sample_thoughts(model, context.expand(config.num_thoughts, -1), think, config.thought_tokens,
+                                   config.temperature, generator)
+        values.append(thought_coherence(reference, context, thoughts, think))
+    return torch.cat(values).mean().item()
+
+
+@torch.no_grad()
 def anti_theater_check(model: nn.Module, head: MixingHead, reference: nn.Module, items: Sequence[HeldOutItem],
                        think: ThinkIds, config: ThoughtRLConfig, generator: torch.Generator) -> AntiTheaterReport:
     """The three checks on held-out items; ``num_thoughts`` sampled thoughts per item, all measured.

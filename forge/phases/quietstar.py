@@ -1,0 +1,191 @@
+"""Phase 3, Quiet-STaR: the EvoMerge champion learns to think before it speaks.
+
+Steps, on the driver (one model, sequential training):
+0. The 12 thinking tokens are added (``forge.quietstar.tokens``) and the reasoning data is built and
+   validated: real traces from the data folder's solved problems (``offline``), generated problems with
+   verified traces (``synthetic``, the default without a data folder), or a file written by
+   ``python -m forge.quietstar`` (``file``, e.g. from the API generator).
+1. The reasoning format is baked by full fine-tuning (``forge.quietstar.format_bake``), with the spec's
+   convergence check and its mitigation.
+2. Quiet-STaR RL on thoughts (``forge.quietstar.rl``), with anti-theater checks and rollback.
+Accuracy on held-out problems, thinking-token usage and generation speed are measured before Phase 3,
+after Step 1 and after Step 2; the summary records the spec's criteria as met or missed.
+
+Resume: Step 1 and Step 2 checkpoint under ``work/``; a finished step's model is kept in
+``work/step1_model`` so a rerun goes straight to Step 2.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, verify_model_dir
+from forge.phases.base import PhaseContext, PhaseResult
+from forge.quietstar.data import dataset_metadata, read_dataset, validate_examples, write_dataset
+from forge.quietstar.format_bake import bake_reasoning_format, select_examples
+from forge.quietstar.generate import answer_accuracy, generation_speed
+from forge.quietstar.offline import OfflineConfig, OfflineReasoningGenerator
+from forge.quietstar.rl import ThinkIds, heldout_check_items, mean_coherence, save_mixing_head, train_thoughts
+from forge.quietstar.synthetic import SyntheticConfig, SyntheticReasoningGenerator
+from forge.quietstar.tokens import add_thinking_tokens
+
+COHERENCE_REQUIRED = 0.6  # spec: coherence > 0.6
+USAGE_REQUIRED = 0.7  # spec: thinking tokens in > 70% of outputs
+
+
+def choose_input(inputs: dict[str, Path]) -> str:
+    """The previous phase's champion, or its only model."""
+    if "champion" in inputs:
+        return "champion"
+    if len(inputs) == 1:
+        return next(iter(inputs))
+    raise ValueError(f"quietstar trains one model; the previous phase wrote {sorted(inputs)}. Run it after "
+                     "evomerge (python -m forge.pipeline --phases cognate,evomerge,quietstar)")
+
+
+def reasoning_examples(ctx: PhaseContext) -> tuple[list, dict[str, Any]]:
+    """Train-side examples from the configured source, validated, and where they came from."""
+    config = ctx.config.quietstar
+    source = config.data_source
+    if source == "auto":
+        source = "offline" if ctx.data_dir else "synthetic"
+    if source == "file":
+        if not config.data_file:
+            raise ValueError("quietstar.data_source=file needs quietstar.data_file (a dataset written by "
+                             "python -m forge.quietstar --output FILE)")
+        examples, metadata = read_dataset(Path(config.data_file))
+        examples = examples[:config.num_examples]
+    elif source == "offline":
+        if not ctx.data_dir:
+            raise ValueError("quietstar.data_source=offline needs a data folder: set data.data_dir or "
+                             "FORGE_DATA_DIR, or use data_source=synthetic")
+        generator = OfflineReasoningGenerator(OfflineConfig(data_dir=ctx.data_dir, seed=ctx.config.seed))
+        examples, metadata = list(generator.generate(config.num_examples)), {"generator": "offline"}
+    else:
+        generator = SyntheticReasoningGenerator(SyntheticConfig(seed=ctx.config.seed))
+        examples, metadata = list(generator.generate(config.num_examples)), {"generator": "synthetic"}
+    validate_examples(examples, config.min_examples).raise_if_failed()
+    return examples, {"source": source, **metadata}
+
+
+def heldout_problems(ctx: PhaseContext) -> dict[str, list[tuple[str, str]]]:
+    """(question, answer) sets no step trains on: generated problems always, GSM8K with a data folder."""
+    config = ctx.config.quietstar
+    synthetic = SyntheticReasoningGenerator(SyntheticConfig(heldout=True, seed=ctx.config.seed))
+    sets = {"synthetic": [(e.question, e.answer) for e in synthetic.generate(config.eval_problems)]}
+    if ctx.data_dir:
+        from forge.data.splits import heldout_items
+
+        items = heldout_items("gsm8k", ctx.data_dir)[:config.eval_problems]
+        sets["gsm8k"] = [(item["question"], str(item["final_answer"])) for item in items]
+    return sets
+
+
+def measure(model, tokenizer, problems: dict[str, list[tuple[str, str]]], config, *,
+            allow_thinking: bool) -> dict[str, Any]:
+    """Held-out accuracy per set and, with thinking allowed, the share of outputs that open a thinking block."""
+    model.eval()
+    result: dict[str, Any] = {}
+    for name, items in problems.items():
+        scored = answer_accuracy(model, tokenizer, items, max_new_tokens=config.eval_max_new_tokens,
+                                 allow_thinking=allow_thinking)
+        result[f"{name}_accuracy"] = scored["accuracy"]
+        if allow_thinking:
+            result[f"{name}_thinking_usage"] = scored["thinking_usage"]
+    return result
+
+
+def commonsense(model, tokenizer, ctx: PhaseContext) -> float | None:
+    """Accuracy on the commonsense task (held-out items), or None without a data folder."""
+    config = ctx.config.quietstar
+    if not ctx.data_dir:
+        return None
+    from benchmarks.harness import evaluate
+
+    result = evaluate(model, tokenizer, [config.commonsense_task], limit=config.commonsense_limit,
+                      heldout_only=True, data_dir=ctx.data_dir)[config.commonsense_task]
+    return result.score
+
+
+def run(ctx: PhaseContext) -> PhaseResult:
+    config = ctx.config.quietstar
+    started = time.perf_counter()
+    name = choose_input(ctx.inputs)
+    device = torch.device("cuda" if ctx.config.device != "cpu" and torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model_dir(ctx.inputs[name], device=device)
+    tracker = ctx.tracker("quietstar", run_config={"quietstar": config.__dict__, "input": name})
+    problems = heldout_problems(ctx)
+
+    stages: dict[str, dict[str, Any]] = {}
+    stages["before"] = {**measure(model, tokenizer, problems, config, allow_thinking=False),
+                        "commonsense_accuracy": commonsense(model, tokenizer, ctx)}
+    print(f"[forge] quietstar: before Phase 3 {stages['before']}", flush=True)
+
+    step1_dir = ctx.work_dir / "step1_model"
+    dataset_path = ctx.phase_dir / "reasoning.jsonl"
+    if verify_model_dir(step1_dir) and (ctx.work_dir / "step1_report.json").is_file():
+        model, tokenizer = load_model_dir(step1_dir, device=device)
+        step1_report = read_json(ctx.work_dir / "step1_report.json")
+        data_info = read_json(ctx.work_dir / "data_info.json")
+    else:
+        token_ids = add_thinking_tokens(model, tokenizer)
+        examples, data_info = reasoning_examples(ctx)
+        write_dataset(examples, dataset_path, extra=data_info)
+        data_info = {**data_info, "examples": len(examples), "thinking_token_ids": token_ids,
+                     "strategies": dataset_metadata(examples)["strategies"]}
+        atomic_write_json(ctx.work_dir / "data_info.json", data_info)
+        train, val = select_examples(examples, config.format_bake)
+        report = bake_reasoning_format(model, tokenizer, train, val, config.format_bake,
+                                       checkpoint_dir=ctx.work_dir / "step1", log=tracker.log)
+        step1_report = report.to_dict()
+        save_model_dir(model, tokenizer, step1_dir, phase="quietstar-step1")
+        atomic_write_json(ctx.work_dir / "step1_report.json", step1_report)
+    stages["step1"] = {**measure(model, tokenizer, problems, config, allow_thinking=True),
+                       "commonsense_accuracy": commonsense(model, tokenizer, ctx)}
+    print(f"[forge] quietstar: after Step 1 {stages['step1']}", flush=True)
+
+    examples, _ = read_dataset(dataset_path)
+    rl_texts = [f"Question: {e.question}\nAnswer: {e.answer}" for e in examples]
+    rl_heldout = [f"Question: {q}\nAnswer: {a}" for q, a in problems["synthetic"]]
+    rl_report = train_thoughts(model, tokenizer, rl_texts, rl_heldout, config.rl,
+                               reference=load_model_dir(step1_dir, device=device)[0],
+                               checkpoint_dir=ctx.work_dir / "step2", log=tracker.log)
+    rl = rl_report.to_dict()
+    reference = load_model_dir(step1_dir, device=device)[0]
+    coherence = mean_coherence(model, reference, heldout_check_items(tokenizer, rl_heldout, config.rl),
+                               ThinkIds.of(tokenizer), config.rl, torch.Generator().manual_seed(ctx.config.seed))
+    del reference
+    stages["step2"] = {**measure(model, tokenizer, problems, config, allow_thinking=True),
+                       "commonsense_accuracy": commonsense(model, tokenizer, ctx)}
+    print(f"[forge] quietstar: after Step 2 {stages['step2']}", flush=True)
+    speed = generation_speed(model, tokenizer, [f"Question: {q}\n" for q, _ in problems["synthetic"][:config.speed_prompts]],
+                             max_new_tokens=config.eval_max_new_tokens)
+
+    out_dir = ctx.phase_dir / "model"
+    save_model_dir(model, tokenizer, out_dir, phase="quietstar",
+                   extra={"input": name, "data": data_info, "thinking_tokens": data_info["thinking_token_ids"]})
+    save_mixing_head(rl_report.mixing_head, ctx.phase_dir / "mixing_head.safetensors")
+
+    criteria = {
+        "accuracy_above_phase2": {
+            "value": stages["step2"]["synthetic_accuracy"], "required": f"> {stages['before']['synthetic_accuracy']:.3f}",
+            "met": stages["step2"]["synthetic_accuracy"] > stages["before"]["synthetic_accuracy"]},
+        "coherence": {"value": coherence, "required": f"> {COHERENCE_REQUIRED}", "met": coherence > COHERENCE_REQUIRED},
+        "thinking_usage": {"value": stages["step2"]["synthetic_thinking_usage"], "required": f"> {USAGE_REQUIRED}",
+                           "met": stages["step2"]["synthetic_thinking_usage"] > USAGE_REQUIRED},
+        "format_baking_converged": {"value": step1_report["final_accuracy"],
+                                    "required": f">= {config.format_bake.accuracy_threshold}",
+                                    "met": step1_report["converged"]},
+    }
+    tracker.log({f"final/{key}": value for key, value in stages["step2"].items() if value is not None})
+    tracker.finish()
+    summary = {"input": name, "data": {k: v for k, v in data_info.items() if k != "thinking_token_ids"},
+               "stages": stages, "step1": step1_report, "step2": rl, "generation_speed": speed,
+               "criteria": criteria, "criteria_missed": [k for k, c in criteria.items() if not c["met"]],
+               "wall_time_s": time.perf_counter() - started}
+    atomic_write_json(ctx.phase_dir / "quietstar_report.json", json.loads(json.dumps(summary, default=str)))
+    return PhaseResult(outputs={"model": out_dir}, summary=summary)

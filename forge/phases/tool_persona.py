@@ -1,0 +1,192 @@
+"""Phase 6, tool and persona optimization: alternating A/B cycles until both plateau.
+
+The driver (``forge.ab_cycles``) decides; this module does the work behind its hooks:
+
+- A-cycle (tool use): variants of the incumbent tool prompt by mutation (``forge.prompt_variants``; the
+  small models cannot write prompts), scored by the multi-turn tool-use benchmark (``benchmarks.tooluse``)
+  on a subset of held-out problems that rotates per iteration. Fitness: the weighted sum of its metrics in
+  ``tool_metric_weights`` (accuracy first; tool usage gives the small models a signal).
+- B-cycle (persona): the model writes self-prompts from the spec's meta-prompt (coherence filter,
+  temperature sweep, human-written fallback; ``forge.prompt_variants.self_prompts``), scored by the
+  weighted benchmark aggregate (the spec's six with a data folder, else ``synthetic_reasoning``).
+- Every prompt of an iteration is evaluated at the same time on ``eval_actors`` remote
+  ``BenchmarkActor``s that hold the current weights (sent in memory, once per model change); their result
+  cache makes a repeated prompt free.
+- Winners are half-baked (LoRA prompt baking, ``forge.baking``; 1.5 of 3 epochs), lock-in full-bakes.
+
+Records: ``prompts.json`` and ``work/iter_NNN/`` (the model after each iteration), ``trajectory.json``,
+``trajectory.svg``, the final model in ``model/`` with the Phase 7 handoff in its manifest. The A-cycle's
+validation problems are disjoint from every iteration's subset; the B-cycle's validation items are drawn
+with another seed from the same held-out pool (the harness selects by seed), so they may overlap.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import ray
+
+from actors.benchmark_actor import BenchmarkActor, evaluate_prompts
+from benchmarks.harness import TASK_WEIGHTS, aggregate_score, evaluate
+from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, evaluate_tool_use
+from benchmarks.tooluse_problems import load_problems, rotation_subset
+from cluster.resources import evaluation_share
+from forge.ab_cycles import ABResult, last_checkpoint_iteration, plot_trajectory, run_ab_cycles
+from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, state_dict_hash
+from forge.baking import bake_prompt
+from forge.phases.base import PhaseContext, PhaseResult
+from forge.prompt_variants import HUMAN_PERSONAS, META_PROMPT, mutate_prompt, self_prompts
+
+OFFLINE_PERSONA_TASKS = {"synthetic_reasoning": 1.0}
+
+
+def choose_input(inputs: dict[str, Path]) -> str:
+    for name in ("model", "champion"):
+        if name in inputs:
+            return name
+    if len(inputs) == 1:
+        return next(iter(inputs))
+    raise ValueError(f"tool_persona optimizes one model; the previous phase wrote {sorted(inputs)}")
+
+
+class ToolPersonaWork:
+    """The A/B hooks: proposals, parallel evaluation on actors, baking, checkpoints."""
+
+    def __init__(self, ctx: PhaseContext, model, tokenizer, actors: Sequence, *, tool_pool, tool_validation,
+                 persona_tasks: dict[str, float], bake_inputs: list[str]):
+        self.ctx, self.config = ctx, ctx.config.tool_persona
+        self.model, self.tokenizer, self.actors = model, tokenizer, list(actors)
+        self.tool_pool, self.tool_validation = tool_pool, tool_validation
+        self.persona_tasks, self.bake_inputs = persona_tasks, bake_inputs
+        self.tool_config = ToolUseConfig(max_turns=self.config.tool_max_turns,
+                                         max_new_tokens=self.config.tool_max_new_tokens,
+                                         num_fewshot=self.config.tool_fewshot, num_samples=0)
+        self.actor_weights: str | None = None
+        self.proposal_logs: dict[int, dict] = {}
+        self.prompts: dict[str, Any] = read_json(self.prompts_path) if self.prompts_path.is_file() else {}
+
+    @property
+    def prompts_path(self) -> Path:
+        return self.ctx.phase_dir / "prompts.json"
+
+    # ------------------------------------------------------------------ hooks
+    def propose(self, cycle: str, incumbent: str, iteration: int, n: int):
+        seed = self.ctx.config.seed + iteration
+        if cycle == "A":
+            return mutate_prompt(incumbent, n, seed)
+        proposals, log = self_prompts(self.model, self.tokenizer, META_PROMPT, n=n, seed=seed,
+                                      max_new_tokens=self.config.self_prompt_max_new_tokens, fallback=HUMAN_PERSONAS)
+        self.proposal_logs[iteration] = log
+        return proposals
+
+    def _sync_actors(self) -> str:
+        weights = state_dict_hash(self.model.state_dict())
+        if weights != self.actor_weights:
+            ref = ray.put({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            ray.get([actor.set_weights.remote(ref, weights) for actor in self.actors])
+            self.actor_weights = weights
+        return weights
+
+    def evaluate(self, cycle: str, prompts: list[str], iteration: int) -> list[float]:
+        weights = self._sync_actors()
+        if cycle == "A":
+            problems = rotation_subset(self.tool_pool, iteration, self.config.tool_items, seed=self.ctx.config.seed)
+            results = evaluate_prompts(self.actors, prompts, method="evaluate_tool_use", problems=problems,
+                                       config=self.tool_config, weights_hash=weights, data_dir=self.ctx.data_dir)
+            scores = [self.tool_fitness(result["metrics"]) for result in results]
+        else:
+            results = evaluate_prompts(self.actors, prompts, method="evaluate", tasks=list(self.persona_tasks),
+                                       limit=self.config.persona_items, seed=1000 + iteration, heldout_only=True,
+                                       max_new_tokens=self.config.persona_max_new_tokens, weights_hash=weights)
+            scores = [aggregate_score(result, self.persona_tasks) for result in results]
+        self.prompts.setdefault(str(iteration), {})["scored"] = [
+            {"prompt": prompt, "score": score} for prompt, score in zip(prompts, scores)]
+        return scores
+
+    def tool_fitness(self, metrics: dict[str, float]) -> float:
+        return sum(weight * metrics[name] for name, weight in self.config.tool_metric_weights.items())
+
+    def _bake(self, prompt: str, strength: str) -> float:
+        result = bake_prompt(self.model, self.tokenizer, prompt, self.bake_inputs,
+                             self.config.baking.at_strength(strength))
+        self.model = result.merge().eval()
+        return result.strength
+
+    def half_bake(self, cycle: str, prompt: str, iteration: int) -> float:
+        return self._bake(prompt, "half")
+
+    def full_bake(self, cycle: str, prompt: str, iteration: int) -> float:
+        return self._bake(prompt, "full")
+
+    def checkpoint(self, iteration: int) -> None:
+        save_model_dir(self.model, self.tokenizer, self.ctx.work_dir / f"iter_{iteration:03d}",
+                       phase="tool_persona-iteration", extra={"iteration": iteration})
+        if iteration in self.proposal_logs:
+            self.prompts.setdefault(str(iteration), {})["self_prompts"] = self.proposal_logs.pop(iteration)
+        atomic_write_json(self.prompts_path, self.prompts)
+
+    # ------------------------------------------------------------------ final check
+    def validation_scores(self, model, prompts: dict[str, str]) -> dict[str, float]:
+        """The held-out validation set, in-process: tool use with the A prompt, the aggregate with the B one."""
+        tool = evaluate_tool_use(model, self.tokenizer, prompt=prompts["A"], problems=self.tool_validation,
+                                 config=self.tool_config, data_dir=self.ctx.data_dir)
+        persona = evaluate(model, self.tokenizer, list(self.persona_tasks), prompt=prompts["B"],
+                           limit=self.config.validation_items, seed=0, heldout_only=True,
+                           max_new_tokens=self.config.persona_max_new_tokens, data_dir=self.ctx.data_dir)
+        return {"tool_fitness": self.tool_fitness(tool.metrics), "tool_accuracy": tool.metrics["accuracy"],
+                "tool_usage_rate": tool.metrics["tool_usage_rate"],
+                "persona_aggregate": aggregate_score(persona, self.persona_tasks)}
+
+
+def run(ctx: PhaseContext) -> PhaseResult:
+    config = ctx.config.tool_persona
+    started = time.perf_counter()
+    name = choose_input(ctx.inputs)
+    input_model, tokenizer = load_model_dir(ctx.inputs[name])
+    state_path = ctx.work_dir / "ab_state.json"
+    last = last_checkpoint_iteration(state_path) if state_path.is_file() else None
+    model = load_model_dir(ctx.work_dir / f"iter_{last:03d}")[0] if last is not None else load_model_dir(ctx.inputs[name])[0]
+
+    sources = list(config.tool_sources) + (list(config.tool_sources_with_data) if ctx.data_dir else [])
+    heldout = load_problems(sources, heldout=True, data_dir=ctx.data_dir, seed=ctx.config.seed)
+    tool_validation, tool_pool = heldout[:config.validation_items], heldout[config.validation_items:]
+    if len(tool_pool) < config.tool_items:
+        raise ValueError(f"only {len(tool_pool)} held-out tool problems are left for selection after "
+                         f"{config.validation_items} validation items; lower tool_persona.validation_items")
+    persona_tasks = dict(TASK_WEIGHTS) if ctx.data_dir else dict(OFFLINE_PERSONA_TASKS)
+    bake_inputs = [f"Question: {p.question}\n" for p in load_problems(sources, heldout=False, data_dir=ctx.data_dir,
+                                                                       limit=config.bake_inputs)]
+    share = evaluation_share(model.state_dict(), ctx.config.device, config.eval_actors)
+    actors = [BenchmarkActor.options(**share.ray_options()).remote(str(ctx.inputs[name]), device=share.device,
+                                                                   data_dir=ctx.data_dir,
+                                                                   cache_dir=str(ctx.work_dir / "cache"))
+              for _ in range(config.eval_actors)]
+    work = ToolPersonaWork(ctx, model, tokenizer, actors, tool_pool=tool_pool, tool_validation=tool_validation,
+                           persona_tasks=persona_tasks, bake_inputs=bake_inputs)
+    tracker = ctx.tracker("tool_persona", run_config={"tool_persona": dataclasses.asdict(config), "input": name})
+    initial = {"A": INITIAL_TOOL_PROMPT, "B": config.initial_persona}
+    try:
+        result: ABResult = run_ab_cycles(work, config.cycles, initial_prompts=initial, state_path=state_path,
+                                         log=tracker.log)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+    final_prompts = result.incumbents
+    before = work.validation_scores(input_model, initial)
+    after = work.validation_scores(work.model, final_prompts)
+    tracker.log({**{f"final/{k}": v for k, v in after.items()}, **{f"final/input_{k}": v for k, v in before.items()}})
+    tracker.finish()
+    plot_trajectory(result, ctx.phase_dir / "trajectory.svg")
+    atomic_write_json(ctx.phase_dir / "trajectory.json", result.to_dict())
+    handoff = {**result.handoff(), "validation_before": before, "validation_after": after,
+               "persona_fitness_tasks": persona_tasks}
+    out_dir = ctx.phase_dir / "model"
+    save_model_dir(work.model, tokenizer, out_dir, phase="tool_persona", extra={"input": name, "handoff": handoff})
+    summary = {"input": name, "stop_reason": result.stop_reason, "iterations": len(result.history),
+               "final_prompts": final_prompts, "validation_before": before, "validation_after": after,
+               "persona_fitness_tasks": persona_tasks, "eval_actors": config.eval_actors,
+               "wall_time_s": time.perf_counter() - started}
+    return PhaseResult(outputs={"model": out_dir}, summary=summary)
