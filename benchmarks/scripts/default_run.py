@@ -1,6 +1,6 @@
 """Wall time and peak memory of `python -m forge.pipeline` (default: the tiny preset), plus the measured
-validation perplexity of each Cognate model against the unigram baseline, EvoMerge's measured outcome and
-BitNet's criteria, as JSON.
+validation perplexity of each Cognate model against the unigram baseline, EvoMerge's measured outcome,
+Quiet-STaR's stages and criteria, BitNet's criteria, the curriculum levels and Phase 6's A/B trajectory, as JSON.
 
 Usage:
     python benchmarks/scripts/default_run.py --out /tmp/bench-run --json default_run.json [-- PIPELINE ARGS]
@@ -85,6 +85,27 @@ def main() -> int:
                                                   "inference_speedup", "criteria_missed")})
             phase["heldout_perplexity"] = [summary["heldout_before"]["perplexity"],
                                            summary["heldout_after"]["perplexity"]]
+        if manifest["phase"] == "quietstar" and manifest["status"] == "complete":
+            summary = manifest["summary"]
+            phase.update({k: summary[k] for k in ("stages", "criteria", "criteria_missed", "generation_speed")})
+            phase["data"] = {k: summary["data"].get(k) for k in ("source", "examples")}
+            phase["step1"] = {k: summary["step1"][k] for k in ("initial_accuracy", "final_accuracy", "converged",
+                                                               "epochs_run", "wall_time_s")}
+            phase["step2"] = {k: summary["step2"][k] for k in ("optimizer_steps", "checks", "rollbacks",
+                                                               "stopped_reason", "wall_time_s")}
+        if manifest["phase"] == "curriculum" and manifest["status"] == "complete":
+            summary = manifest["summary"]
+            phase.update({k: summary[k] for k in ("input_bitnet_quantized", "curriculum_level_reached", "accuracy",
+                                                  "measured_strengths")})
+        if manifest["phase"] == "tool_persona" and manifest["status"] == "complete":
+            summary = manifest["summary"]
+            phase.update({k: summary[k] for k in ("stop_reason", "iterations", "final_prompts", "validation_before",
+                                                  "validation_after", "persona_fitness_tasks", "eval_actors")})
+            trajectory = json.loads((manifest_path.parent / "trajectory.json").read_text())
+            phase["trajectory"] = [{k: h[k] for k in ("cycle", "iteration", "incumbent", "proposals", "winner_score", "improvement",
+                                                     "plateaued", "half_baked", "baking_strength_measured",
+                                                     "iteration_s")}
+                                   for h in trajectory["history"]]
         result[manifest["phase"]] = phase
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
