@@ -103,11 +103,11 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
     assert [record["step"] for record in read_metrics(ctx.phase_dir / "metrics.jsonl")] == [1, 2, 2]
 
     # Another config, input or prompt set does not resume from these checkpoints.
-    fingerprint = run_fingerprint(CURRICULUM, None, ternary_dir, prompts)
+    fingerprint = run_fingerprint(CURRICULUM, ctx.data_dir, ternary_dir, prompts)
     assert len(resume_state(ctx, 2, fingerprint)["records"]) == 2
-    for other in (run_fingerprint(dataclasses.replace(CURRICULUM, steps_per_level=16), None, ternary_dir, prompts),
-                  run_fingerprint(CURRICULUM, None, level_1, prompts),
-                  run_fingerprint(CURRICULUM, None, ternary_dir, prompts[:-1])):
+    for other in (run_fingerprint(dataclasses.replace(CURRICULUM, steps_per_level=16), ctx.data_dir, ternary_dir, prompts),
+                  run_fingerprint(CURRICULUM, ctx.data_dir, level_1, prompts),
+                  run_fingerprint(CURRICULUM, ctx.data_dir, ternary_dir, prompts[:-1])):
         assert other != fingerprint and resume_state(ctx, 2, other) is None
 
 
