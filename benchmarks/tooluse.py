@@ -35,7 +35,7 @@ from benchmarks.tooluse_tools import (ANSWER_CLOSE, CLOSE_TAGS, RESULT_CLOSE, RE
 
 __all__ = ["INITIAL_TOOL_PROMPT", "SOURCES", "TOOL_PROMPT_VARIANTS", "Episode", "ToolProblem", "ToolUseConfig",
            "ToolUseResult", "advance", "build_context", "calculate", "draw_shots", "evaluate_tool_use",
-           "load_problems", "rotation_subset", "score_answers", "tool_use_metrics"]
+           "load_problems", "rotation_subset", "score_answers", "tool_use_metrics", "training_examples"]
 
 # Spec 000, A-cycle: the initial tool prompt and its first four variants.
 INITIAL_TOOL_PROMPT = ("When solving coding problems, think step by step and use available tools to validate "
@@ -228,6 +228,18 @@ def draw_shots(problems: Sequence[ToolProblem], pool: Sequence[ToolProblem], num
         drawn.append(rng.sample(candidates, num_fewshot))
     transcripts = demonstrations(list({shot.id: shot for shots in drawn for shot in shots}.values()), limits)
     return [[(shot, transcripts[shot.id]) for shot in shots] for shots in drawn]
+
+
+def training_examples(sources: Sequence[str], config: ToolUseConfig, prompt: str, data_dir,
+                      limit: int | None) -> list[tuple[str, str]]:
+    """(context, transcript) pairs of train-side problems (``limit`` per source, drawn with the config's seed),
+    in exactly the format :func:`evaluate_tool_use` prompts with: training text for tool use."""
+    pool = load_problems(sources, heldout=False, data_dir=data_dir)
+    problems = load_problems(sources, heldout=False, limit=limit, seed=config.seed + 1, data_dir=data_dir)
+    shots = draw_shots(problems, pool, config.num_fewshot, config.seed + 1, config.sandbox)
+    transcripts = demonstrations(problems, config.sandbox)
+    return [(build_context(prompt, problem, item_shots), transcripts[problem.id])
+            for problem, item_shots in zip(problems, shots)]
 
 
 def evaluate_tool_use(model, tokenizer, *, prompt: str, problems: Sequence[ToolProblem],

@@ -22,19 +22,8 @@ from forge.artifacts import atomic_write_json
 from forge.data.tokenizer import END_OF_TEXT, train_bpe_tokenizer
 
 from benchmarks.lm import encode
-from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, ToolUseConfig, build_context, draw_shots, evaluate_tool_use,
-                                load_problems)
-from benchmarks.tooluse_problems import SOURCES, demonstrations
-
-
-def training_examples(sources, config: ToolUseConfig, prompt: str, data_dir, limit: int | None):
-    """(context, transcript) of train-side problems, in exactly the format the benchmark prompts with."""
-    pool = load_problems(sources, heldout=False, data_dir=data_dir)
-    problems = load_problems(sources, heldout=False, limit=limit, seed=config.seed + 1, data_dir=data_dir)
-    shots = draw_shots(problems, pool, config.num_fewshot, config.seed + 1, config.sandbox)
-    transcripts = demonstrations(problems, config.sandbox)
-    return [(build_context(prompt, problem, item_shots), transcripts[problem.id])
-            for problem, item_shots in zip(problems, shots)]
+from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, SOURCES, ToolUseConfig, evaluate_tool_use, load_problems,
+                                training_examples)
 
 
 def train(model, tokenizer, examples, *, steps: int, batch_size: int, lr: float, max_length: int, seed: int):

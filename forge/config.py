@@ -198,6 +198,10 @@ class ToolPersonaPhaseConfig:
         lora_r=16, learning_rate=5e-4, batch_size=8, samples_per_input=2, max_new_tokens=16))
     """Half-bake = 1.5 of 3 epochs (spec: LoRA r=16, lr 5e-4)."""
 
+    def sources(self, with_data: bool) -> list[str]:
+        """The tool-use problem sources of a run with (or without) a data folder."""
+        return list(self.tool_sources) + (list(self.tool_sources_with_data) if with_data else [])
+
 
 @dataclass
 class PipelineConfig:

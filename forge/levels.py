@@ -57,6 +57,8 @@ class CurriculumPhaseConfig:
     max_new_tokens: int = 32  # greedy tokens generated per held-out item when measuring accuracy
     values_file: str | None = None  # YAML of the value prompts; None: configs/prompts/values.yaml of the project
     bake_inputs: int = 6  # training questions of the level that follow each prompt in the bake
+    tool_use_items: int = 0  # train-side tool-use transcripts per source (Phase 6's sources, prompt and format)
+    # shuffled into every level's training stage, so Phase 6's A-cycle starts from a model that calls tools; 0: none
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
         lora_r=8, lora_alpha=16, learning_rate=5e-3, batch_size=8, samples_per_input=2, max_new_tokens=16))
     # how each value prompt is baked (run at full strength, 3 epochs); tiny: few samples, short
@@ -76,6 +78,8 @@ class CurriculumPhaseConfig:
             raise ValueError(f"curriculum.data_levels: unknown {unknown}; choose from {', '.join(DATA_LEVEL_SOURCES)}")
         if self.learning_rate <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
             raise ValueError("curriculum needs learning_rate > 0 and weight_decay, grad_clip, warmup_steps >= 0")
+        if self.tool_use_items < 0:
+            raise ValueError(f"curriculum.tool_use_items must be >= 0, got {self.tool_use_items}")
         if self.bake_inputs < 2:
             raise ValueError(f"curriculum.bake_inputs must be >= 2 (one is held out to measure strength), "
                              f"got {self.bake_inputs}")
@@ -229,16 +233,22 @@ def _pad_id(tokenizer) -> int:
     return 0 if pad is None else pad
 
 
-def encode_items(tokenizer, items: Sequence[LevelItem], max_len: int | None) -> list[tuple[list[int], int]]:
-    """(token ids, prompt length) per item: prompt + completion + EOS; items longer than ``max_len`` dropped."""
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int | None) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per (prompt, completion) text pair: prompt + completion + EOS; pairs longer
+    than ``max_len`` dropped."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     encoded = []
-    for item in items:
-        prompt = tokenizer(prompt_text(item), add_special_tokens=False)["input_ids"]  # as answer_accuracy
-        completion = tokenizer(completion_text(item), add_special_tokens=False)["input_ids"] + eos
+    for prompt_str, completion_str in pairs:
+        prompt = tokenizer(prompt_str, add_special_tokens=False)["input_ids"]  # as answer_accuracy encodes it
+        completion = tokenizer(completion_str, add_special_tokens=False)["input_ids"] + eos
         if max_len is None or len(prompt) + len(completion) <= max_len:
             encoded.append((prompt + completion, len(prompt)))
     return encoded
+
+
+def encode_items(tokenizer, items: Sequence[LevelItem], max_len: int | None) -> list[tuple[list[int], int]]:
+    """:func:`encode_pairs` of the items' prompts and completions."""
+    return encode_pairs(tokenizer, [(prompt_text(item), completion_text(item)) for item in items], max_len)
 
 
 def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int,
@@ -288,19 +298,23 @@ class StageReport:
 
     steps: int  # optimizer steps taken
     sequences: int  # training sequences available (items that fit the model's positions)
+    extra_sequences: int  # of those, the extra (prompt, completion) pairs, e.g. tool-use demonstrations
     loss_first: float  # the model's own training loss at the first step
     loss_last: float  # mean training loss over the last tenth of the steps
     wall_time_s: float  # time the stage took
 
 
-def train_stage(model, tokenizer, items: Sequence[LevelItem], config: CurriculumPhaseConfig) -> StageReport:
-    """Next-token training on the items' solutions and answers (prompt tokens masked out), with AdamW.
+def train_stage(model, tokenizer, items: Sequence[LevelItem], config: CurriculumPhaseConfig,
+                extra_pairs: Sequence[tuple[str, str]] = ()) -> StageReport:
+    """Next-token training on the items' solutions and answers (prompt tokens masked out), with AdamW;
+    ``extra_pairs`` (prompt, completion) texts are shuffled in with the items.
 
     The loss is the model's own (``labels=``), so a Cognate model keeps its ACT and deep-supervision terms.
     """
     started = time.perf_counter()
     device = next(model.parameters()).device
-    encoded = _checked_encoding(model, tokenizer, items)
+    extra = encode_pairs(tokenizer, extra_pairs, max_positions(model))
+    encoded = _checked_encoding(model, tokenizer, items) + extra
     model.requires_grad_(True)  # every weight trains; a merged bake leaves them frozen
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -329,7 +343,7 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
         losses.append(loss.item())
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
-    return StageReport(steps=len(losses), sequences=len(encoded), loss_first=losses[0],
+    return StageReport(steps=len(losses), sequences=len(encoded), extra_sequences=len(extra), loss_first=losses[0],
                        loss_last=sum(tail) / len(tail), wall_time_s=time.perf_counter() - started)
 
 

@@ -128,6 +128,18 @@ def test_training_stage_lowers_loss_and_raises_accuracy(tokenizer):
     assert level_accuracy(model, tokenizer, altered, max_new_tokens=24) == 0.5
 
 
+def test_training_stage_learns_the_extra_pairs_too(tokenizer):
+    level = build_levels(CurriculumPhaseConfig(train_items=4, heldout_items=4), None)[0]
+    model = tiny_llama(tokenizer)
+    pairs = [(f"Call {n}:\n", f"<calc>{n}*2</calc>") for n in range(4)] + [("x" * 400, "too long")]
+    config = CurriculumPhaseConfig(steps_per_level=80, batch_size=4, learning_rate=3e-3)
+    report = train_stage(model, tokenizer, level.train, config, extra_pairs=pairs)
+    assert report.sequences == 8 and report.extra_sequences == 4  # the pair over 256 positions is dropped
+    prompt = tokenizer("Call 2:\n", add_special_tokens=False)["input_ids"]
+    completion = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)[0, len(prompt):]
+    assert tokenizer.decode(completion).startswith("<calc>2*2</calc>")
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="num_levels"):
         CurriculumPhaseConfig(num_levels=0)
@@ -137,6 +149,8 @@ def test_config_rejects_bad_values():
         CurriculumPhaseConfig(data_levels=["mmlu"])
     with pytest.raises(ValueError, match="bake_inputs"):
         CurriculumPhaseConfig(bake_inputs=1)
+    with pytest.raises(ValueError, match="tool_use_items"):
+        CurriculumPhaseConfig(tool_use_items=-1)
     with pytest.raises(ValueError, match="distinct items"):
         build_levels(CurriculumPhaseConfig(operand_start=2, operand_end=2, max_operations=1), None)
 

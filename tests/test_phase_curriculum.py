@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks.tooluse import INITIAL_TOOL_PROMPT, TOOL_PROTOCOL, load_problems
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
 from forge.baking import BakingConfig
 from forge.config import PipelineConfig
@@ -16,7 +17,7 @@ from forge.data.tokenizer import train_bpe_tokenizer
 from forge.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, build_levels, completion_text,
                           load_value_prompts, prompt_text)
 from forge.phases.base import PhaseContext
-from forge.phases.curriculum import choose_input, resume_state, run, run_fingerprint
+from forge.phases.curriculum import choose_input, resume_state, run, run_fingerprint, tool_demonstrations
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import pack_model, quantizable_linears, to_bitlinear
 from forge.tracking import read_metrics
@@ -103,11 +104,13 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
     assert [record["step"] for record in read_metrics(ctx.phase_dir / "metrics.jsonl")] == [1, 2, 2]
 
     # Another config, input or prompt set does not resume from these checkpoints.
-    fingerprint = run_fingerprint(CURRICULUM, ctx.data_dir, ternary_dir, prompts)
+    fingerprint = run_fingerprint(CURRICULUM, ctx.data_dir, ternary_dir, prompts, ())
     assert len(resume_state(ctx, 2, fingerprint)["records"]) == 2
-    for other in (run_fingerprint(dataclasses.replace(CURRICULUM, steps_per_level=16), ctx.data_dir, ternary_dir, prompts),
-                  run_fingerprint(CURRICULUM, ctx.data_dir, level_1, prompts),
-                  run_fingerprint(CURRICULUM, ctx.data_dir, ternary_dir, prompts[:-1])):
+    for other in (run_fingerprint(dataclasses.replace(CURRICULUM, steps_per_level=16), ctx.data_dir, ternary_dir,
+                                  prompts, ()),
+                  run_fingerprint(CURRICULUM, ctx.data_dir, level_1, prompts, ()),
+                  run_fingerprint(CURRICULUM, ctx.data_dir, ternary_dir, prompts[:-1], ()),
+                  run_fingerprint(CURRICULUM, ctx.data_dir, ternary_dir, prompts, [("Question: 1+1\n", "2")])):
         assert other != fingerprint and resume_state(ctx, 2, other) is None
 
 
@@ -125,3 +128,20 @@ def test_input_choice_and_values_file_errors(tmp_path, ternary_dir):
     with pytest.raises(FileNotFoundError, match="nowhere/values.yaml"):
         run(ctx)
     assert not (ctx.phase_dir / "model").exists()
+
+
+def test_tool_demonstrations_are_phase_6_contexts_of_train_side_problems(tmp_path):
+    ctx = context(tmp_path, {})
+    assert tool_demonstrations(ctx, CURRICULUM, None) == []  # tool_use_items = 0: none
+    config = dataclasses.replace(CURRICULUM, tool_use_items=5)
+    pairs = tool_demonstrations(ctx, config, None)
+    assert len(pairs) == 5 * len(ctx.config.tool_persona.sources(False))
+    heldout = {problem.question for problem in load_problems(["easy"], heldout=True)}
+    for context_text, transcript in pairs:
+        # The A-cycle's context: the initial tool prompt, the protocol, Phase 6's few-shot count, the question.
+        assert context_text.startswith(INITIAL_TOOL_PROMPT) and TOOL_PROTOCOL in context_text
+        assert context_text.count("Question: ") == ctx.config.tool_persona.tool_fewshot + 1
+        question = context_text.rsplit("Question: ", 1)[1]
+        assert context_text.endswith("\n") and question.strip() not in heldout
+        assert transcript.startswith("<calc>") and "<result>" in transcript and transcript.endswith("</answer>")
+    assert tool_demonstrations(ctx, config, None) == pairs  # deterministic: resume fingerprints depend on it

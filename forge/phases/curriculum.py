@@ -6,7 +6,9 @@ model is dequantized first (``forge.quant.convert.dequantize_model``): training 
 weights, so the output is a float model and the manifest says so. Per level (``forge.levels``): held-out
 accuracy before, a short AdamW training stage on the level's items, accuracy after, then every value
 prompt baked in turn (``forge.baking.bake_sequence``), each prompt's strength measured against the model
-the level's bakes started from, and the accuracy once more. Each finished level is saved to
+the level's bakes started from, and the accuracy once more. With ``tool_use_items`` set, every training stage
+also sees train-side tool-use transcripts in Phase 6's format (``benchmarks.tooluse.training_examples``),
+so the A-cycle starts from a model that has seen tool calls. Each finished level is saved to
 ``work/level_<k>`` with its records in the manifest; a rerun with the same config, input and prompts
 continues after the last finished level.
 """
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_examples
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
 from forge.baking import bake_sequence
 from forge.configtools import config_hash
@@ -52,12 +55,24 @@ def level_dir(ctx: PhaseContext, level: int) -> Path:
     return ctx.work_dir / f"level_{level}"
 
 
+def tool_demonstrations(ctx: PhaseContext, cfg: CurriculumPhaseConfig, data_dir: str | None) -> list[tuple[str, str]]:
+    """``tool_use_items`` train-side (context, transcript) pairs per source of Phase 6's tool-use sources, with
+    its few-shot count and the spec's initial tool prompt: what the A-cycle will measure, on unseen items."""
+    if cfg.tool_use_items == 0:
+        return []
+    tool = ctx.config.tool_persona
+    config = ToolUseConfig(num_fewshot=tool.tool_fewshot, num_samples=0, seed=cfg.seed)
+    return training_examples(tool.sources(data_dir is not None), config, INITIAL_TOOL_PROMPT, data_dir,
+                             limit=cfg.tool_use_items)
+
+
 def run_fingerprint(cfg: CurriculumPhaseConfig, data_dir: str | None, input_dir: Path,
-                    prompts: Sequence[ValuePrompt]) -> str:
+                    prompts: Sequence[ValuePrompt], tool_pairs: Sequence[tuple[str, str]]) -> str:
     """What a level checkpoint must have been made from to be resumed: config, data, input model, prompts."""
     return config_hash({"config": dataclasses.asdict(cfg), "data_dir": data_dir,
                         "input_digest": read_manifest(input_dir)["digest"],
-                        "prompts": [dataclasses.asdict(prompt) for prompt in prompts]})
+                        "prompts": [dataclasses.asdict(prompt) for prompt in prompts],
+                        "tool_pairs": [list(pair) for pair in tool_pairs]})
 
 
 def resume_state(ctx: PhaseContext, num_levels: int, fingerprint: str) -> dict[str, Any] | None:
@@ -74,15 +89,15 @@ def resume_state(ctx: PhaseContext, num_levels: int, fingerprint: str) -> dict[s
     return None
 
 
-def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt],
-              cfg: CurriculumPhaseConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
+def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cfg: CurriculumPhaseConfig,
+              tool_pairs: Sequence[tuple[str, str]] = ()) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train, measure and bake one level; returns the baked model and the level's record."""
     heldout = level.heldout
     record: dict[str, Any] = {**dataclasses.asdict(level.spec), "train_items": len(level.train),
                               "heldout_items": len(heldout)}
     record["accuracy_before"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
     record["heldout_answer_loss_before"] = answer_loss(model, tokenizer, heldout)
-    stage = train_stage(model, tokenizer, level.train, cfg)
+    stage = train_stage(model, tokenizer, level.train, cfg, extra_pairs=tool_pairs)
     record["training"] = dataclasses.asdict(stage)
     record["accuracy_after_training"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
     record["heldout_answer_loss_after"] = answer_loss(model, tokenizer, heldout)
@@ -119,7 +134,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     name = choose_input(ctx.inputs)
     input_dir = ctx.inputs[name]
     levels = build_levels(cfg, data_dir)
-    fingerprint = run_fingerprint(cfg, data_dir, input_dir, prompts)
+    tool_pairs = tool_demonstrations(ctx, cfg, data_dir)
+    fingerprint = run_fingerprint(cfg, data_dir, input_dir, prompts, tool_pairs)
     device = "cuda" if ctx.config.device != "cpu" and torch.cuda.is_available() else "cpu"
 
     state = resume_state(ctx, len(levels), fingerprint)
@@ -140,7 +156,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     tracker = ctx.tracker(PHASE, run_config=dataclasses.asdict(cfg))
     try:
         for level in levels[resumed_after:]:
-            model, record = run_level(model, tokenizer, level, prompts, cfg)
+            model, record = run_level(model, tokenizer, level, prompts, cfg, tool_pairs)
             state["records"].append(record)
             tracker.log(level_metrics(record), step=level.spec.level)
             save_model_dir(model, tokenizer, level_dir(ctx, level.spec.level), phase=PHASE,
@@ -167,6 +183,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
                           for p in prompts],
         "measured_strengths": {p.name: [next(b["strength_vs_level_start"] for b in r["bakes"] if b["name"] == p.name)
                                         for r in records] for p in prompts},
+        "tool_use_demonstrations": {"count": len(tool_pairs), "prompt": INITIAL_TOOL_PROMPT,
+                                    "sources": ctx.config.tool_persona.sources(data_dir is not None)
+                                    if tool_pairs else []},
         "values_file": str(values_file),
         "data_dir": data_dir,
         "optimizer": "AdamW",

@@ -149,7 +149,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     last = last_checkpoint_iteration(state_path) if state_path.is_file() else None
     model = load_model_dir(ctx.work_dir / f"iter_{last:03d}")[0] if last is not None else load_model_dir(ctx.inputs[name])[0]
 
-    sources = list(config.tool_sources) + (list(config.tool_sources_with_data) if ctx.data_dir else [])
+    sources = config.sources(ctx.data_dir is not None)
     heldout = load_problems(sources, heldout=True, data_dir=ctx.data_dir, seed=ctx.config.seed)
     tool_validation, tool_pool = heldout[:config.validation_items], heldout[config.validation_items:]
     if len(tool_pool) < config.tool_items:
