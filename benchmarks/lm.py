@@ -35,6 +35,8 @@ class ModelInfo:
     logits_to_keep: bool  # whether forward accepts logits_to_keep (saves the context logits)
     use_cache_arg: bool  # whether forward accepts use_cache
     pad_id: int  # any valid token id for right padding (never attended to by real tokens)
+    hidden_head: bool = False  # whether the output embeddings applied to the last hidden states give the logits,
+    # so continuation scoring projects only real (not padding) positions onto the vocabulary
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -63,6 +65,16 @@ def probe_model(model, tokenizer) -> ModelInfo:
     use_cache_arg = "use_cache" in accepts
     full = model(ids, **({"use_cache": False} if use_cache_arg else {})).logits[:, -1].float()
     kv_cache = False
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hidden_head = False
+    takes_kwargs = any(param.kind is inspect.Parameter.VAR_KEYWORD for param in accepts.values())
+    if head is not None and ("output_hidden_states" in accepts or takes_kwargs):
+        states = getattr(model(ids, output_hidden_states=True, **({"use_cache": False} if use_cache_arg else {})),
+                         "hidden_states", None)
+        # A model whose logits are more than the head of its last hidden state (soft-capping, scaling,
+        # a norm applied after the states are recorded) fails this and keeps the full-logits path.
+        hidden_head = bool(states) and bool(torch.allclose(head(states[-1][:, -1]).float(), full, atol=1e-4,
+                                                           rtol=1e-3))
     if "past_key_values" in accepts and use_cache_arg:
         first = model(ids[:, :2], use_cache=True)
         past = getattr(first, "past_key_values", None)
@@ -70,7 +82,8 @@ def probe_model(model, tokenizer) -> ModelInfo:
             step = model(ids[:, 2:], past_key_values=past, use_cache=True).logits[:, -1].float()
             kv_cache = bool(torch.allclose(step, full, atol=1e-4, rtol=1e-3))
     return ModelInfo(max_length=model_max_length(model, tokenizer), kv_cache=kv_cache,
-                     logits_to_keep="logits_to_keep" in accepts, use_cache_arg=use_cache_arg, pad_id=pad_id)
+                     logits_to_keep="logits_to_keep" in accepts, use_cache_arg=use_cache_arg, pad_id=pad_id,
+                     hidden_head=hidden_head)
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -154,6 +167,27 @@ def _forward(model, ids: torch.Tensor, info: ModelInfo, *, past=None, keep: int 
     return logits.float(), getattr(out, "past_key_values", None)
 
 
+def _logprobs_at(model, ids: torch.Tensor, info: ModelInfo, rows: torch.Tensor, cols: torch.Tensor,
+                 targets: torch.Tensor, *, past=None) -> torch.Tensor:
+    """log p(targets) at positions (rows, cols) of one forward pass over ``ids`` (after ``past``).
+
+    With ``info.hidden_head`` only those positions meet the vocabulary projection and its log-partition,
+    the two costs that dominate a small model; padding and context positions are never projected.
+    """
+    if not info.hidden_head:
+        logits, _ = _forward(model, ids, info, past=past, cache=past is not None)
+        return _token_logprobs(logits[rows, cols], targets)
+    kwargs = {"output_hidden_states": True}
+    if info.use_cache_arg:
+        kwargs["use_cache"] = past is not None
+    if past is not None:
+        kwargs["past_key_values"] = past
+    if info.logits_to_keep:
+        kwargs["logits_to_keep"] = 1
+    hidden = model(ids, **kwargs).hidden_states[-1][rows, cols]
+    return _token_logprobs(model.get_output_embeddings()(hidden).float(), targets)
+
+
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) at each position: the target's logit minus the log-partition (no full log-softmax)."""
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -183,14 +217,15 @@ def _shared_context_pass(model, encoded, indices, results, info, batch_size, max
                 past = _reorder_cache(past, torch.tensor(owner, device=device))
                 inputs = torch.full((len(conts), rest_width), info.pad_id, device=device)
                 targets = torch.zeros((len(conts), rest_width), dtype=torch.long, device=device)
-                mask = torch.zeros((len(conts), rest_width), device=device)
+                mask = torch.zeros((len(conts), rest_width), dtype=torch.bool, device=device)
                 for row, cont in enumerate(conts):
                     n = len(cont) - 1
                     inputs[row, :n] = torch.tensor(cont[:-1])
                     targets[row, :n] = torch.tensor(cont[1:])
-                    mask[row, :n] = 1.0
-                logits, _ = _forward(model, inputs, info, past=past, cache=True)
-                rest = (_token_logprobs(logits, targets) * mask).sum(-1)
+                    mask[row, :n] = True
+                rows, cols = mask.nonzero(as_tuple=True)
+                scores = _logprobs_at(model, inputs, info, rows, cols, targets[rows, cols], past=past)
+                rest = rest.index_add(0, rows, scores)
             totals = (first + rest).tolist()
             cursor = 0
             for i in batch:
@@ -216,12 +251,14 @@ def _plain_pass(model, encoded, indices, results, info, batch_size, max_batch_to
         inputs = torch.full((len(batch), width), info.pad_id, device=device)
         for row, (_, _, ids, _) in enumerate(batch):
             inputs[row, :len(ids)] = torch.tensor(ids)
-        logits, _ = _forward(model, inputs, info)
-        for row, (index, choice, ids, cont) in enumerate(batch):
-            n = len(cont)
-            positions = torch.arange(len(ids) - n, len(ids), device=device)
-            targets = torch.tensor(cont, device=device)
-            results[index][choice] = float(_token_logprobs(logits[row, positions], targets).sum())
+        rows = torch.tensor([row for row, (_, _, _, cont) in enumerate(batch) for _ in cont], device=device)
+        cols = torch.tensor([position for _, _, ids, cont in batch for position in range(len(ids) - len(cont), len(ids))],
+                            device=device)
+        targets = torch.tensor([token for _, _, _, cont in batch for token in cont], device=device)
+        sums = torch.zeros(len(batch), device=device).index_add(0, rows, _logprobs_at(model, inputs, info, rows, cols,
+                                                                                       targets))
+        for row, (index, choice, _, _) in enumerate(batch):
+            results[index][choice] = float(sums[row])
 
 
 def _truncate_at_stop(text: str, until: Sequence[str]) -> str:

@@ -1,4 +1,5 @@
 """The model side: log-likelihoods, generation and perplexity equal direct computations."""
+import dataclasses
 import math
 
 import pytest
@@ -50,6 +51,31 @@ class NoCacheLM(torch.nn.Module):
         return CausalLMOutput(logits=self.inner(input_ids, use_cache=False).logits)
 
 
+class SoftCappedLM(torch.nn.Module):
+    """A causal LM whose logits are soft-capped after the head (as Gemma 2's), so the head of the last
+    hidden state is not its logits."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids, output_hidden_states=False):
+        out = self.inner(input_ids, use_cache=False, output_hidden_states=output_hidden_states)
+        return CausalLMOutput(logits=3.0 * torch.tanh(out.logits / 3.0), hidden_states=out.hidden_states)
+
+
+def test_a_head_that_is_not_the_logits_keeps_the_full_logits_path(tokenizer):
+    model = SoftCappedLM(_gpt2(len(tokenizer)))
+    info = probe_model(model, tokenizer)
+    assert not info.hidden_head and not info.kv_cache
+    direct = [[_direct_loglikelihood(model, tokenizer, ctx, cont) for cont in conts] for ctx, conts in REQUESTS]
+    assert _flat(loglikelihood_choices(model, tokenizer, REQUESTS, info=info)) == pytest.approx(_flat(direct), abs=1e-4)
+
+
 def _flat(nested):
     return [value for row in nested for value in row]
 
@@ -72,7 +98,12 @@ def test_loglikelihoods_equal_direct_forward_in_every_path(build, tokenizer):
     plain = loglikelihood_choices(model, tokenizer, REQUESTS, info=info, shared_context=False)
     one_by_one = [loglikelihood_choices(model, tokenizer, [request], info=info, batch_size=1)[0]
                   for request in REQUESTS]
-    for got in (shared, plain, one_by_one):
+    # The vocabulary projection of real positions only, and the full logits it replaces.
+    assert info.hidden_head
+    full_logits = dataclasses.replace(info, hidden_head=False)
+    full_shared = loglikelihood_choices(model, tokenizer, REQUESTS, info=full_logits)
+    full_plain = loglikelihood_choices(model, tokenizer, REQUESTS, info=full_logits, shared_context=False)
+    for got in (shared, plain, one_by_one, full_shared, full_plain):
         assert [len(row) for row in got] == [len(row) for row in direct]
         assert _flat(got) == pytest.approx(_flat(direct), abs=1e-4)
     no_cache = NoCacheLM(model)

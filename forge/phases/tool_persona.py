@@ -42,6 +42,11 @@ from forge.prompt_variants import HUMAN_PERSONAS, META_PROMPT, mutate_prompt, se
 OFFLINE_PERSONA_TASKS = {"synthetic_reasoning": 1.0}
 
 
+def tool_fitness(metrics: dict[str, float], weights: dict[str, float]) -> float:
+    """The A-cycle's fitness: the weighted sum of tool-use metrics."""
+    return sum(weight * metrics[name] for name, weight in weights.items())
+
+
 def choose_input(inputs: dict[str, Path]) -> str:
     for name in ("model", "champion"):
         if name in inputs:
@@ -106,7 +111,7 @@ class ToolPersonaWork:
         return scores
 
     def tool_fitness(self, metrics: dict[str, float]) -> float:
-        return sum(weight * metrics[name] for name, weight in self.config.tool_metric_weights.items())
+        return tool_fitness(metrics, self.config.tool_metric_weights)
 
     def _bake(self, prompt: str, strength: str) -> float:
         result = bake_prompt(self.model, self.tokenizer, prompt, self.bake_inputs,
