@@ -57,7 +57,7 @@ class CurriculumPhaseConfig:
     max_new_tokens: int = 32  # greedy tokens generated per held-out item when measuring accuracy
     values_file: str | None = None  # YAML of the value prompts; None: configs/prompts/values.yaml of the project
     bake_inputs: int = 6  # training questions of the level that follow each prompt in the bake
-    tool_use_items: int = 0  # train-side tool-use transcripts per source (Phase 6's sources, prompt and format)
+    tool_use_items: int = 128  # train-side tool-use transcripts per source (Phase 6's sources, prompt and format)
     # shuffled into every level's training stage, so Phase 6's A-cycle starts from a model that calls tools; 0: none
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
         lora_r=8, lora_alpha=16, learning_rate=5e-3, batch_size=8, samples_per_input=2, max_new_tokens=16))

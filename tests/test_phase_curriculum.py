@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # Tiny and quick: two levels of a few items, short training stages, bakes of a few steps.
 CURRICULUM = CurriculumPhaseConfig(
     num_levels=2, train_items=24, heldout_items=4, steps_per_level=15, batch_size=8, learning_rate=3e-3,
-    max_new_tokens=20, bake_inputs=3,
+    max_new_tokens=20, bake_inputs=3, tool_use_items=0,
     baking=BakingConfig(lora_r=4, lora_alpha=8, learning_rate=1e-2, batch_size=4, samples_per_input=2,
                         max_new_tokens=6))
 

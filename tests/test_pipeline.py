@@ -31,7 +31,7 @@ SMALL = [
     "quietstar.speed_prompts=2",
     "curriculum.train_items=16", "curriculum.heldout_items=3", "curriculum.steps_per_level=3",
     "curriculum.max_new_tokens=8", "curriculum.bake_inputs=3", "curriculum.baking.samples_per_input=1",
-    "curriculum.baking.max_new_tokens=8",
+    "curriculum.baking.max_new_tokens=8", "curriculum.tool_use_items=4",
     "tool_persona.cycles.max_iterations=2", "tool_persona.eval_actors=2", "tool_persona.tool_items=2",
     "tool_persona.validation_items=2", "tool_persona.persona_items=2", "tool_persona.tool_max_turns=1",
     "tool_persona.tool_max_new_tokens=8", "tool_persona.persona_max_new_tokens=8",
@@ -166,6 +166,10 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     assert model_manifest["input_bitnet_quantized"] is bitnet_quantized
     assert model_manifest["curriculum_level_reached"] == 2 and len(model_manifest["levels"]) == 2
     assert set(model_manifest["measured_strengths"]) == {p["name"] for p in model_manifest["prompts_baked"]}
+    # Phase 6's tool-use transcripts (4 per source) were trained on in every level.
+    demonstrations = model_manifest["tool_use_demonstrations"]
+    assert demonstrations["count"] == 4 * len(demonstrations["sources"]) > 0
+    assert all(level["training"]["extra_sequences"] > 0 for level in model_manifest["levels"])
     tool = read_json(run_dir / "tool_persona" / "manifest.json")
     assert tool["input_phase"] == "curriculum"
     assert tool["inputs"] == {"model": curriculum["outputs"]["model"]["digest"]}
