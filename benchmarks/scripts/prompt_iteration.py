@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                                 num_fewshot=config.tool_fewshot, num_samples=0)
     persona_tasks = dict(TASK_WEIGHTS) if data_dir else dict(OFFLINE_PERSONA_TASKS)
     work = {
-        "A": ([p.text for p in mutate_prompt(INITIAL_TOOL_PROMPT, 4, seed + 1)],
+        "A": ([p.prompt for p in mutate_prompt(INITIAL_TOOL_PROMPT, 4, seed + 1)],
               {"method": "evaluate_tool_use", "problems": problems, "config": tool_config, "data_dir": data_dir}),
         "B": (list(HUMAN_PERSONAS[:4]),
               {"method": "evaluate", "tasks": list(persona_tasks), "limit": config.persona_items, "seed": 1001,
