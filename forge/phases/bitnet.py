@@ -72,6 +72,6 @@ def run(ctx: PhaseContext) -> PhaseResult:
             "sparsity", "guard_metric", "accuracy_before", "accuracy_quantized", "accuracy_finetuned",
             "accuracy_packed", "accuracy_drop", "heldout_before", "heldout_after", "inference_speedup",
             "latency_float_s", "latency_ternary_s", "reverted_layers", "quantized_layers", "criteria")},
-        "criteria_missed": [key for key, c in criteria.items() if not c["met"]],
+        "criteria_missed": sorted(key for key, c in criteria.items() if not c["met"]),
     }
     return PhaseResult(outputs={"model": out_dir}, summary=summary)

@@ -185,7 +185,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     tracker.finish()
     summary = {"input": name, "data": {k: v for k, v in data_info.items() if k != "thinking_token_ids"},
                "stages": stages, "step1": step1_report, "step2": rl, "generation_speed": speed,
-               "criteria": criteria, "criteria_missed": [k for k, c in criteria.items() if not c["met"]],
+               "criteria": criteria, "criteria_missed": sorted(k for k, c in criteria.items() if not c["met"]),
                "wall_time_s": time.perf_counter() - started}
     atomic_write_json(ctx.phase_dir / "quietstar_report.json", json.loads(json.dumps(summary, default=str)))
     return PhaseResult(outputs={"model": out_dir}, summary=summary)
