@@ -194,6 +194,9 @@ class ToolPersonaPhaseConfig:
     """Held-out items of the final check (A: disjoint from every iteration's subset)."""
     bake_inputs: int = 12
     """Train-side questions that follow the prompt in the bake's trajectories."""
+    keep_input_if_better: bool = True
+    """Hand on the input model with the initial prompts when it beats the optimized one on the held-out
+    validation (tool fitness + persona aggregate); the optimized model stays in work/ and the records say which."""
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
         lora_r=16, learning_rate=5e-4, batch_size=8, samples_per_input=2, max_new_tokens=16))
     """Half-bake = 1.5 of 3 epochs (spec: LoRA r=16, lr 5e-4)."""

@@ -5,11 +5,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from forge.artifacts import read_json
+from forge.artifacts import read_json, verify_model_dir
 from forge.config import load_pipeline_config
 from forge.pipeline import run_pipeline
 from forge.tracking import read_metrics
@@ -181,6 +182,12 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
         assert (run_dir / "tool_persona" / name).is_file()
     handoff = read_json(run_dir / "tool_persona" / "model" / "manifest.json")["handoff"]
     assert set(handoff["validation_after"]) == {"tool_fitness", "tool_accuracy", "tool_usage_rate", "persona_aggregate"}
+    # The held-out check decides what is handed on: the input (with the initial prompts) when it scores higher.
+    totals = [handoff[key]["tool_fitness"] + handoff[key]["persona_aggregate"]
+              for key in ("validation_before", "validation_after")]
+    assert handoff["handed_on"] == summary["handed_on"] == ("input" if totals[0] > totals[1] else "optimized")
+    assert (handoff["handed_on_prompts"] == handoff["final_prompts"]) or handoff["handed_on"] == "input"
+    assert verify_model_dir(Path(handoff["optimized_model_dir"]))
 
 
 def test_outputs_load_with_auto_classes_and_are_causal_and_deterministic(tiny_run):

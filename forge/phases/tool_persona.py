@@ -13,6 +13,8 @@ The driver (``forge.ab_cycles``) decides; this module does the work behind its h
   ``BenchmarkActor``s that hold the current weights (sent in memory, once per model change); their result
   cache makes a repeated prompt free.
 - Winners are half-baked (LoRA prompt baking, ``forge.baking``; 1.5 of 3 epochs), lock-in full-bakes.
+- The held-out validation decides what is handed on: the optimized model with the final prompts, or (with
+  ``keep_input_if_better``) the input with the initial prompts when that scores higher.
 
 Records: ``prompts.json`` and ``work/iter_NNN/`` (the model after each iteration), ``trajectory.json``,
 ``trajectory.svg``, the final model in ``model/`` with the Phase 7 handoff in its manifest. The A-cycle's
@@ -40,6 +42,11 @@ from forge.phases.base import PhaseContext, PhaseResult
 from forge.prompt_variants import HUMAN_PERSONAS, META_PROMPT, mutate_prompt, self_prompts
 
 OFFLINE_PERSONA_TASKS = {"synthetic_reasoning": 1.0}
+
+
+def validation_total(scores: dict[str, float]) -> float:
+    """One held-out figure for both cycles: the A-cycle's tool fitness plus the B-cycle's aggregate."""
+    return scores["tool_fitness"] + scores["persona_aggregate"]
 
 
 def tool_fitness(metrics: dict[str, float], weights: dict[str, float]) -> float:
@@ -186,12 +193,23 @@ def run(ctx: PhaseContext) -> PhaseResult:
     tracker.finish()
     plot_trajectory(result, ctx.phase_dir / "trajectory.svg")
     atomic_write_json(ctx.phase_dir / "trajectory.json", result.to_dict())
+    # Selection on a few rotating items can favour noise and each bake can cost skills, so the held-out
+    # check decides what is handed on.
+    input_better = validation_total(before) > validation_total(after)
+    handed_on = "input" if config.keep_input_if_better and input_better else "optimized"
+    model_out, prompts_out = (input_model, initial) if handed_on == "input" else (work.model, final_prompts)
     handoff = {**result.handoff(), "validation_before": before, "validation_after": after,
-               "persona_fitness_tasks": persona_tasks}
+               "persona_fitness_tasks": persona_tasks, "handed_on": handed_on, "handed_on_prompts": prompts_out,
+               "optimized_model_dir": str(ctx.work_dir / f"iter_{len(result.history) - 1:03d}")}
+    if handed_on == "input":
+        print(f"[forge] tool_persona: the input scores higher on the held-out validation "
+              f"({validation_total(before):.4f} vs {validation_total(after):.4f}); handing on the input model "
+              f"with the initial prompts", flush=True)
     out_dir = ctx.phase_dir / "model"
-    save_model_dir(work.model, tokenizer, out_dir, phase="tool_persona", extra={"input": name, "handoff": handoff})
+    save_model_dir(model_out, tokenizer, out_dir, phase="tool_persona", extra={"input": name, "handoff": handoff})
     summary = {"input": name, "stop_reason": result.stop_reason, "iterations": len(result.history),
-               "final_prompts": final_prompts, "validation_before": before, "validation_after": after,
+               "handed_on": handed_on, "final_prompts": final_prompts, "handed_on_prompts": prompts_out,
+               "validation_before": before, "validation_after": after,
                "persona_fitness_tasks": persona_tasks, "eval_actors": config.eval_actors,
                "wall_time_s": time.perf_counter() - started}
     return PhaseResult(outputs={"model": out_dir}, summary=summary)
