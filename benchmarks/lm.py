@@ -153,8 +153,8 @@ def loglikelihood_choices(model, tokenizer, requests: Sequence[tuple[str, Sequen
     return results  # type: ignore[return-value]
 
 
-def _forward(model, ids: torch.Tensor, info: ModelInfo, *, past=None, keep: int | None = None, cache: bool = False):
-    """Float logits of the last ``keep`` positions (all when None), and the cache when ``cache``."""
+def _forward_kwargs(info: ModelInfo, *, past=None, keep: int | None = None, cache: bool = False) -> dict:
+    """The forward arguments this model accepts: the cache, and logits only for the last ``keep`` positions."""
     kwargs = {}
     if info.use_cache_arg:
         kwargs["use_cache"] = info.kv_cache and cache
@@ -162,7 +162,12 @@ def _forward(model, ids: torch.Tensor, info: ModelInfo, *, past=None, keep: int 
         kwargs["past_key_values"] = past
     if keep is not None and info.logits_to_keep:
         kwargs["logits_to_keep"] = keep
-    out = model(ids, **kwargs)
+    return kwargs
+
+
+def _forward(model, ids: torch.Tensor, info: ModelInfo, *, past=None, keep: int | None = None, cache: bool = False):
+    """Float logits of the last ``keep`` positions (all when None), and the cache when ``cache``."""
+    out = model(ids, **_forward_kwargs(info, past=past, keep=keep, cache=cache))
     logits = out.logits if keep is None else out.logits[:, -keep:]
     return logits.float(), getattr(out, "past_key_values", None)
 
@@ -177,14 +182,8 @@ def _logprobs_at(model, ids: torch.Tensor, info: ModelInfo, rows: torch.Tensor, 
     if not info.hidden_head:
         logits, _ = _forward(model, ids, info, past=past, cache=past is not None)
         return _token_logprobs(logits[rows, cols], targets)
-    kwargs = {"output_hidden_states": True}
-    if info.use_cache_arg:
-        kwargs["use_cache"] = past is not None
-    if past is not None:
-        kwargs["past_key_values"] = past
-    if info.logits_to_keep:
-        kwargs["logits_to_keep"] = 1
-    hidden = model(ids, **kwargs).hidden_states[-1][rows, cols]
+    kwargs = _forward_kwargs(info, past=past, keep=1, cache=past is not None)
+    hidden = model(ids, output_hidden_states=True, **kwargs).hidden_states[-1][rows, cols]
     return _token_logprobs(model.get_output_embeddings()(hidden).float(), targets)
 
 

@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     from forge.phases.tool_persona import OFFLINE_PERSONA_TASKS, tool_fitness
     from forge.prompt_variants import HUMAN_PERSONAS, mutate_prompt
 
-    config = PipelineConfig().tool_persona  # the embedded tiny preset's Phase 6
+    pipeline = PipelineConfig()  # the embedded tiny preset
+    config, seed = pipeline.tool_persona, pipeline.seed
     data_dir = str(args.data_dir) if args.data_dir else None
-    seed = PipelineConfig().seed
     heldout = load_problems(config.sources(data_dir is not None), heldout=True, data_dir=data_dir, seed=seed)
     problems = rotation_subset(heldout[config.validation_items:], 1, config.tool_items, seed=seed)
     tool_config = ToolUseConfig(max_turns=config.tool_max_turns, max_new_tokens=config.tool_max_new_tokens,

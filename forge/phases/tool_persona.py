@@ -195,12 +195,14 @@ def run(ctx: PhaseContext) -> PhaseResult:
     atomic_write_json(ctx.phase_dir / "trajectory.json", result.to_dict())
     # Selection on a few rotating items can favour noise and each bake can cost skills, so the held-out
     # check decides what is handed on.
+    final_iteration = last_checkpoint_iteration(state_path)
     input_better = validation_total(before) > validation_total(after)
     handed_on = "input" if config.keep_input_if_better and input_better else "optimized"
     model_out, prompts_out = (input_model, initial) if handed_on == "input" else (work.model, final_prompts)
     handoff = {**result.handoff(), "validation_before": before, "validation_after": after,
                "persona_fitness_tasks": persona_tasks, "handed_on": handed_on, "handed_on_prompts": prompts_out,
-               "optimized_model_dir": str(ctx.work_dir / f"iter_{len(result.history) - 1:03d}")}
+               "optimized_model_dir": None if final_iteration is None
+               else str(ctx.work_dir / f"iter_{final_iteration:03d}")}
     if handed_on == "input":
         print(f"[forge] tool_persona: the input scores higher on the held-out validation "
               f"({validation_total(before):.4f} vs {validation_total(after):.4f}); handing on the input model "
