@@ -34,6 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-sequences", type=int, default=defaults.finetune_sequences)
     parser.add_argument("--metric", choices=("accuracy", "likelihood"), default=defaults.metric,
                         help="guard metric: next-token accuracy or exp(-NLL) on held-out WikiText-2 test")
+    parser.add_argument("--guard-tasks", default=",".join(defaults.guard_tasks),
+                        help="comma-separated benchmark tasks whose mean held-out score is the guard metric "
+                             "(needs the data folder; default: --metric on held-out WikiText-2)")
+    parser.add_argument("--guard-limit", type=int, default=defaults.guard_limit, help="items per guard task")
     parser.add_argument("--size-category", choices=("tiny", "small", "medium", "large"), default=None,
                         help="override the size category read from the model")
     parser.add_argument("--latency-batch", type=int, default=defaults.latency_batch)
@@ -56,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.model.resolve() == args.out.resolve():
         print("error: --out must differ from --model (the input model stays as it is)", file=sys.stderr)
         return 2
-    job = QuantizeJobConfig(data_dir=args.data_dir, seq_len=args.seq_len, eval_sequences=args.eval_sequences,
-                            finetune_sequences=args.finetune_sequences, metric=args.metric,
-                            size_category=args.size_category, latency_batch=args.latency_batch,
-                            latency_repeats=args.latency_repeats)
     try:
+        job = QuantizeJobConfig(data_dir=args.data_dir, seq_len=args.seq_len, eval_sequences=args.eval_sequences,
+                                finetune_sequences=args.finetune_sequences, metric=args.metric,
+                                guard_tasks=tuple(t for t in args.guard_tasks.split(",") if t),
+                                guard_limit=args.guard_limit, size_category=args.size_category,
+                                latency_batch=args.latency_batch, latency_repeats=args.latency_repeats)
         metrics = quantize_model_dir(args.model, args.out, job)
     except (ArtifactError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -19,7 +19,8 @@ from forge.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, build_leve
 from forge.phases.base import PhaseContext
 from forge.phases.curriculum import choose_input, resume_state, run, run_fingerprint, tool_demonstrations
 from forge.quant.bitlinear import TernaryLinear
-from forge.quant.convert import pack_model, quantizable_linears, to_bitlinear
+from forge.quant.convert import int8_candidates, pack_model, quantizable_linears, to_bitlinear, to_int8
+from forge.quant.int8 import Int8Embedding, Int8Linear
 from forge.tracking import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,7 +35,7 @@ CURRICULUM = CurriculumPhaseConfig(
 
 @pytest.fixture(scope="module")
 def ternary_dir(tmp_path_factory):
-    """A packed ternary Llama with a BPE tokenizer, as Phase 4 (bitnet) writes it."""
+    """A packed ternary Llama (embedding and head as int8 rows) with a BPE tokenizer, as Phase 4 (bitnet) writes it."""
     levels = build_levels(CURRICULUM, None)
     texts = [prompt_text(item) + completion_text(item) for level in levels for item in level.train]
     texts += [prompt.text for prompt in load_value_prompts(DEFAULT_VALUES_FILE)]
@@ -45,6 +46,7 @@ def ternary_dir(tmp_path_factory):
         vocab_size=len(tokenizer), max_position_embeddings=256, initializer_range=0.2, bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)).eval()
     to_bitlinear(model, quantizable_linears(model))
+    to_int8(model, int8_candidates(model))
     pack_model(model)
     return save_model_dir(model, tokenizer, tmp_path_factory.mktemp("bitnet") / "model", phase="bitnet")
 
@@ -61,12 +63,12 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
     out = result.outputs["model"]
     assert out == ctx.phase_dir / "model" and verify_model_dir(out)
     model, _ = load_model_dir(out)
-    assert not any(isinstance(module, TernaryLinear) for module in model.modules())
+    assert not any(isinstance(module, (TernaryLinear, Int8Embedding, Int8Linear)) for module in model.modules())
 
     manifest = read_manifest(out)
     assert manifest["phase"] == "curriculum"
     assert manifest["input_bitnet_quantized"] is True
-    assert manifest["output_format"] == "float (dequantized from ternary)"
+    assert manifest["output_format"] == "float (dequantized from ternary / int8)"
     assert manifest["curriculum_level_reached"] == 2 and manifest["num_levels"] == 2
     prompts = load_value_prompts(DEFAULT_VALUES_FILE)
     assert [(p["name"], p["text"]) for p in manifest["prompts_baked"]] == [(p.name, p.text) for p in prompts]

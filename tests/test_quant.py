@@ -11,11 +11,13 @@ from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verif
 from forge.quant import kernels
 from forge.quant.bitlinear import BitLinear, TernaryLinear, absmean_ternarize
 from forge.quant.config import compression_config, config_for_model, conservative_config
-from forge.quant.convert import pack_model, quantizable_linears, ternary_stats, to_bitlinear
+from forge.quant.convert import (dequantize_model, int8_candidates, pack_model, quantizable_linears, ternary_stats,
+                                 to_bitlinear, to_int8)
 from forge.quant.lora import add_lora, load_lora
-from forge.quant.measure import ternary_layer_bytes, weight_file_bytes
+from forge.quant.measure import int8_layer_bytes, ternary_layer_bytes, weight_file_bytes
 from forge.quant.packing import pack_ternary, packed_size, unpack_ternary
-from forge.quant.staged import staged_quantize
+from forge.quant.int8 import Int8Embedding, Int8Linear, int8_rowwise
+from forge.quant.staged import INT8_GROUP, staged_quantize
 
 VOCAB = 64
 
@@ -30,9 +32,11 @@ def tiny_llama(layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def quantized_llama(layers: int = 2) -> LlamaForCausalLM:
+def quantized_llama(layers: int = 2, int8: bool = False) -> LlamaForCausalLM:
     model = tiny_llama(layers)
     to_bitlinear(model, quantizable_linears(model))
+    if int8:
+        to_int8(model, int8_candidates(model))
     pack_model(model)
     return model
 
@@ -184,6 +188,53 @@ def test_cognate_model_roundtrip(tmp_path):
         assert torch.equal(loaded(input_ids=ids).logits, logits)
 
 
+def test_int8_rows_are_close_and_restore_exactly():
+    weight = torch.randn(50, 40, generator=torch.Generator().manual_seed(0))
+    values, scale = int8_rowwise(weight)
+    assert values.dtype == torch.int8 and scale.shape == (50, 1) and int(values.abs().max()) == 127
+    error = (values.float() * scale - weight).abs().amax(dim=1, keepdim=True)
+    assert bool((error <= scale / 2 + 1e-7).all())  # at most half a step per row
+    assert int8_rowwise(values.float() * scale)[0].equal(values)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_int8_embedding_and_head_roundtrip_through_from_pretrained(tmp_path, tied):
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=tied)
+    model = LlamaForCausalLM(config).eval()
+    to_bitlinear(model, quantizable_linears(model, preserve=["layers.1.mlp.*"]))
+    names = int8_candidates(model)
+    assert {"model.embed_tokens", "lm_head", "model.layers.1.mlp.down_proj"} <= set(names)
+    assert not any("q_proj" in n for n in names)  # already ternary
+    ids = tokens()
+    with torch.no_grad():
+        float_logits = model(input_ids=ids).logits
+    to_int8(model, names)
+    pack_model(model)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert (logits - float_logits).abs().max() < 0.05 * float_logits.abs().max()
+    save_model_dir(model, None, tmp_path / "m", phase="bitnet")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert isinstance(loaded.model.embed_tokens, Int8Embedding) and isinstance(loaded.lm_head, Int8Linear)
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
+    assert loaded.model.embed_tokens.weight.dtype == torch.int8
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, logits)
+    # A tied matrix is stored once: int8 bytes plus one float32 scale per row of each layer.
+    embed = VOCAB * 32
+    stored = int8_layer_bytes(loaded)
+    assert stored["int8_weights"] == (embed if tied else 2 * embed) + 3 * 64 * 32  # + the preserved MLP
+    # Back to float for training: the same values, tied again where they were.
+    dequantize_model(loaded)
+    assert type(loaded.lm_head) is nn.Linear and type(loaded.model.embed_tokens) is nn.Embedding
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.dequantized())
+
+
 # --- staged quantization ------------------------------------------------------------------------
 
 def guarded_model():
@@ -214,10 +265,13 @@ def test_staged_quantization_reverts_the_damaging_block_and_calibrates_scales():
     model = guarded_model()
     result = staged_quantize(model, logit_fidelity(model, tokens(4, 16)), compression_config("tiny"),
                              calibration_ids=tokens(8, 16, seed=2))
-    assert [s.reverted for s in result.steps] == [False, False, True]
+    assert [s.reverted for s in result.steps] == [False, False, True, False]
     assert all(n.startswith("model.layers.2.") for n in result.reverted) and len(result.reverted) == 7
+    # The last step stores the rest as int8 rows: embedding, head and the reverted block's linears.
+    assert result.steps[-1].group == INT8_GROUP
+    assert set(result.int8) == {"model.embed_tokens", "lm_head", *result.reverted}
+    assert isinstance(model.model.layers[2].mlp.down_proj, Int8Linear)
     assert isinstance(model.model.layers[1].mlp.up_proj, BitLinear)
-    assert type(model.model.layers[2].mlp.down_proj) is nn.Linear
     assert result.drop_quantized < 0.05 and not result.conservative
     # absmean gamma is 2/3 of the true magnitude of a {-0.05, 0, 0.05} weight; calibration finds x1.5.
     for name in result.quantized:
@@ -231,9 +285,9 @@ def test_staged_quantization_restarts_with_conservative_config():
     result = staged_quantize(model, evaluate, strict, conservative=conservative_config("tiny"),
                              calibration_ids=tokens(8, 16, seed=2))
     assert result.conservative and result.first_attempt_drop > 0
-    # The conservative config keeps the first and last blocks in float.
+    # The conservative config keeps the first and last blocks out of the ternary layers (int8 rows instead).
     assert result.quantized and all(n.startswith("model.layers.1.") for n in result.quantized)
-    assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear
+    assert isinstance(model.model.layers[0].self_attn.q_proj, Int8Linear)
 
 
 def test_staged_quantization_finetunes_with_ste_above_the_threshold():
@@ -274,7 +328,7 @@ def test_adaptive_config_by_size_category():
 # --- LoRA on the frozen ternary model -----------------------------------------------------------
 
 def test_lora_trains_on_loaded_ternary_model(tmp_path):
-    save_model_dir(quantized_llama(), None, tmp_path / "ternary", phase="bitnet")
+    save_model_dir(quantized_llama(int8=True), None, tmp_path / "ternary", phase="bitnet")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "ternary")
     frozen = {n: t.detach().clone() for n, t in model.state_dict().items()}
     peft_model = add_lora(model, r=4, lora_alpha=8)
@@ -338,6 +392,23 @@ def test_quantize_cli_writes_a_smaller_loadable_model(tmp_path, shared_data, mon
     assert weight_file_bytes(tmp_path / "ternary") < weight_file_bytes(tmp_path / "float")
     loaded, _ = load_model_dir(tmp_path / "ternary")
     assert ternary_stats(loaded)["ternary_layers"] == quant["quantized_layers"] > 0
+    # What stays out of the ternary layers is stored as int8 rows: the tied embedding and head at least.
+    assert {"model.embed_tokens", "lm_head"} <= set(quant["int8_layers"]["names"])
+    assert isinstance(loaded.model.embed_tokens, Int8Embedding) and loaded.lm_head.weight is loaded.model.embed_tokens.weight
+
+    # The guard measured by the benchmarks harness: the mean held-out score of the named tasks.
+    from benchmarks.harness import evaluate
+
+    code = main(["--model", str(tmp_path / "float"), "--out", str(tmp_path / "guarded"), "--seq-len", "32",
+                 "--eval-sequences", "4", "--finetune-sequences", "4", "--guard-tasks", "arc_easy,piqa",
+                 "--guard-limit", "20", "--latency-repeats", "1"])
+    assert code == 0
+    guarded = read_manifest(tmp_path / "guarded")["quantization"]
+    assert "arc_easy, piqa" in guarded["guard_metric"]
+    float_model, _ = load_model_dir(tmp_path / "float")
+    scores = evaluate(float_model, tokenizer, ["arc_easy", "piqa"], limit=20, seed=1234, heldout_only=True,
+                      data_dir=shared_data)
+    assert guarded["accuracy_before"] == pytest.approx((scores["arc_easy"].score + scores["piqa"].score) / 2)
 
 
 def test_quantize_cli_usage_errors_exit_2(tmp_path, capsys):
@@ -345,6 +416,10 @@ def test_quantize_cli_usage_errors_exit_2(tmp_path, capsys):
 
     assert main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
     assert "missing" in capsys.readouterr().err
+    save_model_dir(tiny_llama(), None, tmp_path / "float", phase="test")
+    assert main(["--model", str(tmp_path / "float"), "--out", str(tmp_path / "out"), "--guard-tasks", "arc_eazy",
+                 "--data-dir", str(tmp_path)]) == 2
+    assert "unknown task 'arc_eazy'" in capsys.readouterr().err and not (tmp_path / "out").exists()
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", str(tmp_path)])
     assert exit_info.value.code == 2

@@ -3,7 +3,8 @@
 - ``linear``: one ternary layer (packed weight, fbgemm int8 kernel, 8-bit per-token activations) against
   ``nn.Linear`` float32 of the same shape, for several K = N and batch sizes; fastest of ``--repeats``.
 - ``models``: whole forward pass and bytes on disk (model.safetensors) of Llama-shaped models and the
-  Cognate default, float32 / float16 / ternary (every linear but the head ternarised, random weights).
+  Cognate default, float32 / float16 / ternary (every linear but the head ternarised, random weights) /
+  ternary + int8 (the embedding, the head and the narrow-layer-free rest as int8 rows, as Phase 4 stores them).
 - ``quality`` (with ``--model DIR``): ``forge.quant.run.quantize_model_dir`` on a real model directory,
   accuracy and perplexity before and after, and the spec criteria.
 
@@ -26,7 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import forge.quant  # noqa: F401  (registers the ternary quantizer)
 from forge.artifacts import atomic_write_json
 from forge.quant.bitlinear import BitLinear, TernaryLinear
-from forge.quant.convert import pack_model, quantizable_linears, to_bitlinear
+from forge.quant.convert import int8_candidates, pack_model, quantizable_linears, to_bitlinear, to_int8
 from forge.quant.measure import forward_latency, linear_latency, ternary_layer_bytes, weight_file_bytes
 
 LLAMA_SHAPES = {  # name: (hidden, intermediate, layers, heads)
@@ -108,15 +109,23 @@ def bench_model(name: str, vocab: int, seq_len: int, repeats: int, workdir: Path
     pack_model(model)
     ternary_s = forward_latency(model, ids, repeats)
     model.save_pretrained(workdir / f"{name}-ternary")
-    sizes = {kind: weight_file_bytes(workdir / f"{name}-{kind}") for kind in ("f32", "f16", "ternary")}
     layers = ternary_layer_bytes(model)
+    to_int8(model, int8_candidates(model, min_out_features=8))
+    pack_model(model)
+    int8_s = forward_latency(model, ids, repeats)
+    model.save_pretrained(workdir / f"{name}-int8")
+    sizes = {kind: weight_file_bytes(workdir / f"{name}-{kind}") for kind in ("f32", "f16", "ternary", "int8")}
     row = {
-        "model": name, "params": sum(p.numel() for p in model.parameters()) + layers["ternary_weights"],
+        "model": name, "params": sum(p.numel() for p in build_model(name, vocab).parameters()),
         "ternary_weights": layers["ternary_weights"], "input_shape": list(ids.shape),
         "forward_float32_ms": 1e3 * float_s, "forward_ternary_ms": 1e3 * ternary_s, "speedup": float_s / ternary_s,
         "file_bytes_float32": sizes["f32"], "file_bytes_float16": sizes["f16"], "file_bytes_ternary": sizes["ternary"],
         "compression_vs_float32": sizes["f32"] / sizes["ternary"],
         "compression_vs_float16": sizes["f16"] / sizes["ternary"],
+        "file_bytes_ternary_int8": sizes["int8"],
+        "compression_ternary_int8_vs_float32": sizes["f32"] / sizes["int8"],
+        "compression_ternary_int8_vs_float16": sizes["f16"] / sizes["int8"],
+        "forward_ternary_int8_ms": 1e3 * int8_s, "speedup_ternary_int8": float_s / int8_s,
         "ternary_layers_bytes": layers["packed_bytes"],
         "ternary_layers_compression_vs_float32": layers["float32_bytes"] / layers["packed_bytes"],
         "ternary_layers_compression_vs_float16": layers["float16_bytes"] / layers["packed_bytes"],
@@ -124,7 +133,8 @@ def bench_model(name: str, vocab: int, seq_len: int, repeats: int, workdir: Path
     print(f"{name}: forward float32 {row['forward_float32_ms']:.1f} ms, ternary {row['forward_ternary_ms']:.1f} ms "
           f"(x{row['speedup']:.2f}); disk {sizes['f32']} / {sizes['f16']} / {sizes['ternary']} bytes "
           f"(x{row['compression_vs_float32']:.2f} vs float32, ternary layers "
-          f"x{row['ternary_layers_compression_vs_float32']:.1f})", flush=True)
+          f"x{row['ternary_layers_compression_vs_float32']:.1f}); with int8 rows {sizes['int8']} bytes "
+          f"(x{row['compression_ternary_int8_vs_float32']:.2f}), forward {row['forward_ternary_int8_ms']:.1f} ms", flush=True)
     return row
 
 

@@ -71,7 +71,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
             "size_category", "conservative", "compression_ratio", "weight_bytes_before", "weight_bytes_after",
             "sparsity", "guard_metric", "accuracy_before", "accuracy_quantized", "accuracy_finetuned",
             "accuracy_packed", "accuracy_drop", "heldout_before", "heldout_after", "inference_speedup",
-            "latency_float_s", "latency_ternary_s", "reverted_layers", "quantized_layers", "criteria")},
+            "latency_float_s", "latency_ternary_s", "reverted_layers", "quantized_layers", "int8_layers",
+            "criteria")},
         "criteria_missed": sorted(key for key, c in criteria.items() if not c["met"]),
     }
     return PhaseResult(outputs={"model": out_dir}, summary=summary)

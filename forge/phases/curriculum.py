@@ -1,8 +1,8 @@
 """Phase 5, curriculum and value baking: levels of rising difficulty, each trained and measured, with the
 value prompts of ``configs/prompts/values.yaml`` baked at full strength after every level.
 
-Input: the previous phase's model (``model`` from BitNet, ``champion`` from EvoMerge). A packed ternary
-model is dequantized first (``forge.quant.convert.dequantize_model``): training and LoRA baking need float
+Input: the previous phase's model (``model`` from BitNet, ``champion`` from EvoMerge). A BitNet model
+(ternary and int8 layers) is dequantized first (``forge.quant.convert.dequantize_model``): training and LoRA baking need float
 weights, so the output is a float model and the manifest says so. Per level (``forge.levels``): held-out
 accuracy before, a short AdamW training stage on the level's items, accuracy after, then every value
 prompt baked in turn (``forge.baking.bake_sequence``), each prompt's strength measured against the model
@@ -175,7 +175,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         "input_dir": str(input_dir),
         "input_bitnet_quantized": quantized,
         "dequantized_layers": state["dequantized_layers"],
-        "output_format": "float (dequantized from ternary)" if quantized else "float",
+        "output_format": "float (dequantized from ternary / int8)" if quantized else "float",
         "curriculum_level_reached": records[-1]["level"],
         "num_levels": len(levels),
         "levels": records,

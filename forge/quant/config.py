@@ -13,6 +13,7 @@ class QuantConfig:
     preserve_layers: tuple[str, ...] = ()  # module-name patterns (fnmatch, on any dotted suffix) kept in float
     preserve_edge_blocks: bool = False  # keep the first and the last transformer block in float
     min_out_features: int = 8  # narrower layers (gates, halting heads) stay in float: tiny gain, large risk
+    int8_float_layers: bool = True  # store the embedding, the head and the linears left in float as int8 rows
     target_compression: float = 8.0  # whole-model float32 bytes / quantized bytes this category aims for
     calibration_samples: int = 128  # calibration sequences used to fit each layer's output scale
     layer_revert_drop: float = 0.10  # revert a layer group when the relative accuracy drop exceeds this

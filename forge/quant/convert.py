@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from forge.quant.bitlinear import BitLinear, TernaryLinear
+from forge.quant.int8 import Int8Embedding, Int8Linear
 
 _BLOCK = re.compile(r"^(.*?\.\d+)\.")  # first numbered container in a name: "model.layers.3."
 
@@ -49,6 +50,35 @@ def quantizable_linears(model: nn.Module, preserve: Sequence[str] = (), min_out_
     return [name for name, module in model.named_modules()
             if type(module) is nn.Linear and name not in keep and module.out_features >= min_out_features
             and not matches(name, preserve)]
+
+
+def int8_candidates(model: nn.Module, min_out_features: int = 1) -> list[str]:
+    """What stays out of the ternary layers but can be stored as int8 rows: the input embedding, and every
+    float ``nn.Linear`` (the head, preserved and reverted layers) with at least ``min_out_features`` rows."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return [name for name, module in model.named_modules()
+            if (module is embedding and type(module) is nn.Embedding)
+            or (type(module) is nn.Linear and module.out_features >= min_out_features)]
+
+
+def to_int8(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """Replace the named ``nn.Embedding`` / ``nn.Linear`` layers by int8-row storage; returns the originals.
+
+    A linear layer whose weight is an embedding's (a tied head) shares that embedding's int8 matrix.
+    """
+    modules = {name: model.get_submodule(name) for name in names}
+    originals, by_weight = {}, {}
+    for name, module in sorted(modules.items(), key=lambda item: type(item[1]) is not nn.Embedding):
+        if type(module) is nn.Embedding:
+            new = Int8Embedding.from_embedding(module)
+            by_weight[id(module.weight)] = new
+        elif type(module) is nn.Linear:
+            new = Int8Linear.from_linear(module, tied=by_weight.get(id(module.weight)))
+        else:
+            raise TypeError(f"{name} is a {type(module).__name__}: only float nn.Embedding and nn.Linear "
+                            "layers are stored as int8")
+        originals[name] = swap_module(model, name, new)
+    return originals
 
 
 def layer_groups(names: Sequence[str]) -> "OrderedDict[str, list[str]]":
@@ -92,7 +122,8 @@ def ternary_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def pack_model(model: nn.Module) -> list[str]:
-    """Replace every BitLinear by a packed TernaryLinear and record them in the HF quantization config."""
+    """Replace every BitLinear by a packed TernaryLinear; record them and the int8 layers in the HF
+    quantization config, so that ``from_pretrained`` rebuilds both. Returns the layers packed now."""
     from forge.quant.hf_integration import ForgeBitNetConfig
 
     names = []
@@ -101,9 +132,10 @@ def pack_model(model: nn.Module) -> list[str]:
             swap_module(model, name, TernaryLinear.from_bitlinear(module))
             names.append(name)
     if hasattr(model, "config"):
-        previous = getattr(model.config, "quantization_config", None)
-        earlier = list(getattr(previous, "quantized_modules", None) or [])
-        model.config.quantization_config = ForgeBitNetConfig(quantized_modules=sorted(set(earlier + names)))
+        ternary = [n for n, m in model.named_modules() if isinstance(m, TernaryLinear)]
+        int8 = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (Int8Embedding, Int8Linear))]
+        model.config.quantization_config = ForgeBitNetConfig(quantized_modules=sorted(ternary),
+                                                             int8_modules=sorted(int8))
     return names
 
 
@@ -123,26 +155,42 @@ def ternary_stats(model: nn.Module) -> dict[str, float]:
 
 @torch.no_grad()
 def dequantize_model(model: nn.Module) -> list[str]:
-    """Replace every TernaryLinear by a float ``nn.Linear`` with weight ``ternary * scale`` and the same bias.
+    """Replace every TernaryLinear by a float ``nn.Linear`` with weight ``ternary * scale``, and every int8
+    layer by its float form (a tied head shares the new embedding weight again).
 
-    The weights keep their ternary values exactly, now trainable, so full training and LoRA baking work on
+    The weights keep their quantized values exactly, now trainable, so full training and LoRA baking work on
     the model. Lost: the 8-bit per-token activation quantization TernaryLinear applies to its input (outputs
-    move by that rounding), the 1.6-bit packing (weights take a float each again) and the int8 kernel. The
-    model's ``quantization_config`` is dropped so that it saves and loads as a plain float model. Returns
-    the names of the layers replaced.
+    move by that rounding), the 1.6-bit and 8-bit storage and the int8 kernel. The model's
+    ``quantization_config`` is dropped so that it saves and loads as a plain float model. Returns the names
+    of the layers replaced.
     """
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    dtype = embedding.weight.dtype if embedding is not None else torch.float32
-    names = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, TernaryLinear):
-            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                               device=module.weight_packed.device, dtype=dtype)
-            linear.weight.copy_(module.ternary_weight().to(torch.float32) * module.weight_scale)
+    dtype = (embedding.output_dtype if isinstance(embedding, Int8Embedding)
+             else embedding.weight.dtype if embedding is not None else torch.float32)
+    quantized = [(name, module) for name, module in model.named_modules(remove_duplicate=False)
+                 if isinstance(module, (TernaryLinear, Int8Embedding, Int8Linear))]
+    quantized.sort(key=lambda item: not isinstance(item[1], Int8Embedding))  # embeddings first: heads tie to them
+    names, float_of_int8 = [], {}
+    for name, module in quantized:
+        if isinstance(module, Int8Embedding):
+            new = nn.Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx,
+                               device=module.weight.device, dtype=dtype)
+            new.weight.copy_(module.dequantized())
+            float_of_int8[id(module.weight)] = new.weight
+        else:
+            device = module.weight_packed.device if isinstance(module, TernaryLinear) else module.weight.device
+            new = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                            device=device, dtype=dtype)
+            if isinstance(module, TernaryLinear):
+                new.weight.copy_(module.ternary_weight().to(torch.float32) * module.weight_scale)
+            elif id(module.weight) in float_of_int8:
+                new.weight = float_of_int8[id(module.weight)]  # a tied head shares the embedding again
+            else:
+                new.weight.copy_(module.dequantized())
             if module.bias is not None:
-                linear.bias.copy_(module.bias)
-            swap_module(model, name, linear)
-            names.append(name)
+                new.bias.copy_(module.bias)
+        swap_module(model, name, new)
+        names.append(name)
     if getattr(model, "hf_quantizer", None) is not None:
         # Loaded by from_pretrained: drop the quantizer, the config entry and the is_quantized flags, or
         # transformers would save (and peft would treat) the model as a quantized one.

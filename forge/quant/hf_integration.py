@@ -4,44 +4,62 @@ A packed model's ``config.json`` carries ``quantization_config = {"quant_method"
 "quantized_modules": [...]}``. Registered here with transformers' quantizer registry, it makes
 ``from_pretrained`` swap those ``nn.Linear`` layers for :class:`TernaryLinear` before the weights
 are read, so ``weight_packed`` (uint8) and ``weight_scale`` load straight from the safetensors file.
+``int8_modules`` (the embedding and the head, see ``forge.quant.int8``) become their int8 forms the same
+way; a tied head is tied again by transformers' own weight tying, to the embedding's int8 matrix.
 """
 from __future__ import annotations
 
+import torch.nn as nn
 from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING,
                                           register_quantization_config, register_quantizer)
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from forge.quant.bitlinear import TernaryLinear
+from forge.quant.convert import swap_module
+from forge.quant.int8 import Int8Embedding, Int8Linear
 
 QUANT_METHOD = "forge_bitnet"
 PACKING = "trit5"  # five ternary digits per byte, see forge.quant.packing
 
 
 class ForgeBitNetConfig(QuantizationConfigMixin):
-    """Which linear layers of a model are stored as packed ternary weights."""
+    """Which linear layers of a model are stored as packed ternary weights, and which layers as int8 rows."""
 
-    def __init__(self, quantized_modules: list[str] | None = None, packing: str = PACKING, **kwargs):
+    def __init__(self, quantized_modules: list[str] | None = None, packing: str = PACKING,
+                 int8_modules: list[str] | None = None, **kwargs):
         if packing != PACKING:
             raise ValueError(f"unknown ternary packing {packing!r}; this version reads {PACKING!r} only")
         self.quant_method = QUANT_METHOD
         self.quantized_modules = list(quantized_modules or [])
+        self.int8_modules = list(int8_modules or [])
         self.packing = packing
 
 
 class ForgeBitNetQuantizer(HfQuantizer):
-    """Swaps the recorded linear layers for TernaryLinear on the empty model, before loading."""
+    """Swaps the recorded layers for TernaryLinear / int8 layers on the empty model, before loading."""
 
     requires_calibration = True  # loads models packed by forge.quant; it does not quantize at load time
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         for name in self.quantization_config.quantized_modules:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            linear = getattr(parent, child)
-            setattr(parent, child, TernaryLinear(linear.in_features, linear.out_features,
-                                                 bias=linear.bias is not None, device=linear.weight.device,
-                                                 dtype=linear.weight.dtype))
+            linear = model.get_submodule(name)
+            swap_module(model, name, TernaryLinear(linear.in_features, linear.out_features,
+                                                   bias=linear.bias is not None, device=linear.weight.device,
+                                                   dtype=linear.weight.dtype))
+        for name in getattr(self.quantization_config, "int8_modules", []):
+            module = model.get_submodule(name)
+            device, dtype = module.weight.device, module.weight.dtype
+            if isinstance(module, nn.Embedding):
+                new = Int8Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx,
+                                    device=device, dtype=dtype)
+            elif isinstance(module, nn.Linear):
+                new = Int8Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                 device=device, dtype=dtype)
+            else:
+                raise TypeError(f"int8 module {name} is a {type(module).__name__} in this model class, not an "
+                                "nn.Embedding or nn.Linear: the checkpoint does not belong to this architecture")
+            swap_module(model, name, new)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):

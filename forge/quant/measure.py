@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from forge.quant.bitlinear import BitLinear, TernaryLinear
+from forge.quant.int8 import Int8Embedding, Int8Linear
 
 
 def weight_file_bytes(model_dir: Path) -> int:
@@ -29,6 +30,19 @@ def ternary_layer_bytes(model: nn.Module) -> dict[str, int]:
             raise ValueError("the model still has BitLinear layers: pack it (forge.quant.pack_model) first")
     return {"ternary_weights": weights, "packed_bytes": stored, "float32_bytes": 4 * weights,
             "float16_bytes": 2 * weights}
+
+
+def int8_layer_bytes(model: nn.Module) -> dict[str, int]:
+    """Stored bytes of the int8-row layers (a matrix shared by a tied head counted once) against float32."""
+    seen, weights, stored = set(), 0, 0
+    for module in model.modules():
+        if isinstance(module, (Int8Embedding, Int8Linear)):
+            if id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                weights += module.weight.numel()
+                stored += module.weight.numel()
+            stored += module.weight_scale.numel() * 4
+    return {"int8_weights": weights, "stored_bytes": stored, "float32_bytes": 4 * weights}
 
 
 @torch.no_grad()

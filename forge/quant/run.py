@@ -1,8 +1,8 @@
 """Phase 4 on one model directory: calibrate, quantize under the guard, pack, measure, save.
 
-``python -m forge.quantize`` and the pipeline's BitNet phase both call :func:`quantize_model_dir`;
-the phase may pass its own ``evaluate`` (the benchmarks harness) instead of the default held-out
-next-token accuracy on WikiText-2.
+``python -m forge.quantize`` and the pipeline's BitNet phase both call :func:`quantize_model_dir`. The guard
+metric is the mean score of benchmark tasks on their held-out items (``guard_tasks``, through the
+benchmarks harness) when a data folder is there, else held-out next-token accuracy (or likelihood).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from forge.quant.config import compression_config, conservative_config
 from forge.quant.convert import pack_model, ternary_stats
-from forge.quant.measure import forward_latency, ternary_layer_bytes
+from forge.quant.measure import forward_latency, int8_layer_bytes, ternary_layer_bytes
 from forge.quant.staged import batches, relative_drop, staged_quantize
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,28 @@ class QuantizeJobConfig:
     finetune_sequences: int = 128
     """Train-side sequences for straight-through fine-tuning."""
     metric: Literal["accuracy", "likelihood"] = "accuracy"
-    """Guard metric: next-token top-1 accuracy or exp(-mean NLL)."""
+    """Guard metric without guard tasks: next-token top-1 accuracy or exp(-mean NLL) on the held-out text."""
+    guard_tasks: tuple[str, ...] = ()
+    """Benchmark tasks (``python -m benchmarks --list``) whose mean score on their held-out items is the guard
+    metric when a data folder is configured; empty, or no data folder: ``metric`` on the held-out text."""
+    guard_limit: int = 200
+    """Items per guard task, drawn with ``guard_seed``: the same items before and after every block."""
+    guard_seed: int = 1234
+    """Seed of the guard tasks' item sample."""
     size_category: str | None = None
     """Override of the size category read from the model (tiny/small/medium/large)."""
     latency_batch: int = 1
     """Sequences per forward pass when timing float against ternary."""
     latency_repeats: int = 5
     """Timed passes (the fastest counts)."""
+
+    def __post_init__(self):
+        from benchmarks.tasks import get_task
+
+        for name in self.guard_tasks:
+            get_task(name)  # an unknown task fails when the config is read, before any work
+        if self.guard_limit < 1:
+            raise ValueError(f"guard_limit={self.guard_limit}: give at least 1 item per guard task")
 
 
 def text_token_ids(tokenizer, texts: list[str], sequences: int, seq_len: int) -> torch.Tensor:
@@ -75,6 +90,18 @@ def next_token_scores(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) 
     mean_nll = nll / total
     return {"accuracy": correct / total, "nll": mean_nll, "perplexity": float(torch.tensor(mean_nll).exp()),
             "likelihood": float(torch.tensor(-mean_nll).exp())}
+
+
+def harness_guard(tokenizer, job: QuantizeJobConfig) -> Callable[[nn.Module], float]:
+    """The guard as the benchmarks harness measures it: the mean score of ``job.guard_tasks`` on a fixed
+    sample of their held-out items (the items no phase trains on)."""
+    from benchmarks.harness import evaluate as run_tasks
+
+    def evaluate(model: nn.Module) -> float:
+        results = run_tasks(model, tokenizer, job.guard_tasks, limit=job.guard_limit, seed=job.guard_seed,
+                            heldout_only=True, data_dir=job.data_dir)
+        return sum(result.score for result in results.values()) / len(results)
+    return evaluate
 
 
 def payload_bytes(model: nn.Module) -> int:
@@ -109,6 +136,7 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
     as met/missed) and ``extra``.
     """
     from forge.artifacts import load_model_dir, save_model_dir
+    from forge.data.readers import default_data_dir
     from forge.models.size import get_model_size
 
     model, tokenizer = load_model_dir(Path(model_dir))
@@ -120,8 +148,14 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
     pool = text_token_ids(tokenizer, train_texts, calibration_count + job.finetune_sequences, job.seq_len)
     calibration_ids, finetune_ids = pool[:calibration_count], pool[calibration_count:]
     eval_ids = text_token_ids(tokenizer, test_texts, job.eval_sequences, job.seq_len)
-    guard_metric = job.metric if evaluate is None else "caller's evaluate"
-    if evaluate is None:
+    if evaluate is not None:
+        guard_metric = "caller's evaluate"
+    elif job.guard_tasks and (job.data_dir or default_data_dir()) is not None:
+        guard_metric = f"mean score of {', '.join(job.guard_tasks)} ({job.guard_limit} held-out items each)"
+        evaluate = harness_guard(tokenizer, dataclasses.replace(job, data_dir=str(job.data_dir or default_data_dir())))
+    else:
+        guard_metric = f"next-token {job.metric} on the held-out text"
+
         def evaluate(m: nn.Module) -> float:
             return next_token_scores(m, eval_ids)[job.metric]
 
@@ -153,6 +187,7 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
         "weight_bytes_after": bytes_after,
         "compression_ratio": compression,
         "ternary_layers": ternary_layer_bytes(model),
+        "int8_layers": {"names": result.int8, **int8_layer_bytes(model)},
         "sparsity": ternary_stats(model)["sparsity"],
         "guard_metric": guard_metric,
         "accuracy_before": result.accuracy_before,

@@ -2,7 +2,8 @@
 
 Block by block, linear layers become BitLinear; after each block the caller's ``evaluate(model)``
 (higher is better, e.g. held-out accuracy) is compared with the float model's score. A block whose
-quantization makes the relative drop exceed ``layer_revert_drop`` is put back in float. If the whole
+quantization makes the relative drop exceed ``layer_revert_drop`` is put back in float. A last guarded
+step stores what is left in float (embedding, head, preserved and reverted linears) as int8 rows. If the whole
 model still loses more than ``max_total_drop``, the run starts again with the conservative config;
 above ``finetune_above_drop`` the model is fine-tuned with the straight-through estimator.
 """
@@ -19,20 +20,22 @@ import torch.nn as nn
 from forge.quant import kernels
 from forge.quant.bitlinear import BitLinear, absmean_ternarize
 from forge.quant.config import QuantConfig
-from forge.quant.convert import (edge_block_patterns, layer_groups, quantizable_linears, restore,
-                                 to_bitlinear)
+from forge.quant.convert import (edge_block_patterns, int8_candidates, layer_groups, quantizable_linears,
+                                 restore, to_bitlinear, to_int8)
+from forge.quant.int8 import Int8Embedding, Int8Linear
 
 log = logging.getLogger(__name__)
 
 Evaluate = Callable[[nn.Module], float]
+INT8_GROUP = "int8 rows (embedding, head, float linears)"
 
 
 @dataclass
 class GroupStep:
     """What happened to one block of layers."""
 
-    group: str  # block name ("model.layers.3") or a lone layer's name
-    layers: list[str]  # linear layers in the block
+    group: str  # block name ("model.layers.3"), a lone layer's name, or INT8_GROUP
+    layers: list[str]  # layers in the block
     accuracy: float  # evaluate(model) with this block (and every kept one before it) quantized
     drop: float  # relative drop against the float model
     reverted: bool  # True when the block went back to float
@@ -50,7 +53,8 @@ class StagedResult:
     finetuned: bool  # straight-through fine-tuning ran
     steps: list[GroupStep]  # every block of the kept attempt, in order
     quantized: list[str]  # layers now BitLinear
-    reverted: list[str]  # layers left in float by the guard
+    reverted: list[str]  # layers whose ternarisation the guard undid
+    int8: list[str] = field(default_factory=list)  # layers now stored as int8 rows
     first_attempt_drop: float | None = None  # drop of the default attempt when it was discarded
     scale_corrections: dict[str, float] = field(default_factory=dict)  # calibrated gamma multipliers
 
@@ -134,10 +138,19 @@ def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
     corrections = (calibrate_scales(model, names, calibration_batches, config.zero_threshold)
                    if calibration_batches else {name: 1.0 for name in names})
     steps, kept = [], {}
-    for group, layers in layer_groups(names).items():
-        originals = to_bitlinear(model, layers, config.zero_threshold)
-        for name in layers:
-            model.get_submodule(name).scale_correction.fill_(corrections[name])
+    groups = list(layer_groups(names).items())
+    if config.int8_float_layers:
+        groups.append((INT8_GROUP, None))  # its layers are known once the ternary guard has decided
+    for group, layers in groups:
+        if layers is None:
+            layers = int8_candidates(model, config.min_out_features)
+            if not layers:
+                continue
+            originals = to_int8(model, layers)
+        else:
+            originals = to_bitlinear(model, layers, config.zero_threshold)
+            for name in layers:
+                model.get_submodule(name).scale_correction.fill_(corrections[name])
         with torch.no_grad():
             accuracy = float(evaluate(model))
         drop = relative_drop(before, accuracy)
@@ -195,10 +208,11 @@ def staged_quantize(model: nn.Module, evaluate: Evaluate, config: QuantConfig, *
             final_accuracy = float(evaluate(model))
         finetuned = True
     quantized = [n for n, m in model.named_modules() if isinstance(m, BitLinear)]
-    reverted = [name for step in steps if step.reverted for name in step.layers]
+    int8 = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (Int8Embedding, Int8Linear))]
+    reverted = [name for step in steps if step.reverted and step.group != INT8_GROUP for name in step.layers]
     return StagedResult(config=config, conservative=used_conservative, accuracy_before=before,
                         accuracy_quantized=quantized_accuracy, accuracy_final=final_accuracy,
-                        finetuned=finetuned, steps=steps, quantized=quantized, reverted=reverted,
+                        finetuned=finetuned, steps=steps, quantized=quantized, reverted=reverted, int8=int8,
                         first_attempt_drop=first_drop,
                         scale_corrections={n: corrections[n] for n in quantized})
 
