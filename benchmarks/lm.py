@@ -40,6 +40,8 @@ class ModelInfo:
     pad_id: int  # any valid token id for right padding (never attended to by real tokens)
     hidden_head: bool = False  # whether the output embeddings applied to the last hidden states give the logits,
     # so continuation scoring projects only real (not padding) positions onto the vocabulary
+    decoder: bool = False  # whether the decoder alone (``get_decoder()``, no head) gives those hidden states and a
+    # cache the model continues from: passes then skip the model's own last-position logits
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -84,9 +86,17 @@ def probe_model(model, tokenizer) -> ModelInfo:
         if past is not None:
             step = model(ids[:, 2:], past_key_values=past, use_cache=True).logits[:, -1].float()
             kv_cache = bool(torch.allclose(step, full, atol=1e-4, rtol=1e-3))
+    decoder = False
+    if hidden_head and kv_cache and hasattr(model, "get_decoder") and model.get_decoder() is not model:
+        # The decoder's own hidden states and cache, continued by the decoder, must give the model's logits.
+        first = model.get_decoder()(ids[:, :2], use_cache=True)
+        past, states = getattr(first, "past_key_values", None), getattr(first, "last_hidden_state", None)
+        if past is not None and states is not None:
+            step = model.get_decoder()(ids[:, 2:], past_key_values=past, use_cache=True).last_hidden_state[:, -1]
+            decoder = bool(torch.allclose(head(step).float(), full, atol=1e-4, rtol=1e-3))
     return ModelInfo(max_length=model_max_length(model, tokenizer), kv_cache=kv_cache,
                      logits_to_keep="logits_to_keep" in accepts, use_cache_arg=use_cache_arg, pad_id=pad_id,
-                     hidden_head=hidden_head)
+                     hidden_head=hidden_head, decoder=decoder)
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -185,9 +195,17 @@ def _logprobs_at(model, ids: torch.Tensor, info: ModelInfo, rows: torch.Tensor, 
     if not info.hidden_head:
         logits, _ = _forward(model, ids, info, past=past, cache=past is not None)
         return _token_logprobs(logits[rows, cols], targets)
-    kwargs = _forward_kwargs(info, past=past, keep=1, cache=past is not None)
-    hidden = model(ids, output_hidden_states=True, **kwargs).hidden_states[-1][rows, cols]
-    return _head_logprobs(model.get_output_embeddings(), hidden, targets)
+    hidden, _ = _hidden_states(model, ids, info, past=past, cache=past is not None)
+    return _head_logprobs(model.get_output_embeddings(), hidden[rows, cols], targets)
+
+
+def _hidden_states(model, ids: torch.Tensor, info: ModelInfo, *, past=None, cache: bool = False):
+    """The last hidden states (the head's input) and the cache when ``cache``; needs ``info.hidden_head``."""
+    if info.decoder:
+        out = model.get_decoder()(ids, past_key_values=past, use_cache=cache)
+        return out.last_hidden_state, out.past_key_values if cache else None
+    out = model(ids, output_hidden_states=True, **_forward_kwargs(info, past=past, keep=1, cache=cache))
+    return out.hidden_states[-1], getattr(out, "past_key_values", None)
 
 
 def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -226,26 +244,39 @@ def _shared_context_pass(model, encoded, indices, results, info, batch_size, max
         for batch in _chunks_by_tokens(group, row_width, max(1, batch_size // per_item),
                                        max(max_batch_tokens // per_item, row_width(group[0]))):
             contexts = torch.tensor([encoded[i][0] for i in batch], device=device)
-            first_logits, past = _forward(model, contexts, info, keep=1, cache=True)
             owner = [row for row, i in enumerate(batch) for _ in encoded[i][1]]
             conts = [cont for i in batch for cont in encoded[i][1]]
-            first = _token_logprobs(first_logits[owner, 0], torch.tensor([cont[0] for cont in conts], device=device))
+            first_targets = torch.tensor([cont[0] for cont in conts], device=device)
+            if info.hidden_head:
+                # The first tokens' rows join the other continuation rows in one vocabulary projection.
+                hidden, past = _hidden_states(model, contexts, info, cache=True)
+                first_hidden = hidden[owner, -1]
+            else:
+                first_logits, past = _forward(model, contexts, info, keep=1, cache=True)
+                first_hidden = None
             rest_width = max(len(cont) for cont in conts) - 1
-            rest = torch.zeros(len(conts), device=device)
+            inputs = torch.full((len(conts), max(rest_width, 1)), info.pad_id, device=device)
+            targets = torch.zeros((len(conts), max(rest_width, 1)), dtype=torch.long, device=device)
+            mask = torch.zeros((len(conts), max(rest_width, 1)), dtype=torch.bool, device=device)
+            for row, cont in enumerate(conts):
+                n = len(cont) - 1
+                inputs[row, :n] = torch.tensor(cont[:-1])
+                targets[row, :n] = torch.tensor(cont[1:])
+                mask[row, :n] = True
+            rows, cols = mask.nonzero(as_tuple=True)
             if rest_width > 0:
                 past = _reorder_cache(past, torch.tensor(owner, device=device))
-                inputs = torch.full((len(conts), rest_width), info.pad_id, device=device)
-                targets = torch.zeros((len(conts), rest_width), dtype=torch.long, device=device)
-                mask = torch.zeros((len(conts), rest_width), dtype=torch.bool, device=device)
-                for row, cont in enumerate(conts):
-                    n = len(cont) - 1
-                    inputs[row, :n] = torch.tensor(cont[:-1])
-                    targets[row, :n] = torch.tensor(cont[1:])
-                    mask[row, :n] = True
-                rows, cols = mask.nonzero(as_tuple=True)
-                scores = _logprobs_at(model, inputs, info, rows, cols, targets[rows, cols], past=past)
-                rest = rest.index_add(0, rows, scores)
-            totals = (first + rest).tolist()
+            if first_hidden is not None:
+                rest_hidden = (_hidden_states(model, inputs, info, past=past, cache=True)[0][rows, cols]
+                               if rest_width > 0 else first_hidden[:0])
+                scores = _head_logprobs(model.get_output_embeddings(), torch.cat([first_hidden, rest_hidden]),
+                                        torch.cat([first_targets, targets[rows, cols]]))
+                first, rest_scores = scores[:len(conts)], scores[len(conts):]
+            else:
+                first = _token_logprobs(first_logits[owner, 0], first_targets)
+                rest_scores = (_logprobs_at(model, inputs, info, rows, cols, targets[rows, cols], past=past)
+                               if rest_width > 0 else first[:0])
+            totals = (first + torch.zeros(len(conts), device=device).index_add(0, rows, rest_scores)).tolist()
             cursor = 0
             for i in batch:
                 count = len(encoded[i][1])

@@ -102,12 +102,16 @@ def test_loglikelihoods_equal_direct_forward_in_every_path(build, tokenizer, mon
     plain = loglikelihood_choices(model, tokenizer, REQUESTS, info=info, shared_context=False)
     one_by_one = [loglikelihood_choices(model, tokenizer, [request], info=info, batch_size=1)[0]
                   for request in REQUESTS]
-    # The vocabulary projection of real positions only, and the full logits it replaces.
-    assert info.hidden_head
-    full_logits = dataclasses.replace(info, hidden_head=False)
+    # The vocabulary projection of real positions only (from the decoder alone, or from the model's hidden
+    # states), and the full logits it replaces.
+    assert info.hidden_head and info.decoder
+    through_model = dataclasses.replace(info, decoder=False)
+    model_shared = loglikelihood_choices(model, tokenizer, REQUESTS, info=through_model)
+    model_plain = loglikelihood_choices(model, tokenizer, REQUESTS, info=through_model, shared_context=False)
+    full_logits = dataclasses.replace(info, hidden_head=False, decoder=False)
     full_shared = loglikelihood_choices(model, tokenizer, REQUESTS, info=full_logits)
     full_plain = loglikelihood_choices(model, tokenizer, REQUESTS, info=full_logits, shared_context=False)
-    for got in (shared, plain, one_by_one, full_shared, full_plain):
+    for got in (shared, plain, one_by_one, model_shared, model_plain, full_shared, full_plain):
         assert [len(row) for row in got] == [len(row) for row in direct]
         assert _flat(got) == pytest.approx(_flat(direct), abs=1e-4)
     no_cache = NoCacheLM(model)
@@ -122,7 +126,9 @@ def test_shared_context_runs_each_context_once(tokenizer):
     requests = [("Question: A?\nAnswer:", [" A", " B", " C", " D"]), ("Question: B?\nAnswer:", [" A", " B", " C", " D"])]
     assert len(encode(tokenizer, requests[0][0])) == len(encode(tokenizer, requests[1][0]))
     calls = []
-    handle = model.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    # The decoder runs in every path: the model's own forward calls it, and the engine calls it directly.
+    assert info.decoder
+    handle = model.get_decoder().register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
     try:
         loglikelihood_choices(model, tokenizer, requests, info=info)
         shared_calls = len(calls)
