@@ -40,8 +40,8 @@ class ModelInfo:
     pad_id: int  # any valid token id for right padding (never attended to by real tokens)
     hidden_head: bool = False  # whether the output embeddings applied to the last hidden states give the logits,
     # so continuation scoring projects only real (not padding) positions onto the vocabulary
-    decoder: bool = False  # whether the decoder alone (``get_decoder()``, no head) gives those hidden states and a
-    # cache the model continues from: passes then skip the model's own last-position logits
+    decoder: bool = False  # whether the decoder alone (``get_decoder()``, no head) gives those hidden states (and,
+    # with a cache, a cache it continues from): passes then skip the model's own logits
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -87,13 +87,20 @@ def probe_model(model, tokenizer) -> ModelInfo:
             step = model(ids[:, 2:], past_key_values=past, use_cache=True).logits[:, -1].float()
             kv_cache = bool(torch.allclose(step, full, atol=1e-4, rtol=1e-3))
     decoder = False
-    if hidden_head and kv_cache and hasattr(model, "get_decoder") and model.get_decoder() is not model:
-        # The decoder's own hidden states and cache, continued by the decoder, must give the model's logits.
-        first = model.get_decoder()(ids[:, :2], use_cache=True)
-        past, states = getattr(first, "past_key_values", None), getattr(first, "last_hidden_state", None)
-        if past is not None and states is not None:
-            step = model.get_decoder()(ids[:, 2:], past_key_values=past, use_cache=True).last_hidden_state[:, -1]
-            decoder = bool(torch.allclose(head(step).float(), full, atol=1e-4, rtol=1e-3))
+    if head is not None and hasattr(model, "get_decoder") and model.get_decoder() is not model:
+        # The head of the decoder's own last hidden state must give the model's logits, and with a cache the
+        # decoder's cache, continued by the decoder, too (a model may do more than head(decoder) itself).
+        states = getattr(model.get_decoder()(ids, **({"use_cache": False} if kv_cache else {})),
+                         "last_hidden_state", None)
+        decoder = states is not None and bool(torch.allclose(head(states[:, -1]).float(), full, atol=1e-4,
+                                                             rtol=1e-3))
+        if decoder and kv_cache:
+            first = model.get_decoder()(ids[:, :2], use_cache=True)
+            past = getattr(first, "past_key_values", None)
+            step = (model.get_decoder()(ids[:, 2:], past_key_values=past, use_cache=True).last_hidden_state[:, -1]
+                    if past is not None else None)
+            decoder = step is not None and bool(torch.allclose(head(step).float(), full, atol=1e-4, rtol=1e-3))
+    hidden_head = hidden_head or decoder
     return ModelInfo(max_length=model_max_length(model, tokenizer), kv_cache=kv_cache,
                      logits_to_keep="logits_to_keep" in accepts, use_cache_arg=use_cache_arg, pad_id=pad_id,
                      hidden_head=hidden_head, decoder=decoder)
@@ -202,7 +209,10 @@ def _logprobs_at(model, ids: torch.Tensor, info: ModelInfo, rows: torch.Tensor, 
 def _hidden_states(model, ids: torch.Tensor, info: ModelInfo, *, past=None, cache: bool = False):
     """The last hidden states (the head's input) and the cache when ``cache``; needs ``info.hidden_head``."""
     if info.decoder:
-        out = model.get_decoder()(ids, past_key_values=past, use_cache=cache)
+        kwargs = {"use_cache": cache} if info.kv_cache else {}
+        if past is not None:
+            kwargs["past_key_values"] = past
+        out = model.get_decoder()(ids, **kwargs)
         return out.last_hidden_state, out.past_key_values if cache else None
     out = model(ids, output_hidden_states=True, **_forward_kwargs(info, past=past, keep=1, cache=cache))
     return out.hidden_states[-1], getattr(out, "past_key_values", None)
