@@ -53,10 +53,11 @@ class QuantizeJobConfig:
     """Timed passes (the fastest counts)."""
 
     def __post_init__(self):
-        from benchmarks.tasks import get_task
+        if self.guard_tasks:
+            from benchmarks.tasks import get_task  # only then: every pipeline config builds this dataclass
 
-        for name in self.guard_tasks:
-            get_task(name)  # an unknown task fails when the config is read, before any work
+            for name in self.guard_tasks:
+                get_task(name)  # an unknown task fails when the config is read, before any work
         if self.guard_limit < 1:
             raise ValueError(f"guard_limit={self.guard_limit}: give at least 1 item per guard task")
 
@@ -148,11 +149,12 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
     pool = text_token_ids(tokenizer, train_texts, calibration_count + job.finetune_sequences, job.seq_len)
     calibration_ids, finetune_ids = pool[:calibration_count], pool[calibration_count:]
     eval_ids = text_token_ids(tokenizer, test_texts, job.eval_sequences, job.seq_len)
+    guard_data = job.data_dir or default_data_dir()
     if evaluate is not None:
         guard_metric = "caller's evaluate"
-    elif job.guard_tasks and (job.data_dir or default_data_dir()) is not None:
+    elif job.guard_tasks and guard_data is not None:
         guard_metric = f"mean score of {', '.join(job.guard_tasks)} ({job.guard_limit} held-out items each)"
-        evaluate = harness_guard(tokenizer, dataclasses.replace(job, data_dir=str(job.data_dir or default_data_dir())))
+        evaluate = harness_guard(tokenizer, dataclasses.replace(job, data_dir=str(guard_data)))
     else:
         guard_metric = f"next-token {job.metric} on the held-out text"
 
