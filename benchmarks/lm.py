@@ -15,12 +15,18 @@ continuation; the continuation is the tail of the encoded whole).
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn as nn
+
+from forge.models.cache_api import cache_argument, cache_kwargs, returned_cache
+
+log = logging.getLogger(__name__)
+_REPORTED_NO_CACHE: set[str] = set()  # model classes whose missing cache was already logged
 
 # Upper bound on (rows x positions) of one forward pass: the logits alone are this times the
 # vocabulary size in float32 (2048 x 50257 x 4 B = 0.4 GB).
@@ -34,7 +40,7 @@ class ModelInfo:
     """What the engine needs to know about a model, probed once."""
 
     max_length: int  # longest input the model accepts (positions)
-    kv_cache: bool  # whether incremental decoding with past_key_values matches a full forward
+    kv_cache: bool  # whether incremental decoding with the model's cache matches a full forward
     logits_to_keep: bool  # whether forward accepts logits_to_keep (saves the context logits)
     use_cache_arg: bool  # whether forward accepts use_cache
     pad_id: int  # any valid token id for right padding (never attended to by real tokens)
@@ -80,30 +86,46 @@ def probe_model(model, tokenizer) -> ModelInfo:
         # a norm applied after the states are recorded) fails this and keeps the full-logits path.
         hidden_head = bool(states) and bool(torch.allclose(head(states[-1][:, -1]).float(), full, atol=1e-4,
                                                            rtol=1e-3))
-    if "past_key_values" in accepts and use_cache_arg:
-        first = model(ids[:, :2], use_cache=True)
-        past = getattr(first, "past_key_values", None)
+    cache_name = cache_argument(model)
+    if cache_name is not None and use_cache_arg:
+        past = returned_cache(model(ids[:, :2], use_cache=True))
         if past is not None:
-            step = model(ids[:, 2:], past_key_values=past, use_cache=True).logits[:, -1].float()
+            step = model(ids[:, 2:], **cache_kwargs(model, past), use_cache=True).logits[:, -1].float()
             kv_cache = bool(torch.allclose(step, full, atol=1e-4, rtol=1e-3))
+    if not kv_cache:
+        _report_no_cache(model, cache_name, use_cache_arg)
     decoder = False
     if head is not None and hasattr(model, "get_decoder") and model.get_decoder() is not model:
         # The head of the decoder's own last hidden state must give the model's logits, and with a cache the
         # decoder's cache, continued by the decoder, too (a model may do more than head(decoder) itself).
-        states = getattr(model.get_decoder()(ids, **({"use_cache": False} if kv_cache else {})),
-                         "last_hidden_state", None)
+        decoder_module = model.get_decoder()
+        states = getattr(decoder_module(ids, **({"use_cache": False} if kv_cache else {})), "last_hidden_state", None)
         decoder = states is not None and bool(torch.allclose(head(states[:, -1]).float(), full, atol=1e-4,
                                                              rtol=1e-3))
         if decoder and kv_cache:
-            first = model.get_decoder()(ids[:, :2], use_cache=True)
-            past = getattr(first, "past_key_values", None)
-            step = (model.get_decoder()(ids[:, 2:], past_key_values=past, use_cache=True).last_hidden_state[:, -1]
-                    if past is not None else None)
+            past = returned_cache(decoder_module(ids[:, :2], use_cache=True))
+            step = (decoder_module(ids[:, 2:], **cache_kwargs(decoder_module, past),
+                                   use_cache=True).last_hidden_state[:, -1]
+                    if past is not None and cache_argument(decoder_module) is not None else None)
             decoder = step is not None and bool(torch.allclose(head(step).float(), full, atol=1e-4, rtol=1e-3))
     hidden_head = hidden_head or decoder
     return ModelInfo(max_length=model_max_length(model, tokenizer), kv_cache=kv_cache,
                      logits_to_keep="logits_to_keep" in accepts, use_cache_arg=use_cache_arg, pad_id=pad_id,
                      hidden_head=hidden_head, decoder=decoder)
+
+
+def _report_no_cache(model, cache_name: str | None, use_cache_arg: bool) -> None:
+    """Say once per model class why the engine recomputes prefixes (same scores, slower)."""
+    kind = type(model).__name__
+    if kind in _REPORTED_NO_CACHE:
+        return
+    _REPORTED_NO_CACHE.add(kind)
+    if cache_name is None or not use_cache_arg:
+        reason = "its forward takes no cache (neither `cache=` nor `past_key_values=`, with `use_cache=`)"
+    else:
+        reason = f"decoding from its cache (`{cache_name}=`) does not reproduce a full forward pass"
+    log.info("benchmarks: %s has no usable KV cache: %s; every prefix is recomputed (same scores, slower)",
+             kind, reason)
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -173,13 +195,13 @@ def loglikelihood_choices(model, tokenizer, requests: Sequence[tuple[str, Sequen
     return results  # type: ignore[return-value]
 
 
-def _forward_kwargs(info: ModelInfo, *, past=None, keep: int | None = None, cache: bool = False) -> dict:
+def _forward_kwargs(model, info: ModelInfo, *, past=None, keep: int | None = None, cache: bool = False) -> dict:
     """The forward arguments this model accepts: the cache, and logits only for the last ``keep`` positions."""
     kwargs = {}
     if info.use_cache_arg:
         kwargs["use_cache"] = info.kv_cache and cache
     if past is not None:
-        kwargs["past_key_values"] = past
+        kwargs.update(cache_kwargs(model, past))
     if keep is not None and info.logits_to_keep:
         kwargs["logits_to_keep"] = keep
     return kwargs
@@ -187,9 +209,9 @@ def _forward_kwargs(info: ModelInfo, *, past=None, keep: int | None = None, cach
 
 def _forward(model, ids: torch.Tensor, info: ModelInfo, *, past=None, keep: int | None = None, cache: bool = False):
     """Float logits of the last ``keep`` positions (all when None), and the cache when ``cache``."""
-    out = model(ids, **_forward_kwargs(info, past=past, keep=keep, cache=cache))
+    out = model(ids, **_forward_kwargs(model, info, past=past, keep=keep, cache=cache))
     logits = out.logits if keep is None else out.logits[:, -keep:]
-    return logits.float(), getattr(out, "past_key_values", None)
+    return logits.float(), returned_cache(out)
 
 
 def _logprobs_at(model, ids: torch.Tensor, info: ModelInfo, rows: torch.Tensor, cols: torch.Tensor,
@@ -209,13 +231,12 @@ def _logprobs_at(model, ids: torch.Tensor, info: ModelInfo, rows: torch.Tensor, 
 def _hidden_states(model, ids: torch.Tensor, info: ModelInfo, *, past=None, cache: bool = False):
     """The last hidden states (the head's input) and the cache when ``cache``; needs ``info.hidden_head``."""
     if info.decoder:
+        decoder = model.get_decoder()
         kwargs = {"use_cache": cache} if info.kv_cache else {}
-        if past is not None:
-            kwargs["past_key_values"] = past
-        out = model.get_decoder()(ids, **kwargs)
-        return out.last_hidden_state, out.past_key_values if cache else None
-    out = model(ids, output_hidden_states=True, **_forward_kwargs(info, past=past, keep=1, cache=cache))
-    return out.hidden_states[-1], getattr(out, "past_key_values", None)
+        out = decoder(ids, **kwargs, **cache_kwargs(decoder, past))
+        return out.last_hidden_state, returned_cache(out) if cache else None
+    out = model(ids, output_hidden_states=True, **_forward_kwargs(model, info, past=past, keep=1, cache=cache))
+    return out.hidden_states[-1], returned_cache(out)
 
 
 def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
