@@ -16,9 +16,6 @@ from typing import Any, Literal, Union
 import yaml
 
 
-_SCIENTIFIC = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
-
-
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it and the fix."""
 
@@ -136,11 +133,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set {text!r}: the key is empty")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {text!r}: cannot parse the value ({err})") from err
-    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-        value = float(value)  # YAML 1.1 reads 2e-3 (no dot) as a string; on a command line it is a number
     return key.split("."), value
 
 
@@ -156,9 +151,21 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading numbers as YAML 1.2 (and JSON) do: ``1e-3`` is a float, not the string
+    YAML 1.1 makes of an exponent without a dot. A run's config.json then reloads as ``--config``."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
 def load_yaml(path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) or {}
+        data = yaml.load(handle, Loader=ConfigLoader) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")
     return data

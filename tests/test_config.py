@@ -79,3 +79,15 @@ def test_a_partial_section_keeps_the_parents_defaults():
     assert config.quietstar.format_bake.optimizer == default.quietstar.format_bake.optimizer
     assert config.quietstar.format_bake.seq_len == default.quietstar.format_bake.seq_len
     assert config.bitnet.seq_len == 16 and config.bitnet.finetune_sequences == default.bitnet.finetune_sequences
+
+
+def test_a_yaml_exponent_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 (PyYAML's default) reads 1e-8 as a string; JSON and YAML 1.2 read it as a number, and so does a
+    # run's config.json, which must reload as --config.
+    path = tmp_path / "exp.yaml"
+    path.write_text("cognate:\n  train:\n    optimizer:\n      adam_eps: 1e-8\n      muon_lr: 2E+0\n")
+    optimizer = load_pipeline_config(None, config_file=str(path)).cognate.train.optimizer
+    assert optimizer.adam_eps == 1e-8 and optimizer.muon_lr == 2.0
+    path.write_text('cognate:\n  train:\n    optimizer:\n      adam_eps: "1e-8"\n')
+    with pytest.raises(ConfigError, match="adam_eps: expected a number"):
+        load_pipeline_config(None, config_file=str(path))
