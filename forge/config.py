@@ -253,11 +253,17 @@ def preset_path(name: str) -> Path:
     return path
 
 
+# A run's config.json holds the resolved config plus, under this key, the package versions it ran with;
+# loading that file as --config reproduces the run, so the record is set aside on load.
+RUN_VERSIONS_KEY = "versions"
+
+
 def load_pipeline_config(preset: str | None = "tiny", *, config_file: str | None = None,
                          overrides: list[str] = (), phases: list[str] | None = None,
                          out_dir: str | None = None) -> PipelineConfig:
     """Preset YAML (or ``config_file``), then ``key=value`` overrides, then explicit arguments."""
     data: dict[str, Any] = load_yaml(config_file) if config_file else load_yaml(preset_path(preset or "tiny"))
+    data.pop(RUN_VERSIONS_KEY, None)
     if not config_file:
         data.setdefault("preset", preset or "tiny")
     for text in overrides:

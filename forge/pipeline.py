@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from forge.artifacts import (MANIFEST, atomic_write_json, model_dir_problems, read_json, read_manifest)
-from forge.config import PipelineConfig, load_pipeline_config
+from forge.config import RUN_VERSIONS_KEY, PipelineConfig, load_pipeline_config
 from forge.configtools import ConfigError, config_hash, to_dict
+from forge.versions import package_versions, versions_line
 
 log = logging.getLogger("forge.pipeline")
 
@@ -103,7 +104,9 @@ def run_pipeline(config: PipelineConfig) -> Path:
 
     run_dir = Path(config.out_dir) / (config.run_name or config.preset)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", to_dict(config))
+    versions = package_versions()
+    print(f"[forge] versions: {versions_line(versions)}", flush=True)
+    atomic_write_json(run_dir / "config.json", {**to_dict(config), RUN_VERSIONS_KEY: versions})
     how = connect(config.ray)
     log.info("Ray: %s", how)
 

@@ -12,6 +12,7 @@ import torch
 
 from forge.artifacts import read_json, verify_model_dir
 from forge.config import load_pipeline_config
+from forge.configtools import to_dict
 from forge.pipeline import run_pipeline
 from forge.quant.staged import INT8_GROUP
 from forge.tracking import read_metrics
@@ -69,6 +70,18 @@ def test_run_writes_verified_models_and_a_manifest(tiny_run):
     metrics = read_metrics(run_dir / "cognate" / "metrics.jsonl")
     assert {"train/loss", "train/perplexity"} <= set().union(*metrics)
     assert any("val/loss" in m for m in metrics)
+
+
+def test_run_records_the_package_versions_and_its_config_reloads(tiny_run):
+    import transformers
+
+    _, run_dir = tiny_run
+    recorded = read_json(run_dir / "config.json")
+    assert recorded["versions"]["transformers"] == transformers.__version__
+    assert recorded["versions"]["torch"] == torch.__version__
+    # The record reproduces the run: loading it as --config gives the same config, versions set aside.
+    reloaded = load_pipeline_config(None, config_file=str(run_dir / "config.json"))
+    assert json.loads(json.dumps(to_dict(reloaded))) == {k: v for k, v in recorded.items() if k != "versions"}
 
 
 def test_evomerge_consumes_the_cognate_models_and_writes_a_champion(tiny_run):
