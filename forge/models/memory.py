@@ -2,15 +2,26 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import initialization as init
 
 from .config import CognateConfig
 
 MEMORY_INIT_SEED = 0  # seed of the fixed random features W1_0 shared by every model
+
+
+def _call(function, *args):
+    return function(*args)
+
+
+def _read(q: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """M(q) = q + W2 silu(W1 q) for a chunk of queries (B, C, dim)."""
+    return q + F.silu(q @ w1.transpose(1, 2)) @ w2.transpose(1, 2)
 
 
 class NeuralMemory(nn.Module):
@@ -88,11 +99,14 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         w2 = q.new_zeros(bsz, self.dim, self.slots)
         s1 = torch.zeros_like(w1)
         s2 = torch.zeros_like(w2)
+        # With grad, each chunk's (B, chunk, slots) intermediates are recomputed in backward instead of kept:
+        # only the (B, slots, dim) fast-weight states between chunks stay alive.
+        recompute = partial(checkpoint, use_reentrant=False) if torch.is_grad_enabled() else _call
         reads = []
         for index, (qc, kc, vc, lr_c, le_c, lk_c) in enumerate(zip(*map(split, (q, k, v, lr, log_eta, log_keep)))):
-            reads.append(qc + F.silu(qc @ w1.transpose(1, 2)) @ w2.transpose(1, 2))
+            reads.append(recompute(_read, qc, w1, w2))
             if index < nc - 1:  # nothing reads the state the last chunk would leave
-                w1, w2, s1, s2 = self._write(w1, w2, s1, s2, kc, vc, lr_c, le_c, lk_c)
+                w1, w2, s1, s2 = recompute(self._write, w1, w2, s1, s2, kc, vc, lr_c, le_c, lk_c)
         read = torch.cat(reads, dim=1)[:, :n]
         return self.out_proj(read)
 
