@@ -63,7 +63,7 @@ def test_checkpointed_training_step_equals_plain(mode, monkeypatch):
 def test_memory_chunk_recompute_gives_the_gradients_of_the_stored_graph():
     """The module (chunks recomputed in backward) against the same recurrence run with every chunk stored."""
     torch.manual_seed(0)
-    memory = NeuralMemory(config(ltm_slots=32))
+    memory = NeuralMemory(config(ltm_slots=32, activation_checkpointing="layer"))
     hidden = torch.randn(2, 14, 32, requires_grad=True)  # 4 chunks, the last one partial
     valid = torch.ones(2, 14, dtype=torch.bool)
     valid[0, -3:] = False
@@ -107,8 +107,11 @@ def saved_for_backward(model, *args, **kwargs) -> list[torch.Size]:
 
 
 def test_memory_keeps_no_chunk_by_slot_intermediates_for_backward():
-    memory = NeuralMemory(config(ltm_slots=64))
-    shapes = saved_for_backward(memory, torch.randn(2, 16, 32, requires_grad=True), None)
+    hidden = torch.randn(2, 16, 32, requires_grad=True)
+    stored = saved_for_backward(NeuralMemory(config(ltm_slots=64)), hidden, None)
+    assert [s for s in stored if 64 in s and 4 in s]  # without checkpointing they are kept
+    memory = NeuralMemory(config(ltm_slots=64, activation_checkpointing="layer"))
+    shapes = saved_for_backward(memory, hidden, None)
     assert shapes, "the projections' inputs are kept"
     # the (B, slots, dim) fast weights between chunks are kept; nothing of shape (B, chunk=4, slots=64)
     assert any(tuple(s) == (2, 64, 8) for s in shapes)

@@ -6,8 +6,9 @@ vocabulary. Each model runs in a fresh subprocess (so one model's freed memory c
 it builds the model and one random batch, resets the kernel's peak-RSS counter (``/proc/self/clear_refs``),
 runs forward + backward and reads the peak (VmHWM). "extra" is that peak minus the resident memory just
 before the step: what the step itself needs (activations, gradients, logits). glibc's mmap threshold is
-pinned so freed large tensors go back to the kernel instead of staying in the heap. Then ``--steps`` more
-steps are timed (median).
+pinned there so freed large tensors go back to the kernel instead of staying in the heap. Time is measured in
+another fresh subprocess with the default allocator (the pinned threshold makes every large allocation fault
+its pages in): ``--warmup`` untimed steps, then the median of ``--steps``.
 
     python benchmarks/scripts/cognate_step_memory.py --json OUT [--activation-checkpointing layer]
 """
@@ -35,18 +36,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=50257, help="vocabulary of both models (GPT-2 BPE)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
     parser.add_argument("--batch", type=int, default=1, help="sequences per step")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps after the measured first one")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--activation-checkpointing", default=None,
                         help="CognateConfig.activation_checkpointing for Cognate (default: the config's default)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here (atomically)")
     parser.add_argument("--worker", choices=("cognate", "gpt2"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=("memory", "time"), default="memory", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("vocab", "seq_len", "batch", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.steps < 0:
-        parser.error("--steps must be >= 0")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -101,25 +104,29 @@ def worker(args: argparse.Namespace) -> dict:
         model.zero_grad(set_to_none=True)
         return elapsed
 
+    if args.measure == "time":
+        for _ in range(args.warmup):
+            step()
+        times = [step() for _ in range(args.steps)]
+        return {"step_s": statistics.median(times), "tokens_per_s": args.batch * args.seq_len / statistics.median(times)}
     gc.collect()
     before_kib = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     first_s = step()
     peak_kib = _status_kib("VmHWM")
-    times = [step() for _ in range(args.steps)]
-    return {"params": sum(p.numel() for p in model.parameters()),
-            "rss_before_step_gib": before_kib / 2**20, "peak_rss_gib": peak_kib / 2**20,
-            "extra_gib": (peak_kib - before_kib) / 2**20, "first_step_s": first_s,
-            "step_s": statistics.median(times) if times else None,
-            "tokens_per_s": args.batch * args.seq_len / statistics.median(times) if times else None}
+    return {"params": sum(p.numel() for p in model.parameters()), "rss_before_step_gib": before_kib / 2**20,
+            "peak_rss_gib": peak_kib / 2**20, "extra_gib": (peak_kib - before_kib) / 2**20,
+            "first_step_s_pinned_malloc": first_s}
 
 
-def run_worker(name: str, argv: list[str]) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MALLOC_MMAP_THRESHOLD), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, __file__, *argv, "--worker", name], env=env, capture_output=True,
-                          text=True)
+def run_worker(name: str, measure: str, argv: list[str]) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if measure == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MALLOC_MMAP_THRESHOLD)
+    done = subprocess.run([sys.executable, __file__, *argv, "--worker", name, "--measure", measure], env=env,
+                          capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"{name} worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{name} {measure} worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -153,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config = cognate_config(args)  # bad --preset/--model/--activation-checkpointing fail here, before any run
     forwarded = without_json(argv)
-    gpt2 = run_worker("gpt2", forwarded)
-    cognate = run_worker("cognate", forwarded)
+    gpt2, cognate = ({**run_worker(name, "memory", forwarded), **run_worker(name, "time", forwarded)}
+                     for name in ("gpt2", "cognate"))
     import torch
 
     payload = {
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "activation_checkpointing": getattr(config, "activation_checkpointing", None),
         "gpt2": gpt2, "cognate": cognate,
         "extra_memory_ratio_cognate_over_gpt2": cognate["extra_gib"] / gpt2["extra_gib"],
+        "step_time_ratio_cognate_over_gpt2": cognate["step_s"] / gpt2["step_s"],
         "goal_extra_memory_ratio": 2.0,
     }
     if args.json:

@@ -4,8 +4,9 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 GPT2_EOS_ID = 50256  # "<|endoftext|>" in the GPT-2 BPE the project trains with
-# What a training forward keeps for backward: everything ("none"), or only each decoder layer's input ("layer")
-# or each pass of the layer stack's input ("stack"), recomputing the rest during backward.
+# What a training forward keeps for backward: everything ("none", fastest), or only each decoder layer's input
+# ("layer") or each pass of the layer stack's input ("stack"), recomputing the rest during backward; both also
+# recompute the memory's per-chunk (batch, chunk, slots) intermediates and the deep-supervision logits.
 ACTIVATION_CHECKPOINTING = ("none", "layer", "stack")
 
 

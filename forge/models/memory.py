@@ -54,6 +54,7 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         self.slots = config.ltm_slots
         self.dim = config.memory_dim
         self.chunk = config.memory_chunk_size
+        self.recompute = config.activation_checkpointing != "none"
         self.lr = config.memory_lr / config.ltm_slots  # keep the step size independent of capacity
         self.max_norm = config.memory_max_norm * math.sqrt(config.ltm_slots)  # W1_0's norm is ~sqrt(slots)
         self.query_proj = nn.Linear(config.hidden_size, self.dim, bias=False)
@@ -99,9 +100,9 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         w2 = q.new_zeros(bsz, self.dim, self.slots)
         s1 = torch.zeros_like(w1)
         s2 = torch.zeros_like(w2)
-        # With grad, each chunk's (B, chunk, slots) intermediates are recomputed in backward instead of kept:
-        # only the (B, slots, dim) fast-weight states between chunks stay alive.
-        recompute = partial(checkpoint, use_reentrant=False) if torch.is_grad_enabled() else _call
+        # Under activation checkpointing each chunk's (B, chunk, slots) intermediates are recomputed in backward
+        # instead of kept: only the (B, slots, dim) fast-weight states between chunks stay alive.
+        recompute = partial(checkpoint, use_reentrant=False) if self.recompute and torch.is_grad_enabled() else _call
         reads = []
         for index, (qc, kc, vc, lr_c, le_c, lk_c) in enumerate(zip(*map(split, (q, k, v, lr, log_eta, log_keep)))):
             reads.append(recompute(_read, qc, w1, w2))
