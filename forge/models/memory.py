@@ -140,14 +140,15 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         curvature = act.pow(2).sum(-1) + 1.21 * w2.pow(2).sum((1, 2))[:, None] * k.pow(2).sum(-1)
         step = ((c + d) * curvature).sum(dim=1, keepdim=True)
         cap = 1.0 / step.clamp_min(1.0)
-        c, d = c * cap, d * cap
-        coef = torch.stack([c, d], dim=1).to(k.dtype)[..., None]  # (B, 2, C, 1)
-        g2 = (err[:, None] * coef).transpose(2, 3) @ act[:, None]  # (B, 2, dim, slots)
-        g1 = (d_pre[:, None] * coef).transpose(2, 3) @ k[:, None]  # (B, 2, slots, dim)
-        w1_new = mem_decay * w1 + mom_into_mem * s1 - g1[:, 0]
-        w2_new = mem_decay * w2 + mom_into_mem * s2 - g2[:, 0]
-        s1_new = mom_decay * s1 - g1[:, 1]
-        s2_new = mom_decay * s2 - g2[:, 1]
+        c, d = (c * cap).to(k.dtype)[..., None], (d * cap).to(k.dtype)[..., None]
+        # sum_i c_i err_i act_i^T = (c * err)^T act: the coefficients scale the narrow (B, C, dim) side, and the
+        # memory (c) and momentum (d) sums share one matmul each.
+        g2_mem, g2_mom = (torch.cat([err * c, err * d], dim=2).transpose(1, 2) @ act).split(self.dim, dim=1)
+        g1_mem, g1_mom = (d_pre.transpose(1, 2) @ torch.cat([k * c, k * d], dim=2)).split(self.dim, dim=2)
+        w1_new = mem_decay * w1 + mom_into_mem * s1 - g1_mem
+        w2_new = mem_decay * w2 + mom_into_mem * s2 - g2_mem
+        s1_new = mom_decay * s1 - g1_mom
+        s2_new = mom_decay * s2 - g2_mom
         return tuple(self._bounded(t) for t in (w1_new, w2_new, s1_new, s2_new))
 
     def _bounded(self, fast: torch.Tensor) -> torch.Tensor:
