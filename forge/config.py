@@ -93,6 +93,9 @@ class CognateTrainConfig:
     """Learning-rate factor applied after rolling back from a divergence."""
     max_rollbacks: int = 3
     """Divergences tolerated before the model's training fails."""
+    precision: Literal["auto", "float32", "bf16", "fp16"] = "auto"
+    """Training arithmetic. auto: bf16 autocast on CUDA GPUs with bf16 (Ampere+, with TF32 matmuls), fp16 autocast
+    and a gradient scaler on older ones (Turing: GTX 1660), float32 on CPU; float32, bf16, fp16: forced."""
     optimizer: MuonGrokfastConfig = field(default_factory=lambda: MuonGrokfastConfig(muon_lr=1e-2, adam_lr=1e-2))
     """MuonGrokfast settings. Spec: muon_lr 1e-3, grokfast_lambda 0.3, qk_clip 30 (the full presets); the
     tiny models reach 0.34x unigram perplexity in 100 steps at 1e-2 against 0.76x at 3e-3."""
@@ -296,6 +299,8 @@ def validate(config: PipelineConfig) -> None:
         if len(spec.stage_epochs) != 3 or min(spec.stage_epochs) < 0:
             raise ConfigError(f"cognate.models[{spec.name}].stage_epochs: three non-negative counts "
                               "(foundation, reasoning, advanced)")
+    if config.device == "cpu" and cognate.train.precision == "fp16":
+        raise ConfigError("cognate.train.precision=fp16 needs a CUDA GPU but device=cpu: use auto, float32 or bf16")
     if not 0.0 < cognate.data.validation_fraction < 0.5:
         raise ConfigError("cognate.data.validation_fraction must be in (0, 0.5)")
     unknown_sources = set(config.data.sources) - {"local", "hub", "offline"}
