@@ -5,6 +5,7 @@ override them. Load with :func:`load_pipeline_config`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -299,6 +300,12 @@ def validate(config: PipelineConfig) -> None:
         if len(spec.stage_epochs) != 3 or min(spec.stage_epochs) < 0:
             raise ConfigError(f"cognate.models[{spec.name}].stage_epochs: three non-negative counts "
                               "(foundation, reasoning, advanced)")
+    if config.device == "cuda" and not (config.ray.address or os.environ.get("RAY_ADDRESS")):
+        import torch  # a local run: the GPU must be on this machine (a cluster's driver may have none)
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device=cuda but torch {torch.__version__} sees no CUDA GPU on this machine: use "
+                              "device=auto or cpu, or join a GPU cluster with ray.address")
     if config.device == "cpu" and cognate.train.precision == "fp16":
         raise ConfigError("cognate.train.precision=fp16 needs a CUDA GPU but device=cpu: use auto, float32 or bf16")
     if not 0.0 < cognate.data.validation_fraction < 0.5:

@@ -74,3 +74,15 @@ def test_float32_training_step_is_unchanged_by_the_precision_machinery(tmp_path)
     deltas = [(a - b).abs().max() for a, b in zip(bf16.state_dict().values(), trained.state_dict().values())
               if a.is_floating_point()]
     assert max(deltas) > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_a_config_error_with_exit_2(monkeypatch, capsys):
+    from forge.pipeline import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigError, match="device=cuda but torch .* sees no CUDA GPU"):
+        load_pipeline_config("tiny", overrides=["device=cuda"])
+    assert main(["--set", "device=cuda", "--print-config"]) == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().err
+    assert load_pipeline_config("tiny", overrides=["device=cuda", "ray.address=auto"]).device == "cuda"

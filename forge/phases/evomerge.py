@@ -57,7 +57,7 @@ def invalid_reason(model, probe_ids: torch.Tensor) -> str | None:
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             return f"non-finite weights in {name}"
-    ids = probe_ids.unsqueeze(0)
+    ids = probe_ids.to(next(model.parameters()).device).unsqueeze(0)
     for step in range(PROBE_NEW_TOKENS + 1):
         logits = model(input_ids=ids).logits[0, -1]
         if not torch.isfinite(logits).all():
