@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--activation-checkpointing", default=None,
                         help="CognateConfig.activation_checkpointing for Cognate (default: the config's default)")
+    parser.add_argument("--arch-json", default=None,
+                        help="CognateConfig fields as JSON, instead of --preset/--model (e.g. small sizes for tests)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here (atomically)")
     parser.add_argument("--worker", choices=("cognate", "gpt2"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=("memory", "time"), default="memory", help=argparse.SUPPRESS)
@@ -57,6 +59,8 @@ def cognate_config(args: argparse.Namespace):
     from forge.config import load_pipeline_config
     from forge.models import CognateConfig
 
+    if args.arch_json:
+        return CognateConfig(**dict(json.loads(args.arch_json), vocab_size=args.vocab))
     phase = load_pipeline_config(args.preset).cognate
     specs = {spec.name: spec for spec in phase.models}
     if args.model not in specs:
@@ -158,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
+    from forge.models.size import estimate_step_memory_bytes
+
     config = cognate_config(args)  # bad --preset/--model/--activation-checkpointing fail here, before any run
     forwarded = without_json(argv)
     gpt2, cognate = ({**run_worker(name, "memory", forwarded), **run_worker(name, "time", forwarded)}
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             "trm_refinements", "act_max_steps", "act_threshold")},
         "activation_checkpointing": getattr(config, "activation_checkpointing", None),
         "gpt2": gpt2, "cognate": cognate,
+        "cognate_estimate_gib": estimate_step_memory_bytes(config, args.batch, args.seq_len) / 2**30,
         "extra_memory_ratio_cognate_over_gpt2": cognate["extra_gib"] / gpt2["extra_gib"],
         "step_time_ratio_cognate_over_gpt2": cognate["step_s"] / gpt2["step_s"],
         "goal_extra_memory_ratio": 2.0,
