@@ -320,13 +320,32 @@ class TrainJob:
     device: str = "cpu"
     threads: int = 1
     free_memory_bytes: int | None = None
-    """Memory this trainer may use; None: this machine's available memory divided by ``share``."""
+    """Memory this trainer may use (on a GPU: its share, which also caps its CUDA allocator); None: this machine's
+    available memory divided by ``share``, or the GPU's free memory."""
     share: int = 1
 
 
-def pick_micro_batch(job: TrainJob, num_params: int) -> int:
-    """The configured micro-batch, or the largest power of two dividing batch_size that fits memory."""
-    from cluster.resources import safe_batch_size
+OPTIMIZER_FLOATS_PER_PARAM = 3
+"""MuonGrokfast's state per parameter: the Grokfast gradient average plus Muon's momentum or Adam's two moments."""
+
+
+def trainer_memory_bytes(architecture: dict[str, Any], micro_batch: int, seq_len: int, device: str) -> int:
+    """Memory a trainer needs at ``micro_batch``: weights, optimizer state, one step's peak (activations, logits,
+    gradients; ``forge.models.size.estimate_step_memory_bytes``) and, on CUDA, the context."""
+    from cluster.resources import CUDA_CONTEXT_BYTES
+    from forge.models import CognateConfig
+    from forge.models.size import estimate_step_memory_bytes, sum_parameters
+
+    config = CognateConfig(**architecture)
+    states = 4 * sum_parameters(config) * (1 + OPTIMIZER_FLOATS_PER_PARAM)
+    context = CUDA_CONTEXT_BYTES if device.startswith("cuda") else 0
+    return estimate_step_memory_bytes(config, micro_batch, seq_len) + states + context
+
+
+def pick_micro_batch(job: TrainJob) -> int:
+    """The configured micro-batch, or the largest power of two dividing batch_size that fits this trainer's
+    memory (its GPU share, or this machine's available memory divided by ``share``)."""
+    from cluster.resources import largest_micro_batch
 
     cfg = job.train
     if cfg.micro_batch_size:
@@ -339,13 +358,8 @@ def pick_micro_batch(job: TrainJob, num_params: int) -> int:
             import psutil
 
             free = psutil.virtual_memory().available // max(1, job.share)
-    arch = job.architecture
-    steps = arch.get("act_max_steps", 1) * arch.get("trm_refinements", 1)
-    micro, _ = safe_batch_size(free, num_params, cfg.seq_len, arch["hidden_size"], arch["num_hidden_layers"],
-                               steps, cfg.batch_size, device=job.device)
-    while cfg.batch_size % micro:
-        micro //= 2
-    return micro
+    return largest_micro_batch(free, lambda micro: trainer_memory_bytes(job.architecture, micro, cfg.seq_len,
+                                                                          job.device), cfg.batch_size)
 
 
 def run_train_job(job: TrainJob) -> dict[str, Any]:
@@ -356,12 +370,15 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     from forge.models import CognateConfig, CognateForCausalLM
     from forge.models.size import get_model_size
 
+    from cluster.resources import limit_gpu_memory
+
     torch_threads(job.threads)
     set_seed(job.seed)
     device = torch.device(job.device)
+    limit_gpu_memory(job.device, job.free_memory_bytes)
     model = CognateForCausalLM(CognateConfig(**job.architecture))
     tokenizer = AutoTokenizer.from_pretrained(job.tokenizer_dir)
-    micro = pick_micro_batch(job, sum(p.numel() for p in model.parameters()))
+    micro = pick_micro_batch(job)
     tracker = Tracker(job.metrics_dir, name=f"cognate-{job.name}", config=job.tracking,
                       run_config={"model": job.name, "architecture": job.architecture, "micro_batch": micro},
                       group=job.group)

@@ -32,7 +32,7 @@ from forge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGenera
 from forge.merge import check_compatible, infer_layer_layout, merge, weight_space_diversity
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.phases.cognate import read_heldout_texts
-from cluster.resources import evaluation_share
+from cluster.resources import evaluation_share, limit_gpu_memory
 from forge.quant.measure import forward_latency
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def evaluate_trial(config: dict[str, Any], *, weights: list, template: Any, text
     from ray import tune
 
     torch.set_num_threads(settings["threads"])
+    limit_gpu_memory(settings["device"], settings["gpu_memory_bytes"])
     candidate = config["candidate"]
     start = time.perf_counter()
     model, tokenizer = template
@@ -167,7 +168,8 @@ def evaluate_candidates(candidates: Sequence[Candidate], template, tokenizer, te
 
     n_actors = eval_actors or config.eval_actors
     share = evaluation_share(candidates[0].state_dict, device, n_actors)
-    settings = {"threads": share.torch_threads, "device": share.device, "config": config, "data_dir": data_dir}
+    settings = {"threads": share.torch_threads, "device": share.device, "config": config, "data_dir": data_dir,
+                "gpu_memory_bytes": share.gpu_memory_bytes}
     start = time.perf_counter()
     refs = [ray.put(c.state_dict) for c in candidates]
     put_s = time.perf_counter() - start
