@@ -21,11 +21,13 @@ class BenchmarkActor:
     """A resident model plus the benchmarks harness, on a GPU share or CPU."""
 
     def __init__(self, model: str | os.PathLike | Mapping[str, Any], *, tokenizer_dir: str | None = None,
-                 device: str | None = None, data_dir: str | None = None, cache_dir: str | None = None) -> None:
+                 device: str | None = None, data_dir: str | None = None, cache_dir: str | None = None,
+                 gpu_memory_bytes: int | None = None) -> None:
         """``model``: a model directory, or a config dict (with ``model_type``) for fresh weights that
         ``set_weights`` replaces. ``tokenizer_dir``: where the tokenizer is when the model directory has
         none (default for configs: the GPT-2 tokenizer). ``device``: default cuda when Ray gave this
-        actor a GPU, else cpu. ``cache_dir``: a result cache shared with other actors."""
+        actor a GPU, else cpu. ``cache_dir``: a result cache shared with other actors. ``gpu_memory_bytes``:
+        this actor's share of the GPU, which caps its CUDA allocator."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         import forge.models  # noqa: F401  (registers the Cognate architecture)
@@ -33,7 +35,10 @@ class BenchmarkActor:
         from forge.artifacts import MANIFEST, load_model_dir, state_dict_hash
         from forge.data.tokenizer import load_gpt2_tokenizer
 
+        from cluster.resources import limit_gpu_memory
+
         self.device = torch.device(device or ("cuda" if ray.get_gpu_ids() else "cpu"))
+        limit_gpu_memory(str(self.device), gpu_memory_bytes)
         if isinstance(model, Mapping):
             config = dict(model)
             if "model_type" not in config:

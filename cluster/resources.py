@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from cluster.runtime import GPU_MEMORY_ENV
 
 GiB = 1024**3
 
@@ -37,12 +41,26 @@ class ResourceShare:
     num_gpus: float
     device: str
     torch_threads: int
+    gpu_memory_bytes: int | None = None
+    """GPU memory this actor may use (its fraction of the planned GPU memory); None on CPU."""
 
     def ray_options(self) -> dict:
         options = {"num_cpus": self.num_cpus}
         if self.num_gpus > 0:
             options["num_gpus"] = self.num_gpus
         return options
+
+
+def limit_gpu_memory(device: str, memory_bytes: int | None) -> None:
+    """Cap this process's CUDA allocator at ``memory_bytes`` (its share), so it cannot grow into its neighbours'
+    shares: an allocation beyond it raises out-of-memory here instead of in another actor."""
+    if not device.startswith("cuda") or memory_bytes is None:
+        return
+    import torch
+
+    index = torch.device(device).index or 0
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, memory_bytes / total), index)
 
 
 def _probe_gpu_memory() -> list[int]:
@@ -53,9 +71,16 @@ def _probe_gpu_memory() -> list[int]:
     return [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
 
 
+def gpu_memory_cap_bytes() -> int | None:
+    """``ray.gpu_memory_gib`` in bytes (set by ``cluster.runtime.connect``), or None."""
+    value = os.environ.get(GPU_MEMORY_ENV)
+    return None if not value else int(float(value) * GiB)
+
+
 def plan_devices(device: str = "auto") -> DevicePlan:
     """Read the cluster's resources (Ray must be initialised), as the pipeline's ``device`` setting allows:
-    ``cpu`` plans no GPU at all, ``cuda`` requires a GPU whose memory can be read, ``auto`` takes what is there."""
+    ``cpu`` plans no GPU at all, ``cuda`` requires a GPU whose memory can be read, ``auto`` takes what is there.
+    Each GPU's memory is its free memory, capped at ``ray.gpu_memory_gib``."""
     import ray
 
     resources = ray.cluster_resources()
@@ -69,23 +94,14 @@ def plan_devices(device: str = "auto") -> DevicePlan:
         memory = ray.get(ray.remote(num_gpus=1)(_probe_gpu_memory).remote())
     if device == "cuda" and (num_gpus <= 0 or not memory):
         raise ValueError("device=cuda but the Ray cluster offers no GPU; use device=auto or cpu")
+    cap = gpu_memory_cap_bytes()
+    if cap is not None:
+        memory = [min(free, cap) for free in memory]
     return DevicePlan(num_cpus=num_cpus, num_gpus=num_gpus, gpu_memory_bytes=memory)
 
 
 CUDA_CONTEXT_BYTES = 512 * 1024**2
 """CUDA context and workspace a GPU process holds besides its tensors."""
-
-
-def training_memory_bytes(num_params: int, batch_size: int, seq_len: int, hidden_size: int,
-                          num_layers: int, recursion_steps: int = 1, *, device: str = "cuda") -> int:
-    """Rough float32 training footprint: weights, grads, two optimizer moments, activations.
-
-    Activations: ~34 floats per token per layer per hidden unit (attention and MLP intermediates),
-    times the refinement steps kept for backprop; a deliberate over-estimate so shares never overrun.
-    """
-    states = 4 * num_params * 4
-    activations = 34 * batch_size * seq_len * hidden_size * num_layers * recursion_steps * 4
-    return int(states + activations + (CUDA_CONTEXT_BYTES if device.startswith("cuda") else 0))
 
 
 def share_for(plan: DevicePlan, memory_bytes: int, n_actors: int) -> ResourceShare:
@@ -110,26 +126,50 @@ def share_for(plan: DevicePlan, memory_bytes: int, n_actors: int) -> ResourceSha
         log.info("%d actors of %.2f GPU each exceed the %g GPU(s) offered: some will wait for others",
                  n_actors, fraction, plan.num_gpus)
     return ResourceShare(num_cpus=min(cpus, 1.0), num_gpus=fraction, device="cuda",
-                         torch_threads=threads)
+                         torch_threads=threads, gpu_memory_bytes=int(fraction * per_gpu))
 
 
-def safe_batch_size(free_bytes: int, num_params: int, seq_len: int, hidden_size: int, num_layers: int,
-                    recursion_steps: int, target_batch: int, *, device: str = "cuda") -> tuple[int, int]:
-    """Largest power-of-two micro-batch that fits ``free_bytes``, and the accumulation steps to
-    reach ``target_batch`` sequences per optimizer step."""
-    def need(batch: int) -> int:
-        return training_memory_bytes(num_params, batch, seq_len, hidden_size, num_layers, recursion_steps,
-                                     device=device)
+def plan_trainers(plan: DevicePlan, need: Callable[[int], int], n_actors: int,
+                  target_batch: int) -> tuple[ResourceShare, int, int]:
+    """Share, micro-batch and concurrency for ``n_actors`` trainers whose memory at micro-batch m is ``need(m)``.
 
-    batch = 1
-    while batch * 2 <= target_batch and need(batch * 2) <= free_bytes:
-        batch *= 2
-    if need(batch) > free_bytes:
-        raise ValueError(
-            f"even batch size 1 does not fit in {free_bytes / GiB:.1f} GiB; shorten the sequence length "
-            "or use a smaller model"
-        )
-    return batch, math.ceil(target_batch / batch)
+    On a GPU: as many trainers side by side as fit at micro-batch >= 1 (the rest wait for a free share, so when
+    the models do not fit together fewer run at once instead of failing), each with the largest power-of-two
+    micro-batch dividing ``target_batch`` that fits its share. On CPU: an even CPU share, and the micro-batch
+    that fits the machine's available memory divided among the trainers.
+    """
+    if plan.num_gpus <= 0 or not plan.gpu_memory_bytes:
+        import psutil
+
+        share = share_for(plan, 0, n_actors)
+        return share, largest_micro_batch(psutil.virtual_memory().available // n_actors, need, target_batch), n_actors
+    per_gpu = min(plan.gpu_memory_bytes)
+    slots = max(1, math.floor(plan.num_gpus))  # whole GPUs; each holds floor(1 / fraction) trainers
+    for per_gpu_trainers in range(math.ceil(n_actors / slots), 0, -1):
+        fraction = math.floor(20 / per_gpu_trainers) / 20  # in twentieths, as share_for rounds
+        if fraction <= 0 or need(1) > fraction * per_gpu:
+            continue
+        micro = largest_micro_batch(int(fraction * per_gpu), need, target_batch)
+        share = share_for(plan, int(fraction * per_gpu), n_actors)
+        concurrent = min(n_actors, per_gpu_trainers * slots)
+        if concurrent < n_actors:
+            log.warning("%d trainers of %.2f GPU each: %d run at a time (micro-batch %d)", n_actors, fraction,
+                        concurrent, micro)
+        return share, micro, concurrent
+    raise ValueError(f"one trainer needs {need(1) / GiB:.1f} GiB at micro-batch 1 but a GPU offers "
+                     f"{per_gpu / GiB:.1f} GiB: shorten cognate.train.seq_len, use activation_checkpointing, "
+                     "or a smaller model")
+
+
+def largest_micro_batch(free_bytes: int, need: Callable[[int], int], target_batch: int) -> int:
+    """Largest power of two dividing ``target_batch`` whose ``need`` fits ``free_bytes``."""
+    if need(1) > free_bytes:
+        raise ValueError(f"even micro-batch 1 needs {need(1) / GiB:.2f} GiB but {free_bytes / GiB:.2f} GiB are "
+                         "available; shorten the sequence length or use a smaller model")
+    micro = 1
+    while micro * 2 <= target_batch and target_batch % (micro * 2) == 0 and need(micro * 2) <= free_bytes:
+        micro *= 2
+    return micro
 
 
 def evaluation_share(state_dict, device: str, n_actors: int) -> ResourceShare:

@@ -24,6 +24,12 @@ class RayConfig:
     """GPUs a local Ray may use; None: the number torch sees (0 on a CPU-only machine)."""
     include_dashboard: bool = False
     """Start the dashboard with a local Ray (costs start-up time and memory)."""
+    gpu_memory_gib: float | None = None
+    """GPU memory (GiB per GPU) the resource planner may hand out; None: each GPU's free memory. 6 rehearses a
+    GTX 1660 on a larger GPU."""
+
+
+GPU_MEMORY_ENV = "FORGE_GPU_MEMORY_GIB"  # carries ray.gpu_memory_gib to the planner (and to Ray's workers)
 
 
 def local_gpu_count() -> int:
@@ -37,6 +43,10 @@ def connect(config: RayConfig | None = None) -> str:
     import ray
 
     config = config or RayConfig()
+    if config.gpu_memory_gib is not None:
+        if config.gpu_memory_gib <= 0:
+            raise ValueError(f"ray.gpu_memory_gib must be > 0, got {config.gpu_memory_gib}")
+        os.environ[GPU_MEMORY_ENV] = str(config.gpu_memory_gib)
     if ray.is_initialized():
         return "existing"
     env_address = os.environ.get("RAY_ADDRESS", "")

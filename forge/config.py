@@ -5,6 +5,7 @@ override them. Load with :func:`load_pipeline_config`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -93,6 +94,9 @@ class CognateTrainConfig:
     """Learning-rate factor applied after rolling back from a divergence."""
     max_rollbacks: int = 3
     """Divergences tolerated before the model's training fails."""
+    precision: Literal["auto", "float32", "bf16", "fp16"] = "auto"
+    """Training arithmetic. auto: bf16 autocast on CUDA GPUs with bf16 (Ampere+, with TF32 matmuls), fp16 autocast
+    and a gradient scaler on older ones (Turing: GTX 1660), float32 on CPU; float32, bf16, fp16: forced."""
     optimizer: MuonGrokfastConfig = field(default_factory=lambda: MuonGrokfastConfig(muon_lr=1e-2, adam_lr=1e-2))
     """MuonGrokfast settings. Spec: muon_lr 1e-3, grokfast_lambda 0.3, qk_clip 30 (the full presets); the
     tiny models reach 0.34x unigram perplexity in 100 steps at 1e-2 against 0.76x at 3e-3."""
@@ -302,6 +306,14 @@ def validate(config: PipelineConfig) -> None:
         if len(spec.stage_epochs) != 3 or min(spec.stage_epochs) < 0:
             raise ConfigError(f"cognate.models[{spec.name}].stage_epochs: three non-negative counts "
                               "(foundation, reasoning, advanced)")
+    if config.device == "cuda" and not (config.ray.address or os.environ.get("RAY_ADDRESS")):
+        import torch  # a local run: the GPU must be on this machine (a cluster's driver may have none)
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device=cuda but torch {torch.__version__} sees no CUDA GPU on this machine: use "
+                              "device=auto or cpu, or join a GPU cluster with ray.address")
+    if config.device == "cpu" and cognate.train.precision == "fp16":
+        raise ConfigError("cognate.train.precision=fp16 needs a CUDA GPU but device=cpu: use auto, float32 or bf16")
     if not 0.0 < cognate.data.validation_fraction < 0.5:
         raise ConfigError("cognate.data.validation_fraction must be in (0, 0.5)")
     unknown_sources = set(config.data.sources) - {"local", "hub", "offline"}

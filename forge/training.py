@@ -57,6 +57,46 @@ class Position:
     """Validation results at the end of each epoch."""
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How a training step computes: autocast dtype (None: plain float32) and whether losses are scaled."""
+
+    device_type: str
+    autocast_dtype: torch.dtype | None
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16 gradients underflow without loss scaling; disabled (a pass-through) for every other precision."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.autocast_dtype == torch.float16)
+
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """The ``cognate.train.precision`` setting on ``device``; switches on TF32 matmuls on Ampere+ GPUs."""
+    device = torch.device(device)
+    native_bf16 = False
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        native_bf16 = major >= 8  # Turing (7.5) emulates bf16 slowly: it gets fp16
+        if native_bf16:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+    if precision == "auto":
+        precision = ("bf16" if native_bf16 else "fp16") if device.type == "cuda" else "float32"
+    if precision == "float32":
+        return Precision(device.type, None)
+    if precision == "bf16":
+        if device.type == "cuda" and not native_bf16:
+            raise ValueError(f"precision bf16: {torch.cuda.get_device_name(device)} has no native bf16; use fp16 or auto")
+        return Precision(device.type, torch.bfloat16)
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"precision fp16 needs a CUDA device, got {device}: use auto, float32 or bf16")
+        return Precision(device.type, torch.float16)
+    raise ValueError(f"unknown precision {precision!r}; valid: auto, float32, bf16, fp16")
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -115,20 +155,23 @@ def evaluate_lm(model, blocks: torch.Tensor, micro_batch: int, device: torch.dev
     return result
 
 
-def _save_checkpoint(path: Path, model, optimizer, pos: Position) -> None:
+def _save_checkpoint(path: Path, model, optimizer, pos: Position, scaler: torch.amp.GradScaler) -> None:
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "position": pos.__dict__,
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        "grad_scaler": scaler.state_dict(),
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_checkpoint(path: Path, model, optimizer) -> Position:
+def _load_checkpoint(path: Path, model, optimizer, scaler: torch.amp.GradScaler) -> Position:
     state = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if state.get("grad_scaler"):  # empty when the scaler is disabled
+        scaler.load_state_dict(state["grad_scaler"])
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -164,13 +207,15 @@ def train(model, stages: list[Stage], val_blocks: torch.Tensor, cfg: CognateTrai
     model.to(device).train()
     optimizer = build_muon_grokfast(model, cfg.optimizer)
     total_steps = sum(steps_in_epoch(s, cfg) * s.epochs for s in stages)
+    precision = resolve_precision(cfg.precision, device)
+    scaler = precision.grad_scaler()
     set_seed(seed)
     if checkpoint.is_file():
-        pos = _load_checkpoint(checkpoint, model, optimizer)
+        pos = _load_checkpoint(checkpoint, model, optimizer, scaler)
         tracker.log({"train/resumed_at_step": pos.step}, step=pos.step)
     else:
         pos = Position()
-        _save_checkpoint(checkpoint, model, optimizer, pos)  # a rollback target before the first step
+        _save_checkpoint(checkpoint, model, optimizer, pos, scaler)  # a rollback target before the first step
     started, start_tokens = time.time(), pos.tokens
 
     while pos.stage < len(stages):
@@ -189,17 +234,20 @@ def train(model, stages: list[Stage], val_blocks: torch.Tensor, cfg: CognateTrai
                 first = (pos.batch * cfg.batch_size + micro * micro_batch) % len(stage.blocks)
                 idx = order[first:first + micro_batch]
                 batch = stage.blocks[idx].to(device)
-                out = model(input_ids=batch, labels=batch)
-                (out.loss / accumulation).backward()
+                with precision.autocast():
+                    out = model(input_ids=batch, labels=batch)
+                scaler.scale(out.loss / accumulation).backward()
                 step_loss += out.loss.item() / accumulation
                 with torch.no_grad():
                     ce, _ = next_token_metrics(out.logits, batch)
                 step_ce += ce.item() / batch[:, 1:].numel() / accumulation
             if _diverged(step_loss, pos.recent_losses, cfg):
-                pos = _rollback(checkpoint, model, optimizer, pos, step_loss, cfg, tracker)
+                pos = _rollback(checkpoint, model, optimizer, scaler, pos, step_loss, cfg, tracker)
                 break  # restart the epoch loop from the restored position
+            scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)  # skipped when fp16 gradients overflowed (the scale is lowered instead)
+            scaler.update()
             pos.step += 1
             pos.batch += 1
             pos.tokens += cfg.batch_size * stage.blocks.size(1)
@@ -214,13 +262,13 @@ def train(model, stages: list[Stage], val_blocks: torch.Tensor, cfg: CognateTrai
                 print(f"[{tracker.name}] step {pos.step}/{total_steps} stage {stage.name} loss {step_loss:.3f} "
                       f"{(pos.tokens - start_tokens) / elapsed:.0f} tok/s", flush=True)
             if pos.step % cfg.checkpoint_every == 0:
-                _save_checkpoint(checkpoint, model, optimizer, pos)
+                _save_checkpoint(checkpoint, model, optimizer, pos, scaler)
         else:
             val = evaluate_lm(model, val_blocks, micro_batch, device, cfg.eval_max_batches or None)
             pos.history.append({"stage": stage.name, "epoch": pos.epoch, "step": pos.step, **val})
             tracker.log(val, step=pos.step)
             pos.epoch, pos.batch = pos.epoch + 1, 0
-            _save_checkpoint(checkpoint, model, optimizer, pos)
+            _save_checkpoint(checkpoint, model, optimizer, pos, scaler)
 
     final = evaluate_lm(model, val_blocks, micro_batch, device, None)
     elapsed = time.time() - started
@@ -229,14 +277,14 @@ def train(model, stages: list[Stage], val_blocks: torch.Tensor, cfg: CognateTrai
             "history": pos.history, **final}
 
 
-def _rollback(checkpoint: Path, model, optimizer, pos: Position, loss: float, cfg: CognateTrainConfig,
-              tracker: Tracker) -> Position:
+def _rollback(checkpoint: Path, model, optimizer, scaler: torch.amp.GradScaler, pos: Position, loss: float,
+              cfg: CognateTrainConfig, tracker: Tracker) -> Position:
     rollbacks = pos.rollbacks + 1
     if rollbacks > cfg.max_rollbacks:
         raise TrainingDiverged(
             f"loss {loss} at step {pos.step} diverged after {cfg.max_rollbacks} rollbacks; lower "
             "cognate.train.optimizer.muon_lr / adam_lr or raise cognate.train.max_rollbacks")
-    restored = _load_checkpoint(checkpoint, model, optimizer)
+    restored = _load_checkpoint(checkpoint, model, optimizer, scaler)
     restored.rollbacks = rollbacks
     restored.lr_scale = pos.lr_scale * cfg.lr_backoff
     tracker.log({"train/divergence_loss": loss, "train/rollback_to_step": restored.step,
@@ -272,13 +320,32 @@ class TrainJob:
     device: str = "cpu"
     threads: int = 1
     free_memory_bytes: int | None = None
-    """Memory this trainer may use; None: this machine's available memory divided by ``share``."""
+    """Memory this trainer may use (on a GPU: its share, which also caps its CUDA allocator); None: this machine's
+    available memory divided by ``share``, or the GPU's free memory."""
     share: int = 1
 
 
-def pick_micro_batch(job: TrainJob, num_params: int) -> int:
-    """The configured micro-batch, or the largest power of two dividing batch_size that fits memory."""
-    from cluster.resources import safe_batch_size
+OPTIMIZER_FLOATS_PER_PARAM = 3
+"""MuonGrokfast's state per parameter: the Grokfast gradient average plus Muon's momentum or Adam's two moments."""
+
+
+def trainer_memory_bytes(architecture: dict[str, Any], micro_batch: int, seq_len: int, device: str) -> int:
+    """Memory a trainer needs at ``micro_batch``: weights, optimizer state, one step's peak (activations, logits,
+    gradients; ``forge.models.size.estimate_step_memory_bytes``) and, on CUDA, the context."""
+    from cluster.resources import CUDA_CONTEXT_BYTES
+    from forge.models import CognateConfig
+    from forge.models.size import estimate_step_memory_bytes, sum_parameters
+
+    config = CognateConfig(**architecture)
+    states = 4 * sum_parameters(config) * (1 + OPTIMIZER_FLOATS_PER_PARAM)
+    context = CUDA_CONTEXT_BYTES if device.startswith("cuda") else 0
+    return estimate_step_memory_bytes(config, micro_batch, seq_len) + states + context
+
+
+def pick_micro_batch(job: TrainJob) -> int:
+    """The configured micro-batch, or the largest power of two dividing batch_size that fits this trainer's
+    memory (its GPU share, or this machine's available memory divided by ``share``)."""
+    from cluster.resources import largest_micro_batch
 
     cfg = job.train
     if cfg.micro_batch_size:
@@ -291,13 +358,8 @@ def pick_micro_batch(job: TrainJob, num_params: int) -> int:
             import psutil
 
             free = psutil.virtual_memory().available // max(1, job.share)
-    arch = job.architecture
-    steps = arch.get("act_max_steps", 1) * arch.get("trm_refinements", 1)
-    micro, _ = safe_batch_size(free, num_params, cfg.seq_len, arch["hidden_size"], arch["num_hidden_layers"],
-                               steps, cfg.batch_size, device=job.device)
-    while cfg.batch_size % micro:
-        micro //= 2
-    return micro
+    return largest_micro_batch(free, lambda micro: trainer_memory_bytes(job.architecture, micro, cfg.seq_len,
+                                                                          job.device), cfg.batch_size)
 
 
 def run_train_job(job: TrainJob) -> dict[str, Any]:
@@ -308,12 +370,15 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     from forge.models import CognateConfig, CognateForCausalLM
     from forge.models.size import get_model_size
 
+    from cluster.resources import limit_gpu_memory
+
     torch_threads(job.threads)
     set_seed(job.seed)
     device = torch.device(job.device)
+    limit_gpu_memory(job.device, job.free_memory_bytes)
     model = CognateForCausalLM(CognateConfig(**job.architecture))
     tokenizer = AutoTokenizer.from_pretrained(job.tokenizer_dir)
-    micro = pick_micro_batch(job, sum(p.numel() for p in model.parameters()))
+    micro = pick_micro_batch(job)
     tracker = Tracker(job.metrics_dir, name=f"cognate-{job.name}", config=job.tracking,
                       run_config={"model": job.name, "architecture": job.architecture, "micro_batch": micro},
                       group=job.group)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
@@ -22,6 +23,8 @@ from transformers.utils import ModelOutput
 from .config import CognateConfig
 from .layers import CognateRMSNorm, SlidingWindowAttention, SwiGLU
 from .memory import NeuralMemory
+
+LOGITS_BLOCK_ELEMENTS = 2**24  # logits per deep-supervision CE block under activation checkpointing (64 MiB fp32)
 
 
 @dataclass
@@ -124,9 +127,21 @@ class CognateModel(CognatePreTrainedModel):
         self.embed_tokens = value
 
     def stack(self, hidden: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """f: every layer once, then RMSNorm (keeps z and y at unit scale across recursions)."""
+        """f: every layer once, then RMSNorm (keeps z and y at unit scale across recursions).
+
+        With grad and ``config.activation_checkpointing`` "layer" or "stack", only the input of each layer (or
+        of the whole pass) is kept for backward; the rest is recomputed there."""
+        mode = self.config.activation_checkpointing if torch.is_grad_enabled() else "none"
+        if mode == "stack":
+            return checkpoint(self._layers_and_norm, hidden, positions, valid, False, use_reentrant=False)
+        return self._layers_and_norm(hidden, positions, valid, mode == "layer")
+
+    def _layers_and_norm(self, hidden, positions, valid, checkpoint_layers: bool) -> torch.Tensor:
         for layer in self.layers:
-            hidden = layer(hidden, positions, valid)
+            if checkpoint_layers:
+                hidden = checkpoint(layer, hidden, positions, valid, use_reentrant=False)
+            else:
+                hidden = layer(hidden, positions, valid)
         return self.norm(hidden)
 
     def refine(self, x, y, z, positions, valid):
@@ -299,4 +314,14 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         hidden, target = torch.cat(rows), torch.cat(targets)
         if not len(target):
             return hidden.new_zeros(())
-        return F.cross_entropy(self.lm_head(hidden).float(), target)
+        if self.config.activation_checkpointing == "none" or not torch.is_grad_enabled():
+            return F.cross_entropy(self.lm_head(hidden).float(), target)
+        # The steps' (rows, vocab) logits would outweigh every checkpointed activation: take the CE a block of
+        # rows at a time and recompute each block's logits in backward.
+        block = max(1, LOGITS_BLOCK_ELEMENTS // self.config.vocab_size)
+        total = sum(checkpoint(self._summed_ce, rows, targets, use_reentrant=False)
+                    for rows, targets in zip(hidden.split(block), target.split(block)))
+        return total / len(target)
+
+    def _summed_ce(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.lm_head(hidden).float(), target, reduction="sum")

@@ -4,6 +4,10 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 GPT2_EOS_ID = 50256  # "<|endoftext|>" in the GPT-2 BPE the project trains with
+# What a training forward keeps for backward: everything ("none", fastest), or only each decoder layer's input
+# ("layer") or each pass of the layer stack's input ("stack"), recomputing the rest during backward; both also
+# recompute the memory's per-chunk (batch, chunk, slots) intermediates and the deep-supervision logits.
+ACTIVATION_CHECKPOINTING = ("none", "layer", "stack")
 
 
 class CognateConfig(PreTrainedConfig):
@@ -38,6 +42,7 @@ class CognateConfig(PreTrainedConfig):
     act_halt_bias_init: float = -1.5  # initial bias of the halting head (negative: think several steps)
     deep_supervision_weight: float = 0.5  # weight of the mean per-step CE in the loss
     ponder_cost_weight: float = 0.01  # weight of the ACT ponder cost (N + R) in the loss
+    activation_checkpointing: str = "none"  # recompute in backward instead of storing: "none", "layer" or "stack" (pass of f)
     tie_word_embeddings: bool = True  # lm_head shares the token embedding matrix
     use_cache: bool = False  # no KV cache: generate() recomputes the whole prefix each step
     pad_token_id: int | None = GPT2_EOS_ID  # padding id (GPT-2 has none; EOS doubles as pad)
@@ -66,6 +71,9 @@ class CognateConfig(PreTrainedConfig):
         if self.memory_chunk_size > self.sliding_window:
             raise ValueError(f"CognateConfig.memory_chunk_size ({self.memory_chunk_size}) must be <= sliding_window "
                              f"({self.sliding_window}): tokens of the current chunk are seen only through attention")
+        if self.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+            raise ValueError(f"CognateConfig.activation_checkpointing must be one of {ACTIVATION_CHECKPOINTING}, "
+                             f"got {self.activation_checkpointing!r}")
         if self.memory_max_norm <= 0:
             raise ValueError(f"CognateConfig.memory_max_norm must be > 0, got {self.memory_max_norm}")
         for name in ("memory_lr", "deep_supervision_weight", "ponder_cost_weight"):

@@ -2,15 +2,26 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import initialization as init
 
 from .config import CognateConfig
 
 MEMORY_INIT_SEED = 0  # seed of the fixed random features W1_0 shared by every model
+
+
+def _call(function, *args):
+    return function(*args)
+
+
+def _read(q: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """M(q) = q + W2 silu(W1 q) for a chunk of queries (B, C, dim)."""
+    return q + F.silu(q @ w1.transpose(1, 2)) @ w2.transpose(1, 2)
 
 
 class NeuralMemory(nn.Module):
@@ -43,6 +54,7 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         self.slots = config.ltm_slots
         self.dim = config.memory_dim
         self.chunk = config.memory_chunk_size
+        self.recompute = config.activation_checkpointing != "none"
         self.lr = config.memory_lr / config.ltm_slots  # keep the step size independent of capacity
         self.max_norm = config.memory_max_norm * math.sqrt(config.ltm_slots)  # W1_0's norm is ~sqrt(slots)
         self.query_proj = nn.Linear(config.hidden_size, self.dim, bias=False)
@@ -88,11 +100,14 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         w2 = q.new_zeros(bsz, self.dim, self.slots)
         s1 = torch.zeros_like(w1)
         s2 = torch.zeros_like(w2)
+        # Under activation checkpointing each chunk's (B, chunk, slots) intermediates are recomputed in backward
+        # instead of kept: only the (B, slots, dim) fast-weight states between chunks stay alive.
+        recompute = partial(checkpoint, use_reentrant=False) if self.recompute and torch.is_grad_enabled() else _call
         reads = []
         for index, (qc, kc, vc, lr_c, le_c, lk_c) in enumerate(zip(*map(split, (q, k, v, lr, log_eta, log_keep)))):
-            reads.append(qc + F.silu(qc @ w1.transpose(1, 2)) @ w2.transpose(1, 2))
+            reads.append(recompute(_read, qc, w1, w2))
             if index < nc - 1:  # nothing reads the state the last chunk would leave
-                w1, w2, s1, s2 = self._write(w1, w2, s1, s2, kc, vc, lr_c, le_c, lk_c)
+                w1, w2, s1, s2 = recompute(self._write, w1, w2, s1, s2, kc, vc, lr_c, le_c, lk_c)
         read = torch.cat(reads, dim=1)[:, :n]
         return self.out_proj(read)
 
@@ -125,14 +140,15 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         curvature = act.pow(2).sum(-1) + 1.21 * w2.pow(2).sum((1, 2))[:, None] * k.pow(2).sum(-1)
         step = ((c + d) * curvature).sum(dim=1, keepdim=True)
         cap = 1.0 / step.clamp_min(1.0)
-        c, d = c * cap, d * cap
-        coef = torch.stack([c, d], dim=1).to(k.dtype)[..., None]  # (B, 2, C, 1)
-        g2 = (err[:, None] * coef).transpose(2, 3) @ act[:, None]  # (B, 2, dim, slots)
-        g1 = (d_pre[:, None] * coef).transpose(2, 3) @ k[:, None]  # (B, 2, slots, dim)
-        w1_new = mem_decay * w1 + mom_into_mem * s1 - g1[:, 0]
-        w2_new = mem_decay * w2 + mom_into_mem * s2 - g2[:, 0]
-        s1_new = mom_decay * s1 - g1[:, 1]
-        s2_new = mom_decay * s2 - g2[:, 1]
+        c, d = (c * cap).to(k.dtype)[..., None], (d * cap).to(k.dtype)[..., None]
+        # sum_i c_i err_i act_i^T = (c * err)^T act: the coefficients scale the narrow (B, C, dim) side, and the
+        # memory (c) and momentum (d) sums share one matmul each.
+        g2_mem, g2_mom = (torch.cat([err * c, err * d], dim=2).transpose(1, 2) @ act).split(self.dim, dim=1)
+        g1_mem, g1_mom = (d_pre.transpose(1, 2) @ torch.cat([k * c, k * d], dim=2)).split(self.dim, dim=2)
+        w1_new = mem_decay * w1 + mom_into_mem * s1 - g1_mem
+        w2_new = mem_decay * w2 + mom_into_mem * s2 - g2_mem
+        s1_new = mom_decay * s1 - g1_mom
+        s2_new = mom_decay * s2 - g2_mom
         return tuple(self._bounded(t) for t in (w1_new, w2_new, s1_new, s2_new))
 
     def _bounded(self, fast: torch.Tensor) -> torch.Tensor:

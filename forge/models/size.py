@@ -58,3 +58,49 @@ def estimate_flops_per_token(config: CognateConfig, seq_len: int, steps: float |
     head = 3 * 2 * d * config.vocab_size
     heads = head * (1 + (steps if config.deep_supervision_weight > 0 else 0))
     return float(steps * step_flops + heads)
+
+
+def estimate_step_memory_bytes(config: CognateConfig, batch: int, seq_len: int, bytes_per_float: int = 4) -> int:
+    """Peak memory one training forward + backward of ``batch`` x ``seq_len`` tokens adds to the weights.
+
+    Counted from what autograd keeps, per token (d hidden, i SwiGLU width, s memory slots, m memory width, C chunk):
+    a decoder layer keeps ~13d (norms, attention blocks of 2w keys, gate) + 4i (SwiGLU) + 11s (the memory read and
+    write's per-chunk (chunk, slots) intermediates) + 8sm/C (its fast-weight states between chunks); the lm_head
+    needs 4V for the mixed answer (logits, log-softmax and their gradients) and 2V per deep-supervision step. ``activation_checkpointing`` keeps d per layer
+    ("layer") or per stack pass ("stack") instead, plus, transiently in backward, one layer (or one stack pass)
+    recomputed with one chunk's intermediates at a time, and one 2**24-logit deep-supervision block. Backward adds
+    the parameter gradients. Weights and optimizer state are not included. Checked against measured CPU peaks
+    (tests/test_memory_estimate.py).
+    """
+    d, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    slots, dim, chunk = config.ltm_slots, config.memory_dim, config.memory_chunk_size
+    tokens = batch * seq_len
+    padded = batch * (-(-seq_len // chunk) * chunk)
+    grad_passes = config.act_max_steps * (config.trm_latent_updates + 1)  # stack passes that keep activations
+    states = 8 * slots * dim / chunk * padded  # fast weights (and their bounded copies) between chunks, per layer
+    dense = (13 * d + 4 * inter) * tokens
+    chunk_work = 11 * slots * padded  # the (chunk, slots) intermediates of every chunk of one layer
+    mode = config.activation_checkpointing
+    if mode == "none":
+        kept = grad_passes * layers * (dense + chunk_work + states)
+        transient = dense + chunk_work
+        heads = (4 + 2 * config.act_max_steps) * vocab * tokens
+    else:
+        per_layer = dense + states + 11 * slots * batch * chunk  # one chunk's intermediates at a time
+        if mode == "layer":
+            kept, transient = grad_passes * layers * d * tokens, 2 * per_layer
+        else:
+            kept, transient = grad_passes * d * tokens, (layers + 1) * per_layer
+        from .cognate import LOGITS_BLOCK_ELEMENTS
+
+        heads = 4 * vocab * tokens + 2 * min(LOGITS_BLOCK_ELEMENTS, config.act_max_steps * tokens * vocab)
+    passes_floats = grad_passes * 4 * d * tokens + config.act_max_steps * 2 * d * tokens  # pass inputs, answers y
+    floats = kept + transient + heads + passes_floats + sum_parameters(config)  # + the parameter gradients
+    return int(floats * bytes_per_float)
+
+
+def sum_parameters(config: CognateConfig) -> int:
+    """Parameters of a CognateForCausalLM with ``config`` (tied embeddings counted once), without building it."""
+    d, inter, dim = config.hidden_size, config.intermediate_size, config.memory_dim
+    layer = 4 * d * d + 3 * d * inter + 4 * d * dim + 3 * d + 3 + 2 * d
+    return config.vocab_size * d + config.num_hidden_layers * layer + 2 * d + d + 1

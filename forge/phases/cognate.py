@@ -16,7 +16,7 @@ from typing import Any
 import ray
 import torch
 
-from cluster.resources import plan_devices, share_for, training_memory_bytes
+from cluster.resources import plan_devices, plan_trainers, share_for
 from forge.artifacts import atomic_dir, atomic_write_json, load_model_dir, read_json
 from forge.config import CognateModelSpec, PipelineConfig
 from forge.data.curriculum import STAGES, CurriculumConfig, build_stage
@@ -24,7 +24,7 @@ from forge.data.lm_dataset import blocks_from_stream, is_validation_text, token_
 from forge.data.sources import SourceConfig, load_texts
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
 from forge.phases.base import PhaseContext, PhaseResult
-from forge.training import Stage, TrainJob
+from forge.training import Stage, TrainJob, trainer_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -206,18 +206,22 @@ def run(ctx: PhaseContext) -> PhaseResult:
 
     # 3. Train the models at the same time, each on the share the cluster layer gives it.
     from actors.cognate_trainer import CognateTrainer
-    from forge.models import CognateConfig, CognateForCausalLM
 
-    probe = CognateForCausalLM(CognateConfig(**jobs[0].architecture))
-    arch = jobs[0].architecture
-    need = training_memory_bytes(sum(p.numel() for p in probe.parameters()), cognate.train.micro_batch_size or
-                                 cognate.train.batch_size, seq_len, arch["hidden_size"], arch["num_hidden_layers"],
-                                 arch.get("act_max_steps", 1) * arch.get("trm_refinements", 1), device=plan.device)
-    del probe
-    share = share_for(plan, need, len(jobs))
+    # One share size for all: planned on the largest memory (the models differ only in slots and thresholds).
+    largest = max(jobs, key=lambda job: job.architecture["ltm_slots"])
+    train_cfg = cognate.train
+
+    def need(micro: int) -> int:
+        return trainer_memory_bytes(largest.architecture, micro, seq_len, plan.device)
+
+    if train_cfg.micro_batch_size:
+        share, concurrent = share_for(plan, need(train_cfg.micro_batch_size), len(jobs)), len(jobs)
+    else:
+        share, _, concurrent = plan_trainers(plan, need, len(jobs), train_cfg.batch_size)
     for job in jobs:
         job.device, job.threads = share.device, share.torch_threads
-    log.info("cognate: %d trainers, each %s", len(jobs), share)
+        job.free_memory_bytes = share.gpu_memory_bytes  # GPU: the share caps the trainer; CPU: None (its own share)
+    log.info("cognate: %d trainers (%d at a time), each %s", len(jobs), concurrent, share)
     pending = {}
     for job in jobs:
         trainer = CognateTrainer.options(**share.ray_options()).remote()

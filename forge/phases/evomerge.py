@@ -32,7 +32,7 @@ from forge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGenera
 from forge.merge import check_compatible, infer_layer_layout, merge, weight_space_diversity
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.phases.cognate import read_heldout_texts
-from cluster.resources import evaluation_share
+from cluster.resources import evaluation_share, limit_gpu_memory
 from forge.quant.measure import forward_latency
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def invalid_reason(model, probe_ids: torch.Tensor) -> str | None:
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             return f"non-finite weights in {name}"
-    ids = probe_ids.unsqueeze(0)
+    ids = probe_ids.to(next(model.parameters()).device).unsqueeze(0)
     for step in range(PROBE_NEW_TOKENS + 1):
         logits = model(input_ids=ids).logits[0, -1]
         if not torch.isfinite(logits).all():
@@ -137,6 +137,7 @@ def evaluate_trial(config: dict[str, Any], *, weights: list, template: Any, text
     from ray import tune
 
     torch.set_num_threads(settings["threads"])
+    limit_gpu_memory(settings["device"], settings["gpu_memory_bytes"])
     candidate = config["candidate"]
     start = time.perf_counter()
     model, tokenizer = template
@@ -167,7 +168,8 @@ def evaluate_candidates(candidates: Sequence[Candidate], template, tokenizer, te
 
     n_actors = eval_actors or config.eval_actors
     share = evaluation_share(candidates[0].state_dict, device, n_actors)
-    settings = {"threads": share.torch_threads, "device": share.device, "config": config, "data_dir": data_dir}
+    settings = {"threads": share.torch_threads, "device": share.device, "config": config, "data_dir": data_dir,
+                "gpu_memory_bytes": share.gpu_memory_bytes}
     start = time.perf_counter()
     refs = [ray.put(c.state_dict) for c in candidates]
     put_s = time.perf_counter() - start

@@ -172,6 +172,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
                                                                        limit=config.bake_inputs)]
     share = evaluation_share(model.state_dict(), ctx.config.device, config.eval_actors)
     actors = [BenchmarkActor.options(**share.ray_options()).remote(str(ctx.inputs[name]), device=share.device,
+                                                                   gpu_memory_bytes=share.gpu_memory_bytes,
                                                                    data_dir=ctx.data_dir,
                                                                    cache_dir=str(ctx.work_dir / "cache"))
               for _ in range(config.eval_actors)]

@@ -45,28 +45,43 @@ def int8_layer_bytes(model: nn.Module) -> dict[str, int]:
     return {"int8_weights": weights, "stored_bytes": stored, "float32_bytes": 4 * weights}
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU kernels: without it a CUDA timing measures only the kernel launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
 def forward_latency(model: nn.Module, input_ids: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
-    """Fastest of ``repeats`` forward passes, in seconds (the minimum filters other load on the machine)."""
+    """Fastest of ``repeats`` forward passes, in seconds (the minimum filters other load on the machine).
+    ``input_ids`` move to the model's device first."""
     model.eval()
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
     for _ in range(warmup):
         model(input_ids=input_ids)
     best = float("inf")
     for _ in range(repeats):
+        _synchronize(device)
         start = time.perf_counter()
         model(input_ids=input_ids)
+        _synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
 @torch.no_grad()
 def linear_latency(layer: nn.Module, x: torch.Tensor, repeats: int = 50, warmup: int = 5) -> float:
-    """Fastest of ``repeats`` calls of one layer, in seconds."""
+    """Fastest of ``repeats`` calls of one layer, in seconds (``x`` moves to the layer's device first)."""
+    device = next(layer.parameters()).device
+    x = x.to(device)
     for _ in range(warmup):
         layer(x)
     best = float("inf")
     for _ in range(repeats):
+        _synchronize(device)
         start = time.perf_counter()
         layer(x)
+        _synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
