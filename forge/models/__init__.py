@@ -12,6 +12,6 @@ AutoModel.register(CognateConfig, CognateModel, exist_ok=True)
 AutoModelForCausalLM.register(CognateConfig, CognateForCausalLM, exist_ok=True)
 
 __all__ = [
-    "CognateCache", "CognateCausalLMOutput", "CognateConfig", "CognateDecoderLayer", "CognateForCausalLM", "CognateModel",
-    "CognateModelOutput", "CognatePreTrainedModel", "estimate_flops_per_token", "get_model_size",
+    "CognateCache", "CognateCausalLMOutput", "CognateConfig", "CognateDecoderLayer", "CognateForCausalLM",
+    "CognateModel", "CognateModelOutput", "CognatePreTrainedModel", "estimate_flops_per_token", "get_model_size",
 ]

@@ -182,8 +182,8 @@ def decode(model, embeds: torch.Tensor, attention_mask: torch.Tensor | None, pos
     from .cognate import CognateModelOutput  # cognate imports this module
 
     if torch.is_grad_enabled():
-        raise RuntimeError("Cognate's cache is for decoding: call it under torch.no_grad() (or torch.inference_mode()); "
-                           "training runs whole sequences with use_cache=False")
+        raise RuntimeError("Cognate's cache is for decoding: call it under torch.no_grad() (or "
+                           "torch.inference_mode()); training runs whole sequences with use_cache=False")
     cfg = model.config
     bsz, m, _ = embeds.shape
     if m < 1:

@@ -39,7 +39,7 @@ class CognateConfig(PreTrainedConfig):
     deep_supervision_weight: float = 0.5  # weight of the mean per-step CE in the loss
     ponder_cost_weight: float = 0.01  # weight of the ACT ponder cost (N + R) in the loss
     tie_word_embeddings: bool = True  # lm_head shares the token embedding matrix
-    use_cache: bool = True  # generate() decodes with a CognateCache; forward builds one only when asked (use_cache=True)
+    use_cache: bool = True  # generate() decodes with a CognateCache (forward makes one only when use_cache=True)
     pad_token_id: int | None = GPT2_EOS_ID  # padding id (GPT-2 has none; EOS doubles as pad)
     bos_token_id: int | None = GPT2_EOS_ID  # beginning-of-sequence id
     eos_token_id: int | None = GPT2_EOS_ID  # end-of-sequence id
