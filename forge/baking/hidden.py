@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 
-def _run_with_head_slice(model: nn.Module, ids: torch.Tensor, keep: slice):
+def run_with_head_slice(model: nn.Module, ids: torch.Tensor, keep: slice, **forward_kwargs):
+    """One forward of ``model`` on ``ids`` with its LM head on the ``keep`` positions only.
+
+    Returns the hidden states the head received (B, T, H) and the model's output (its ``logits`` cover
+    ``keep``). ``forward_kwargs`` go to the forward (default ``use_cache=False``).
+    """
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embeddings (LM head); it cannot be baked")
@@ -23,23 +28,17 @@ def _run_with_head_slice(model: nn.Module, ids: torch.Tensor, keep: slice):
 
     handle = head.register_forward_pre_hook(grab)
     try:
-        out = model(input_ids=ids, use_cache=False)
+        out = model(input_ids=ids, **{"use_cache": False, **forward_kwargs})
     finally:
         handle.remove()
     if len(captured) != 1:
         raise ValueError(
             f"{type(model).__name__} called its LM head {len(captured)} times in one forward; expected once"
         )
-    return captured[0], out.logits
+    return captured[0], out
 
 
 def final_hidden(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """The hidden states the LM head reads, (B, T, H); the head itself runs on one position."""
-    hidden, _ = _run_with_head_slice(model, ids, slice(0, 1))
+    hidden, _ = run_with_head_slice(model, ids, slice(0, 1))
     return hidden
-
-
-def last_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Next-token logits at the last position, (B, V), with the head run on that position only."""
-    _, logits = _run_with_head_slice(model, ids, slice(-1, None))
-    return logits[:, -1]

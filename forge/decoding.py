@@ -1,0 +1,56 @@
+"""Token-by-token decoding shared by our sampling loops, continuing the model's KV cache when it has one.
+
+``IncrementalDecoder`` gives the next-token logits of a batch of growing sequences. Its first call runs
+the whole prompts (LM head on the last position only); later calls run only the tokens appended since,
+continuing the cache the model returned (transformers 5.25 and Cognate return it as ``cache``). With
+``model.config.use_cache`` False, or a model that returns no cache, every call runs the whole prefix:
+the same logits, slower. ``sample_next`` is the one sampling step of these loops.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from forge.baking.hidden import run_with_head_slice
+
+
+class IncrementalDecoder:
+    """Next-token logits for ``ids`` (B, t) as tokens are appended and rows are dropped."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor):
+        self.model = model
+        self.sequence = ids
+        self.use_cache = bool(getattr(getattr(model, "config", None), "use_cache", False))
+        self.cache = None
+        self.cached_columns = 0  # columns of ``sequence`` the cache holds
+
+    def logits(self) -> torch.Tensor:
+        """Float32 logits (B, V) of the token after each current sequence."""
+        if self.cache is None:
+            _, out = run_with_head_slice(self.model, self.sequence, slice(-1, None), use_cache=self.use_cache)
+        else:
+            out = self.model(input_ids=self.sequence[:, self.cached_columns:], cache=self.cache, use_cache=True)
+        self.cache = getattr(out, "cache", None) if self.use_cache else None
+        self.cached_columns = self.sequence.shape[1]
+        return out.logits[:, -1].float()
+
+    def append(self, tokens: torch.Tensor) -> None:
+        """Append one token (B,) to every row."""
+        self.sequence = torch.cat([self.sequence, tokens.to(self.sequence.dtype).unsqueeze(-1)], dim=1)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (indices, on the model's device)."""
+        self.sequence = self.sequence.index_select(0, rows)
+        if self.cache is not None:
+            self.cache.reorder_cache(rows)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """The next token of each row (B,): argmax at ``temperature`` 0, else a draw from
+    softmax(logits / temperature) made with ``generator`` on the generator's device."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    if generator is None:
+        raise ValueError("sampling at temperature > 0 needs a seeded torch.Generator")
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(logits.device)
