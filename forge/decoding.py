@@ -11,7 +11,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from forge.baking.hidden import run_with_head_slice
+
+def run_with_head_slice(model: nn.Module, ids: torch.Tensor, keep: slice, **forward_kwargs):
+    """One forward of ``model`` on ``ids`` with its LM head on the ``keep`` positions only.
+
+    A forward pre-hook on ``get_output_embeddings()`` records the hidden states the head receives and hands
+    the head the ``keep`` slice, so no full-vocabulary logits are made for the whole sequence; it relies only
+    on the model calling its output-embedding module. Returns those hidden states (B, T, H) and the model's
+    output (its ``logits`` cover ``keep``). ``forward_kwargs`` go to the forward (default ``use_cache=False``).
+    """
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (LM head): cannot run its head alone")
+    captured: list[torch.Tensor] = []
+
+    def grab(module, args):
+        captured.append(args[0])
+        return (args[0][..., keep, :],) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(grab)
+    try:
+        out = model(input_ids=ids, **{"use_cache": False, **forward_kwargs})
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise ValueError(
+            f"{type(model).__name__} called its LM head {len(captured)} times in one forward; expected once"
+        )
+    return captured[0], out
 
 
 class IncrementalDecoder:
