@@ -6,7 +6,7 @@ one refinement is ``n`` latent updates ``z <- f(x + y + z)`` followed by ``y <- 
 layer stack plus a final RMSNorm. A supervision step runs T refinements, the first T-1 without grad, and
 ends with a halting probability per token; y and z enter the next step detached (deep supervision).
 ACT (Graves 2016) mixes the steps' answers per token and stops each token at cumulative probability
->= ``act_threshold``.
+>= ``act_threshold``. Incremental decoding (``use_cache=True``) lives in ``cache.py``.
 """
 from __future__ import annotations
 
