@@ -1,7 +1,7 @@
 """Token-by-token decoding shared by our sampling loops, continuing the model's KV cache when it has one.
 
 ``IncrementalDecoder`` gives the next-token logits of a batch of growing sequences. Its first call runs
-the whole prompts (LM head on the last position only); later calls run only the tokens appended since,
+the whole prompts (the LM head, where the model has one, on the last position only); later calls run only the tokens appended since,
 continuing the cache the model returned (transformers 5.25 and Cognate return it as ``cache``). With
 ``model.config.use_cache`` False, or a model that returns no cache, every call runs the whole prefix:
 the same logits, slower. ``sample_next`` is the one sampling step of these loops.
@@ -53,8 +53,10 @@ class IncrementalDecoder:
 
     def logits(self) -> torch.Tensor:
         """Float32 logits (B, V) of the token after each current sequence."""
-        if self.cache is None:
+        if self.cache is None and hasattr(self.model, "get_output_embeddings"):
             _, out = run_with_head_slice(self.model, self.sequence, slice(-1, None), use_cache=self.use_cache)
+        elif self.cache is None:  # a model without a separate head module gives its logits whole
+            out = self.model(input_ids=self.sequence, use_cache=self.use_cache)
         else:
             out = self.model(input_ids=self.sequence[:, self.cached_columns:], cache=self.cache, use_cache=True)
         self.cache = getattr(out, "cache", None) if self.use_cache else None
