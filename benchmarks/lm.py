@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from forge.decoding import sample_next
 from forge.models.cache_api import cache_argument, cache_kwargs, returned_cache
 
 log = logging.getLogger(__name__)
@@ -392,12 +393,7 @@ def _generate_batch(model, tokenizer, ids, until, budget, temperature, generator
             logits, past = _forward(model, step_input, info, past=past, keep=1, cache=True)
         else:
             logits, _ = _forward(model, sequence, info, keep=1)
-        logits = logits[:, -1]
-        if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        else:
-            next_tokens = logits.argmax(-1)
+        next_tokens = sample_next(logits[:, -1], temperature, generator)
         keep = []
         for live, token in enumerate(next_tokens.tolist()):
             row = rows[live]

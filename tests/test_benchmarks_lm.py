@@ -76,7 +76,7 @@ def test_a_head_that_is_not_the_logits_keeps_the_full_logits_path(tokenizer):
     assert _flat(loglikelihood_choices(model, tokenizer, REQUESTS, info=info)) == pytest.approx(_flat(direct), abs=1e-4)
 
 
-def test_a_cognate_model_scores_through_its_decoder_without_a_cache(tokenizer):
+def test_a_cognate_model_scores_through_its_decoder_and_cache(tokenizer):
     from forge.models import CognateConfig, CognateForCausalLM
 
     torch.manual_seed(0)
@@ -85,11 +85,13 @@ def test_a_cognate_model_scores_through_its_decoder_without_a_cache(tokenizer):
         ltm_slots=16, memory_dim=8, memory_chunk_size=8, sliding_window=16, act_max_steps=2, pad_token_id=0,
         bos_token_id=0, eos_token_id=0)).eval()
     info = probe_model(model, tokenizer)
-    # No cache to continue from, but head(decoder) is the model's logits: only continuation rows are projected.
-    assert info.decoder and info.hidden_head and not info.kv_cache
+    # Contexts run once into Cognate's cache; head(decoder) is the model's logits: only continuation rows are
+    # projected. Without the cache (the plain path) and with full logits the scores are the same.
+    assert info.decoder and info.hidden_head and info.kv_cache
     direct = [[_direct_loglikelihood(model, tokenizer, ctx, cont) for cont in conts] for ctx, conts in REQUESTS]
     full_logits = dataclasses.replace(info, hidden_head=False, decoder=False)
     for got in (loglikelihood_choices(model, tokenizer, REQUESTS, info=info),
+                loglikelihood_choices(model, tokenizer, REQUESTS, info=dataclasses.replace(info, kv_cache=False)),
                 loglikelihood_choices(model, tokenizer, REQUESTS, info=full_logits)):
         assert _flat(got) == pytest.approx(_flat(direct), abs=1e-4)
 

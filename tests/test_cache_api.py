@@ -91,3 +91,17 @@ def test_a_model_without_a_cache_is_reported_once(tokenizer, caplog):
         assert not probe_model(model, tokenizer).kv_cache
     said = [r.getMessage() for r in caplog.records if "no usable KV cache" in r.getMessage()]
     assert len(said) == 1 and "NoCache" in said[0] and "takes no cache" in said[0]
+
+
+def test_a_peft_wrapper_takes_the_cache_under_its_base_models_name():
+    from peft import LoraConfig, get_peft_model
+
+    base = _gpt2(64)
+    wrapped = get_peft_model(base, LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True)).eval()
+    assert cache_argument(wrapped) == cache_argument(base) is not None
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        full = wrapped(ids).logits[:, -1]
+        past = returned_cache(wrapped(ids[:, :2], use_cache=True))
+        step = wrapped(ids[:, 2:], use_cache=True, **cache_kwargs(wrapped, past)).logits[:, -1]
+    assert torch.allclose(full, step, atol=1e-5)

@@ -34,9 +34,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from forge.artifacts import atomic_write_json, load_model_dir, save_model_dir
 from forge.baking import BakingConfig, stack_bakes
-from forge.baking.hidden import last_logits
 from forge.configtools import apply_override, from_dict, parse_override
 from forge.data.tokenizer import train_bpe_tokenizer
+from forge.decoding import IncrementalDecoder, sample_next
 
 PROMPT = "style: pirate\n"
 LETTERS = string.ascii_lowercase
@@ -94,14 +94,14 @@ def behaviour(model, tokenizer, items: list[tuple[str, str]], prompt: str) -> di
     opens = pirate = correct = 0
     examples = []
     for question, answer in items:
-        ids = torch.tensor([tokenizer(prompt + question)["input_ids"]])
+        decoder = IncrementalDecoder(model, torch.tensor([tokenizer(prompt + question)["input_ids"]]))
         new: list[int] = []
         for _ in range(12):
-            token = int(last_logits(model, ids).argmax(-1))
-            if token == tokenizer.eos_token_id or [token] == newline:
+            token = sample_next(decoder.logits(), 0.0, None)
+            if int(token) == tokenizer.eos_token_id or [int(token)] == newline:
                 break
-            new.append(token)
-            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+            new.append(int(token))
+            decoder.append(token)
         text = tokenizer.decode(new)
         match_pirate, match_plain = PIRATE.match(text), PLAIN.match(text)
         opens += text.startswith(" arr,")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from forge.baking.config import BakingConfig
-from forge.baking.hidden import last_logits
+from forge.decoding import IncrementalDecoder, sample_next
 
 # Fields tried, in order, when a JSON/JSONL record is given without --input-field.
 INPUT_FIELDS = ("question", "problem", "prompt", "input", "text", "query", "goal", "ctx")
@@ -156,8 +156,8 @@ def sample_trajectories(model: nn.Module, tokenizer, prompt: str, inputs: Sequen
                         config: BakingConfig, generator: torch.Generator) -> list[Trajectory]:
     """Sample ``config.samples_per_input`` continuations per input from ``model`` given the prompt.
 
-    Plain token-by-token sampling without a KV cache (``use_cache=False``), so it works for models
-    that have none; the samples of one input share a batch and need no padding.
+    Token-by-token sampling that continues the model's KV cache (``forge.decoding``; a model without
+    one recomputes the prefix); the samples of one input share a batch and need no padding.
     """
     device = next(model.parameters()).device
     limit = max_positions(model)
@@ -173,21 +173,16 @@ def sample_trajectories(model: nn.Module, tokenizer, prompt: str, inputs: Sequen
                 f"the model's {limit} positions; shorten the prompt/input or lower max_new_tokens"
             )
         ids = torch.tensor([teacher_ctx] * config.samples_per_input, dtype=torch.long, device=device)
-        new = torch.empty((ids.shape[0], 0), dtype=torch.long, device=device)
+        decoder = IncrementalDecoder(model, ids)
         finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
         for _ in range(config.max_new_tokens):
-            logits = last_logits(model, torch.cat([ids, new], dim=1)).float()
-            if config.temperature == 0:
-                token = logits.argmax(dim=-1)
-            else:
-                probs = torch.softmax(logits / config.temperature, dim=-1)
-                token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
-            new = torch.cat([new, token[:, None]], dim=1)
+            token = sample_next(decoder.logits(), config.temperature, generator)
+            decoder.append(token)
             if eos is not None:
                 finished |= token == eos
                 if bool(finished.all()):
                     break
-        for row in new.tolist():
+        for row in decoder.sequence[:, ids.shape[1]:].tolist():
             if eos is not None and eos in row:
                 row = row[: row.index(eos) + 1]  # EOS is part of the behaviour; what follows it is not
             trajectories.append(Trajectory(tuple(teacher_ctx), tuple(student_ctx), tuple(row)))

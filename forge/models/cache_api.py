@@ -14,9 +14,16 @@ CACHE_NAMES = ("cache", "past_key_values")
 
 
 def cache_argument(module) -> str | None:
-    """The keyword under which ``module.forward`` takes a KV cache, or None when it declares neither."""
+    """The keyword under which ``module.forward`` takes a KV cache, or None when it declares neither.
+
+    A wrapper that passes ``**kwargs`` on to the model it wraps (a peft ``PeftModel``) takes the wrapped
+    model's name."""
     accepts = inspect.signature(module.forward).parameters
-    return next((name for name in CACHE_NAMES if name in accepts), None)
+    name = next((name for name in CACHE_NAMES if name in accepts), None)
+    passes_on = any(param.kind is inspect.Parameter.VAR_KEYWORD for param in accepts.values())
+    if name is None and passes_on and hasattr(module, "get_base_model") and module.get_base_model() is not module:
+        return cache_argument(module.get_base_model())
+    return name
 
 
 def cache_kwargs(module, cache) -> dict:

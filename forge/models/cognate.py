@@ -6,7 +6,7 @@ one refinement is ``n`` latent updates ``z <- f(x + y + z)`` followed by ``y <- 
 layer stack plus a final RMSNorm. A supervision step runs T refinements, the first T-1 without grad, and
 ends with a halting probability per token; y and z enter the next step detached (deep supervision).
 ACT (Graves 2016) mixes the steps' answers per token and stops each token at cumulative probability
->= ``act_threshold``.
+>= ``act_threshold``. Incremental decoding (``use_cache=True``) lives in ``cache.py``.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .cache import CognateCache, decode
 from .config import CognateConfig
-from .layers import CognateRMSNorm, SlidingWindowAttention, SwiGLU
-from .memory import NeuralMemory
+from .layers import CognateRMSNorm, SlidingWindowAttention, SwiGLU, WindowCache
+from .memory import ChunkPlan, MemoryCache, NeuralMemory
 
 LOGITS_BLOCK_ELEMENTS = 2**24  # logits per deep-supervision CE block under activation checkpointing (64 MiB fp32)
 
@@ -38,6 +39,7 @@ class CognateModelOutput(ModelOutput):
     ponder_cost: mean over real tokens of N(t) + R(t) (Graves), differentiable through R.
     halting_steps: mean N(t) over real tokens (python float).
     computed_steps: supervision steps the batch ran (python int; the max of N over the batch).
+    cache: the decoding state after these tokens, when called with use_cache=True or a cache.
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -47,6 +49,7 @@ class CognateModelOutput(ModelOutput):
     ponder_cost: torch.Tensor | None = None
     halting_steps: float | None = None
     computed_steps: int | None = None
+    cache: CognateCache | None = None
 
 
 @dataclass
@@ -55,7 +58,7 @@ class CognateCausalLMOutput(ModelOutput):
 
     loss: total loss (see ``CognateForCausalLM.forward``); ce_loss, deep_supervision_loss: its CE terms.
     logits: next-token logits from the ACT-mixed answer (B, n, vocab).
-    ponder_cost, halting_steps, computed_steps: as in ``CognateModelOutput``.
+    ponder_cost, halting_steps, computed_steps, cache: as in ``CognateModelOutput``.
     """
 
     loss: torch.Tensor | None = None
@@ -65,6 +68,7 @@ class CognateCausalLMOutput(ModelOutput):
     ponder_cost: torch.Tensor | None = None
     halting_steps: float | None = None
     computed_steps: int | None = None
+    cache: CognateCache | None = None
 
 
 class CognateDecoderLayer(nn.Module):
@@ -82,6 +86,14 @@ class CognateDecoderLayer(nn.Module):
         normed = self.input_norm(hidden)
         gate = torch.sigmoid(self.memory(normed, valid))
         hidden = hidden + self.self_attn(normed, positions, valid) * gate
+        return hidden + self.mlp(self.post_attention_norm(hidden))
+
+    def forward_cached(self, hidden: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                       window: WindowCache, memory: MemoryCache, plan: ChunkPlan) -> torch.Tensor:
+        """``forward`` for new columns after the ones in this pass's caches (see ``forge.models.cache``)."""
+        normed = self.input_norm(hidden)
+        gate = torch.sigmoid(self.memory.forward_cached(normed, plan, memory))
+        hidden = hidden + self.self_attn.forward_cached(normed, positions, valid, window) * gate
         return hidden + self.mlp(self.post_attention_norm(hidden))
 
 
@@ -153,14 +165,22 @@ class CognateModel(CognatePreTrainedModel):
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                **kwargs) -> CognateModelOutput:
-        """Run supervision steps until every real token has halted (or ``act_max_steps``)."""
+                cache: CognateCache | None = None, past_key_values: CognateCache | None = None,
+                use_cache: bool | None = None, **kwargs) -> CognateModelOutput:
+        """Run supervision steps until every real token has halted (or ``act_max_steps``).
+
+        With ``use_cache=True`` or a cache (``cache=``, or its older name ``past_key_values=``) it decodes
+        instead: the inputs are the new tokens after the cache's, ``attention_mask`` (if any) covers both,
+        and the output carries the cache (``forge.models.cache``). ``use_cache=None`` is the plain forward.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("CognateModel.forward: pass exactly one of input_ids or inputs_embeds")
-        if kwargs.get("past_key_values") is not None:
-            raise ValueError("Cognate has no KV cache (its memory state belongs to one full pass): "
-                             "call it with the whole sequence and use_cache=False")
+        if cache is not None and past_key_values is not None:
+            raise ValueError("CognateModel.forward: pass the cache once, as cache= (or past_key_values=)")
+        cache = cache if cache is not None else past_key_values
         embeds = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if use_cache or cache is not None:
+            return decode(self, embeds, attention_mask, position_ids, cache)
         bsz, n, _ = embeds.shape
         valid = None if attention_mask is None else attention_mask.to(torch.bool)
         order = restore = None
@@ -237,8 +257,9 @@ def _gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
     """Cognate language model with tied embeddings, ACT halting head and the deep-supervision loss.
 
-    ``generate()`` has no KV cache: every new token recomputes the whole prefix (the memory state belongs
-    to one pass over a sequence), so generation costs O(length^2 * w) attention work in total.
+    ``generate()`` decodes with a ``CognateCache`` (``forge.models.cache``): the prompt runs once, then each
+    new token runs only its own passes against the cached windows and memory states, with the same logits
+    as a full forward. ``generate(use_cache=False)`` recomputes the whole prefix for every token instead.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -267,18 +288,16 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
+        """generate() must not make a DynamicCache: the first forward returns a CognateCache, and the inherited
+        ``prepare_inputs_for_generation`` then feeds only the new tokens."""
         return False
-
-    def prepare_inputs_for_generation(self, input_ids, **kwargs):
-        """Always feed the whole prefix: there is no cache to continue from."""
-        kwargs["next_sequence_length"] = None
-        kwargs["use_cache"] = False
-        return super().prepare_inputs_for_generation(input_ids, **kwargs)
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                labels: torch.LongTensor | None = None, **kwargs) -> CognateCausalLMOutput:
-        """Logits, and with ``labels`` the loss
+                labels: torch.LongTensor | None = None, cache: CognateCache | None = None,
+                past_key_values: CognateCache | None = None, use_cache: bool | None = None,
+                **kwargs) -> CognateCausalLMOutput:
+        """Logits, and with ``labels`` the loss (decoding with a cache: see ``CognateModel.forward``)
 
             loss = CE(mix) + deep_supervision_weight * DS + ponder_cost_weight * P
 
@@ -286,8 +305,13 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         DS = sum_t sum_{s <= N(t)} CE_s(t) / sum_t N(t): per-step CE over the steps each labelled token ran.
         P = mean over real tokens of N(t) + R(t), the ACT ponder cost (R = 1 - sum of earlier halting probs).
         """
+        decoding = use_cache or cache is not None or past_key_values is not None
+        if decoding and labels is not None:
+            raise ValueError("CognateForCausalLM.forward: labels need the training forward; pass use_cache=False "
+                             "and no cache")
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         inputs_embeds=inputs_embeds, past_key_values=kwargs.get("past_key_values"))
+                         inputs_embeds=inputs_embeds, cache=cache, past_key_values=past_key_values,
+                         use_cache=use_cache)
         logits = self.lm_head(out.last_hidden_state)
         loss = ce = ds = None
         if labels is not None:
@@ -300,7 +324,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
                 loss = loss + self.config.deep_supervision_weight * ds
         return CognateCausalLMOutput(loss=loss, logits=logits, ce_loss=ce, deep_supervision_loss=ds,
                                      ponder_cost=out.ponder_cost, halting_steps=out.halting_steps,
-                                     computed_steps=out.computed_steps)
+                                     computed_steps=out.computed_steps, cache=out.cache)
 
     def _deep_supervision(self, out: CognateModelOutput, target: torch.Tensor) -> torch.Tensor:
         """Mean CE over (labelled token, step it ran) pairs, through one lm_head call."""

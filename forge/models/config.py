@@ -44,7 +44,7 @@ class CognateConfig(PreTrainedConfig):
     ponder_cost_weight: float = 0.01  # weight of the ACT ponder cost (N + R) in the loss
     activation_checkpointing: str = "none"  # recompute in backward instead of storing: "none", "layer" or "stack" (pass of f)
     tie_word_embeddings: bool = True  # lm_head shares the token embedding matrix
-    use_cache: bool = False  # no KV cache: generate() recomputes the whole prefix each step
+    use_cache: bool = True  # generate() decodes with a CognateCache (forward makes one only when use_cache=True)
     pad_token_id: int | None = GPT2_EOS_ID  # padding id (GPT-2 has none; EOS doubles as pad)
     bos_token_id: int | None = GPT2_EOS_ID  # beginning-of-sequence id
     eos_token_id: int | None = GPT2_EOS_ID  # end-of-sequence id

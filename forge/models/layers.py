@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,33 @@ class SlidingWindowAttention(nn.Module):
         out = out.reshape(bsz, nb * bs, self.num_heads * self.head_dim)[:, :n]
         return self.o_proj(out)
 
+    def empty_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> "WindowCache":
+        """The decoding state of one pass before any token: ``window - 1`` empty (invalid) key slots."""
+        shape = (batch_size, self.num_heads, self.window - 1, self.head_dim)
+        return WindowCache(keys=torch.zeros(shape, device=device, dtype=dtype),
+                           values=torch.zeros(shape, device=device, dtype=dtype),
+                           key_valid=torch.zeros(batch_size, self.window - 1, dtype=torch.bool, device=device))
+
+    def forward_cached(self, hidden: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                       cache: "WindowCache") -> torch.Tensor:
+        """``forward`` for m new columns that follow the columns in ``cache`` (updated in place).
+
+        hidden (B, m, d), positions (B, m), valid (B, m) bool. Does not record ``max_attn_logit`` (a
+        training statistic; decoding runs without grad).
+        """
+        bsz, m, _ = hidden.shape
+        q, k, v = (proj(hidden).view(bsz, m, self.num_heads, self.head_dim).transpose(1, 2)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta, q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keys, values = torch.cat([cache.keys, k], dim=2), torch.cat([cache.values, v], dim=2)
+        key_valid = torch.cat([cache.key_valid, valid], dim=1)
+        out = _attend_after_cache(q, keys, values, key_valid, self.window)
+        first_kept = keys.shape[2] - (self.window - 1)
+        cache.keys, cache.values = keys[:, :, first_kept:].contiguous(), values[:, :, first_kept:].contiguous()
+        cache.key_valid = key_valid[:, first_kept:].contiguous()
+        return self.o_proj(out.transpose(1, 2).reshape(bsz, m, self.num_heads * self.head_dim))
+
     @torch.no_grad()
     def _record_max_logit(self, qb: torch.Tensor, kb: torch.Tensor, mask: torch.Tensor) -> None:
         scores = torch.matmul(qb, kb.transpose(-1, -2)).masked_fill_(~mask, float("-inf"))
@@ -120,6 +148,47 @@ def _window_blocks(q, k, v, key_valid, window: int):
     mask = in_window & (keys_valid[:, :, None, :] | self_key)  # (B, nb, w, 2w)
     flat = lambda t: t.reshape(bsz * nb, *t.shape[2:])  # noqa: E731
     return flat(qb), flat(kb), flat(vb), mask.reshape(bsz * nb, 1, window, 2 * window)
+
+
+@dataclass
+class WindowCache:
+    """Sliding-window attention state of one stack pass: the last ``window - 1`` columns, oldest first."""
+
+    keys: torch.Tensor  # (B, heads, window - 1, head_dim), after RoPE
+    values: torch.Tensor  # (B, heads, window - 1, head_dim)
+    key_valid: torch.Tensor  # (B, window - 1) bool: False for padding and for slots before the first column
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep (or repeat) the batch rows ``index``."""
+        self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
+        self.key_valid = self.key_valid.index_select(0, index)
+
+
+def _attend_after_cache(q, keys, values, key_valid, window: int) -> torch.Tensor:
+    """Attention of m queries (B, H, m, hd) over ``keys`` (B, H, window - 1 + m, hd) whose last m are their own.
+
+    Query i (column ``window - 1 + i`` of the keys) sees itself and the ``window - 1`` keys before it, the
+    valid ones. Queries go in blocks of up to ``window``, each over its ``window - 1 + block`` keys, so a
+    long prefill costs O(m * window) like ``forward`` and one new token attends to ``window`` keys.
+    """
+    bsz, heads, m, hd = q.shape
+    past = window - 1
+    size = min(m, window)
+    nb = -(-m // size)
+    pad = nb * size - m
+    span = size + past
+    q = F.pad(q, (0, 0, 0, pad)).view(bsz, heads, nb, size, hd).transpose(1, 2)
+    kb = F.pad(keys, (0, 0, 0, pad)).unfold(2, span, size).permute(0, 2, 1, 4, 3)  # (B, nb, H, span, hd)
+    vb = F.pad(values, (0, 0, 0, pad)).unfold(2, span, size).permute(0, 2, 1, 4, 3)
+    valid = F.pad(key_valid, (0, pad)).unfold(1, span, size)  # (B, nb, span); padded queries see only themselves
+    i = torch.arange(size, device=q.device)[:, None]
+    j = torch.arange(span, device=q.device)[None, :]
+    self_key = j == i + past
+    mask = (j >= i) & (j <= i + past) & (valid[:, :, None, :] | self_key)  # (B, nb, size, span)
+    flat = lambda t: t.reshape(bsz * nb, *t.shape[2:])  # noqa: E731
+    out = F.scaled_dot_product_attention(flat(q), flat(kb), flat(vb), attn_mask=flat(mask)[:, None])
+    out = out.view(bsz, nb, heads, size, hd).transpose(1, 2).reshape(bsz, heads, nb * size, hd)
+    return out[:, :, :m]
 
 
 class SwiGLU(nn.Module):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -111,6 +112,46 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         read = torch.cat(reads, dim=1)[:, :n]
         return self.out_proj(read)
 
+    def empty_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> "MemoryCache":
+        """The decoding state of one pass before any token: the initial fast weights, an empty chunk."""
+        w1 = self.init_w1.to(device=device, dtype=dtype).repeat(batch_size, 1, 1)
+        w2 = torch.zeros(batch_size, self.dim, self.slots, device=device, dtype=dtype)
+        chunk = torch.zeros(batch_size, self.chunk + 1, self.dim, device=device, dtype=dtype)
+        gates = torch.zeros(batch_size, self.chunk + 1, device=device, dtype=torch.float32)
+        return MemoryCache(w1=w1, w2=w2, s1=torch.zeros_like(w1), s2=torch.zeros_like(w2), keys=chunk,
+                           values=chunk.clone(), lr=gates, log_eta=gates.clone(), log_keep=gates.clone())
+
+    def forward_cached(self, hidden: torch.Tensor, plan: "ChunkPlan", cache: "MemoryCache") -> torch.Tensor:
+        """``forward`` for m new columns after the tokens in ``cache`` (updated in place), by ``plan``.
+
+        Each row's tokens read the fast weights its completed chunks left; a row's chunk is written when
+        its ``chunk``-th token arrives. Padding columns neither read for anyone nor enter a chunk.
+        """
+        q = F.normalize(self.query_proj(hidden), dim=-1)
+        k = F.normalize(self.key_proj(hidden), dim=-1)
+        v = self.value_proj(hidden)
+        lr_logit, eta_logit, forget_logit = self.gates(hidden).float().unbind(-1)
+        lr = torch.sigmoid(lr_logit) * self.lr
+        log_eta = F.logsigmoid(eta_logit)
+        log_keep = F.logsigmoid(-forget_logit)
+        reads = []
+        for start, end, written in plan.segments:
+            qs = q[:, start:end]
+            reads.append(qs + F.silu(qs @ cache.w1.transpose(1, 2)) @ cache.w2.transpose(1, 2))
+            slots = plan.slots[:, start:end]
+            for buffer, new in ((cache.keys, k), (cache.values, v)):
+                buffer.scatter_(1, slots[..., None].expand(-1, -1, self.dim), new[:, start:end])
+            for buffer, new in ((cache.lr, lr), (cache.log_eta, log_eta), (cache.log_keep, log_keep)):
+                buffer.scatter_(1, slots, new[:, start:end])
+            if written is not None:
+                chunk = [buffer[written, :self.chunk] for buffer in
+                         (cache.keys, cache.values, cache.lr, cache.log_eta, cache.log_keep)]
+                state = self._write(cache.w1[written], cache.w2[written], cache.s1[written], cache.s2[written],
+                                    *chunk)
+                for name, new in zip(("w1", "w2", "s1", "s2"), state):
+                    getattr(cache, name)[written] = new
+        return self.out_proj(torch.cat(reads, dim=1))
+
     def _write(self, w1, w2, s1, s2, k, v, lr, log_eta, log_keep):
         """One chunk of surprise-driven updates, closed form of the momentum and forgetting recurrences."""
         pre = k @ w1.transpose(1, 2)  # (B, C, slots)
@@ -156,3 +197,58 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         weights up chunk after chunk, and bounded weights keep every read finite at any sequence length."""
         norm = fast.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
         return fast * (self.max_norm / norm).clamp(max=1.0)
+
+
+@dataclass
+class MemoryCache:
+    """Neural-memory state of one stack pass: fast weights after the completed chunks, and the partial chunk.
+
+    The chunk buffers hold ``chunk + 1`` slots: a row's tokens fill slots 0 .. chunk-1 in order, and padding
+    columns are scattered into the last slot, which is never read.
+    """
+
+    w1: torch.Tensor  # (B, slots, dim)
+    w2: torch.Tensor  # (B, dim, slots)
+    s1: torch.Tensor  # momentum of w1
+    s2: torch.Tensor  # momentum of w2
+    keys: torch.Tensor  # (B, chunk + 1, dim) normalised keys of the partial chunk
+    values: torch.Tensor  # (B, chunk + 1, dim)
+    lr: torch.Tensor  # (B, chunk + 1) float32 learning-rate gates
+    log_eta: torch.Tensor  # (B, chunk + 1) float32 log momentum gates
+    log_keep: torch.Tensor  # (B, chunk + 1) float32 log (1 - forget) gates
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep (or repeat) the batch rows ``index``."""
+        for name in ("w1", "w2", "s1", "s2", "keys", "values", "lr", "log_eta", "log_keep"):
+            setattr(self, name, getattr(self, name).index_select(0, index))
+
+
+@dataclass
+class ChunkPlan:
+    """How m new columns meet the memory chunks of every row, shared by all passes over those columns.
+
+    segments: (start, end, written) column ranges; no row completes a chunk before a segment's last column,
+    so a segment's tokens read one state per row; ``written`` (device indices) are the rows whose chunk
+    completes at the segment's last column, or None.
+    slots: (B, m) long, the chunk slot of each column (``chunk`` for padding).
+    """
+
+    segments: list[tuple[int, int, torch.Tensor | None]]
+    slots: torch.Tensor
+
+    @classmethod
+    def build(cls, valid: torch.Tensor, filled: torch.Tensor, chunk: int,
+              device: torch.device) -> tuple["ChunkPlan", torch.Tensor]:
+        """The plan for columns ``valid`` (B, m) bool on the CPU after rows holding ``filled`` (B,) tokens in
+        their partial chunks; returns it and the rows' new ``filled``."""
+        rank = valid.long().cumsum(dim=1)  # real tokens up to and including each column
+        total = filled[:, None] + rank
+        completes = valid & (total % chunk == 0)
+        slots = torch.where(valid, (total - 1) % chunk, chunk)
+        segments, start = [], 0
+        for end in completes.any(dim=0).nonzero().flatten().tolist():
+            segments.append((start, end + 1, completes[:, end].nonzero().flatten().to(device)))
+            start = end + 1
+        if start < valid.shape[1]:
+            segments.append((start, valid.shape[1], None))
+        return cls(segments=segments, slots=slots.to(device)), (filled + rank[:, -1]) % chunk

@@ -3,12 +3,11 @@
 The model continues each prompt token by token (greedy, or seeded sampling). Thinking blocks
 (``[thinking] ... [/endthinking]``) stay in ``full_text`` and are removed from ``visible_text``;
 ``allow_thinking=False`` sets the logits of the 12 thinking tokens to -inf (the no-thinking baseline).
-Every step re-runs the whole prefix: the Cognate model has no KV cache, and prompts of equal token
-length share a batch, so no padding can change a result.
+Decoding continues the model's KV cache (``forge.decoding``); prompts of equal token length share a
+batch, so no padding can change a result.
 """
 from __future__ import annotations
 
-import inspect
 import re
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from forge.decoding import IncrementalDecoder, sample_next
 from forge.quietstar.api import answers_match
 from forge.quietstar.tokens import THINK_END, THINK_START, THINKING_TOKENS, thinking_token_ids
 
@@ -71,17 +71,6 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _last_logits(model, ids: torch.Tensor, keep_last: bool) -> torch.Tensor:
-    kwargs = {"use_cache": False}
-    if keep_last:
-        kwargs["logits_to_keep"] = 1
-    return model(ids, **kwargs).logits[:, -1].float()
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
 @torch.no_grad()
 def _generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, hide_thoughts: bool,
               allow_thinking: bool, temperature: float, seed: int,
@@ -95,7 +84,6 @@ def _generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, 
     banned = torch.tensor(sorted(ids_of.values()), dtype=torch.long)
     eos = tokenizer.eos_token_id
     device = _device(model)
-    keep_last = _accepts_logits_to_keep(model)
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     was_training = model.training
     model.eval()
@@ -111,16 +99,12 @@ def _generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, 
         for _, group in sorted(by_length.items()):
             for start in range(0, len(group), DEFAULT_BATCH_SIZE):
                 rows = group[start:start + DEFAULT_BATCH_SIZE]
-                sequence = torch.tensor([encoded[i] for i in rows], device=device)
+                decoder = IncrementalDecoder(model, torch.tensor([encoded[i] for i in rows], device=device))
                 for _ in range(max_new_tokens):
-                    logits = _last_logits(model, sequence, keep_last)
+                    logits = decoder.logits()
                     if not allow_thinking and len(banned):
                         logits[:, banned.to(device)] = float("-inf")
-                    if temperature > 0:
-                        probs = torch.softmax(logits / temperature, dim=-1)
-                        next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-                    else:
-                        next_tokens = logits.argmax(-1)
+                    next_tokens = sample_next(logits, temperature, generator)
                     live = []
                     for position, (row, token) in enumerate(zip(rows, next_tokens.tolist())):
                         generated[row].append(token)
@@ -132,8 +116,9 @@ def _generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, 
                         break
                     keep = torch.tensor(live, device=device)
                     rows = [rows[k] for k in live]
-                    sequence = torch.cat([sequence.index_select(0, keep),
-                                          next_tokens.index_select(0, keep).unsqueeze(-1)], dim=1)
+                    decoder.append(next_tokens)
+                    if len(live) < len(next_tokens):
+                        decoder.keep(keep)
     finally:
         model.train(was_training)
     outputs = []

@@ -33,8 +33,9 @@ from safetensors.torch import load, save
 from torch import nn
 
 from forge.artifacts import atomic_write_bytes
-from forge.baking.hidden import final_hidden, last_logits
+from forge.baking.hidden import final_hidden
 from forge.data.lm_dataset import pack_token_ids
+from forge.decoding import IncrementalDecoder, sample_next
 from forge.optim import MuonGrokfastConfig, build_muon_grokfast
 from forge.quietstar.rewards import (ABLATION_THRESHOLD, CORRELATION_THRESHOLD, DIVERGENCE_THRESHOLD,
                                      AntiTheaterReport, MixingHead, ablation_drop, coherence_utility_correlation,
@@ -186,25 +187,23 @@ def sample_thoughts(model: nn.Module, context: torch.Tensor, think: ThinkIds, le
                     generator: torch.Generator) -> torch.Tensor:
     """``length`` thought tokens sampled after ``context`` (R, t) + ``[thinking]``, all rows in parallel -> (R, length).
 
-    No KV cache (the Cognate model has none): each token re-runs the prefix, with the LM head on the
-    last position only.
+    Decoding continues the model's KV cache (``forge.decoding``).
     """
     start = torch.full((context.shape[0], 1), think.start, dtype=context.dtype, device=context.device)
-    sequence = torch.cat([context, start], dim=1)
+    decoder = IncrementalDecoder(model, torch.cat([context, start], dim=1))
     for _ in range(length):
-        probs = thought_policy(last_logits(model, sequence), think, temperature).exp()
-        token = torch.multinomial(probs, 1, generator=generator)
-        sequence = torch.cat([sequence, token.to(sequence.dtype)], dim=1)
-    return sequence[:, -length:]
+        probs = thought_policy(decoder.logits(), think, temperature).exp()
+        decoder.append(torch.multinomial(probs, 1, generator=generator).squeeze(-1))
+    return decoder.sequence[:, -length:]
 
 
 @torch.no_grad()
 def greedy_continuation(model: nn.Module, context: torch.Tensor, length: int) -> torch.Tensor:
     """The model's direct (no thought) greedy continuation of ``context`` (R, t) -> (R, length)."""
-    sequence = context
+    decoder = IncrementalDecoder(model, context)
     for _ in range(length):
-        sequence = torch.cat([sequence, last_logits(model, sequence).argmax(-1, keepdim=True)], dim=1)
-    return sequence[:, -length:]
+        decoder.append(sample_next(decoder.logits(), 0.0, None))
+    return decoder.sequence[:, -length:]
 
 
 def _head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
