@@ -24,6 +24,8 @@ class RayConfig:
     """GPUs a local Ray may use; None: the number torch sees (0 on a CPU-only machine)."""
     include_dashboard: bool = False
     """Start the dashboard with a local Ray (costs start-up time and memory)."""
+    max_restarts: int = 2
+    """Times a dead actor (trainer, benchmark actor, EvoMerge trial) is restarted, resuming from its checkpoint."""
 
 
 def local_gpu_count() -> int:
