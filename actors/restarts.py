@@ -66,10 +66,10 @@ def read_attempts(path: str | os.PathLike, actor_id: str | None = None) -> list[
     return [r for r in records if actor_id is None or r["actor_id"] == actor_id]
 
 
-def lost_error(what: str, actor, attempts_path: str | os.PathLike, max_restarts: int,
-               error: BaseException) -> ActorLost:
-    """The error for an actor (``what``: e.g. "cognate trainer 'a'") that died after its last restart."""
-    attempts = read_attempts(attempts_path, actor._actor_id.hex())
+def lost_error(what: str, attempts_path: str | os.PathLike, max_restarts: int, error: BaseException) -> ActorLost:
+    """The error for an actor (``what``: e.g. "cognate trainer 'a'") whose ``RayActorError`` came after its last
+    restart; its processes are read from ``attempts_path`` (filtered by the error's actor id)."""
+    attempts = read_attempts(attempts_path, getattr(error, "actor_id", None))
     started = len(attempts) or max_restarts + 1
     pids = ", ".join(str(a["pid"]) for a in attempts) or "unknown"
     last = attempts[-1] if attempts else {}

@@ -86,3 +86,64 @@ def test_trainer_dying_past_max_restarts_fails_the_phase_naming_it(tmp_path, sha
     assert log.endswith(f"-{pid}.out") and log in message
     manifest = read_json(phase_dir / "manifest.json")
     assert manifest["status"] == "failed" and "ActorLost" in manifest["error"] and "outputs" not in manifest
+
+
+def test_killed_benchmark_actor_is_restarted_and_its_evaluation_gives_the_same_result(tmp_path, ray_session):
+    """Phase 6's pool: the restarted actor re-reads its model directory, then loads the caller's weights again
+    (a WeightsRef) before the re-sent evaluation, so the scores equal those of an in-process run."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from actors.benchmark_actor import BenchmarkActor, WeightsRef, evaluate_prompts
+    from actors.restarts import restart_options
+    from benchmarks.tooluse import INITIAL_TOOL_PROMPT, TOOL_PROMPT_VARIANTS, ToolUseConfig, evaluate_tool_use
+    from benchmarks.tooluse_problems import load_problems
+    from forge.artifacts import save_model_dir
+    from forge.data.tokenizer import load_gpt2_tokenizer
+
+    ray = ray_session
+    tokenizer = load_gpt2_tokenizer()
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=len(tokenizer),
+                                          n_positions=512)).eval()
+
+    config = ToolUseConfig(max_turns=2, max_new_tokens=24, num_fewshot=0, num_samples=0, batch_size=4)
+    problems = load_problems(["easy"], limit=16, seed=7)  # about 1 s per prompt in-process
+    prompts = [INITIAL_TOOL_PROMPT, *TOOL_PROMPT_VARIANTS[:2]]
+    evaluated = model(1)  # the weights evaluated: not those of the directory the actors start from
+    expected = [evaluate_tool_use(evaluated, tokenizer, prompt=p, problems=problems, config=config).to_dict()
+                for p in prompts]
+    model_dir = save_model_dir(model(0), tokenizer, tmp_path / "base", phase="test")
+    attempts_file = tmp_path / ATTEMPTS_FILE
+    actors = [BenchmarkActor.options(num_cpus=0.5, **restart_options(1)).remote(
+        str(model_dir), attempts_file=str(attempts_file)) for _ in range(2)]
+    ray.get([actor.info.remote() for actor in actors])
+    first_pid = read_attempts(attempts_file, actors[0]._actor_id.hex())[0]["pid"]
+    killed_at = []
+
+    def kill_soon():
+        time.sleep(0.3)  # the first evaluation is sent (or under way): either way the call is re-sent
+        os.kill(first_pid, signal.SIGKILL)
+        killed_at.append(time.time())
+
+    killer = threading.Thread(target=kill_soon, daemon=True)
+    try:
+        weights = WeightsRef(ray.put(evaluated.state_dict()))
+        killer.start()
+        results = evaluate_prompts(actors, prompts, method="evaluate_tool_use", problems=problems, config=config,
+                                   weights=weights)
+        finished = time.time()
+        killer.join()
+        attempts = read_attempts(attempts_file, actors[0]._actor_id.hex())
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    assert killed_at and killed_at[0] < finished, "the actor was killed only after the evaluations had finished"
+    assert [a["restarted"] for a in attempts] == [False, True] and attempts[1]["pid"] != first_pid
+
+    def without_timing(result):
+        return {k: v for k, v in result.items() if k not in ("wall_s", "cached")}
+
+    assert [without_timing(r) for r in results] == [without_timing(e) for e in expected]

@@ -234,7 +234,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
             try:
                 results[name] = ray.get(done[0])
             except ray.exceptions.RayActorError as err:
-                raise lost_error(f"cognate trainer '{name}'", trainer, attempts, max_restarts, err) from err
+                raise lost_error(f"cognate trainer '{name}'", attempts, max_restarts, err) from err
             ray.kill(trainer)  # free its share at once: on a small node a waiting trainer needs it
             print(f"[forge] cognate: model {name} done: val perplexity {results[name]['val/perplexity']:.2f} "
                   f"(unigram {data_record[name]['unigram_val_perplexity']:.2f})", flush=True)
