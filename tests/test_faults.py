@@ -8,7 +8,7 @@ import time
 import pytest
 
 from actors.restarts import ATTEMPTS_FILE, ActorLost, read_attempts
-from forge.artifacts import read_json
+from forge.artifacts import load_model_dir, read_json
 from forge.pipeline import run_pipeline
 from forge.tracking import read_metrics
 from test_pipeline import small_config
@@ -147,3 +147,48 @@ def test_killed_benchmark_actor_is_restarted_and_its_evaluation_gives_the_same_r
         return {k: v for k, v in result.items() if k not in ("wall_s", "cached")}
 
     assert [without_timing(r) for r in results] == [without_timing(e) for e in expected]
+
+
+def test_killed_evomerge_trial_is_run_again_and_measures_the_same(tmp_path, ray_session):
+    """Tune's FailureConfig: a trial whose process dies is run again; the measured terms (but speed) match an
+    uninterrupted experiment's."""
+    from forge.evolve import EvoMergeConfig
+    from forge.phases.evomerge import Candidate, evaluate_candidates
+    from test_evomerge import _texts, _tiny_parents
+
+    dirs = _tiny_parents(tmp_path)
+    loaded = [load_model_dir(d) for d in dirs.values()]
+    template, tokenizer = loaded[0]
+    candidates = [Candidate(f"parent_{name}", None, model.state_dict(), 0.0)
+                  for name, (model, _) in zip(dirs, loaded)]
+    config = EvoMergeConfig(perplexity_window=64, speed_batch=2, speed_seq_len=16, speed_repeats=1, eval_actors=2)
+    texts = _texts(20, seed=99)
+    storage = tmp_path / "tune"
+    kwargs = {"storage": storage, "data_dir": None, "device": "cpu", "max_failures": 1}
+    plain = evaluate_candidates(candidates, template, tokenizer, texts, config, name="plain", **kwargs)
+
+    attempts_file = storage / f"killed_{ATTEMPTS_FILE}"
+    killed = []
+
+    def kill_first_trial():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            attempts = read_attempts(attempts_file)
+            if attempts:
+                os.kill(attempts[0]["pid"], signal.SIGKILL)
+                killed.append(attempts[0]["pid"])
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_first_trial, daemon=True)
+    killer.start()
+    again = evaluate_candidates(candidates, template, tokenizer, texts, config, name="killed", **kwargs)
+    killer.join()
+    assert killed, "no trial process was killed"
+    assert len(read_attempts(attempts_file)) > len(read_attempts(storage / f"plain_{ATTEMPTS_FILE}"))
+    assert [a["pid"] for a in read_attempts(attempts_file)].count(killed[0]) == 1  # it did not come back
+    for before, after in zip(plain.terms, again.terms):
+        assert {k: v for k, v in after.items() if k not in TIMING_TERMS} == \
+            {k: v for k, v in before.items() if k not in TIMING_TERMS}
+
+
+TIMING_TERMS = {"tokens_per_s", "transfer_s", "eval_s"}
