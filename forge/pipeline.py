@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from actors.restarts import ActorLost
-from forge.artifacts import (MANIFEST, atomic_write_json, model_dir_problems, read_json, read_manifest)
+from forge.artifacts import (MANIFEST, StorageFull, atomic_write_json, model_dir_problems, read_json,
+                             read_manifest)
 from forge.config import PipelineConfig, load_pipeline_config
 from forge.configtools import ConfigError, config_hash, to_dict
 
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         run_dir = run_pipeline(config)
-    except (PipelineError, ActorLost) as err:
+    except (PipelineError, ActorLost, StorageFull) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"[forge] run written to {run_dir.resolve()}", flush=True)

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from actors.restarts import ATTEMPTS_FILE, ActorLost, read_attempts
 from forge.artifacts import load_model_dir, read_json
@@ -91,7 +92,6 @@ def test_trainer_dying_past_max_restarts_fails_the_phase_naming_it(tmp_path, sha
 def test_killed_benchmark_actor_is_restarted_and_its_evaluation_gives_the_same_result(tmp_path, ray_session):
     """Phase 6's pool: the restarted actor re-reads its model directory, then loads the caller's weights again
     (a WeightsRef) before the re-sent evaluation, so the scores equal those of an in-process run."""
-    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from actors.benchmark_actor import BenchmarkActor, WeightsRef, evaluate_prompts
@@ -192,3 +192,137 @@ def test_killed_evomerge_trial_is_run_again_and_measures_the_same(tmp_path, ray_
 
 
 TIMING_TERMS = {"tokens_per_s", "transfer_s", "eval_s"}
+
+
+# ------------------------------------------------------------------------------------------ bad state
+
+def _tiny_training(tmp_path, steps_per_epoch=4):
+    """A tiny Cognate model and everything forge.training.train needs (random tokens: only positions matter)."""
+    from forge.config import CognateTrainConfig
+    from forge.models import CognateConfig, CognateForCausalLM
+    from forge.tracking import Tracker, TrackingConfig
+    from forge.training import Stage
+
+    torch.manual_seed(0)
+    model = CognateForCausalLM(CognateConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        sliding_window=16, max_position_embeddings=32, memory_dim=8, memory_chunk_size=8, act_max_steps=1,
+        trm_refinements=1, ltm_slots=8, pad_token_id=0, bos_token_id=0, eos_token_id=0))
+    cfg = CognateTrainConfig(seq_len=16, batch_size=2, micro_batch_size=2, max_steps_per_epoch=steps_per_epoch,
+                             checkpoint_every=1, warmup_steps=1, eval_max_batches=1)
+    stages = [Stage("s", torch.randint(1, 64, (16, 16)), epochs=1)]
+    tracker = Tracker(tmp_path, name="tiny", config=TrackingConfig(wandb_mode="disabled"))
+    return model, stages, torch.randint(1, 64, (2, 16)), cfg, tracker
+
+
+def _train(tmp_path, **overrides):
+    from forge.training import train
+
+    model, stages, val, cfg, tracker = _tiny_training(tmp_path, **overrides)
+    return train(model, stages, val, cfg, checkpoint_dir=tmp_path / "ckpt", tracker=tracker,
+                 device=torch.device("cpu"), seed=0, micro_batch=2)
+
+
+def _checkpoints_at(tmp_path, steps):
+    """checkpoint.prev.pt at steps[0], checkpoint.pt at steps[1], written by the trainer's own writer."""
+    from forge.optim import build_muon_grokfast
+    from forge.training import Position, _save_checkpoint
+
+    model, _, _, cfg, _ = _tiny_training(tmp_path)
+    optimizer = build_muon_grokfast(model, cfg.optimizer)
+    for step in steps:
+        _save_checkpoint(tmp_path / "ckpt" / "checkpoint.pt", model, optimizer, Position(step=step, batch=step))
+    return tmp_path / "ckpt"
+
+
+def _resume(tmp_path):
+    from forge.optim import build_muon_grokfast
+    from forge.training import resume_checkpoint
+
+    model, _, _, cfg, _ = _tiny_training(tmp_path)
+    return resume_checkpoint(tmp_path / "ckpt" / "checkpoint.pt", model, build_muon_grokfast(model, cfg.optimizer),
+                             "tiny")
+
+
+def _poison(path):
+    """Write NaN into the first weight of a saved checkpoint."""
+    state = torch.load(path, weights_only=False)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name].view(-1)[0] = float("nan")
+    torch.save(state, path)
+    return name
+
+
+def test_resume_takes_the_last_checkpoint_when_it_is_sound(tmp_path):
+    _checkpoints_at(tmp_path, [3, 4])
+    assert _resume(tmp_path).step == 4
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one_with_a_message(tmp_path, caplog):
+    ckpt = _checkpoints_at(tmp_path, [3, 4])
+    data = (ckpt / "checkpoint.pt").read_bytes()
+    (ckpt / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING", logger="forge.training"):
+        assert _resume(tmp_path).step == 3
+    assert "checkpoint.pt: it is unreadable" in caplog.text and "falling back to checkpoint.prev.pt" in caplog.text
+
+
+def test_nan_weights_fall_back_and_both_bad_restart_from_step_0(tmp_path, caplog):
+    ckpt = _checkpoints_at(tmp_path, [3, 4])
+    name = _poison(ckpt / "checkpoint.pt")
+    with caplog.at_level("WARNING", logger="forge.training"):
+        assert _resume(tmp_path).step == 3
+        assert f"non-finite weights in {name}" in caplog.text
+        (ckpt / "checkpoint.prev.pt").write_bytes(b"")
+        caplog.clear()
+        assert _resume(tmp_path) is None
+    assert "no usable checkpoint is left: training restarts from step 0" in caplog.text
+    # train() then starts over and still runs every step.
+    assert _train(tmp_path)["steps"] == 4
+
+
+def test_disk_full_checkpoint_write_fails_clearly_and_keeps_the_last_good_one(tmp_path, monkeypatch):
+    import errno
+
+    import forge.artifacts
+    from forge.artifacts import StorageFull
+
+    real_fsync, calls = os.fsync, []
+
+    def fsync_until_full(fd):
+        calls.append(fd)
+        if len(calls) > 3:  # the initial checkpoint and steps 1-2 are written, step 3's is not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(forge.artifacts.os, "fsync", fsync_until_full)
+    with pytest.raises(StorageFull, match=r"no space left to write .*checkpoint.pt .*previous checkpoint.pt"):
+        _train(tmp_path)
+    monkeypatch.setattr(forge.artifacts.os, "fsync", real_fsync)
+    ckpt = tmp_path / "ckpt"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]  # no temp file
+    assert _resume(tmp_path).step == 2
+    assert _train(tmp_path)["steps"] == 4  # and training resumes from there
+
+
+def test_disk_full_model_directory_write_keeps_the_previous_directory(tmp_path, monkeypatch):
+    import errno
+
+    import forge.artifacts
+    from forge.artifacts import StorageFull, save_model_dir, verify_model_dir
+
+    model = _tiny_training(tmp_path)[0]
+    out = save_model_dir(model, None, tmp_path / "model", phase="test")
+    before = read_json(out / "manifest.json")["digest"]
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(forge.artifacts.os, "fsync", full)  # the manifest, written last, finds the disk full
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # a write that went through would change the directory
+    with pytest.raises(StorageFull, match="no space left to write .*model .*previous model"):
+        save_model_dir(model, None, out, phase="test")
+    monkeypatch.undo()
+    assert verify_model_dir(out) and read_json(out / "manifest.json")["digest"] == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
