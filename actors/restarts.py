@@ -42,8 +42,9 @@ def record_attempt(path: str | os.PathLike) -> dict[str, Any]:
     import ray
 
     context = ray.get_runtime_context()
-    record = {"actor_id": context.get_actor_id(), "pid": os.getpid(), "node_id": context.get_node_id(),
-              "restarted": context.was_current_actor_reconstructed, "started_unix": time.time(),
+    actor_id = context.get_actor_id()
+    record = {"actor_id": actor_id, "pid": os.getpid(), "node_id": context.get_node_id(),
+              "restarted": bool(read_attempts(path, actor_id)), "started_unix": time.time(),
               "log": _log_file(1), "log_err": _log_file(2)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -326,3 +326,49 @@ def test_disk_full_model_directory_write_keeps_the_previous_directory(tmp_path, 
     monkeypatch.undo()
     assert verify_model_dir(out) and read_json(out / "manifest.json")["digest"] == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ------------------------------------------------------------------------------------------ the driver
+
+def test_sigterm_stops_the_driver_cleanly_and_the_same_command_resumes(tmp_path, shared_data, ray_session):
+    import subprocess
+    import sys
+
+    from forge.config import load_pipeline_config
+    from test_pipeline import SMALL
+
+    overrides = [*SMALL, f"data.data_dir={shared_data}", *COGNATE_ONLY]
+    cmd = [sys.executable, "-m", "forge.pipeline", "--out", str(tmp_path)]
+    for item in overrides:
+        cmd += ["--set", item]
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    phase_dir = tmp_path / "tiny" / "cognate"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            metrics = phase_dir / "metrics.jsonl"
+            if metrics.is_file() and any(m.get("step", 0) >= 3 for m in read_metrics(metrics)):
+                break
+            assert proc.poll() is None, "the run ended before it could be stopped"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no training progress within 300 s")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert f"stopped by SIGTERM during phase 'cognate' (its checkpoints are kept in {phase_dir / 'work'})" in stderr
+    assert "Run the same command again to resume." in stderr
+    manifest = read_json(phase_dir / "manifest.json")
+    assert manifest["status"] == "stopped" and "outputs" not in manifest
+
+    run_pipeline(load_pipeline_config("tiny", overrides=overrides, out_dir=str(tmp_path)))
+    resumed = [m["train/resumed_at_step"] for m in read_metrics(phase_dir / "metrics.jsonl")
+               if "train/resumed_at_step" in m]
+    assert resumed and max(resumed) >= 2, "the second run should resume from a checkpoint, not step 0"
+    assert read_json(phase_dir / "manifest.json")["status"] == "complete"
