@@ -75,7 +75,7 @@ def lost_error(what: str, attempts_path: str | os.PathLike, max_restarts: int, e
     pids = ", ".join(str(a["pid"]) for a in attempts) or "unknown"
     last = attempts[-1] if attempts else {}
     log = last.get("log") or f"the worker logs of the Ray session (pid {last.get('pid', 'unknown')})"
-    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    cause = (str(error).strip() or type(error).__name__).splitlines()[0]
     return ActorLost(
         f"{what} died {started} time(s) and ray.max_restarts={max_restarts} allows no more (processes: {pids}); "
         f"last log: {log} (and its .err); attempts recorded in {attempts_path}; Ray said: {cause}. Its checkpoints "

@@ -195,6 +195,26 @@ def test_killed_evomerge_trial_is_run_again_and_measures_the_same(tmp_path, ray_
 TIMING_TERMS = {"tokens_per_s", "transfer_s", "eval_s"}
 
 
+def test_evomerge_trial_failing_past_the_limit_names_the_candidate_the_attempts_and_the_log(tmp_path, ray_session):
+    from forge.evolve import EvoMergeConfig
+    from forge.phases.evomerge import Candidate, evaluate_candidates
+    from test_evomerge import _texts, _tiny_parents
+
+    model, tokenizer = load_model_dir(_tiny_parents(tmp_path)["a"])
+    broken = dict(model.state_dict())
+    broken.pop(next(iter(broken)))  # does not load into the template: every attempt fails
+    config = EvoMergeConfig(perplexity_window=64, speed_batch=2, speed_seq_len=16, speed_repeats=1, eval_actors=1)
+    with pytest.raises(RuntimeError) as caught:
+        evaluate_candidates([Candidate("g1_c0_broken", None, broken, 0.0)], model, tokenizer, _texts(20, seed=99),
+                            config, storage=tmp_path / "tune", name="gen_001", data_dir=None, device="cpu",
+                            max_failures=1)
+    message = str(caught.value)
+    assert "candidate g1_c0_broken failed 2 time(s) (ray.max_restarts=1)" in message
+    log = message.split("log: ")[1].split(". ")[0]
+    assert log.endswith("error.txt") and Path(log).is_file()
+    assert len(read_attempts(tmp_path / "tune" / f"gen_001_{ATTEMPTS_FILE}")) == 2
+
+
 # ------------------------------------------------------------------------------------------ bad state
 
 def _tiny_training(tmp_path, steps_per_epoch=4):

@@ -208,7 +208,7 @@ def evaluate_candidates(candidates: Sequence[Candidate], template, tokenizer, te
     for result in grid:
         label = result.config["candidate"]["label"]
         if result.error is not None:
-            cause = str(result.error).strip().splitlines()[0] if str(result.error).strip() else type(result.error).__name__
+            cause = (str(result.error).strip() or "no message").splitlines()[0]
             raise RuntimeError(
                 f"evomerge: the Tune trial evaluating candidate {label} failed {max_failures + 1} time(s) "
                 f"(ray.max_restarts={max_failures}): {type(result.error).__name__}: {cause}; log: "
