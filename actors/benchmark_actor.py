@@ -5,15 +5,30 @@ New weights arrive in memory (``set_weights`` with a state dict put once in the 
 pool of actors evaluates a whole population without re-creating actors or re-reading files;
 ``evaluate_candidates`` yields results as they finish (``ray.wait``), not in submission order;
 ``evaluate_prompts`` scores Phase 6 prompt proposals on a pool holding one set of weights.
+
+Evaluations name the weights they mean with a ``WeightsRef``: an actor restarted after its process died
+(``actors.restarts``; its constructor re-reads the model directory) loads them again before the re-sent
+call, so a re-queued evaluation scores the same weights and gives the same result.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import ray
 import torch
+
+from actors.restarts import record_attempt
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """A state dict put once in the object store. Wrapped so Ray passes the reference itself (it resolves only
+    top-level arguments): an actor fetches the weights only when it does not hold them yet."""
+
+    ref: ray.ObjectRef
 
 
 @ray.remote
@@ -22,12 +37,13 @@ class BenchmarkActor:
 
     def __init__(self, model: str | os.PathLike | Mapping[str, Any], *, tokenizer_dir: str | None = None,
                  device: str | None = None, data_dir: str | None = None, cache_dir: str | None = None,
-                 gpu_memory_bytes: int | None = None) -> None:
+                 gpu_memory_bytes: int | None = None, attempts_file: str | None = None) -> None:
         """``model``: a model directory, or a config dict (with ``model_type``) for fresh weights that
         ``set_weights`` replaces. ``tokenizer_dir``: where the tokenizer is when the model directory has
         none (default for configs: the GPT-2 tokenizer). ``device``: default cuda when Ray gave this
         actor a GPU, else cpu. ``cache_dir``: a result cache shared with other actors. ``gpu_memory_bytes``:
-        this actor's share of the GPU, which caps its CUDA allocator."""
+        this actor's share of the GPU, which caps its CUDA allocator. ``attempts_file``: where this actor's
+        processes are recorded (``actors.restarts``)."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         import forge.models  # noqa: F401  (registers the Cognate architecture)
@@ -37,6 +53,8 @@ class BenchmarkActor:
 
         from cluster.resources import limit_gpu_memory
 
+        if attempts_file:
+            record_attempt(attempts_file)
         self.device = torch.device(device or ("cuda" if ray.get_gpu_ids() else "cpu"))
         limit_gpu_memory(str(self.device), gpu_memory_bytes)
         if isinstance(model, Mapping):
@@ -56,6 +74,7 @@ class BenchmarkActor:
                 self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         self._hash = state_dict_hash
         self.weights_hash = state_dict_hash(self.model.state_dict())
+        self.weights_ref: str | None = None  # the WeightsRef loaded last (None: the constructor's weights)
         self.data_dir = data_dir
         self.cache = ResultCache(Path(cache_dir)) if cache_dir else ResultCache()
 
@@ -65,31 +84,41 @@ class BenchmarkActor:
         Pass the ObjectRef of a state dict put once with ``ray.put``; Ray hands the dict itself here."""
         self.model.load_state_dict(state_dict, strict=True)
         self.weights_hash = weights_hash or self._hash(self.model.state_dict())
+        self.weights_ref = None
         return self.weights_hash
 
-    def evaluate(self, tasks: Sequence[str], *, weights_hash: str | None = None, **kwargs: Any) -> dict:
+    def evaluate(self, tasks: Sequence[str], *, weights: WeightsRef | None = None, weights_hash: str | None = None,
+                 **kwargs: Any) -> dict:
         """``benchmarks.evaluate`` on the resident model; returns ``{task: TaskResult}``.
 
-        ``weights_hash``: the weights the caller means (e.g. the ObjectRef of a ``set_weights`` call,
-        which also makes this call wait for it and fail if it failed); a mismatch raises."""
+        ``weights``: load these first unless already held. ``weights_hash``: the weights the caller means (e.g.
+        the ObjectRef of a ``set_weights`` call, which also makes this call wait for it and fail if it failed);
+        a mismatch raises."""
         from benchmarks.harness import evaluate
 
+        self._hold(weights)
         self._check_weights(weights_hash)
         kwargs.setdefault("data_dir", self.data_dir)
         kwargs.setdefault("cache", self.cache)
         return evaluate(self.model, self.tokenizer, list(tasks), weights_hash=self.weights_hash, **kwargs)
 
-    def evaluate_tool_use(self, prompt: str, problems: Sequence, *, weights_hash: str | None = None,
-                          **kwargs: Any) -> dict:
+    def evaluate_tool_use(self, prompt: str, problems: Sequence, *, weights: WeightsRef | None = None,
+                          weights_hash: str | None = None, **kwargs: Any) -> dict:
         """``benchmarks.tooluse.evaluate_tool_use`` of ``prompt`` on ``problems`` (``ToolProblem``s) with
-        the resident model; returns ``ToolUseResult.to_dict()``. ``weights_hash`` as in ``evaluate``."""
+        the resident model; returns ``ToolUseResult.to_dict()``. ``weights``, ``weights_hash`` as in ``evaluate``."""
         from benchmarks.tooluse import evaluate_tool_use
 
+        self._hold(weights)
         self._check_weights(weights_hash)
         kwargs.setdefault("data_dir", self.data_dir)
         kwargs.setdefault("cache", self.cache)
         return evaluate_tool_use(self.model, self.tokenizer, prompt=prompt, problems=list(problems),
                                  weights_hash=self.weights_hash, **kwargs).to_dict()
+
+    def _hold(self, weights: WeightsRef | None) -> None:
+        if weights is not None and weights.ref.hex() != self.weights_ref:
+            self.set_weights(ray.get(weights.ref))
+            self.weights_ref = weights.ref.hex()
 
     def _check_weights(self, weights_hash: str | None) -> None:
         if weights_hash is not None and weights_hash != self.weights_hash:
@@ -119,9 +148,7 @@ def evaluate_candidates(actors: Sequence, candidates: Sequence, tasks: Sequence[
         nonlocal next_candidate
         index = next_candidate
         next_candidate += 1
-        # The evaluation depends on the set_weights result: it waits for it and fails if it failed.
-        loaded = actor.set_weights.remote(refs[index])
-        pending[actor.evaluate.remote(list(tasks), weights_hash=loaded, **kwargs)] = (index, actor)
+        pending[actor.evaluate.remote(list(tasks), weights=WeightsRef(refs[index]), **kwargs)] = (index, actor)
 
     for actor in actors[:len(refs)]:
         submit(actor)

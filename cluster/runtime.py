@@ -27,6 +27,8 @@ class RayConfig:
     gpu_memory_gib: float | None = None
     """GPU memory (GiB per GPU) the resource planner may hand out; None: each GPU's free memory. 6 rehearses a
     GTX 1660 on a larger GPU."""
+    max_restarts: int = 2
+    """Times a dead actor (trainer, benchmark actor, EvoMerge trial) is restarted, resuming from its checkpoint."""
 
 
 GPU_MEMORY_ENV = "FORGE_GPU_MEMORY_GIB"  # carries ray.gpu_memory_gib to the planner (and to Ray's workers)

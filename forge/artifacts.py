@@ -8,6 +8,7 @@ is never used; a file changed after the fact no longer matches its hash.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,6 +28,20 @@ class ArtifactError(RuntimeError):
     """An artifact is missing, unfinished or altered."""
 
 
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StorageFull(OSError):
+    """A write found no space left (disk full or quota); what was there before is unchanged."""
+
+
+def _storage_full(err: BaseException, target: Path, size: str) -> StorageFull | None:
+    if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
+        return StorageFull(err.errno, f"no space left to write {target} ({size}): free space on that device or "
+                           f"point --out at a larger one; the previous {target.name}, if any, is unchanged")
+    return None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -35,8 +50,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+def atomic_write_bytes(path: Path, data: bytes, *, previous: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    ``previous``: where the replaced file is kept (a fallback should the new one turn out unusable). A full
+    disk raises ``StorageFull`` and leaves ``path`` (and ``previous``) as they were."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,10 +63,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = _storage_full(err, path, f"{len(data)} bytes")
+        if full is not None:
+            raise full from err
         raise
 
 
@@ -72,8 +95,11 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = _storage_full(err, out_dir, "a directory")
+        if full is not None:
+            raise full from err
         raise
     if out_dir.exists():
         # Move the old directory aside first so the new one appears in a single rename.

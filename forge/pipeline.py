@@ -10,13 +10,16 @@ import argparse
 import dataclasses
 import logging
 import shutil
+import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from forge.artifacts import (MANIFEST, atomic_write_json, model_dir_problems, read_json, read_manifest)
+from actors.restarts import ActorLost
+from forge.artifacts import (MANIFEST, StorageFull, atomic_write_json, model_dir_problems, read_json,
+                             read_manifest)
 from forge.config import RUN_VERSIONS_KEY, PipelineConfig, load_pipeline_config
 from forge.configtools import ConfigError, config_hash, to_dict
 from forge.versions import package_versions, versions_line
@@ -28,6 +31,24 @@ PHASE_KIND = "agent-forge/phase"
 
 class PipelineError(RuntimeError):
     """A phase cannot run (for example its input phase has not finished)."""
+
+
+class Stopped(KeyboardInterrupt):
+    """The driver was asked to stop (SIGTERM or Ctrl+C); raised where it was, so the phase records it and keeps
+    its checkpoints. A KeyboardInterrupt: inside ``ray.wait``/``ray.get`` Ray passes only that on (as a plain one)."""
+
+
+_stop_signals: list[int] = []  # what the SIGTERM handler received, for the message
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
+    _stop_signals.append(signum)
+    raise Stopped(_stop_reason())
+
+
+def _stop_reason() -> str:
+    return f"stopped by {signal.Signals(_stop_signals[-1]).name}" if _stop_signals else "stopped by Ctrl+C"
 
 
 def phase_config_hash(config: PipelineConfig, phase: str) -> str:
@@ -134,9 +155,13 @@ def run_pipeline(config: PipelineConfig) -> Path:
         try:
             result = load_phase(name)(ctx)
         except BaseException as err:
-            manifest.update(status="failed", error=f"{type(err).__name__}: {err}",
+            stopped = isinstance(err, KeyboardInterrupt)
+            manifest.update(status="stopped" if stopped else "failed", error=f"{type(err).__name__}: {err}",
                             traceback=traceback.format_exc(), wall_time_s=time.time() - started)
             atomic_write_json(phase_dir / MANIFEST, manifest)
+            if stopped:
+                raise Stopped(f"{_stop_reason()} during phase '{name}' (its checkpoints are kept in "
+                              f"{phase_dir / 'work'})") from err
             raise
         manifest.update(status="complete", outputs=_output_digests(phase_dir, result.outputs),
                         summary=result.summary, wall_time_s=round(time.time() - started, 2))
@@ -173,11 +198,22 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         return 0
+    from cluster.runtime import connect
+
+    previous_handler = signal.getsignal(signal.SIGTERM)
     try:
+        connect(config.ray)  # first: ray.init installs its own SIGTERM handler (an abort), which ours replaces
+        signal.signal(signal.SIGTERM, _raise_stopped)
         run_dir = run_pipeline(config)
-    except PipelineError as err:
+    except (PipelineError, ActorLost, StorageFull) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        print(f"[forge] {str(err) or _stop_reason()}; finished phases are kept. Run the same command again to "
+              "resume.", file=sys.stderr, flush=True)
+        return 128 + (_stop_signals[-1] if _stop_signals else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     print(f"[forge] run written to {run_dir.resolve()}", flush=True)
     return 0
 

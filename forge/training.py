@@ -4,13 +4,16 @@ Data arrives as packed token blocks (``LongTensor[n, seq_len]``) per curriculum 
 ``checkpoint_every`` optimizer steps and at the end of each epoch the full state (model, optimizer,
 RNG, position in the curriculum) is written atomically, so a killed process resumes where it was.
 A NaN/inf loss or a spike above ``spike_factor`` x the recent mean rolls back to the last checkpoint
-and lowers the learning rate by ``lr_backoff``.
+and lowers the learning rate by ``lr_backoff``. The checkpoint before the last is kept: resuming from an
+unreadable or non-finite checkpoint falls back to it (or to step 0), with a message.
 """
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,6 +30,10 @@ from forge.optim import build_muon_grokfast
 from forge.tracking import Tracker
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+"""The checkpoint before the last, kept as the fallback of an unusable one."""
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -163,11 +170,48 @@ def _save_checkpoint(path: Path, model, optimizer, pos: Position, scaler: torch.
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), previous=path.with_name(PREVIOUS_CHECKPOINT))
 
 
 def _load_checkpoint(path: Path, model, optimizer, scaler: torch.amp.GradScaler) -> Position:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    return _apply_checkpoint(torch.load(path, map_location="cpu", weights_only=False), model, optimizer, scaler)
+
+
+def checkpoint_problem(state: dict[str, Any]) -> str | None:
+    """Why a loaded checkpoint cannot be resumed from (missing parts, non-finite weights or optimizer
+    state), or None."""
+    missing = {"model", "optimizer", "position", "rng"} - set(state)
+    if missing:
+        return f"it lacks {sorted(missing)}"
+    for name, tensor in state["model"].items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"non-finite weights in {name}"
+    for slot in state["optimizer"].get("state", {}).values():
+        for key, value in slot.items():
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+                return f"non-finite optimizer state ({key})"
+    return None
+
+
+def resume_checkpoint(checkpoint: Path, model, optimizer, scaler: torch.amp.GradScaler, name: str) -> Position | None:
+    """Load the newest usable checkpoint (``checkpoint``, else the one before it) into ``model``, ``optimizer``
+    and the gradient ``scaler``; returns its position, or None when neither exists or is usable (start at step 0)."""
+    candidates = [p for p in (checkpoint, checkpoint.with_name(PREVIOUS_CHECKPOINT)) if p.is_file()]
+    for index, path in enumerate(candidates):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            problem = checkpoint_problem(state) if isinstance(state, dict) else "it is not a checkpoint"
+        except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:  # truncated, garbled
+            problem = f"it is unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        if problem is None:
+            return _apply_checkpoint(state, model, optimizer, scaler)
+        fallback = (f"falling back to {candidates[index + 1].name}" if index + 1 < len(candidates)
+                    else "no usable checkpoint is left: training restarts from step 0")
+        log.warning("[%s] cannot resume from %s: %s; %s", name, path, problem, fallback)
+    return None
+
+
+def _apply_checkpoint(state: dict[str, Any], model, optimizer, scaler: torch.amp.GradScaler) -> Position:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if state.get("grad_scaler"):  # empty when the scaler is disabled
@@ -210,8 +254,8 @@ def train(model, stages: list[Stage], val_blocks: torch.Tensor, cfg: CognateTrai
     precision = resolve_precision(cfg.precision, device)
     scaler = precision.grad_scaler()
     set_seed(seed)
-    if checkpoint.is_file():
-        pos = _load_checkpoint(checkpoint, model, optimizer, scaler)
+    pos = resume_checkpoint(checkpoint, model, optimizer, scaler, tracker.name)
+    if pos is not None:
         tracker.log({"train/resumed_at_step": pos.step}, step=pos.step)
     else:
         pos = Position()

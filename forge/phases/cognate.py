@@ -206,6 +206,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
 
     # 3. Train the models at the same time, each on the share the cluster layer gives it.
     from actors.cognate_trainer import CognateTrainer
+    from actors.restarts import ATTEMPTS_FILE, lost_error, restart_options
 
     # One share size for all: planned on the largest memory (the models differ only in slots and thresholds).
     largest = max(jobs, key=lambda job: job.architecture["ltm_slots"])
@@ -222,21 +223,27 @@ def run(ctx: PhaseContext) -> PhaseResult:
         job.device, job.threads = share.device, share.torch_threads
         job.free_memory_bytes = share.gpu_memory_bytes  # GPU: the share caps the trainer; CPU: None (its own share)
     log.info("cognate: %d trainers (%d at a time), each %s", len(jobs), concurrent, share)
+    # A trainer whose process dies is restarted and resumes from its step checkpoint (ray.max_restarts).
+    max_restarts = config.ray.max_restarts
     pending = {}
     for job in jobs:
-        trainer = CognateTrainer.options(**share.ray_options()).remote()
-        pending[trainer.train.remote(job)] = (job.name, trainer)
+        attempts = Path(job.checkpoint_dir) / ATTEMPTS_FILE
+        trainer = CognateTrainer.options(**share.ray_options(), **restart_options(max_restarts)).remote(str(attempts))
+        pending[trainer.train.remote(job)] = (job.name, trainer, attempts)
     results: dict[str, dict[str, Any]] = {}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            name, trainer = pending.pop(done[0])
-            results[name] = ray.get(done[0])
+            name, trainer, attempts = pending.pop(done[0])
+            try:
+                results[name] = ray.get(done[0])
+            except ray.exceptions.RayActorError as err:
+                raise lost_error(f"cognate trainer '{name}'", attempts, max_restarts, err) from err
             ray.kill(trainer)  # free its share at once: on a small node a waiting trainer needs it
             print(f"[forge] cognate: model {name} done: val perplexity {results[name]['val/perplexity']:.2f} "
                   f"(unigram {data_record[name]['unigram_val_perplexity']:.2f})", flush=True)
     finally:
-        for _, trainer in pending.values():
+        for _, trainer, _ in pending.values():
             ray.kill(trainer)
 
     # 4. Measure the three side by side, from the saved directories.

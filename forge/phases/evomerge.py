@@ -8,7 +8,9 @@ tokens/s, size) inside the trial on the resource share ``cluster.resources`` giv
 trials at a time. The experiment directory (``work/tune/gen_NNN``) holds every trial's genome and measured
 terms; ``work/generations/gen_NNN.json`` is the driver's checkpoint of each finished generation. An
 interrupted phase resumes from the last generation checkpoint and restores an unfinished generation's
-Tune experiment (finished trials are not run again).
+Tune experiment (finished trials are not run again). A trial whose process dies is run again, up to
+``ray.max_restarts`` times (Tune's ``FailureConfig``): an evaluation has no state to lose, so the re-run
+measures the same candidate from the start.
 """
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ from forge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGenera
 from forge.merge import check_compatible, infer_layer_layout, merge, weight_space_diversity
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.phases.cognate import read_heldout_texts
+from actors.restarts import ATTEMPTS_FILE, record_attempt
 from cluster.resources import evaluation_share, limit_gpu_memory
+from cluster.runtime import RayConfig
 from forge.quant.measure import forward_latency
 
 log = logging.getLogger(__name__)
@@ -136,6 +140,7 @@ def evaluate_trial(config: dict[str, Any], *, weights: list, template: Any, text
     import ray
     from ray import tune
 
+    record_attempt(settings["attempts_file"])
     torch.set_num_threads(settings["threads"])
     limit_gpu_memory(settings["device"], settings["gpu_memory_bytes"])
     candidate = config["candidate"]
@@ -161,15 +166,18 @@ class Evaluation:
 
 def evaluate_candidates(candidates: Sequence[Candidate], template, tokenizer, texts: Sequence[str],
                         config: EvoMergeConfig, *, storage: Path, name: str, data_dir: str | None,
-                        device: str = "auto", eval_actors: int | None = None) -> Evaluation:
-    """Evaluate ``candidates`` as one Tune experiment ``storage/name`` (restored if it exists)."""
+                        device: str = "auto", eval_actors: int | None = None,
+                        max_failures: int = RayConfig.max_restarts) -> Evaluation:
+    """Evaluate ``candidates`` as one Tune experiment ``storage/name`` (restored if it exists); a trial that
+    fails (its process died, or it raised) is run again up to ``max_failures`` times."""
     import ray
     from ray import tune
 
     n_actors = eval_actors or config.eval_actors
     share = evaluation_share(candidates[0].state_dict, device, n_actors)
     settings = {"threads": share.torch_threads, "device": share.device, "config": config, "data_dir": data_dir,
-                "gpu_memory_bytes": share.gpu_memory_bytes}
+                "gpu_memory_bytes": share.gpu_memory_bytes,
+                "attempts_file": str(storage / f"{name}_{ATTEMPTS_FILE}")}  # each trial process, for diagnosis
     start = time.perf_counter()
     refs = [ray.put(c.state_dict) for c in candidates]
     put_s = time.perf_counter() - start
@@ -194,14 +202,19 @@ def evaluate_candidates(candidates: Sequence[Candidate], template, tokenizer, te
             trainable, param_space={"candidate": tune.grid_search(expected)},
             tune_config=tune.TuneConfig(max_concurrent_trials=n_actors, reuse_actors=True,
                                         trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0))
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=max_failures)))
         grid = tuner.fit()
     wall = time.perf_counter() - start
     by_index: dict[int, dict[str, float]] = {}
     for result in grid:
         label = result.config["candidate"]["label"]
         if result.error is not None:
-            raise RuntimeError(f"evomerge: evaluating candidate {label} failed: {result.error}")
+            cause = (str(result.error).strip() or "no message").splitlines()[0]
+            raise RuntimeError(
+                f"evomerge: the Tune trial evaluating candidate {label} failed {max_failures + 1} time(s) "
+                f"(ray.max_restarts={max_failures}): {type(result.error).__name__}: {cause}; log: "
+                f"{Path(result.path) / 'error.txt'}. Finished trials are kept: run the same command to resume")
         by_index[result.config["candidate"]["index"]] = {
             k: float(v) for k, v in result.metrics.items()
             if k in {"perplexity", "vocab_size", "params", "bytes", "accuracy", "tokens_per_s", "transfer_s",
@@ -291,7 +304,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     checkpoints = ctx.work_dir / "generations"
     checkpoints.mkdir(parents=True, exist_ok=True)
     tracker = ctx.tracker("evomerge", run_config={"evomerge": config.__dict__, "parents": names})
-    evaluate_kwargs = {"storage": storage, "data_dir": data_dir, "device": ctx.config.device}
+    evaluate_kwargs = {"storage": storage, "data_dir": data_dir, "device": ctx.config.device,
+                       "max_failures": ctx.config.ray.max_restarts}
 
     def checkpoint_path(generation: int) -> Path:
         return checkpoints / f"gen_{generation:03d}.json"

@@ -30,7 +30,8 @@ from typing import Any, Sequence
 
 import ray
 
-from actors.benchmark_actor import BenchmarkActor, evaluate_prompts
+from actors.benchmark_actor import BenchmarkActor, WeightsRef, evaluate_prompts
+from actors.restarts import ATTEMPTS_FILE, lost_error, restart_options
 from benchmarks.harness import TASK_WEIGHTS, aggregate_score, evaluate
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, evaluate_tool_use
 from benchmarks.tooluse_problems import load_problems, rotation_subset
@@ -75,7 +76,7 @@ class ToolPersonaWork:
         self.tool_config = ToolUseConfig(max_turns=self.config.tool_max_turns,
                                          max_new_tokens=self.config.tool_max_new_tokens,
                                          num_fewshot=self.config.tool_fewshot, num_samples=0)
-        self.actor_weights: str | None = None
+        self.actor_weights: tuple[str, WeightsRef] | None = None  # the hash and reference of the weights sent
         self.proposal_logs: dict[int, dict] = {}
         self.prompts: dict[str, Any] = read_json(self.prompts_path) if self.prompts_path.is_file() else {}
 
@@ -93,26 +94,33 @@ class ToolPersonaWork:
         self.proposal_logs[iteration] = log
         return proposals
 
-    def _sync_actors(self) -> str:
+    def _current_weights(self) -> dict[str, Any]:
+        """The model's weights for the actors: put in the object store once per change; each actor loads them
+        on its next evaluation (again after a restart)."""
         weights = state_dict_hash(self.model.state_dict())
-        if weights != self.actor_weights:
+        if self.actor_weights is None or self.actor_weights[0] != weights:
             ref = ray.put({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-            ray.get([actor.set_weights.remote(ref, weights) for actor in self.actors])
-            self.actor_weights = weights
-        return weights
+            self.actor_weights = (weights, WeightsRef(ref))
+        return {"weights_hash": weights, "weights": self.actor_weights[1]}
 
     def evaluate(self, cycle: str, prompts: list[str], iteration: int) -> list[float]:
-        weights = self._sync_actors()
-        if cycle == "A":
-            problems = rotation_subset(self.tool_pool, iteration, self.config.tool_items, seed=self.ctx.config.seed)
-            results = evaluate_prompts(self.actors, prompts, method="evaluate_tool_use", problems=problems,
-                                       config=self.tool_config, weights_hash=weights, data_dir=self.ctx.data_dir)
-            scores = [self.tool_fitness(result["metrics"]) for result in results]
-        else:
-            results = evaluate_prompts(self.actors, prompts, method="evaluate", tasks=list(self.persona_tasks),
-                                       limit=self.config.persona_items, seed=1000 + iteration, heldout_only=True,
-                                       max_new_tokens=self.config.persona_max_new_tokens, weights_hash=weights)
-            scores = [aggregate_score(result, self.persona_tasks) for result in results]
+        weights = self._current_weights()
+        try:
+            if cycle == "A":
+                problems = rotation_subset(self.tool_pool, iteration, self.config.tool_items,
+                                           seed=self.ctx.config.seed)
+                results = evaluate_prompts(self.actors, prompts, method="evaluate_tool_use", problems=problems,
+                                           config=self.tool_config, data_dir=self.ctx.data_dir, **weights)
+                scores = [self.tool_fitness(result["metrics"]) for result in results]
+            else:
+                results = evaluate_prompts(self.actors, prompts, method="evaluate", tasks=list(self.persona_tasks),
+                                           limit=self.config.persona_items, seed=1000 + iteration,
+                                           heldout_only=True, max_new_tokens=self.config.persona_max_new_tokens,
+                                           **weights)
+                scores = [aggregate_score(result, self.persona_tasks) for result in results]
+        except ray.exceptions.RayActorError as err:
+            raise lost_error(f"tool_persona benchmark actor (iteration {iteration}, cycle {cycle})",
+                             self.ctx.work_dir / ATTEMPTS_FILE, self.ctx.config.ray.max_restarts, err) from err
         self.prompts.setdefault(str(iteration), {})["scored"] = [
             {"prompt": prompt, "score": score} for prompt, score in zip(prompts, scores)]
         return scores
@@ -171,11 +179,11 @@ def run(ctx: PhaseContext) -> PhaseResult:
     bake_inputs = [f"Question: {p.question}\n" for p in load_problems(sources, heldout=False, data_dir=ctx.data_dir,
                                                                        limit=config.bake_inputs)]
     share = evaluation_share(model.state_dict(), ctx.config.device, config.eval_actors)
-    actors = [BenchmarkActor.options(**share.ray_options()).remote(str(ctx.inputs[name]), device=share.device,
-                                                                   gpu_memory_bytes=share.gpu_memory_bytes,
-                                                                   data_dir=ctx.data_dir,
-                                                                   cache_dir=str(ctx.work_dir / "cache"))
-              for _ in range(config.eval_actors)]
+    # A benchmark actor whose process dies is restarted and its evaluation re-sent (ray.max_restarts).
+    actors = [BenchmarkActor.options(**share.ray_options(), **restart_options(ctx.config.ray.max_restarts)).remote(
+        str(ctx.inputs[name]), device=share.device, gpu_memory_bytes=share.gpu_memory_bytes, data_dir=ctx.data_dir,
+        cache_dir=str(ctx.work_dir / "cache"), attempts_file=str(ctx.work_dir / ATTEMPTS_FILE))
+        for _ in range(config.eval_actors)]
     work = ToolPersonaWork(ctx, model, tokenizer, actors, tool_pool=tool_pool, tool_validation=tool_validation,
                            persona_tasks=persona_tasks, bake_inputs=bake_inputs)
     tracker = ctx.tracker("tool_persona", run_config={"tool_persona": dataclasses.asdict(config), "input": name})
