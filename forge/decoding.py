@@ -1,10 +1,10 @@
 """Token-by-token decoding shared by our sampling loops, continuing the model's KV cache when it has one.
 
 ``IncrementalDecoder`` gives the next-token logits of a batch of growing sequences. Its first call runs
-the whole prompts (the LM head, where the model has one, on the last position only); later calls run only the tokens appended since,
-continuing the cache the model returned (under either name: ``forge.models.cache_api``). With
-``model.config.use_cache`` False, or a model that returns no cache, every call runs the whole prefix:
-the same logits, slower. ``sample_next`` is the one sampling step of these loops.
+the whole prompts (the LM head, where the model has one, on the last position only); later calls run
+only the tokens appended since, continuing the cache the model returned (under either name:
+``forge.models.cache_api``). With ``model.config.use_cache`` False, or a model that returns no cache, every
+call runs the whole prefix: the same logits, slower. ``sample_next`` is the one sampling step of these loops.
 """
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
 """Cognate's decoding cache: cached logits equal the full forward's at every position; generate() and our
 sampling loops give the same outputs with and without it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -229,3 +235,16 @@ def test_thought_sampling_is_the_same_with_and_without_the_cache(tokenizer):
         sample_thoughts(model, context, think, 8, 1.0, torch.Generator().manual_seed(1)),
         greedy_continuation(model, context, 8)))
     assert torch.equal(cached[0], uncached[0]) and torch.equal(cached[1], uncached[1])
+
+
+def test_generation_benchmark_script_writes_its_json(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "generation.json"
+    run = subprocess.run([sys.executable, str(repo / "benchmarks/scripts/cognate_generation.py"), "--prompt-tokens",
+                          "5", "--new-tokens", "3", "--batch-sizes", "2", "--repeats", "1", "--json", str(out)],
+                         cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    assert [(r["loop"], r["batch"]) for r in report["runs"]] == [("forge.decoding", 2), ("transformers.generate", 2)]
+    assert all(r["new_tokens_per_s_cache"] > 0 and r["new_tokens_per_s_no_cache"] > 0 for r in report["runs"])
+    assert report["cognate_config"]["hidden_size"] == 128  # the tiny preset's architecture

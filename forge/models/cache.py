@@ -91,8 +91,7 @@ class CognateCache:
     is_compileable = False  # transformers.generate: no static shapes to compile against
     is_croppable = False  # the memory writes cannot be undone
 
-    def __init__(self, config: CognateConfig):
-        self.config = config
+    def __init__(self):
         self.length = 0  # columns seen (padding included), as attention masks count them
         self.seen: torch.Tensor | None = None  # (B,) long on the CPU: real tokens of each row
         self.steps: list[_StepState] = []
@@ -188,7 +187,7 @@ def decode(model, embeds: torch.Tensor, attention_mask: torch.Tensor | None, pos
     bsz, m, _ = embeds.shape
     if m < 1:
         raise ValueError("decoding with a cache needs at least one new token per call")
-    cache = CognateCache(cfg) if cache is None else cache
+    cache = CognateCache() if cache is None else cache
     valid_cpu = cache._new_columns(attention_mask, bsz, m)
     if position_ids is None:
         positions = (cache.seen[:, None] + valid_cpu.long().cumsum(dim=1) - 1).clamp(min=0).to(embeds.device)
