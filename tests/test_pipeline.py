@@ -12,7 +12,11 @@ import torch
 
 from forge.artifacts import read_json, verify_model_dir
 from forge.config import load_pipeline_config
+from forge.criteria import missed
+from forge.phases.cognate import diversity_criteria
+from forge.phases.quietstar import quietstar_criteria
 from forge.pipeline import run_pipeline
+from forge.quant.run import bitnet_criteria
 from forge.quant.staged import INT8_GROUP
 from forge.tracking import read_metrics
 
@@ -64,7 +68,11 @@ def test_run_writes_verified_models_and_a_manifest(tiny_run):
         figures = summary["models"][name]
         assert figures["val/perplexity"] > 1 and figures["unigram_val_perplexity"] > 1
         assert figures["steps"] == 2 * sum(1 for e in ([1, 1, 1] if name == "a" else [1, 0, 1]) if e)
-    assert summary["diversity"]["weight_space_diversity"] > 0
+    # Unrelated initialisations are about 1 apart in weight space whatever they learn, so the spec's
+    # diversity >= 0.3 is met by construction here (docs/SPEC.md); halting and speed spreads are measured.
+    assert 0.5 < summary["diversity"]["weight_space_diversity"] < 1.2
+    assert summary["criteria"] == diversity_criteria(summary["diversity"])
+    assert summary["criteria"]["weight_space_diversity"]["met"]
     assert summary["validation"]["blocks"] >= 1
     metrics = read_metrics(run_dir / "cognate" / "metrics.jsonl")
     assert {"train/loss", "train/perplexity"} <= set().union(*metrics)
@@ -103,9 +111,11 @@ def test_bitnet_quantizes_the_champion_and_reports_the_spec_criteria(tiny_run):
     assert bitnet["inputs"] == {"model": quietstar["outputs"]["model"]["digest"]}
     summary = bitnet["summary"]
     assert summary["input"] == "model" and summary["text_source"].startswith("WikiText-2")
-    assert set(summary["criteria"]) == {"compression_ratio", "accuracy_drop", "inference_speedup"}
-    # The manifest stores keys sorted; the list is sorted too, so the two read alike.
-    assert summary["criteria_missed"] == sorted(k for k, c in summary["criteria"].items() if not c["met"])
+    # The spec's criteria compare the figures this phase measured (boundaries: tests/test_criteria.py).
+    assert summary["criteria"] == bitnet_criteria(summary["compression_ratio"],
+                                                  6.0 if summary["size_category"] == "tiny" else 8.0,
+                                                  summary["accuracy_drop"], summary["inference_speedup"])
+    assert summary["criteria_missed"] == missed(summary["criteria"])
     # The guard decides per layer group; every candidate layer ends up quantized or reverted, never unrecorded.
     assert summary["quantized_layers"] + len(summary["reverted_layers"]) > 0
     model = AutoModelForCausalLM.from_pretrained(run_dir / "bitnet" / "model").eval()
@@ -156,9 +166,13 @@ def test_quietstar_adds_thinking_tokens_and_reports_every_stage(tiny_run):
     assert set(summary["stages"]) == {"before", "step1", "step2"}
     assert {"synthetic_accuracy", "gsm8k_accuracy"} <= set(summary["stages"]["step2"])
     assert summary["stages"]["before"]["commonsense_accuracy"] is not None
-    assert set(summary["criteria"]) == {"accuracy_above_phase2", "coherence", "thinking_usage", "format_baking_converged"}
-    # The manifest stores keys sorted; the list is sorted too, so the two read alike.
-    assert summary["criteria_missed"] == sorted(k for k, c in summary["criteria"].items() if not c["met"])
+    # The spec's criteria compare the figures this phase measured (boundaries: tests/test_criteria.py); the
+    # shrunken run builds 120 reasoning examples, so the spec's 20,000 is a recorded shortfall.
+    assert summary["criteria"] == quietstar_criteria(summary["stages"], summary["criteria"]["coherence"]["value"],
+                                                     summary["step1"]["final_accuracy"], 0.85,
+                                                     summary["data"]["examples"])
+    assert summary["data"]["examples"] == 120 and "reasoning_examples" in summary["criteria_missed"]
+    assert summary["criteria_missed"] == missed(summary["criteria"])
     assert summary["step1"]["history"] and summary["step2"]["checks"]
     assert 0.0 < summary["criteria"]["coherence"]["value"] <= 1.0
     tokenizer = AutoTokenizer.from_pretrained(phase / "model")
