@@ -55,6 +55,10 @@ CYCLES = ("A", "B")
 STATE_VERSION = 1
 # W&B prefixes of the spec: a_cycle/* is tool use, b_cycle/* is the persona.
 METRIC_PREFIX = {"A": "a_cycle", "B": "b_cycle"}
+# The A-cycle's score under the name of what it measures, per fitness (tool_persona.fitness): its final
+# value and its total improvement. The spec's names (final/swe_bench_score) belong to SWE-bench only.
+A_SCORE_NAMES = {"tooluse": ("tool_use_fitness", "total_improvement_tool_use"),
+                 "swebench": ("swe_bench_score", "total_improvement_swe_bench")}
 # Score in a relative improvement's denominator when the incumbent scores 0.
 _MIN_DENOMINATOR = 1e-9
 
@@ -194,6 +198,7 @@ class ABResult:
     strengths: dict[str, dict[str, Any]]  # per cycle: {"last_bake", "half_bakes_since_lock_in", "spec", "measured"}
     regressions: list[dict[str, Any]]  # cycle-entry regressions seen
     elapsed_s: float  # wall time of the run across resumes
+    a_fitness: str = "tooluse"  # what the A-cycle's score is (a key of A_SCORE_NAMES)
 
     @property
     def converged(self) -> bool:
@@ -232,7 +237,8 @@ class ABResult:
             "convergence/stop_reason": self.stop_reason,
             "convergence/mode": self.mode,
         }
-        for cycle, name, gain in (("A", "final/swe_bench_score", "final/total_improvement_swe_bench"),
+        a_score, a_gain = A_SCORE_NAMES[self.a_fitness]
+        for cycle, name, gain in (("A", f"final/{a_score}", f"final/{a_gain}"),
                                   ("B", "final/aggregate_benchmark", "final/total_improvement_aggregate")):
             final, first = self.scores[cycle], self.baseline(cycle)
             if final is not None:
@@ -242,10 +248,11 @@ class ABResult:
         return out
 
     def handoff(self) -> dict[str, Any]:
-        """Phase 7 handoff metadata (spec "To Phase 7"); A's score is the tool-use fitness."""
+        """Phase 7 handoff metadata (spec "To Phase 7"); A's score under the name of what it measures."""
         return {
             "phase": 6,
-            "swe_bench_score": self.scores["A"],
+            "a_cycle_fitness": self.a_fitness,
+            A_SCORE_NAMES[self.a_fitness][0]: self.scores["A"],
             "aggregate_benchmark": self.scores["B"],
             "a_cycle_iterations": self.iterations["A"],
             "b_cycle_iterations": self.iterations["B"],
@@ -332,7 +339,7 @@ def _strength(state: _RunState, cycle: str) -> dict[str, Any]:
             "measured": state.measured_strength[cycle]}
 
 
-def _result(state: _RunState) -> ABResult:
+def _result(state: _RunState, a_fitness: str) -> ABResult:
     return ABResult(
         history=[IterationRecord(**r) for r in state.history],
         stop_reason=state.stop_reason,  # always set here: the run has stopped
@@ -345,6 +352,7 @@ def _result(state: _RunState) -> ABResult:
         strengths={c: _strength(state, c) for c in CYCLES},
         regressions=list(state.regressions),
         elapsed_s=state.elapsed_s,
+        a_fitness=a_fitness,
     )
 
 
@@ -489,13 +497,16 @@ def _limit_reached(config: ABCycleConfig, state: _RunState) -> str | None:
 
 def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dict[str, str], state_path: Path,
                   log: Callable[[dict[str, Any]], None] | None = None,
-                  clock: Callable[[], float] = time.monotonic) -> ABResult:
+                  clock: Callable[[], float] = time.monotonic, a_fitness: str = "tooluse") -> ABResult:
     """Alternate the A (tool use) and B (persona) cycles until they converge or a limit stops the run.
 
     ``initial_prompts`` maps "A" and "B" to the first incumbents. ``state_path`` is written after every
     iteration and resumed from when it exists. ``log`` receives one record per iteration under the spec's
-    metric names and a final ``final/*`` summary. See the module docstring for the full contract.
+    metric names and a final ``final/*`` summary; ``a_fitness`` names the A-cycle's score there (a key of
+    ``A_SCORE_NAMES``). See the module docstring for the full contract.
     """
+    if a_fitness not in A_SCORE_NAMES:
+        raise ValueError(f"a_fitness must be one of {sorted(A_SCORE_NAMES)}, got {a_fitness!r}")
     if set(initial_prompts) != set(CYCLES) or not all(isinstance(initial_prompts[c], str) for c in CYCLES):
         raise ValueError(f"initial_prompts must map exactly 'A' (tool use) and 'B' (persona) to prompt strings, "
                          f"got keys {sorted(initial_prompts)}")
@@ -510,7 +521,7 @@ def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dic
                 "prompts, or delete the file (or pass another state_path) to start a new run"
             )
         if state.stop_reason is not None:
-            return _result(state)
+            return _result(state, a_fitness)
     else:
         state = _new_state(config, initial_prompts, run_hash)
 
@@ -531,7 +542,7 @@ def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dic
         atomic_write_json(state_path, dataclasses.asdict(state))
         if log is not None:
             log(_iteration_metrics(record, state))
-    result = _result(state)
+    result = _result(state, a_fitness)
     if log is not None:
         log(result.final_metrics())
     return result

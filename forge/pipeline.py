@@ -1,8 +1,10 @@
-"""Run the pipeline: ``python -m forge.pipeline [--preset NAME] [--phases a,b] [--out DIR] [--set k=v]``.
+"""Run the pipeline: ``python -m forge.pipeline [--preset NAME] [--phases a,b] [--out DIR] [--set k=v] [--strict]``.
 
 With no arguments: the embedded ``tiny`` preset (CPU, offline, minutes), written to ``runs/tiny``.
 Re-running the same command resumes: a phase whose manifest matches its config, its inputs and the
 hashes of its outputs is skipped; anything missing, truncated or altered is redone.
+Each phase records the spec's criteria as met or missed and the run goes on; with ``--strict``
+(``strict_criteria``) the first missed criterion stops it with exit code 3.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 from forge.artifacts import (MANIFEST, atomic_write_json, model_dir_problems, read_json, read_manifest)
 from forge.config import PipelineConfig, load_pipeline_config
 from forge.configtools import ConfigError, config_hash, to_dict
+from forge.criteria import describe
 
 log = logging.getLogger("forge.pipeline")
 
@@ -27,6 +30,20 @@ PHASE_KIND = "agent-forge/phase"
 
 class PipelineError(RuntimeError):
     """A phase cannot run (for example its input phase has not finished)."""
+
+
+class CriterionMissed(RuntimeError):
+    """With ``strict_criteria``: a finished phase missed one of the spec's criteria."""
+
+
+def check_criteria(phase: str, summary: dict[str, Any]) -> None:
+    """Raise :class:`CriterionMissed` naming the phase's first missed criterion and its measured value."""
+    criteria = summary.get("criteria", {})
+    missed = [name for name, record in criteria.items() if not record["met"]]
+    if missed:
+        others = f" (also missed: {', '.join(missed[1:])})" if missed[1:] else ""
+        raise CriterionMissed(f"{phase}: spec criterion {describe(missed[0], criteria[missed[0]])}{others}; "
+                              "the phase's outputs are kept; run without --strict to record it and go on")
 
 
 def phase_config_hash(config: PipelineConfig, phase: str) -> str:
@@ -121,6 +138,8 @@ def run_pipeline(config: PipelineConfig) -> Path:
         cfg_hash = phase_config_hash(config, name)
         if _phase_is_current(phase_dir, cfg_hash, input_digests) is not None:
             print(f"[forge] {name}: already complete and verified in {phase_dir}; skipping", flush=True)
+            if config.strict_criteria:
+                check_criteria(name, read_json(phase_dir / MANIFEST)["summary"])
             continue
         _prepare_phase_dir(phase_dir, cfg_hash, input_digests)
         print(f"[forge] {name}: running in {phase_dir}", flush=True)
@@ -140,6 +159,8 @@ def run_pipeline(config: PipelineConfig) -> Path:
         atomic_write_json(phase_dir / MANIFEST, manifest)
         print(f"[forge] {name}: complete in {manifest['wall_time_s']:.0f} s; outputs: "
               + ", ".join(str(p) for p in result.outputs.values()), flush=True)
+        if config.strict_criteria:
+            check_criteria(name, result.summary)
     return run_dir
 
 
@@ -151,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="parent folder of run directories (default: runs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set cognate.train.seq_len=256 (repeatable)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop with exit code 3 at the first missed spec criterion (strict_criteria=true)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
@@ -160,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()] if args.phases else None
     try:
-        config = load_pipeline_config(args.preset, config_file=args.config, overrides=args.overrides,
+        strict = ["strict_criteria=true"] if args.strict else []
+        config = load_pipeline_config(args.preset, config_file=args.config, overrides=[*args.overrides, *strict],
                                       phases=phases, out_dir=args.out)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -175,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except CriterionMissed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     print(f"[forge] run written to {run_dir.resolve()}", flush=True)
     return 0
 

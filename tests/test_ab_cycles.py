@@ -124,11 +124,15 @@ def test_keeps_improving_stops_at_max_iterations_with_spec_strengths(tmp_path):
     assert logged[0]["a_cycle/baking_strength_measured"] == pytest.approx(0.41)
     assert {"convergence/a_plateaued", "convergence/b_plateaued", "convergence/mode"} <= set(logged[0])
     assert logged[-1]["convergence/stop_reason"] == "max_iterations"
-    assert logged[-1]["final/swe_bench_score"] == pytest.approx(1.6)
-    assert logged[-1]["final/total_improvement_swe_bench"] == pytest.approx((1.6 - 1.0) / 1.0)
+    # The A-cycle's score is named for what it measures: the tool-use benchmark unless SWE-bench is the fitness.
+    assert logged[-1]["final/tool_use_fitness"] == pytest.approx(1.6)
+    assert logged[-1]["final/total_improvement_tool_use"] == pytest.approx((1.6 - 1.0) / 1.0)
+    assert not any("swe_bench" in key for record in logged for key in record)
     assert "final/aggregate_benchmark" not in logged[-1]  # B never ran: no score is invented for it
     handoff = result.handoff()
     assert handoff["phase"] == 6 and handoff["a_cycle_iterations"] == 5 and handoff["b_cycle_iterations"] == 0
+    assert handoff["a_cycle_fitness"] == "tooluse" and handoff["tool_use_fitness"] == pytest.approx(1.6)
+    assert "swe_bench_score" not in handoff
     assert [b["prompt"] for b in handoff["tool_prompts_baked"]] == [f"A{i}-v0" for i in range(5)]
     assert handoff["persona_prompts_baked"] == [] and handoff["aggregate_benchmark"] is None
     json.dumps(result.to_dict())  # the whole result is JSON
@@ -306,3 +310,17 @@ def test_plot_trajectory_writes_a_well_formed_svg(tmp_path):
     assert len(lines["A strength (spec)"]) == 3 and len(lines["A strength (measured)"]) == 1
     assert "stop: converged" in "".join(root.itertext())
     assert not list((tmp_path / "plots").glob("*.tmp"))  # written atomically, nothing left behind
+
+
+def test_swe_bench_names_are_used_only_when_swe_bench_is_the_fitness(tmp_path):
+    table = [[1.0, 1.2], [1.2, 1.2]]
+    logged = []
+    hooks = ScriptedHooks(table)
+    result = run_ab_cycles(hooks, ABCycleConfig(max_iterations=1), initial_prompts=PROMPTS,
+                           state_path=tmp_path / "state.json", log=logged.append, a_fitness="swebench")
+    assert logged[-1]["final/swe_bench_score"] == pytest.approx(1.2)
+    assert logged[-1]["final/total_improvement_swe_bench"] == pytest.approx(0.2)
+    assert result.handoff()["swe_bench_score"] == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="a_fitness must be one of"):
+        run_ab_cycles(hooks, ABCycleConfig(), initial_prompts=PROMPTS, state_path=tmp_path / "other.json",
+                      a_fitness="swe_bench")

@@ -154,3 +154,34 @@ def test_bitnet_criteria_at_the_spec_thresholds(name, threshold, direction):
                                measured["accuracy_drop"], measured["inference_speedup"])[name]["met"]
 
     assert_boundary(met_of, threshold, direction)
+
+
+# ---------------------------------------------------------------------------------------- Phase 6
+
+@pytest.mark.parametrize("name,threshold", [
+    ("a_cycle_improvement", 0.10),  # SWE-Bench score improves by >= 10% from baseline
+    ("b_cycle_improvement", 0.05),  # aggregate benchmark score improves by >= 5% from baseline
+    ("baking_strength", 0.95),  # half-baking converges to >= 95% strength
+])
+def test_tool_persona_criteria_at_the_spec_thresholds(name, threshold):
+    from forge.phases.tool_persona import tool_persona_criteria
+
+    values = {"a_cycle_improvement": 0.5, "b_cycle_improvement": 0.5, "baking_strength": 1.0}
+
+    def met_of(value):
+        measured = {**values, name: value}
+        return tool_persona_criteria(True, measured["a_cycle_improvement"], measured["b_cycle_improvement"],
+                                     measured["baking_strength"])[name]["met"]
+
+    assert_boundary(met_of, threshold, ">=")
+
+
+def test_tool_persona_needs_convergence_and_both_cycles_measured():
+    from forge.ab_cycles import spec_strength
+    from forge.phases.tool_persona import tool_persona_criteria
+
+    assert not tool_persona_criteria(False, 0.5, 0.5, 1.0)["converged"]["met"]
+    assert not tool_persona_criteria(True, 0.5, None, 1.0)["b_cycle_improvement"]["met"]  # B never ran
+    # Four half-bakes over both cycles give 93.75%, five 96.875%: the spec's 95% needs five.
+    assert [tool_persona_criteria(True, 0.5, 0.5, spec_strength(n))["baking_strength"]["met"] for n in (4, 5)] == \
+        [False, True]

@@ -15,6 +15,7 @@ from forge.config import load_pipeline_config
 from forge.criteria import missed
 from forge.phases.cognate import diversity_criteria
 from forge.phases.quietstar import quietstar_criteria
+from forge.phases.tool_persona import tool_persona_criteria
 from forge.pipeline import run_pipeline
 from forge.quant.run import bitnet_criteria
 from forge.quant.staged import INT8_GROUP
@@ -202,12 +203,25 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
         assert (run_dir / "tool_persona" / name).is_file()
     handoff = read_json(run_dir / "tool_persona" / "model" / "manifest.json")["handoff"]
     assert set(handoff["validation_after"]) == {"tool_fitness", "tool_accuracy", "tool_usage_rate", "persona_aggregate"}
+    # The A-cycle's score is the tool-use benchmark's, named so (SWE-bench names only with fitness: swebench).
+    assert handoff["a_cycle_fitness"] == summary["a_cycle_fitness"] == "tooluse" and "tool_use_fitness" in handoff
+    assert "swe_bench_score" not in handoff
+    trajectory = read_json(run_dir / "tool_persona" / "trajectory.json")
+    assert summary["criteria"] == tool_persona_criteria(
+        trajectory["converged"], *[trajectory_gain(trajectory, cycle) for cycle in "AB"],
+        1 - 0.5 ** sum(trajectory["half_bakes"].values()))
     # The held-out check decides what is handed on: the input (with the initial prompts) when it scores higher.
     totals = [handoff[key]["tool_fitness"] + handoff[key]["persona_aggregate"]
               for key in ("validation_before", "validation_after")]
     assert handoff["handed_on"] == summary["handed_on"] == ("input" if totals[0] > totals[1] else "optimized")
     assert (handoff["handed_on_prompts"] == handoff["final_prompts"]) or handoff["handed_on"] == "input"
     assert verify_model_dir(Path(handoff["optimized_model_dir"]))
+
+
+def trajectory_gain(trajectory, cycle):
+    """(final - first incumbent score) / first, from the recorded trajectory; None if the cycle never ran."""
+    scores = [r["incumbent"]["score"] for r in trajectory["history"] if r["cycle"] == cycle]
+    return None if not scores else (trajectory["scores"][cycle] - scores[0]) / max(abs(scores[0]), 1e-9)
 
 
 def test_outputs_load_with_auto_classes_and_are_causal_and_deterministic(tiny_run):
@@ -275,3 +289,23 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, shared_data, ray_sessi
     resumed = [m["train/resumed_at_step"] for m in records if "train/resumed_at_step" in m]
     assert resumed and max(resumed) >= 3, "the second run should resume from a checkpoint, not step 0"
     assert json.loads((tmp_path / "tiny" / "cognate" / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_strict_stops_at_the_first_missed_criterion_with_exit_code_3(tmp_path, shared_data, ray_session, capsys):
+    from forge.pipeline import main
+
+    argv = ["--phases", "cognate", "--out", str(tmp_path)]
+    for item in [*SMALL, f"data.data_dir={shared_data}"]:
+        argv += ["--set", item]
+    assert main([*argv, "--strict"]) == 3
+    manifest = read_json(tmp_path / "tiny" / "cognate" / "manifest.json")
+    # The phase finished and its outputs are kept; two tiny models cannot be 10 ms apart in speed.
+    assert manifest["status"] == "complete" and "speed_diversity_ms" in manifest["summary"]["criteria_missed"]
+    criteria = manifest["summary"]["criteria"]
+    first = next(name for name, record in criteria.items() if not record["met"])
+    error = capsys.readouterr().err
+    assert f"cognate: spec criterion {first} = {criteria[first]['value']:.4g} (required {criteria[first]['required']})" \
+        in error
+    # A resumed strict run checks the finished phase's record too; without --strict the run goes on.
+    assert main([*argv, "--strict"]) == 3 and "already complete" in capsys.readouterr().out
+    assert main(argv) == 0
