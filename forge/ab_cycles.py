@@ -12,14 +12,16 @@ Contract (each point is tested in ``tests/test_ab_cycles.py``):
   comparison is fair. Winner = best variant (the first on ties); relative improvement =
   ``(winner - incumbent) / max(|incumbent|, 1e-9)``.
 * Improvement >= ``plateau_threshold``: ``half_bake(X, winner)``; the winner becomes incumbent_X; the
-  cycle's half-bake count N rises and the spec strength ``1 - 0.5**N`` is recorded next to the strength
-  the hook measured; the cycle continues. Otherwise cycle X has plateaued: switch to the other cycle.
+  cycle's half-bake count N rises (it triggers lock-in) and the spec strength ``1 - 0.5**M`` is recorded
+  next to the strength the hook measured, M counting the half-bakes of both cycles as the spec's one
+  strength does (A's 87.5% goes on to 93.75% in B); the cycle continues. Otherwise cycle X has plateaued: switch to the other cycle.
   Initial prompts are never baked by the driver: they are the first incumbents a variant must beat.
 * After the decision: ``checkpoint(it)``, then the state file is written atomically, then the record is
   logged. A saved state therefore never points at an iteration whose checkpoint is missing.
 * ``plateaued[X]`` means "X plateaued on the current model": any half-bake (in either cycle) clears both
   flags. Convergence = both flags set, i.e. both cycles plateaued with no successful half-bake in
-  between; the run stops with reason ``"converged"``.
+  between, once each cycle has run ``min_cycle_iterations`` iterations (the spec's check needs two
+  scores of each); the run stops with reason ``"converged"``. Before that a plateau switches cycle.
 * Other stops, checked between iterations: ``max_iterations`` (reason ``"max_iterations"``) and the
   wall-time budget (``"budget"``; elapsed time survives a resume, the time of a crashed iteration is lost).
   A cycle that proposes nothing, or an evaluation of the wrong length or with a non-finite score, raises
@@ -82,6 +84,7 @@ class ABCycleConfig:
     oscillation_patience: int = 1  # cycle-entry regressions that switch the run to sequential mode
     lock_in_after: int | None = 3  # full-bake after this many half-bakes in a cycle (spec: 3); None: never
     start_cycle: Literal["A", "B"] = "A"  # the cycle of iteration 0 (spec: A, tool use)
+    min_cycle_iterations: int = 2  # convergence needs this many iterations of each cycle (spec: 2)
 
     def __post_init__(self) -> None:
         if not (self.plateau_threshold >= 0 and math.isfinite(self.plateau_threshold)):
@@ -96,6 +99,8 @@ class ABCycleConfig:
             raise ValueError(f"oscillation_patience must be >= 1, got {self.oscillation_patience}")
         if self.lock_in_after is not None and self.lock_in_after < 1:
             raise ValueError(f"lock_in_after must be >= 1 or None (no lock-in), got {self.lock_in_after}")
+        if self.min_cycle_iterations < 1:
+            raise ValueError(f"min_cycle_iterations must be >= 1, got {self.min_cycle_iterations}")
         if self.start_cycle not in CYCLES:
             raise ValueError(f"start_cycle must be 'A' or 'B', got {self.start_cycle!r}")
 
@@ -147,7 +152,7 @@ class IterationRecord:
     plateaued: bool  # improvement < plateau_threshold
     half_baked: bool  # the winner was half-baked and became the incumbent
     half_bake_count: int  # N: half-bakes in this cycle since its last lock-in, counting this one
-    baking_strength_spec: float  # 1 - 0.5**N, the spec's stacking formula
+    baking_strength_spec: float  # 1 - 0.5**M, M = half-bakes so far over both cycles (the spec's one counter)
     baking_strength_measured: float | None  # what half_bake measured (None when nothing was baked)
     best_score: float  # the cycle's incumbent score after this iteration
     lock_in: dict[str, Any] | None  # {"prompt", "strength_measured", "half_bakes"} when full_bake ran
@@ -257,6 +262,7 @@ class ABResult:
             "a_cycle_iterations": self.iterations["A"],
             "b_cycle_iterations": self.iterations["B"],
             "baking_strength": {c: dict(self.strengths[c]) for c in CYCLES},
+            "baking_strength_spec": spec_strength(sum(self.half_bakes.values())),
             "tool_prompts_baked": self.bakes("A"),
             "persona_prompts_baked": self.bakes("B"),
             "final_prompts": dict(self.incumbents),
@@ -431,7 +437,8 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
     state.cycle_iterations[cycle] += 1
     next_cycle: str | None = cycle
     if plateaued:
-        if all(state.plateaued.values()):
+        if all(state.plateaued.values()) and all(state.cycle_iterations[c] >= config.min_cycle_iterations
+                                                 for c in CYCLES):
             state.stop_reason, next_cycle = "converged", None
         elif state.mode == "sequential" and state.sequential_order is not None and cycle == state.sequential_order[1]:
             state.stop_reason, next_cycle = "sequential_complete", None
@@ -445,7 +452,7 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
         proposals=[{"prompt": p.prompt, "origin": p.origin, "score": s} for p, s in zip(proposals, variant_scores)],
         winner_index=winner_index, winner_score=winner_score, improvement=improvement, plateaued=plateaued,
         half_baked=not plateaued, half_bake_count=half_bake_count,
-        baking_strength_spec=spec_strength(half_bake_count), baking_strength_measured=measured,
+        baking_strength_spec=spec_strength(sum(state.total_half_bakes.values())), baking_strength_measured=measured,
         best_score=state.incumbents[cycle]["score"], lock_in=lock_in, regression=regression, mode=state.mode,
         next_cycle=next_cycle, iteration_s=0.0, elapsed_s=0.0,
     )

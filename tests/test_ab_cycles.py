@@ -145,7 +145,8 @@ def test_lock_in_full_bakes_after_three_half_bakes_and_resets_the_count(tmp_path
     assert [r.lock_in is not None for r in result.history] == [False, False, True, False, False]
     assert result.history[2].lock_in == {"prompt": "A2-v0", "strength_measured": 0.97, "half_bakes": 3}
     assert [r.half_bake_count for r in result.history] == [1, 2, 3, 1, 2]
-    assert [r.baking_strength_spec for r in result.history] == [0.5, 0.75, 0.875, 0.5, 0.75]
+    # The spec's strength counts every half-bake; the lock-in resets only the count that triggers it.
+    assert [r.baking_strength_spec for r in result.history] == [0.5, 0.75, 0.875, 0.9375, 0.96875]
     kinds = [(b["iteration"], b["kind"]) for b in result.bakes("A")]
     assert kinds == [(0, "half"), (1, "half"), (2, "half"), (2, "full"), (3, "half"), (4, "half")]
     assert result.half_bakes["A"] == 5
@@ -324,3 +325,19 @@ def test_swe_bench_names_are_used_only_when_swe_bench_is_the_fitness(tmp_path):
     with pytest.raises(ValueError, match="a_fitness must be one of"):
         run_ab_cycles(hooks, ABCycleConfig(), initial_prompts=PROMPTS, state_path=tmp_path / "other.json",
                       a_fitness="swe_bench")
+
+
+@pytest.mark.parametrize("min_iterations,cycles", [(2, ["A", "B", "A", "B"]), (1, ["A", "B"])])
+def test_convergence_needs_min_cycle_iterations_of_each_cycle(tmp_path, min_iterations, cycles):
+    table = [[0.5, 0.5]] * 6  # every iteration plateaus at once
+    result, _ = run(tmp_path, table, max_iterations=6, min_cycle_iterations=min_iterations)
+    assert [r.cycle for r in result.history] == cycles and result.stop_reason == "converged"
+    assert ABCycleConfig().min_cycle_iterations == 2  # spec: check_convergence needs two scores per cycle
+
+
+def test_one_spec_strength_counts_the_half_bakes_of_both_cycles(tmp_path):
+    table = [[0.5, 0.6], [0.6, 0.6], [0.7, 0.8], [0.8, 0.8], [0.6, 0.6], [0.8, 0.8]]  # A bakes, B bakes
+    result, _ = run(tmp_path, table, max_iterations=6, lock_in_after=None)
+    assert [(r.cycle, r.baking_strength_spec) for r in result.history[:4]] == [("A", 0.5), ("A", 0.5), ("B", 0.75),
+                                                                                ("B", 0.75)]
+    assert result.handoff()["baking_strength_spec"] == 0.75
