@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 from forge.artifacts import read_json, verify_model_dir
 from forge.config import load_pipeline_config
 from forge.criteria import missed
+from forge.merge import weight_space_diversity
+from forge.models import CognateForCausalLM
 from forge.phases.cognate import diversity_criteria
 from forge.phases.quietstar import quietstar_criteria
 from forge.phases.tool_persona import tool_persona_criteria
@@ -20,6 +23,7 @@ from forge.pipeline import run_pipeline
 from forge.quant.run import bitnet_criteria
 from forge.quant.staged import INT8_GROUP
 from forge.tracking import read_metrics
+from forge.training import set_seed
 
 SMALL = [
     "cognate.train.max_steps_per_epoch=2", "cognate.train.checkpoint_every=1", "cognate.train.batch_size=4",
@@ -69,11 +73,15 @@ def test_run_writes_verified_models_and_a_manifest(tiny_run):
         figures = summary["models"][name]
         assert figures["val/perplexity"] > 1 and figures["unigram_val_perplexity"] > 1
         assert figures["steps"] == 2 * sum(1 for e in ([1, 1, 1] if name == "a" else [1, 0, 1]) if e)
-    # Unrelated initialisations are about 1 apart in weight space whatever they learn, so the spec's
-    # diversity >= 0.3 is met by construction here (docs/SPEC.md); halting and speed spreads are measured.
-    assert 0.5 < summary["diversity"]["weight_space_diversity"] < 1.2
+    # Weight-space diversity mostly measures the unrelated initialisations: the two models are about as far
+    # apart as untrained ones from the same seeds, so the spec's >= 0.3 says little (docs/SPEC.md, deviation
+    # 4); halting and speed spreads are the informative criteria.
+    initial = []
+    for name, seed in (("a", 1), ("b", 2)):
+        set_seed(seed)
+        initial.append(CognateForCausalLM(AutoConfig.from_pretrained(run_dir / "cognate" / f"model_{name}")).state_dict())
+    assert summary["diversity"]["weight_space_diversity"] == pytest.approx(weight_space_diversity(initial), abs=0.05)
     assert summary["criteria"] == diversity_criteria(summary["diversity"])
-    assert summary["criteria"]["weight_space_diversity"]["met"]
     assert summary["validation"]["blocks"] >= 1
     metrics = read_metrics(run_dir / "cognate" / "metrics.jsonl")
     assert {"train/loss", "train/perplexity"} <= set().union(*metrics)
@@ -207,6 +215,11 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     assert handoff["a_cycle_fitness"] == summary["a_cycle_fitness"] == "tooluse" and "tool_use_fitness" in handoff
     assert "swe_bench_score" not in handoff
     trajectory = read_json(run_dir / "tool_persona" / "trajectory.json")
+    # The spec's artifacts: the model and the prompts after every iteration (wandb when on, metrics.jsonl always).
+    artifacts = {m["artifact"]: m for m in read_metrics(run_dir / "tool_persona" / "metrics.jsonl") if "artifact" in m}
+    assert set(artifacts) == {f"phase6-{kind}-iter-{i}" for kind in ("model", "prompts")
+                              for i in range(summary["iterations"])}
+    assert all(Path(a["artifact_path"]).exists() for a in artifacts.values())
     assert summary["criteria"] == tool_persona_criteria(
         trajectory["converged"], *[trajectory_gain(trajectory, cycle) for cycle in "AB"],
         1 - 0.5 ** sum(trajectory["half_bakes"].values()))

@@ -46,6 +46,7 @@ from forge.baking import bake_prompt
 from forge.criteria import criterion, missed
 from forge.data.readers import read_swebench
 from forge.phases.base import PhaseContext, PhaseResult
+from forge.tracking import Tracker
 from forge.prompt_variants import HUMAN_PERSONAS, META_PROMPT, mutate_prompt, self_prompts
 
 OFFLINE_PERSONA_TASKS = {"synthetic_reasoning": 1.0}
@@ -88,8 +89,8 @@ class ToolPersonaWork:
     """The A/B hooks: proposals, parallel evaluation on actors, baking, checkpoints."""
 
     def __init__(self, ctx: PhaseContext, model, tokenizer, actors: Sequence, *, tool_pool, tool_validation,
-                 persona_tasks: dict[str, float], bake_inputs: list[str]):
-        self.ctx, self.config = ctx, ctx.config.tool_persona
+                 persona_tasks: dict[str, float], bake_inputs: list[str], tracker: Tracker):
+        self.ctx, self.config, self.tracker = ctx, ctx.config.tool_persona, tracker
         self.model, self.tokenizer, self.actors = model, tokenizer, list(actors)
         self.tool_pool, self.tool_validation = tool_pool, tool_validation
         self.persona_tasks, self.bake_inputs = persona_tasks, bake_inputs
@@ -97,6 +98,7 @@ class ToolPersonaWork:
                                          max_new_tokens=self.config.tool_max_new_tokens,
                                          num_fewshot=self.config.tool_fewshot, num_samples=0)
         self.actor_weights: str | None = None
+        self.cycles: dict[int, str] = {}
         self.proposal_logs: dict[int, dict] = {}
         self.prompts: dict[str, Any] = read_json(self.prompts_path) if self.prompts_path.is_file() else {}
 
@@ -123,6 +125,7 @@ class ToolPersonaWork:
         return weights
 
     def evaluate(self, cycle: str, prompts: list[str], iteration: int) -> list[float]:
+        self.cycles[iteration] = cycle
         if cycle == "A" and self.config.fitness == "swebench":
             # The official harness scores patches in Docker, one run per prompt, from this process.
             scores = [self.swebench_resolved(self.model, prompt, f"iter{iteration:03d}-p{i}")
@@ -168,11 +171,19 @@ class ToolPersonaWork:
         return self._bake(prompt, "full")
 
     def checkpoint(self, iteration: int) -> None:
-        save_model_dir(self.model, self.tokenizer, self.ctx.work_dir / f"iter_{iteration:03d}",
-                       phase="tool_persona-iteration", extra={"iteration": iteration})
+        model_dir = save_model_dir(self.model, self.tokenizer, self.ctx.work_dir / f"iter_{iteration:03d}",
+                                   phase="tool_persona-iteration", extra={"iteration": iteration})
         if iteration in self.proposal_logs:
             self.prompts.setdefault(str(iteration), {})["self_prompts"] = self.proposal_logs.pop(iteration)
         atomic_write_json(self.prompts_path, self.prompts)
+        # The spec's artifacts: the model and the prompts after each iteration.
+        scores = [entry["score"] for entry in self.prompts.get(str(iteration), {}).get("scored", [])]
+        metadata = {"iteration": iteration, "cycle": self.cycles.get(iteration),
+                    "incumbent_score": scores[0] if scores else None,
+                    "best_variant_score": max(scores[1:]) if scores[1:] else None}
+        self.tracker.log_artifact(f"phase6-model-iter-{iteration}", "model", model_dir, metadata)
+        self.tracker.log_artifact(f"phase6-prompts-iter-{iteration}", "prompts", self.prompts_path,
+                                  {"iteration": iteration, "cycle": self.cycles.get(iteration)})
 
     # ------------------------------------------------------------------ final check
     def validation_scores(self, model, prompts: dict[str, str]) -> dict[str, float]:
@@ -214,9 +225,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
                                                                    data_dir=ctx.data_dir,
                                                                    cache_dir=str(ctx.work_dir / "cache"))
               for _ in range(config.eval_actors)]
-    work = ToolPersonaWork(ctx, model, tokenizer, actors, tool_pool=tool_pool, tool_validation=tool_validation,
-                           persona_tasks=persona_tasks, bake_inputs=bake_inputs)
     tracker = ctx.tracker("tool_persona", run_config={"tool_persona": dataclasses.asdict(config), "input": name})
+    work = ToolPersonaWork(ctx, model, tokenizer, actors, tool_pool=tool_pool, tool_validation=tool_validation,
+                           persona_tasks=persona_tasks, bake_inputs=bake_inputs, tracker=tracker)
     initial = {"A": INITIAL_TOOL_PROMPT, "B": config.initial_persona}
     try:
         result: ABResult = run_ab_cycles(work, config.cycles, initial_prompts=initial, state_path=state_path,
