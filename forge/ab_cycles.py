@@ -15,7 +15,8 @@ Contract (each point is tested in ``tests/test_ab_cycles.py``):
   cycle's half-bake count N rises (it triggers lock-in) and the spec strength ``1 - 0.5**M`` is recorded
   next to the strength the hook measured, M counting the half-bakes of both cycles as the spec's one
   strength does (A's 87.5% goes on to 93.75% in B); the cycle continues. Otherwise cycle X has plateaued: switch to the other cycle.
-  Initial prompts are never baked by the driver: they are the first incumbents a variant must beat.
+  The initial A prompt is half-baked before the A-cycle's first test (``half_bake_initial_tool_prompt``, the
+  spec's model_A1; it counts as a half-bake); initial prompts are also the first incumbents a variant must beat.
 * After the decision: ``checkpoint(it)``, then the state file is written atomically, then the record is
   logged. A saved state therefore never points at an iteration whose checkpoint is missing.
 * ``plateaued[X]`` means "X plateaued on the current model": any half-bake (in either cycle) clears both
@@ -85,6 +86,7 @@ class ABCycleConfig:
     lock_in_after: int | None = 3  # full-bake after this many half-bakes in a cycle (spec: 3); None: never
     start_cycle: Literal["A", "B"] = "A"  # the cycle of iteration 0 (spec: A, tool use)
     min_cycle_iterations: int = 2  # convergence needs this many iterations of each cycle (spec: 2)
+    half_bake_initial_tool_prompt: bool = True  # half-bake the initial A prompt before its first test (spec A-cycle step 2)
 
     def __post_init__(self) -> None:
         if not (self.plateau_threshold >= 0 and math.isfinite(self.plateau_threshold)):
@@ -161,6 +163,7 @@ class IterationRecord:
     next_cycle: str | None  # the cycle of the next iteration; None when the run stopped here
     iteration_s: float  # wall time of this iteration
     elapsed_s: float  # wall time of the run so far, across resumes
+    initial_bake: dict[str, Any] | None = None  # {"prompt", "strength_measured", "strength_spec"}: initial A prompt
 
 
 @dataclass
@@ -216,6 +219,10 @@ class ABResult:
         for record in self.history:
             if record.cycle != cycle:
                 continue
+            if record.initial_bake is not None:
+                out.append({"iteration": record.iteration, "kind": "half", "prompt": record.initial_bake["prompt"],
+                            "origin": "initial", "strength_spec": record.initial_bake["strength_spec"],
+                            "strength_measured": record.initial_bake["strength_measured"]})
             if record.half_baked:
                 winner = record.proposals[record.winner_index]
                 out.append({"iteration": record.iteration, "kind": "half", "prompt": winner["prompt"],
@@ -390,6 +397,16 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
     """Run ``state.next_iteration`` up to (not including) the checkpoint; updates ``state`` in place."""
     cycle, it = state.cycle, state.next_iteration
     incumbent = state.incumbents[cycle]
+    initial_bake = None
+    if cycle == "A" and state.cycle_iterations["A"] == 0 and config.half_bake_initial_tool_prompt:
+        # The spec's A-cycle starts from the model with its initial tool prompt half-baked (model_A1).
+        strength = float(hooks.half_bake(cycle, incumbent["prompt"], it))
+        state.half_bakes[cycle] += 1
+        state.total_half_bakes[cycle] += 1
+        initial_bake = {"prompt": incumbent["prompt"], "strength_measured": strength,
+                        "strength_spec": spec_strength(sum(state.total_half_bakes.values()))}
+        state.measured_strength[cycle] = strength
+        state.last_bake[cycle] = "half"
     proposals = _checked_proposals(hooks.propose(cycle, incumbent["prompt"], it, config.variants_per_iteration),
                                    cycle, it, config.variants_per_iteration)
     scores = _checked_scores(hooks.evaluate(cycle, [incumbent["prompt"], *(p.prompt for p in proposals)], it),
@@ -454,7 +471,7 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
         half_baked=not plateaued, half_bake_count=half_bake_count,
         baking_strength_spec=spec_strength(sum(state.total_half_bakes.values())), baking_strength_measured=measured,
         best_score=state.incumbents[cycle]["score"], lock_in=lock_in, regression=regression, mode=state.mode,
-        next_cycle=next_cycle, iteration_s=0.0, elapsed_s=0.0,
+        next_cycle=next_cycle, iteration_s=0.0, elapsed_s=0.0, initial_bake=initial_bake,
     )
 
 
@@ -488,6 +505,8 @@ def _iteration_metrics(record: IterationRecord, state: _RunState) -> dict[str, A
         out[f"{p}/baking_strength_measured"] = record.baking_strength_measured
     if record.lock_in is not None:
         out[f"{p}/lock_in_strength_measured"] = record.lock_in["strength_measured"]
+    if record.initial_bake is not None:
+        out[f"{p}/initial_bake_strength_measured"] = record.initial_bake["strength_measured"]
     if record.regression is not None:
         out[f"{p}/regression_relative_drop"] = record.regression["relative_drop"]
     return out

@@ -70,6 +70,8 @@ class FakeClock:
 
 
 def run(tmp_path, table, name="state.json", hooks=None, log=None, clock=None, **config):
+    # The scripted tables describe variant iterations; the initial half-bake has its own test.
+    config.setdefault("half_bake_initial_tool_prompt", False)
     hooks = hooks or ScriptedHooks(table)
     kwargs = {"clock": clock} if clock is not None else {}
     result = run_ab_cycles(hooks, ABCycleConfig(**config), initial_prompts=PROMPTS, state_path=tmp_path / name,
@@ -341,3 +343,19 @@ def test_one_spec_strength_counts_the_half_bakes_of_both_cycles(tmp_path):
     assert [(r.cycle, r.baking_strength_spec) for r in result.history[:4]] == [("A", 0.5), ("A", 0.5), ("B", 0.75),
                                                                                 ("B", 0.75)]
     assert result.handoff()["baking_strength_spec"] == 0.75
+
+
+def test_the_initial_tool_prompt_is_half_baked_before_the_first_test(tmp_path):
+    table = [[0.5, 0.6], [0.6, 0.6], [0.7, 0.7], [0.6, 0.6], [0.7, 0.7]]
+    logged = []
+    result, hooks = run(tmp_path, table, max_iterations=5, lock_in_after=None, log=logged.append,
+                        half_bake_initial_tool_prompt=True)
+    assert ABCycleConfig().half_bake_initial_tool_prompt  # spec: model_A1 = half_bake(model, initial prompt)
+    assert hooks.calls[:2] == [("half_bake", "A", PROMPTS["A"], 0), ("propose", "A", PROMPTS["A"], 0, 4)]
+    assert [c[1:] for c in hooks.calls if c[0] == "half_bake"] == [("A", PROMPTS["A"], 0), ("A", "A0-v0", 0)]
+    # It counts as the first half-bake: the winner of iteration 0 is the second (75%).
+    assert result.history[0].initial_bake == {"prompt": PROMPTS["A"], "strength_measured": 0.41, "strength_spec": 0.5}
+    assert result.history[0].baking_strength_spec == 0.75 and result.history[0].half_bake_count == 2
+    assert [b["origin"] for b in result.bakes("A")] == ["initial", "mutation:0"]
+    assert logged[0]["a_cycle/initial_bake_strength_measured"] == 0.41
+    assert sum(1 for c in hooks.calls if c[0] == "half_bake" and c[2] == PROMPTS["A"]) == 1  # once per run
