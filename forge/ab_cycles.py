@@ -62,6 +62,17 @@ METRIC_PREFIX = {"A": "a_cycle", "B": "b_cycle"}
 # value and its total improvement. The spec's names (final/swe_bench_score) belong to SWE-bench only.
 A_SCORE_NAMES = {"tooluse": ("tool_use_fitness", "total_improvement_tool_use"),
                  "swebench": ("swe_bench_score", "total_improvement_swe_bench")}
+# Per-iteration names of the incumbent's and the proposals' scores: the spec's (a_cycle/baseline_swe_bench,
+# a_cycle/variant_0_swe_bench, b_cycle/baseline_aggregate, b_cycle/self_prompt_0_score), with the A-cycle's
+# benchmark named for what it is.
+_A_METRIC = {"tooluse": "tool_use", "swebench": "swe_bench"}
+
+
+def _score_names(cycle: str, a_fitness: str) -> tuple[str, str]:
+    """(baseline name, proposal name pattern with {i}) of ``cycle``'s scores, without the prefix."""
+    if cycle == "A":
+        return f"baseline_{_A_METRIC[a_fitness]}", "variant_{i}_" + _A_METRIC[a_fitness]
+    return "baseline_aggregate", "self_prompt_{i}_score"
 # Score in a relative improvement's denominator when the incumbent scores 0.
 _MIN_DENOMINATOR = 1e-9
 
@@ -475,14 +486,15 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
     )
 
 
-def _iteration_metrics(record: IterationRecord, state: _RunState) -> dict[str, Any]:
+def _iteration_metrics(record: IterationRecord, state: _RunState, a_fitness: str) -> dict[str, Any]:
     """The W&B record of one iteration under the spec's names (a_cycle/*, b_cycle/*, convergence/*)."""
     p = METRIC_PREFIX[record.cycle]
+    baseline, proposal = _score_names(record.cycle, a_fitness)
     out: dict[str, Any] = {
         f"{p}/iteration": record.iteration,
         f"{p}/cycle_iteration": record.cycle_iteration,
-        f"{p}/baseline_score": record.incumbent["score"],
-        **{f"{p}/variant_{i}_score": v["score"] for i, v in enumerate(record.proposals)},
+        f"{p}/{baseline}": record.incumbent["score"],
+        **{f"{p}/{proposal.format(i=i)}": v["score"] for i, v in enumerate(record.proposals)},
         f"{p}/winner_idx": record.winner_index,
         f"{p}/winner_score": record.winner_score,
         f"{p}/best_score": record.best_score,
@@ -490,13 +502,13 @@ def _iteration_metrics(record: IterationRecord, state: _RunState) -> dict[str, A
         f"{p}/plateau_detected": record.plateaued,
         f"{p}/half_baked": record.half_baked,
         f"{p}/half_bake_count": record.half_bake_count,
-        f"{p}/baking_strength_spec": record.baking_strength_spec,
+        f"{p}/baking_strength": record.baking_strength_spec,
         f"{p}/iteration_s": record.iteration_s,
         "convergence/total_iterations": record.iteration + 1,
         "convergence/a_cycle_iterations": state.cycle_iterations["A"],
         "convergence/b_cycle_iterations": state.cycle_iterations["B"],
-        "convergence/a_plateaued": state.plateaued["A"],
-        "convergence/b_plateaued": state.plateaued["B"],
+        "convergence/a_plateau": state.plateaued["A"],
+        "convergence/b_plateau": state.plateaued["B"],
         "convergence/mode": record.mode,
         "convergence/regressions": len(state.regressions),
         "convergence/elapsed_s": record.elapsed_s,
@@ -567,7 +579,7 @@ def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dic
         state.next_iteration += 1
         atomic_write_json(state_path, dataclasses.asdict(state))
         if log is not None:
-            log(_iteration_metrics(record, state))
+            log(_iteration_metrics(record, state, a_fitness))
     result = _result(state, a_fitness)
     if log is not None:
         log(result.final_metrics())

@@ -121,10 +121,11 @@ def test_keeps_improving_stops_at_max_iterations_with_spec_strengths(tmp_path):
     assert result.strengths["B"] == {"last_bake": None, "half_bakes_since_lock_in": 0, "spec": 0.0, "measured": None}
     # one record per iteration under the spec's names, then the final summary
     assert len(logged) == 6
-    assert logged[0]["a_cycle/iteration"] == 0 and logged[0]["a_cycle/baking_strength_spec"] == 0.5
+    assert logged[0]["a_cycle/iteration"] == 0 and logged[0]["a_cycle/baking_strength"] == 0.5
+    assert logged[0]["a_cycle/baseline_tool_use"] == 1.0 and logged[0]["a_cycle/variant_0_tool_use"] == 1.2
     assert logged[0]["a_cycle/best_score"] == pytest.approx(1.2)
     assert logged[0]["a_cycle/baking_strength_measured"] == pytest.approx(0.41)
-    assert {"convergence/a_plateaued", "convergence/b_plateaued", "convergence/mode"} <= set(logged[0])
+    assert {"convergence/a_plateau", "convergence/b_plateau", "convergence/mode"} <= set(logged[0])
     assert logged[-1]["convergence/stop_reason"] == "max_iterations"
     # The A-cycle's score is named for what it measures: the tool-use benchmark unless SWE-bench is the fitness.
     assert logged[-1]["final/tool_use_fitness"] == pytest.approx(1.6)
@@ -322,6 +323,7 @@ def test_swe_bench_names_are_used_only_when_swe_bench_is_the_fitness(tmp_path):
     result = run_ab_cycles(hooks, ABCycleConfig(max_iterations=1), initial_prompts=PROMPTS,
                            state_path=tmp_path / "state.json", log=logged.append, a_fitness="swebench")
     assert logged[-1]["final/swe_bench_score"] == pytest.approx(1.2)
+    assert logged[0]["a_cycle/baseline_swe_bench"] == 1.0 and logged[0]["a_cycle/variant_0_swe_bench"] == 1.2
     assert logged[-1]["final/total_improvement_swe_bench"] == pytest.approx(0.2)
     assert result.handoff()["swe_bench_score"] == pytest.approx(1.2)
     with pytest.raises(ValueError, match="a_fitness must be one of"):
