@@ -91,7 +91,8 @@ class ABCycleConfig:
 
     plateau_threshold: float = 0.005  # relative improvement below this is a plateau (spec: 0.5%)
     max_iterations: int = 4  # iterations over both cycles together (full presets: 40)
-    wall_time_budget_s: float | None = None  # stop once this much time has passed (checked between iterations)
+    wall_time_budget_s: float | None = None  # stop once this much time has passed (checked between iterations);
+    # Phase 6 then hands on the best model so far by its held-out check (the spec's cap keeps the best model)
     variants_per_iteration: int = 4  # proposals asked of propose() per iteration (spec: 4)
     oscillation_patience: int = 1  # cycle-entry regressions that switch the run to sequential mode
     lock_in_after: int | None = 3  # full-bake after this many half-bakes in a cycle (spec: 3); None: never
@@ -245,6 +246,16 @@ class ABResult:
                             "origin": record.proposals[record.winner_index]["origin"], "strength_spec": 1.0,
                             "strength_measured": record.lock_in["strength_measured"]})
         return out
+
+    def prompts_after(self, iteration: int) -> dict[str, str]:
+        """The incumbent prompts after ``iteration``: each cycle's initial prompt, replaced by its half-baked
+        winners up to then (the prompts that go with that iteration's checkpoint)."""
+        prompts = {c: next((r.incumbent["prompt"] for r in self.history if r.cycle == c), self.incumbents[c])
+                   for c in CYCLES}
+        for record in self.history[:iteration + 1]:
+            if record.half_baked:
+                prompts[record.cycle] = record.proposals[record.winner_index]["prompt"]
+        return prompts
 
     def baseline(self, cycle: str) -> float | None:
         """The cycle's first incumbent score (before anything of this run was baked for it)."""

@@ -100,6 +100,10 @@ def test_plateau_switches_cycle_and_both_plateaued_converges(tmp_path):
     assert hooks.calls[3] == ("propose", "A", "A0-v1", 1, 4)
     assert result.history[0].improvement == pytest.approx((0.55 - 0.50) / 0.50)
     assert [c[1:] for c in hooks.calls if c[0] == "half_bake"] == [("A", "A0-v1", 0), ("B", "B2-v0", 2)]
+    # The prompts that go with each iteration's checkpoint.
+    assert result.prompts_after(0) == {"A": "A0-v1", "B": PROMPTS["B"]}
+    assert result.prompts_after(2) == {"A": "A0-v1", "B": "B2-v0"} == result.prompts_after(4)
+    assert result.prompts_after(len(result.history) - 1) == result.incumbents
     assert result.incumbents == {"A": "A0-v1", "B": "B2-v0"}
     assert result.origins == {"A": "mutation:1", "B": "mutation:0"}
     assert result.scores == {"A": 0.55, "B": 0.75}

@@ -246,17 +246,26 @@ def run(ctx: PhaseContext) -> PhaseResult:
     # Selection on a few rotating items can favour noise and each bake can cost skills, so the held-out
     # check decides what is handed on.
     final_iteration = last_checkpoint_iteration(state_path)
-    input_better = validation_total(before) > validation_total(after)
-    handed_on = "input" if config.keep_input_if_better and input_better else "optimized"
-    model_out, prompts_out = (input_model, initial) if handed_on == "input" else (work.model, final_prompts)
+    candidates = {"optimized": (work.model, final_prompts, after)}
+    if result.stop_reason == "budget":
+        # The spec's cost cap keeps the best model so far: every earlier iteration's model competes too.
+        for record in result.history[:-1]:
+            checkpoint_model = load_model_dir(ctx.work_dir / f"iter_{record.iteration:03d}")[0]
+            prompts = result.prompts_after(record.iteration)
+            candidates[f"iter_{record.iteration:03d}"] = (checkpoint_model, prompts,
+                                                          work.validation_scores(checkpoint_model, prompts))
+    if config.keep_input_if_better:
+        candidates["input"] = (input_model, initial, before)
+    totals = {key: validation_total(scores) for key, (_, _, scores) in candidates.items()}
+    handed_on = max(totals, key=totals.get)  # the optimized model on ties (it comes first)
+    model_out, prompts_out, _ = candidates[handed_on]
     handoff = {**result.handoff(), "validation_before": before, "validation_after": after,
-               "persona_fitness_tasks": persona_tasks, "handed_on": handed_on, "handed_on_prompts": prompts_out,
-               "optimized_model_dir": None if final_iteration is None
+               "validation_totals": totals, "persona_fitness_tasks": persona_tasks, "handed_on": handed_on,
+               "handed_on_prompts": prompts_out, "optimized_model_dir": None if final_iteration is None
                else str(ctx.work_dir / f"iter_{final_iteration:03d}")}
-    if handed_on == "input":
-        print(f"[forge] tool_persona: the input scores higher on the held-out validation "
-              f"({validation_total(before):.4f} vs {validation_total(after):.4f}); handing on the input model "
-              f"with the initial prompts", flush=True)
+    if handed_on != "optimized":
+        print(f"[forge] tool_persona: {handed_on} scores highest on the held-out validation ({totals}); "
+              f"handing it on with its prompts", flush=True)
     out_dir = ctx.phase_dir / "model"
     save_model_dir(model_out, tokenizer, out_dir, phase="tool_persona", extra={"input": name, "handoff": handoff})
     final = result.final_metrics()
@@ -265,7 +274,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
                                      spec_strength(sum(result.half_bakes.values())))
     summary = {"input": name, "stop_reason": result.stop_reason, "iterations": len(result.history),
                "a_cycle_fitness": config.fitness, "criteria": criteria, "criteria_missed": missed(criteria),
-               "handed_on": handed_on, "final_prompts": final_prompts, "handed_on_prompts": prompts_out,
+               "handed_on": handed_on, "validation_totals": totals, "final_prompts": final_prompts,
+               "handed_on_prompts": prompts_out,
                "validation_before": before, "validation_after": after,
                "persona_fitness_tasks": persona_tasks, "eval_actors": config.eval_actors,
                "wall_time_s": time.perf_counter() - started}
