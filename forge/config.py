@@ -184,8 +184,7 @@ class ToolPersonaPhaseConfig:
     tool_metric_weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "tool_usage_rate": 0.1})
     """A-cycle fitness: weighted sum of tool-use metrics (accuracy first; tool usage gives small models a signal)."""
     fitness: Literal["tooluse", "swebench"] = "tooluse"
-    """A-cycle fitness: tooluse (the tool-use benchmark above) or swebench (resolved rate of the official SWE-bench
-    harness on the data folder's Lite instances, the spec's choice; needs Docker, the swebench package, a data folder)."""
+    """A-cycle fitness: tooluse (the benchmark above) or swebench (official harness; Docker, swebench, data folder)."""
     initial_persona: str = "I solve problems step by step and check each result before I answer."
     """The B-cycle's first incumbent (ours; the spec starts from the model's own self-prompts)."""
     self_prompt_max_new_tokens: int = 64
