@@ -14,9 +14,11 @@ Contract (each point is tested in ``tests/test_ab_cycles.py``):
 * Improvement >= ``plateau_threshold``: ``half_bake(X, winner)``; the winner becomes incumbent_X; the
   cycle's half-bake count N rises (it triggers lock-in) and the spec strength ``1 - 0.5**M`` is recorded
   next to the strength the hook measured, M counting the half-bakes of both cycles as the spec's one
-  strength does (A's 87.5% goes on to 93.75% in B); the cycle continues. Otherwise cycle X has plateaued: switch to the other cycle.
+  strength does (A's 87.5% goes on to 93.75% in B); the cycle continues. Otherwise cycle X has plateaued:
+  switch to the other cycle.
   The initial A prompt is half-baked before the A-cycle's first test (``half_bake_initial_tool_prompt``, the
-  spec's model_A1; it counts as a half-bake); initial prompts are also the first incumbents a variant must beat.
+  spec's model_A1; it counts as a half-bake); initial prompts are also the first incumbents a variant must
+  beat.
 * After the decision: ``checkpoint(it)``, then the state file is written atomically, then the record is
   logged. A saved state therefore never points at an iteration whose checkpoint is missing.
 * ``plateaued[X]`` means "X plateaued on the current model": any half-bake (in either cycle) clears both
@@ -98,7 +100,7 @@ class ABCycleConfig:
     lock_in_after: int | None = 3  # full-bake after this many half-bakes in a cycle (spec: 3); None: never
     start_cycle: Literal["A", "B"] = "A"  # the cycle of iteration 0 (spec: A, tool use)
     min_cycle_iterations: int = 2  # convergence needs this many iterations of each cycle (spec: 2)
-    half_bake_initial_tool_prompt: bool = True  # half-bake the initial A prompt before its first test (spec A-cycle step 2)
+    half_bake_initial_tool_prompt: bool = True  # half-bake the initial A prompt before its first test (spec step 2)
 
     def __post_init__(self) -> None:
         if not (self.plateau_threshold >= 0 and math.isfinite(self.plateau_threshold)):

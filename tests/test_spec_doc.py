@@ -6,7 +6,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "docs" / "SPEC.md"
 TEST_REF = re.compile(r"\b(tests/[\w/]+\.py)::(\w+)")
-PATH_REF = re.compile(r"`((?:forge|actors|cluster|benchmarks|tests|configs|docs)/[\w./]+|ray_cluster\.yaml|pyproject\.toml)`")
+PATH_REF = re.compile(r"`((?:forge|actors|cluster|benchmarks|tests|configs|docs)/[\w./]+"
+                      r"|ray_cluster\.yaml|pyproject\.toml)`")
 
 
 def defined_tests(path: Path) -> set[str]:

@@ -404,12 +404,13 @@ def run(ctx: PhaseContext) -> PhaseResult:
     out_dir = save_model_dir(template, tokenizer, ctx.phase_dir / "champion", phase="evomerge",
                              extra={"evomerge": outcome})
     plot = plot_history([r["stats"] for r in records], ctx.phase_dir / "fitness.png")
+    target_met = outcome["criteria"]["improvement_over_generation0"]["met"]
     tracker.log({"evomerge/champion_fitness": champion["fitness"], "evomerge/improvement_over_gen0": gain,
-                 "evomerge/spec_target_met": outcome["criteria"]["improvement_over_generation0"]["met"]})
+                 "evomerge/spec_target_met": target_met})
     tracker.finish()
     print(f"[forge] evomerge: champion {champion['label']} fitness {champion['fitness']:.4f} (generation 0 best "
           f"{initial_best:.4f}, best parent {best_parent['fitness']:.4f}): {gain:+.1%} vs the spec's "
-          f"{config.target_improvement:.0%} target: {'met' if outcome['criteria']['improvement_over_generation0']['met'] else 'missed'} "
+          f"{config.target_improvement:.0%} target: {'met' if target_met else 'missed'} "
           f"({reason} after {final['generation']} generations); passed on: {output['model']}", flush=True)
     summary = {
         **outcome,

@@ -194,8 +194,10 @@ class ToolPersonaWork:
                            max_new_tokens=self.config.persona_max_new_tokens, data_dir=self.ctx.data_dir)
         persona_aggregate = aggregate_score(persona, self.persona_tasks)
         if self.config.fitness == "swebench":
-            resolved = self.swebench_resolved(model, prompts["A"], f"validation-{state_dict_hash(model.state_dict())[:12]}")
-            return {"tool_fitness": resolved, "swe_bench_resolved_rate": resolved, "persona_aggregate": persona_aggregate}
+            run_id = f"validation-{state_dict_hash(model.state_dict())[:12]}"
+            resolved = self.swebench_resolved(model, prompts["A"], run_id)
+            return {"tool_fitness": resolved, "swe_bench_resolved_rate": resolved,
+                    "persona_aggregate": persona_aggregate}
         tool = evaluate_tool_use(model, self.tokenizer, prompt=prompts["A"], problems=self.tool_validation,
                                  config=self.tool_config, data_dir=self.ctx.data_dir)
         return {"tool_fitness": self.tool_fitness(tool.metrics), "tool_accuracy": tool.metrics["accuracy"],

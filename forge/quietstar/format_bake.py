@@ -362,7 +362,8 @@ def bake_reasoning_format(model, tokenizer, train: Sequence[ReasoningExample], v
 
     while True:
         if not state["mitigating"] and state["epochs_done"] == config.epochs:
-            if is_met(state["history"][-1]["val_accuracy"], ">=", config.accuracy_threshold) or not config.mitigation_epochs:
+            converged = is_met(state["history"][-1]["val_accuracy"], ">=", config.accuracy_threshold)
+            if converged or not config.mitigation_epochs:
                 break
             state["mitigating"] = True  # the spec's mitigation: lower both learning rates, train a little longer
             state["base_epochs"] = config.epochs
