@@ -312,8 +312,9 @@ def test_strict_stops_at_the_first_missed_criterion_with_exit_code_3(tmp_path, s
         argv += ["--set", item]
     assert main([*argv, "--strict"]) == 3
     manifest = read_json(tmp_path / "tiny" / "cognate" / "manifest.json")
-    # The phase finished and its outputs are kept; two tiny models cannot be 10 ms apart in speed.
-    assert manifest["status"] == "complete" and "speed_diversity_ms" in manifest["summary"]["criteria_missed"]
+    # The phase finished and its outputs are kept. At most 2 ACT steps (the tiny architecture) keep the halting
+    # spread under 1, below the spec's 2.0.
+    assert manifest["status"] == "complete" and "halting_diversity" in manifest["summary"]["criteria_missed"]
     criteria = manifest["summary"]["criteria"]
     first = next(name for name, record in criteria.items() if not record["met"])
     error = capsys.readouterr().err
