@@ -40,9 +40,12 @@ def extract_patch(generation: str) -> str:
 
 
 def generate_predictions(model, tokenizer, instances: Sequence[Mapping[str, Any]], *, max_new_tokens: int = 512,
-                         batch_size: int = 4) -> list[dict[str, str]]:
-    """Greedy patches for SWE-bench instances (records with ``instance_id``, ``repo``, ``problem_statement``)."""
-    prompts = [PROMPT.format(repo=item["repo"], problem_statement=item["problem_statement"]) for item in instances]
+                         batch_size: int = 4, system_prompt: str = "") -> list[dict[str, str]]:
+    """Greedy patches for SWE-bench instances (records with ``instance_id``, ``repo``, ``problem_statement``);
+    ``system_prompt`` (e.g. Phase 6's tool prompt) goes before each task, on its own line."""
+    prefix = f"{system_prompt}\n\n" if system_prompt else ""
+    prompts = [prefix + PROMPT.format(repo=item["repo"], problem_statement=item["problem_statement"])
+               for item in instances]
     generations = generate_until(model, tokenizer, prompts, until=("\n```",), max_new_tokens=max_new_tokens,
                                  batch_size=batch_size)
     # The prompt opened a ```diff fence, so the generation is the diff body.

@@ -12,14 +12,19 @@ Contract (each point is tested in ``tests/test_ab_cycles.py``):
   comparison is fair. Winner = best variant (the first on ties); relative improvement =
   ``(winner - incumbent) / max(|incumbent|, 1e-9)``.
 * Improvement >= ``plateau_threshold``: ``half_bake(X, winner)``; the winner becomes incumbent_X; the
-  cycle's half-bake count N rises and the spec strength ``1 - 0.5**N`` is recorded next to the strength
-  the hook measured; the cycle continues. Otherwise cycle X has plateaued: switch to the other cycle.
-  Initial prompts are never baked by the driver: they are the first incumbents a variant must beat.
+  cycle's half-bake count N rises (it triggers lock-in) and the spec strength ``1 - 0.5**M`` is recorded
+  next to the strength the hook measured, M counting the half-bakes of both cycles as the spec's one
+  strength does (A's 87.5% goes on to 93.75% in B); the cycle continues. Otherwise cycle X has plateaued:
+  switch to the other cycle.
+  The initial A prompt is half-baked before the A-cycle's first test (``half_bake_initial_tool_prompt``, the
+  spec's model_A1; it counts as a half-bake); initial prompts are also the first incumbents a variant must
+  beat.
 * After the decision: ``checkpoint(it)``, then the state file is written atomically, then the record is
   logged. A saved state therefore never points at an iteration whose checkpoint is missing.
 * ``plateaued[X]`` means "X plateaued on the current model": any half-bake (in either cycle) clears both
   flags. Convergence = both flags set, i.e. both cycles plateaued with no successful half-bake in
-  between; the run stops with reason ``"converged"``.
+  between, once each cycle has run ``min_cycle_iterations`` iterations (the spec's check needs two
+  scores of each); the run stops with reason ``"converged"``. Before that a plateau switches cycle.
 * Other stops, checked between iterations: ``max_iterations`` (reason ``"max_iterations"``) and the
   wall-time budget (``"budget"``; elapsed time survives a resume, the time of a crashed iteration is lost).
   A cycle that proposes nothing, or an evaluation of the wrong length or with a non-finite score, raises
@@ -55,6 +60,21 @@ CYCLES = ("A", "B")
 STATE_VERSION = 1
 # W&B prefixes of the spec: a_cycle/* is tool use, b_cycle/* is the persona.
 METRIC_PREFIX = {"A": "a_cycle", "B": "b_cycle"}
+# The A-cycle's score under the name of what it measures, per fitness (tool_persona.fitness): its final
+# value and its total improvement. The spec's names (final/swe_bench_score) belong to SWE-bench only.
+A_SCORE_NAMES = {"tooluse": ("tool_use_fitness", "total_improvement_tool_use"),
+                 "swebench": ("swe_bench_score", "total_improvement_swe_bench")}
+# Per-iteration names of the incumbent's and the proposals' scores: the spec's (a_cycle/baseline_swe_bench,
+# a_cycle/variant_0_swe_bench, b_cycle/baseline_aggregate, b_cycle/self_prompt_0_score), with the A-cycle's
+# benchmark named for what it is.
+_A_METRIC = {"tooluse": "tool_use", "swebench": "swe_bench"}
+
+
+def _score_names(cycle: str, a_fitness: str) -> tuple[str, str]:
+    """(baseline name, proposal name pattern with {i}) of ``cycle``'s scores, without the prefix."""
+    if cycle == "A":
+        return f"baseline_{_A_METRIC[a_fitness]}", "variant_{i}_" + _A_METRIC[a_fitness]
+    return "baseline_aggregate", "self_prompt_{i}_score"
 # Score in a relative improvement's denominator when the incumbent scores 0.
 _MIN_DENOMINATOR = 1e-9
 
@@ -73,11 +93,14 @@ class ABCycleConfig:
 
     plateau_threshold: float = 0.005  # relative improvement below this is a plateau (spec: 0.5%)
     max_iterations: int = 4  # iterations over both cycles together (full presets: 40)
-    wall_time_budget_s: float | None = None  # stop once this much time has passed (checked between iterations)
+    wall_time_budget_s: float | None = None  # stop once this much time has passed (checked between iterations);
+    # Phase 6 then hands on the best model so far by its held-out check (the spec's cap keeps the best model)
     variants_per_iteration: int = 4  # proposals asked of propose() per iteration (spec: 4)
     oscillation_patience: int = 1  # cycle-entry regressions that switch the run to sequential mode
     lock_in_after: int | None = 3  # full-bake after this many half-bakes in a cycle (spec: 3); None: never
     start_cycle: Literal["A", "B"] = "A"  # the cycle of iteration 0 (spec: A, tool use)
+    min_cycle_iterations: int = 2  # convergence needs this many iterations of each cycle (spec: 2)
+    half_bake_initial_tool_prompt: bool = True  # half-bake the initial A prompt before its first test (spec step 2)
 
     def __post_init__(self) -> None:
         if not (self.plateau_threshold >= 0 and math.isfinite(self.plateau_threshold)):
@@ -92,6 +115,8 @@ class ABCycleConfig:
             raise ValueError(f"oscillation_patience must be >= 1, got {self.oscillation_patience}")
         if self.lock_in_after is not None and self.lock_in_after < 1:
             raise ValueError(f"lock_in_after must be >= 1 or None (no lock-in), got {self.lock_in_after}")
+        if self.min_cycle_iterations < 1:
+            raise ValueError(f"min_cycle_iterations must be >= 1, got {self.min_cycle_iterations}")
         if self.start_cycle not in CYCLES:
             raise ValueError(f"start_cycle must be 'A' or 'B', got {self.start_cycle!r}")
 
@@ -143,7 +168,7 @@ class IterationRecord:
     plateaued: bool  # improvement < plateau_threshold
     half_baked: bool  # the winner was half-baked and became the incumbent
     half_bake_count: int  # N: half-bakes in this cycle since its last lock-in, counting this one
-    baking_strength_spec: float  # 1 - 0.5**N, the spec's stacking formula
+    baking_strength_spec: float  # 1 - 0.5**M, M = half-bakes so far over both cycles (the spec's one counter)
     baking_strength_measured: float | None  # what half_bake measured (None when nothing was baked)
     best_score: float  # the cycle's incumbent score after this iteration
     lock_in: dict[str, Any] | None  # {"prompt", "strength_measured", "half_bakes"} when full_bake ran
@@ -152,6 +177,7 @@ class IterationRecord:
     next_cycle: str | None  # the cycle of the next iteration; None when the run stopped here
     iteration_s: float  # wall time of this iteration
     elapsed_s: float  # wall time of the run so far, across resumes
+    initial_bake: dict[str, Any] | None = None  # {"prompt", "strength_measured", "strength_spec"}: initial A prompt
 
 
 @dataclass
@@ -194,6 +220,7 @@ class ABResult:
     strengths: dict[str, dict[str, Any]]  # per cycle: {"last_bake", "half_bakes_since_lock_in", "spec", "measured"}
     regressions: list[dict[str, Any]]  # cycle-entry regressions seen
     elapsed_s: float  # wall time of the run across resumes
+    a_fitness: str = "tooluse"  # what the A-cycle's score is (a key of A_SCORE_NAMES)
 
     @property
     def converged(self) -> bool:
@@ -206,6 +233,10 @@ class ABResult:
         for record in self.history:
             if record.cycle != cycle:
                 continue
+            if record.initial_bake is not None:
+                out.append({"iteration": record.iteration, "kind": "half", "prompt": record.initial_bake["prompt"],
+                            "origin": "initial", "strength_spec": record.initial_bake["strength_spec"],
+                            "strength_measured": record.initial_bake["strength_measured"]})
             if record.half_baked:
                 winner = record.proposals[record.winner_index]
                 out.append({"iteration": record.iteration, "kind": "half", "prompt": winner["prompt"],
@@ -217,6 +248,16 @@ class ABResult:
                             "origin": record.proposals[record.winner_index]["origin"], "strength_spec": 1.0,
                             "strength_measured": record.lock_in["strength_measured"]})
         return out
+
+    def prompts_after(self, iteration: int) -> dict[str, str]:
+        """The incumbent prompts after ``iteration``: each cycle's initial prompt, replaced by its half-baked
+        winners up to then (the prompts that go with that iteration's checkpoint)."""
+        prompts = {c: next((r.incumbent["prompt"] for r in self.history if r.cycle == c), self.incumbents[c])
+                   for c in CYCLES}
+        for record in self.history[:iteration + 1]:
+            if record.half_baked:
+                prompts[record.cycle] = record.proposals[record.winner_index]["prompt"]
+        return prompts
 
     def baseline(self, cycle: str) -> float | None:
         """The cycle's first incumbent score (before anything of this run was baked for it)."""
@@ -232,7 +273,8 @@ class ABResult:
             "convergence/stop_reason": self.stop_reason,
             "convergence/mode": self.mode,
         }
-        for cycle, name, gain in (("A", "final/swe_bench_score", "final/total_improvement_swe_bench"),
+        a_score, a_gain = A_SCORE_NAMES[self.a_fitness]
+        for cycle, name, gain in (("A", f"final/{a_score}", f"final/{a_gain}"),
                                   ("B", "final/aggregate_benchmark", "final/total_improvement_aggregate")):
             final, first = self.scores[cycle], self.baseline(cycle)
             if final is not None:
@@ -242,14 +284,16 @@ class ABResult:
         return out
 
     def handoff(self) -> dict[str, Any]:
-        """Phase 7 handoff metadata (spec "To Phase 7"); A's score is the tool-use fitness."""
+        """Phase 7 handoff metadata (spec "To Phase 7"); A's score under the name of what it measures."""
         return {
             "phase": 6,
-            "swe_bench_score": self.scores["A"],
+            "a_cycle_fitness": self.a_fitness,
+            A_SCORE_NAMES[self.a_fitness][0]: self.scores["A"],
             "aggregate_benchmark": self.scores["B"],
             "a_cycle_iterations": self.iterations["A"],
             "b_cycle_iterations": self.iterations["B"],
             "baking_strength": {c: dict(self.strengths[c]) for c in CYCLES},
+            "baking_strength_spec": spec_strength(sum(self.half_bakes.values())),
             "tool_prompts_baked": self.bakes("A"),
             "persona_prompts_baked": self.bakes("B"),
             "final_prompts": dict(self.incumbents),
@@ -332,7 +376,7 @@ def _strength(state: _RunState, cycle: str) -> dict[str, Any]:
             "measured": state.measured_strength[cycle]}
 
 
-def _result(state: _RunState) -> ABResult:
+def _result(state: _RunState, a_fitness: str) -> ABResult:
     return ABResult(
         history=[IterationRecord(**r) for r in state.history],
         stop_reason=state.stop_reason,  # always set here: the run has stopped
@@ -345,6 +389,7 @@ def _result(state: _RunState) -> ABResult:
         strengths={c: _strength(state, c) for c in CYCLES},
         regressions=list(state.regressions),
         elapsed_s=state.elapsed_s,
+        a_fitness=a_fitness,
     )
 
 
@@ -376,6 +421,16 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
     """Run ``state.next_iteration`` up to (not including) the checkpoint; updates ``state`` in place."""
     cycle, it = state.cycle, state.next_iteration
     incumbent = state.incumbents[cycle]
+    initial_bake = None
+    if cycle == "A" and state.cycle_iterations["A"] == 0 and config.half_bake_initial_tool_prompt:
+        # The spec's A-cycle starts from the model with its initial tool prompt half-baked (model_A1).
+        strength = float(hooks.half_bake(cycle, incumbent["prompt"], it))
+        state.half_bakes[cycle] += 1
+        state.total_half_bakes[cycle] += 1
+        initial_bake = {"prompt": incumbent["prompt"], "strength_measured": strength,
+                        "strength_spec": spec_strength(sum(state.total_half_bakes.values()))}
+        state.measured_strength[cycle] = strength
+        state.last_bake[cycle] = "half"
     proposals = _checked_proposals(hooks.propose(cycle, incumbent["prompt"], it, config.variants_per_iteration),
                                    cycle, it, config.variants_per_iteration)
     scores = _checked_scores(hooks.evaluate(cycle, [incumbent["prompt"], *(p.prompt for p in proposals)], it),
@@ -423,7 +478,8 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
     state.cycle_iterations[cycle] += 1
     next_cycle: str | None = cycle
     if plateaued:
-        if all(state.plateaued.values()):
+        if all(state.plateaued.values()) and all(state.cycle_iterations[c] >= config.min_cycle_iterations
+                                                 for c in CYCLES):
             state.stop_reason, next_cycle = "converged", None
         elif state.mode == "sequential" and state.sequential_order is not None and cycle == state.sequential_order[1]:
             state.stop_reason, next_cycle = "sequential_complete", None
@@ -437,20 +493,21 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
         proposals=[{"prompt": p.prompt, "origin": p.origin, "score": s} for p, s in zip(proposals, variant_scores)],
         winner_index=winner_index, winner_score=winner_score, improvement=improvement, plateaued=plateaued,
         half_baked=not plateaued, half_bake_count=half_bake_count,
-        baking_strength_spec=spec_strength(half_bake_count), baking_strength_measured=measured,
+        baking_strength_spec=spec_strength(sum(state.total_half_bakes.values())), baking_strength_measured=measured,
         best_score=state.incumbents[cycle]["score"], lock_in=lock_in, regression=regression, mode=state.mode,
-        next_cycle=next_cycle, iteration_s=0.0, elapsed_s=0.0,
+        next_cycle=next_cycle, iteration_s=0.0, elapsed_s=0.0, initial_bake=initial_bake,
     )
 
 
-def _iteration_metrics(record: IterationRecord, state: _RunState) -> dict[str, Any]:
+def _iteration_metrics(record: IterationRecord, state: _RunState, a_fitness: str) -> dict[str, Any]:
     """The W&B record of one iteration under the spec's names (a_cycle/*, b_cycle/*, convergence/*)."""
     p = METRIC_PREFIX[record.cycle]
+    baseline, proposal = _score_names(record.cycle, a_fitness)
     out: dict[str, Any] = {
         f"{p}/iteration": record.iteration,
         f"{p}/cycle_iteration": record.cycle_iteration,
-        f"{p}/baseline_score": record.incumbent["score"],
-        **{f"{p}/variant_{i}_score": v["score"] for i, v in enumerate(record.proposals)},
+        f"{p}/{baseline}": record.incumbent["score"],
+        **{f"{p}/{proposal.format(i=i)}": v["score"] for i, v in enumerate(record.proposals)},
         f"{p}/winner_idx": record.winner_index,
         f"{p}/winner_score": record.winner_score,
         f"{p}/best_score": record.best_score,
@@ -458,13 +515,13 @@ def _iteration_metrics(record: IterationRecord, state: _RunState) -> dict[str, A
         f"{p}/plateau_detected": record.plateaued,
         f"{p}/half_baked": record.half_baked,
         f"{p}/half_bake_count": record.half_bake_count,
-        f"{p}/baking_strength_spec": record.baking_strength_spec,
+        f"{p}/baking_strength": record.baking_strength_spec,
         f"{p}/iteration_s": record.iteration_s,
         "convergence/total_iterations": record.iteration + 1,
         "convergence/a_cycle_iterations": state.cycle_iterations["A"],
         "convergence/b_cycle_iterations": state.cycle_iterations["B"],
-        "convergence/a_plateaued": state.plateaued["A"],
-        "convergence/b_plateaued": state.plateaued["B"],
+        "convergence/a_plateau": state.plateaued["A"],
+        "convergence/b_plateau": state.plateaued["B"],
         "convergence/mode": record.mode,
         "convergence/regressions": len(state.regressions),
         "convergence/elapsed_s": record.elapsed_s,
@@ -473,6 +530,8 @@ def _iteration_metrics(record: IterationRecord, state: _RunState) -> dict[str, A
         out[f"{p}/baking_strength_measured"] = record.baking_strength_measured
     if record.lock_in is not None:
         out[f"{p}/lock_in_strength_measured"] = record.lock_in["strength_measured"]
+    if record.initial_bake is not None:
+        out[f"{p}/initial_bake_strength_measured"] = record.initial_bake["strength_measured"]
     if record.regression is not None:
         out[f"{p}/regression_relative_drop"] = record.regression["relative_drop"]
     return out
@@ -489,13 +548,16 @@ def _limit_reached(config: ABCycleConfig, state: _RunState) -> str | None:
 
 def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dict[str, str], state_path: Path,
                   log: Callable[[dict[str, Any]], None] | None = None,
-                  clock: Callable[[], float] = time.monotonic) -> ABResult:
+                  clock: Callable[[], float] = time.monotonic, a_fitness: str = "tooluse") -> ABResult:
     """Alternate the A (tool use) and B (persona) cycles until they converge or a limit stops the run.
 
     ``initial_prompts`` maps "A" and "B" to the first incumbents. ``state_path`` is written after every
     iteration and resumed from when it exists. ``log`` receives one record per iteration under the spec's
-    metric names and a final ``final/*`` summary. See the module docstring for the full contract.
+    metric names and a final ``final/*`` summary; ``a_fitness`` names the A-cycle's score there (a key of
+    ``A_SCORE_NAMES``). See the module docstring for the full contract.
     """
+    if a_fitness not in A_SCORE_NAMES:
+        raise ValueError(f"a_fitness must be one of {sorted(A_SCORE_NAMES)}, got {a_fitness!r}")
     if set(initial_prompts) != set(CYCLES) or not all(isinstance(initial_prompts[c], str) for c in CYCLES):
         raise ValueError(f"initial_prompts must map exactly 'A' (tool use) and 'B' (persona) to prompt strings, "
                          f"got keys {sorted(initial_prompts)}")
@@ -510,7 +572,7 @@ def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dic
                 "prompts, or delete the file (or pass another state_path) to start a new run"
             )
         if state.stop_reason is not None:
-            return _result(state)
+            return _result(state, a_fitness)
     else:
         state = _new_state(config, initial_prompts, run_hash)
 
@@ -530,8 +592,8 @@ def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dic
         state.next_iteration += 1
         atomic_write_json(state_path, dataclasses.asdict(state))
         if log is not None:
-            log(_iteration_metrics(record, state))
-    result = _result(state)
+            log(_iteration_metrics(record, state, a_fitness))
+    result = _result(state, a_fitness)
     if log is not None:
         log(result.final_metrics())
     return result

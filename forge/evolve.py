@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from forge.criteria import is_met
 from forge.merge import NUM_COMBOS, ComboParams, apply_combo, merge, weight_space_diversity
 from forge.merge.methods import StateDict
 
@@ -37,7 +38,7 @@ class EvoMergeConfig:
     max_generations: int = 8
     """Generations after generation 0 at most (spec: 50)."""
     early_stop_improvement: float = 0.30
-    """Stop once the best fitness is this much (relative) above generation 0's best (spec: 30%)."""
+    """Stop once the best fitness is more than this (relative) above generation 0's best (spec: > 30%)."""
     target_improvement: float = 0.20
     """The spec's success criterion on that improvement; the summary records it as met or missed."""
     plateau_generations: int = 3
@@ -306,7 +307,8 @@ def improvement(best: float, initial_best: float) -> float:
 def stop_reason(best_history: Sequence[float], config: EvoMergeConfig) -> str | None:
     """Why evolution stops after the last generation in ``best_history`` (index = generation), or None."""
     generation = len(best_history) - 1
-    if generation >= 1 and improvement(best_history[-1], best_history[0]) >= config.early_stop_improvement:
+    # The spec stops early when the improvement is strictly above 30%.
+    if generation >= 1 and is_met(improvement(best_history[-1], best_history[0]), ">", config.early_stop_improvement):
         return "target_improvement"
     if generation >= config.max_generations:
         return "max_generations"

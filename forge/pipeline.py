@@ -1,8 +1,10 @@
-"""Run the pipeline: ``python -m forge.pipeline [--preset NAME] [--phases a,b] [--out DIR] [--set k=v]``.
+"""Run the pipeline: ``python -m forge.pipeline [--preset NAME] [--phases a,b] [--out DIR] [--set k=v] [--strict]``.
 
 With no arguments: the embedded ``tiny`` preset (CPU, offline, minutes), written to ``runs/tiny``.
 Re-running the same command resumes: a phase whose manifest matches its config, its inputs and the
 hashes of its outputs is skipped; anything missing, truncated or altered is redone.
+Each phase records the spec's criteria as met or missed and the run goes on; with ``--strict``
+(``strict_criteria``) the first missed criterion stops it with exit code 3.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from forge.artifacts import (MANIFEST, StorageFull, atomic_write_json, model_dir
                              read_manifest)
 from forge.config import RUN_VERSIONS_KEY, PipelineConfig, load_pipeline_config
 from forge.configtools import ConfigError, config_hash, to_dict
+from forge.criteria import describe
 from forge.versions import package_versions, versions_line
 
 log = logging.getLogger("forge.pipeline")
@@ -49,6 +52,20 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 
 def _stop_reason() -> str:
     return f"stopped by {signal.Signals(_stop_signals[-1]).name}" if _stop_signals else "stopped by Ctrl+C"
+
+
+class CriterionMissed(RuntimeError):
+    """With ``strict_criteria``: a finished phase missed one of the spec's criteria."""
+
+
+def check_criteria(phase: str, summary: dict[str, Any]) -> None:
+    """Raise :class:`CriterionMissed` naming the phase's first missed criterion and its measured value."""
+    criteria = summary.get("criteria", {})
+    missed = [name for name, record in criteria.items() if not record["met"]]
+    if missed:
+        others = f" (also missed: {', '.join(missed[1:])})" if missed[1:] else ""
+        raise CriterionMissed(f"{phase}: spec criterion {describe(missed[0], criteria[missed[0]])}{others}; "
+                              "the phase's outputs are kept; run without --strict to record it and go on")
 
 
 def phase_config_hash(config: PipelineConfig, phase: str) -> str:
@@ -145,6 +162,8 @@ def run_pipeline(config: PipelineConfig) -> Path:
         cfg_hash = phase_config_hash(config, name)
         if _phase_is_current(phase_dir, cfg_hash, input_digests) is not None:
             print(f"[forge] {name}: already complete and verified in {phase_dir}; skipping", flush=True)
+            if config.strict_criteria:
+                check_criteria(name, read_json(phase_dir / MANIFEST)["summary"])
             continue
         _prepare_phase_dir(phase_dir, cfg_hash, input_digests)
         print(f"[forge] {name}: running in {phase_dir}", flush=True)
@@ -168,6 +187,8 @@ def run_pipeline(config: PipelineConfig) -> Path:
         atomic_write_json(phase_dir / MANIFEST, manifest)
         print(f"[forge] {name}: complete in {manifest['wall_time_s']:.0f} s; outputs: "
               + ", ".join(str(p) for p in result.outputs.values()), flush=True)
+        if config.strict_criteria:
+            check_criteria(name, result.summary)
     return run_dir
 
 
@@ -179,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="parent folder of run directories (default: runs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set cognate.train.seq_len=256 (repeatable)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop with exit code 3 at the first missed spec criterion (strict_criteria=true)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
@@ -188,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()] if args.phases else None
     try:
-        config = load_pipeline_config(args.preset, config_file=args.config, overrides=args.overrides,
+        strict = ["strict_criteria=true"] if args.strict else []
+        config = load_pipeline_config(args.preset, config_file=args.config, overrides=[*args.overrides, *strict],
                                       phases=phases, out_dir=args.out)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -212,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[forge] {str(err) or _stop_reason()}; finished phases are kept. Run the same command again to "
               "resume.", file=sys.stderr, flush=True)
         return 128 + (_stop_signals[-1] if _stop_signals else signal.SIGINT)
+    except CriterionMissed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     print(f"[forge] run written to {run_dir.resolve()}", flush=True)

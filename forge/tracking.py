@@ -50,6 +50,23 @@ class Tracker:
         if self._wandb_run is not None:
             self._wandb_run.log(metrics, step=step)
 
+    def log_artifact(self, name: str, kind: str, path: Path, metadata: dict[str, Any] | None = None) -> None:
+        """Record a file or directory as a versioned artifact: a wandb.Artifact when wandb is on, and always
+        a line in metrics.jsonl (``artifact``, ``artifact_type``, ``artifact_path``)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"artifact {name!r}: {path} does not exist")
+        self.log({"artifact": name, "artifact_type": kind, "artifact_path": str(path), **(metadata or {})})
+        if self._wandb_run is not None:
+            import wandb
+
+            artifact = wandb.Artifact(name=name, type=kind, metadata=metadata or {})
+            if path.is_dir():
+                artifact.add_dir(str(path))
+            else:
+                artifact.add_file(str(path))
+            self._wandb_run.log_artifact(artifact)
+
     def finish(self) -> None:
         if self._wandb_run is not None:
             self._wandb_run.finish()

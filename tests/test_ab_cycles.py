@@ -70,6 +70,8 @@ class FakeClock:
 
 
 def run(tmp_path, table, name="state.json", hooks=None, log=None, clock=None, **config):
+    # The scripted tables describe variant iterations; the initial half-bake has its own test.
+    config.setdefault("half_bake_initial_tool_prompt", False)
     hooks = hooks or ScriptedHooks(table)
     kwargs = {"clock": clock} if clock is not None else {}
     result = run_ab_cycles(hooks, ABCycleConfig(**config), initial_prompts=PROMPTS, state_path=tmp_path / name,
@@ -98,6 +100,10 @@ def test_plateau_switches_cycle_and_both_plateaued_converges(tmp_path):
     assert hooks.calls[3] == ("propose", "A", "A0-v1", 1, 4)
     assert result.history[0].improvement == pytest.approx((0.55 - 0.50) / 0.50)
     assert [c[1:] for c in hooks.calls if c[0] == "half_bake"] == [("A", "A0-v1", 0), ("B", "B2-v0", 2)]
+    # The prompts that go with each iteration's checkpoint.
+    assert result.prompts_after(0) == {"A": "A0-v1", "B": PROMPTS["B"]}
+    assert result.prompts_after(2) == {"A": "A0-v1", "B": "B2-v0"} == result.prompts_after(4)
+    assert result.prompts_after(len(result.history) - 1) == result.incumbents
     assert result.incumbents == {"A": "A0-v1", "B": "B2-v0"}
     assert result.origins == {"A": "mutation:1", "B": "mutation:0"}
     assert result.scores == {"A": 0.55, "B": 0.75}
@@ -119,16 +125,21 @@ def test_keeps_improving_stops_at_max_iterations_with_spec_strengths(tmp_path):
     assert result.strengths["B"] == {"last_bake": None, "half_bakes_since_lock_in": 0, "spec": 0.0, "measured": None}
     # one record per iteration under the spec's names, then the final summary
     assert len(logged) == 6
-    assert logged[0]["a_cycle/iteration"] == 0 and logged[0]["a_cycle/baking_strength_spec"] == 0.5
+    assert logged[0]["a_cycle/iteration"] == 0 and logged[0]["a_cycle/baking_strength"] == 0.5
+    assert logged[0]["a_cycle/baseline_tool_use"] == 1.0 and logged[0]["a_cycle/variant_0_tool_use"] == 1.2
     assert logged[0]["a_cycle/best_score"] == pytest.approx(1.2)
     assert logged[0]["a_cycle/baking_strength_measured"] == pytest.approx(0.41)
-    assert {"convergence/a_plateaued", "convergence/b_plateaued", "convergence/mode"} <= set(logged[0])
+    assert {"convergence/a_plateau", "convergence/b_plateau", "convergence/mode"} <= set(logged[0])
     assert logged[-1]["convergence/stop_reason"] == "max_iterations"
-    assert logged[-1]["final/swe_bench_score"] == pytest.approx(1.6)
-    assert logged[-1]["final/total_improvement_swe_bench"] == pytest.approx((1.6 - 1.0) / 1.0)
+    # The A-cycle's score is named for what it measures: the tool-use benchmark unless SWE-bench is the fitness.
+    assert logged[-1]["final/tool_use_fitness"] == pytest.approx(1.6)
+    assert logged[-1]["final/total_improvement_tool_use"] == pytest.approx((1.6 - 1.0) / 1.0)
+    assert not any("swe_bench" in key for record in logged for key in record)
     assert "final/aggregate_benchmark" not in logged[-1]  # B never ran: no score is invented for it
     handoff = result.handoff()
     assert handoff["phase"] == 6 and handoff["a_cycle_iterations"] == 5 and handoff["b_cycle_iterations"] == 0
+    assert handoff["a_cycle_fitness"] == "tooluse" and handoff["tool_use_fitness"] == pytest.approx(1.6)
+    assert "swe_bench_score" not in handoff
     assert [b["prompt"] for b in handoff["tool_prompts_baked"]] == [f"A{i}-v0" for i in range(5)]
     assert handoff["persona_prompts_baked"] == [] and handoff["aggregate_benchmark"] is None
     json.dumps(result.to_dict())  # the whole result is JSON
@@ -141,7 +152,8 @@ def test_lock_in_full_bakes_after_three_half_bakes_and_resets_the_count(tmp_path
     assert [r.lock_in is not None for r in result.history] == [False, False, True, False, False]
     assert result.history[2].lock_in == {"prompt": "A2-v0", "strength_measured": 0.97, "half_bakes": 3}
     assert [r.half_bake_count for r in result.history] == [1, 2, 3, 1, 2]
-    assert [r.baking_strength_spec for r in result.history] == [0.5, 0.75, 0.875, 0.5, 0.75]
+    # The spec's strength counts every half-bake; the lock-in resets only the count that triggers it.
+    assert [r.baking_strength_spec for r in result.history] == [0.5, 0.75, 0.875, 0.9375, 0.96875]
     kinds = [(b["iteration"], b["kind"]) for b in result.bakes("A")]
     assert kinds == [(0, "half"), (1, "half"), (2, "half"), (2, "full"), (3, "half"), (4, "half")]
     assert result.half_bakes["A"] == 5
@@ -306,3 +318,50 @@ def test_plot_trajectory_writes_a_well_formed_svg(tmp_path):
     assert len(lines["A strength (spec)"]) == 3 and len(lines["A strength (measured)"]) == 1
     assert "stop: converged" in "".join(root.itertext())
     assert not list((tmp_path / "plots").glob("*.tmp"))  # written atomically, nothing left behind
+
+
+def test_swe_bench_names_are_used_only_when_swe_bench_is_the_fitness(tmp_path):
+    table = [[1.0, 1.2], [1.2, 1.2]]
+    logged = []
+    hooks = ScriptedHooks(table)
+    result = run_ab_cycles(hooks, ABCycleConfig(max_iterations=1), initial_prompts=PROMPTS,
+                           state_path=tmp_path / "state.json", log=logged.append, a_fitness="swebench")
+    assert logged[-1]["final/swe_bench_score"] == pytest.approx(1.2)
+    assert logged[0]["a_cycle/baseline_swe_bench"] == 1.0 and logged[0]["a_cycle/variant_0_swe_bench"] == 1.2
+    assert logged[-1]["final/total_improvement_swe_bench"] == pytest.approx(0.2)
+    assert result.handoff()["swe_bench_score"] == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="a_fitness must be one of"):
+        run_ab_cycles(hooks, ABCycleConfig(), initial_prompts=PROMPTS, state_path=tmp_path / "other.json",
+                      a_fitness="swe_bench")
+
+
+@pytest.mark.parametrize("min_iterations,cycles", [(2, ["A", "B", "A", "B"]), (1, ["A", "B"])])
+def test_convergence_needs_min_cycle_iterations_of_each_cycle(tmp_path, min_iterations, cycles):
+    table = [[0.5, 0.5]] * 6  # every iteration plateaus at once
+    result, _ = run(tmp_path, table, max_iterations=6, min_cycle_iterations=min_iterations)
+    assert [r.cycle for r in result.history] == cycles and result.stop_reason == "converged"
+    assert ABCycleConfig().min_cycle_iterations == 2  # spec: check_convergence needs two scores per cycle
+
+
+def test_one_spec_strength_counts_the_half_bakes_of_both_cycles(tmp_path):
+    table = [[0.5, 0.6], [0.6, 0.6], [0.7, 0.8], [0.8, 0.8], [0.6, 0.6], [0.8, 0.8]]  # A bakes, B bakes
+    result, _ = run(tmp_path, table, max_iterations=6, lock_in_after=None)
+    assert [(r.cycle, r.baking_strength_spec) for r in result.history[:4]] == [("A", 0.5), ("A", 0.5), ("B", 0.75),
+                                                                                ("B", 0.75)]
+    assert result.handoff()["baking_strength_spec"] == 0.75
+
+
+def test_the_initial_tool_prompt_is_half_baked_before_the_first_test(tmp_path):
+    table = [[0.5, 0.6], [0.6, 0.6], [0.7, 0.7], [0.6, 0.6], [0.7, 0.7]]
+    logged = []
+    result, hooks = run(tmp_path, table, max_iterations=5, lock_in_after=None, log=logged.append,
+                        half_bake_initial_tool_prompt=True)
+    assert ABCycleConfig().half_bake_initial_tool_prompt  # spec: model_A1 = half_bake(model, initial prompt)
+    assert hooks.calls[:2] == [("half_bake", "A", PROMPTS["A"], 0), ("propose", "A", PROMPTS["A"], 0, 4)]
+    assert [c[1:] for c in hooks.calls if c[0] == "half_bake"] == [("A", PROMPTS["A"], 0), ("A", "A0-v0", 0)]
+    # It counts as the first half-bake: the winner of iteration 0 is the second (75%).
+    assert result.history[0].initial_bake == {"prompt": PROMPTS["A"], "strength_measured": 0.41, "strength_spec": 0.5}
+    assert result.history[0].baking_strength_spec == 0.75 and result.history[0].half_bake_count == 2
+    assert [b["origin"] for b in result.bakes("A")] == ["initial", "mutation:0"]
+    assert logged[0]["a_cycle/initial_bake_strength_measured"] == 0.41
+    assert sum(1 for c in hooks.calls if c[0] == "half_bake" and c[2] == PROMPTS["A"]) == 1  # once per run

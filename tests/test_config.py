@@ -91,3 +91,29 @@ def test_a_yaml_exponent_without_a_dot_is_a_number(tmp_path):
     path.write_text('cognate:\n  train:\n    optimizer:\n      adam_eps: "1e-8"\n')
     with pytest.raises(ConfigError, match="adam_eps: expected a number"):
         load_pipeline_config(None, config_file=str(path))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gtx1660", "cluster"])
+def test_presets_take_the_spec_numbers(preset):
+    config = load_pipeline_config(preset)
+    # Phase 1: three models thinking long, remembering, fast (ACT 0.95 / 0.85 / 0.99).
+    assert {m.name: m.act_threshold for m in config.cognate.models} == {"reasoning": 0.95, "memory": 0.85,
+                                                                        "speed": 0.99}
+    if preset != "tiny":
+        assert config.quietstar.num_examples == 20_000  # fewer available is recorded as a missed criterion
+
+
+def test_swebench_fitness_is_refused_where_the_harness_cannot_run(tmp_path, capsys):
+    from benchmarks.swebench import harness_problems
+    from forge.pipeline import main
+
+    problems = harness_problems()
+    if not problems:
+        pytest.skip("Docker and swebench are available here: the A-cycle would run the real harness")
+    args = ["--set", "tool_persona.fitness=swebench", "--set", "data.data_dir=/x", "--out", str(tmp_path)]
+    assert main(args) == 2 and not any(tmp_path.iterdir())
+    error = capsys.readouterr().err
+    assert "tool_persona.fitness=swebench needs the official SWE-bench harness" in error
+    assert problems[0] in error and "tool_persona.fitness=tooluse" in error
+    # Not checked when Phase 6 does not run.
+    load_pipeline_config("tiny", overrides=["tool_persona.fitness=swebench"], phases=["cognate"])

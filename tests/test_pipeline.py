@@ -9,13 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 from forge.artifacts import read_json, verify_model_dir
 from forge.config import load_pipeline_config
 from forge.configtools import to_dict
+from forge.criteria import missed
+from forge.merge import weight_space_diversity
+from forge.models import CognateForCausalLM
+from forge.phases.cognate import diversity_criteria
+from forge.phases.quietstar import quietstar_criteria
+from forge.phases.tool_persona import tool_persona_criteria
 from forge.pipeline import run_pipeline
+from forge.quant.run import bitnet_criteria
 from forge.quant.staged import INT8_GROUP
 from forge.tracking import read_metrics
+from forge.training import set_seed
 
 SMALL = [
     "cognate.train.max_steps_per_epoch=2", "cognate.train.checkpoint_every=1", "cognate.train.batch_size=4",
@@ -65,7 +74,15 @@ def test_run_writes_verified_models_and_a_manifest(tiny_run):
         figures = summary["models"][name]
         assert figures["val/perplexity"] > 1 and figures["unigram_val_perplexity"] > 1
         assert figures["steps"] == 2 * sum(1 for e in ([1, 1, 1] if name == "a" else [1, 0, 1]) if e)
-    assert summary["diversity"]["weight_space_diversity"] > 0
+    # Weight-space diversity mostly measures the unrelated initialisations: the two models are about as far
+    # apart as untrained ones from the same seeds, so the spec's >= 0.3 says little (docs/SPEC.md, deviation
+    # 4); halting and speed spreads are the informative criteria.
+    initial = []
+    for name, seed in (("a", 1), ("b", 2)):
+        set_seed(seed)
+        initial.append(CognateForCausalLM(AutoConfig.from_pretrained(run_dir / "cognate" / f"model_{name}")).state_dict())
+    assert summary["diversity"]["weight_space_diversity"] == pytest.approx(weight_space_diversity(initial), abs=0.05)
+    assert summary["criteria"] == diversity_criteria(summary["diversity"])
     assert summary["validation"]["blocks"] >= 1
     metrics = read_metrics(run_dir / "cognate" / "metrics.jsonl")
     assert {"train/loss", "train/perplexity"} <= set().union(*metrics)
@@ -116,9 +133,11 @@ def test_bitnet_quantizes_the_champion_and_reports_the_spec_criteria(tiny_run):
     assert bitnet["inputs"] == {"model": quietstar["outputs"]["model"]["digest"]}
     summary = bitnet["summary"]
     assert summary["input"] == "model" and summary["text_source"].startswith("WikiText-2")
-    assert set(summary["criteria"]) == {"compression_ratio", "accuracy_drop", "inference_speedup"}
-    # The manifest stores keys sorted; the list is sorted too, so the two read alike.
-    assert summary["criteria_missed"] == sorted(k for k, c in summary["criteria"].items() if not c["met"])
+    # The spec's criteria compare the figures this phase measured (boundaries: tests/test_criteria.py).
+    assert summary["criteria"] == bitnet_criteria(summary["compression_ratio"],
+                                                  6.0 if summary["size_category"] == "tiny" else 8.0,
+                                                  summary["accuracy_drop"], summary["inference_speedup"])
+    assert summary["criteria_missed"] == missed(summary["criteria"])
     # The guard decides per layer group; every candidate layer ends up quantized or reverted, never unrecorded.
     assert summary["quantized_layers"] + len(summary["reverted_layers"]) > 0
     model = AutoModelForCausalLM.from_pretrained(run_dir / "bitnet" / "model").eval()
@@ -169,9 +188,13 @@ def test_quietstar_adds_thinking_tokens_and_reports_every_stage(tiny_run):
     assert set(summary["stages"]) == {"before", "step1", "step2"}
     assert {"synthetic_accuracy", "gsm8k_accuracy"} <= set(summary["stages"]["step2"])
     assert summary["stages"]["before"]["commonsense_accuracy"] is not None
-    assert set(summary["criteria"]) == {"accuracy_above_phase2", "coherence", "thinking_usage", "format_baking_converged"}
-    # The manifest stores keys sorted; the list is sorted too, so the two read alike.
-    assert summary["criteria_missed"] == sorted(k for k, c in summary["criteria"].items() if not c["met"])
+    # The spec's criteria compare the figures this phase measured (boundaries: tests/test_criteria.py); the
+    # shrunken run builds 120 reasoning examples, so the spec's 20,000 is a recorded shortfall.
+    assert summary["criteria"] == quietstar_criteria(summary["stages"], summary["criteria"]["coherence"]["value"],
+                                                     summary["step1"]["final_accuracy"], 0.85,
+                                                     summary["data"]["examples"])
+    assert summary["data"]["examples"] == 120 and "reasoning_examples" in summary["criteria_missed"]
+    assert summary["criteria_missed"] == missed(summary["criteria"])
     assert summary["step1"]["history"] and summary["step2"]["checks"]
     assert 0.0 < summary["criteria"]["coherence"]["value"] <= 1.0
     tokenizer = AutoTokenizer.from_pretrained(phase / "model")
@@ -201,12 +224,30 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
         assert (run_dir / "tool_persona" / name).is_file()
     handoff = read_json(run_dir / "tool_persona" / "model" / "manifest.json")["handoff"]
     assert set(handoff["validation_after"]) == {"tool_fitness", "tool_accuracy", "tool_usage_rate", "persona_aggregate"}
+    # The A-cycle's score is the tool-use benchmark's, named so (SWE-bench names only with fitness: swebench).
+    assert handoff["a_cycle_fitness"] == summary["a_cycle_fitness"] == "tooluse" and "tool_use_fitness" in handoff
+    assert "swe_bench_score" not in handoff
+    trajectory = read_json(run_dir / "tool_persona" / "trajectory.json")
+    # The spec's artifacts: the model and the prompts after every iteration (wandb when on, metrics.jsonl always).
+    artifacts = {m["artifact"]: m for m in read_metrics(run_dir / "tool_persona" / "metrics.jsonl") if "artifact" in m}
+    assert set(artifacts) == {f"phase6-{kind}-iter-{i}" for kind in ("model", "prompts")
+                              for i in range(summary["iterations"])}
+    assert all(Path(a["artifact_path"]).exists() for a in artifacts.values())
+    assert summary["criteria"] == tool_persona_criteria(
+        trajectory["converged"], *[trajectory_gain(trajectory, cycle) for cycle in "AB"],
+        1 - 0.5 ** sum(trajectory["half_bakes"].values()))
     # The held-out check decides what is handed on: the input (with the initial prompts) when it scores higher.
     totals = [handoff[key]["tool_fitness"] + handoff[key]["persona_aggregate"]
               for key in ("validation_before", "validation_after")]
     assert handoff["handed_on"] == summary["handed_on"] == ("input" if totals[0] > totals[1] else "optimized")
     assert (handoff["handed_on_prompts"] == handoff["final_prompts"]) or handoff["handed_on"] == "input"
     assert verify_model_dir(Path(handoff["optimized_model_dir"]))
+
+
+def trajectory_gain(trajectory, cycle):
+    """(final - first incumbent score) / first, from the recorded trajectory; None if the cycle never ran."""
+    scores = [r["incumbent"]["score"] for r in trajectory["history"] if r["cycle"] == cycle]
+    return None if not scores else (trajectory["scores"][cycle] - scores[0]) / max(abs(scores[0]), 1e-9)
 
 
 def test_outputs_load_with_auto_classes_and_are_causal_and_deterministic(tiny_run):
@@ -274,3 +315,24 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, shared_data, ray_sessi
     resumed = [m["train/resumed_at_step"] for m in records if "train/resumed_at_step" in m]
     assert resumed and max(resumed) >= 3, "the second run should resume from a checkpoint, not step 0"
     assert json.loads((tmp_path / "tiny" / "cognate" / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_strict_stops_at_the_first_missed_criterion_with_exit_code_3(tmp_path, shared_data, ray_session, capsys):
+    from forge.pipeline import main
+
+    argv = ["--phases", "cognate", "--out", str(tmp_path)]
+    for item in [*SMALL, f"data.data_dir={shared_data}"]:
+        argv += ["--set", item]
+    assert main([*argv, "--strict"]) == 3
+    manifest = read_json(tmp_path / "tiny" / "cognate" / "manifest.json")
+    # The phase finished and its outputs are kept. At most 2 ACT steps (the tiny architecture) keep the halting
+    # spread under 1, below the spec's 2.0.
+    assert manifest["status"] == "complete" and "halting_diversity" in manifest["summary"]["criteria_missed"]
+    criteria = manifest["summary"]["criteria"]
+    first = next(name for name, record in criteria.items() if not record["met"])
+    error = capsys.readouterr().err
+    assert f"cognate: spec criterion {first} = {criteria[first]['value']:.4g} (required {criteria[first]['required']})" \
+        in error
+    # A resumed strict run checks the finished phase's record too; without --strict the run goes on.
+    assert main([*argv, "--strict"]) == 3 and "already complete" in capsys.readouterr().out
+    assert main(argv) == 0

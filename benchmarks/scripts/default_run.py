@@ -70,19 +70,20 @@ def main() -> int:
                                                      "perplexity_vs_unigram", "steps", "tokens")}
                 for name, figures in manifest["summary"]["models"].items()}
             phase["diversity"] = {k: v for k, v in manifest["summary"]["diversity"].items() if k != "per_model"}
+            phase.update({k: manifest["summary"][k] for k in ("criteria", "criteria_missed")})
         if manifest["phase"] == "evomerge" and manifest["status"] == "complete":
             summary = manifest["summary"]
             phase["champion"] = {k: summary["champion"][k] for k in ("label", "fitness", "terms")}
             phase["parents_fitness"] = {name: p["fitness"] for name, p in summary["parents"].items()}
             phase.update({k: summary[k] for k in ("generations", "stop_reason", "improvement_over_generation0",
-                                                  "spec_target_met", "fitness_terms", "injections")})
+                                                  "criteria", "criteria_missed", "fitness_terms", "injections")})
             phase["generation0_best"] = summary["generation0_best"]["fitness"]
             phase["best_per_generation"] = [h["best"] for h in summary["history"]]
         if manifest["phase"] == "bitnet" and manifest["status"] == "complete":
             summary = manifest["summary"]
             phase.update({k: summary[k] for k in ("input", "text_source", "compression_ratio", "accuracy_before",
                                                   "accuracy_packed", "accuracy_drop", "sparsity",
-                                                  "inference_speedup", "criteria_missed")})
+                                                  "inference_speedup", "criteria", "criteria_missed")})
             phase["heldout_perplexity"] = [summary["heldout_before"]["perplexity"],
                                            summary["heldout_after"]["perplexity"]]
         if manifest["phase"] == "quietstar" and manifest["status"] == "complete":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from forge.artifacts import load_model_dir
+from forge.criteria import describe, missed
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.phases.cognate import read_heldout_texts
 from forge.quant.run import (QuantizeJobConfig, next_token_scores, quantize_model_dir, text_token_ids,
@@ -60,9 +61,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     metrics = quantize_model_dir(ctx.inputs[name], out_dir, job, texts=(train_texts, heldout_texts),
                                  extra={"input": name, "text_source": text_source})
     criteria = metrics["criteria"]
-    print("[forge] bitnet: " + "; ".join(
-        f"{key} {c['value']:.3f} ({c['required']}): {'met' if c['met'] else 'missed'}" for key, c in criteria.items()),
-        flush=True)
+    print("[forge] bitnet: " + "; ".join(describe(key, c) for key, c in criteria.items()), flush=True)
     summary = {
         "input": name,
         "input_perplexities": perplexities,
@@ -73,6 +72,6 @@ def run(ctx: PhaseContext) -> PhaseResult:
             "accuracy_packed", "accuracy_drop", "heldout_before", "heldout_after", "inference_speedup",
             "latency_float_s", "latency_ternary_s", "reverted_layers", "quantized_layers", "int8_layers",
             "criteria")},
-        "criteria_missed": sorted(key for key, c in criteria.items() if not c["met"]),
+        "criteria_missed": missed(criteria),
     }
     return PhaseResult(outputs={"model": out_dir}, summary=summary)

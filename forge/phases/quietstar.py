@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, verify_model_dir
+from forge.criteria import criterion, missed
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.quietstar.data import dataset_metadata, read_dataset, validate_examples, write_dataset
 from forge.quietstar.format_bake import bake_reasoning_format, select_examples
@@ -35,6 +36,7 @@ from forge.quietstar.tokens import add_thinking_tokens
 
 COHERENCE_REQUIRED = 0.6  # spec: coherence > 0.6
 USAGE_REQUIRED = 0.7  # spec: thinking tokens in > 70% of outputs
+SPEC_EXAMPLES = 20_000  # spec: the reasoning data holds >= 20,000 examples (fewer is a recorded shortfall)
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
@@ -111,6 +113,20 @@ def commonsense(model, tokenizer, ctx: PhaseContext) -> float | None:
     return result.score
 
 
+def quietstar_criteria(stages: dict[str, dict[str, Any]], coherence: float, format_accuracy: float,
+                       format_threshold: float, examples: int) -> dict[str, dict[str, Any]]:
+    """The spec's Phase 3 criteria, recorded as measured (the spec asserts them). Accuracy is on the
+    generated held-out problems, which every run has (GSM8K's, with a data folder, is in ``stages``)."""
+    return {
+        "accuracy_above_phase2": criterion(stages["step2"]["synthetic_accuracy"], ">",
+                                           stages["before"]["synthetic_accuracy"]),
+        "coherence": criterion(coherence, ">", COHERENCE_REQUIRED),
+        "thinking_usage": criterion(stages["step2"]["synthetic_thinking_usage"], ">", USAGE_REQUIRED),
+        "format_baking_converged": criterion(format_accuracy, ">=", format_threshold),
+        "reasoning_examples": criterion(examples, ">=", SPEC_EXAMPLES),
+    }
+
+
 def run(ctx: PhaseContext) -> PhaseResult:
     config = ctx.config.quietstar
     started = time.perf_counter()
@@ -170,22 +186,13 @@ def run(ctx: PhaseContext) -> PhaseResult:
                    extra={"input": name, "data": data_info, "thinking_tokens": data_info["thinking_token_ids"]})
     save_mixing_head(rl_report.mixing_head, ctx.phase_dir / "mixing_head.safetensors")
 
-    criteria = {
-        "accuracy_above_phase2": {
-            "value": stages["step2"]["synthetic_accuracy"], "required": f"> {stages['before']['synthetic_accuracy']:.3f}",
-            "met": stages["step2"]["synthetic_accuracy"] > stages["before"]["synthetic_accuracy"]},
-        "coherence": {"value": coherence, "required": f"> {COHERENCE_REQUIRED}", "met": coherence > COHERENCE_REQUIRED},
-        "thinking_usage": {"value": stages["step2"]["synthetic_thinking_usage"], "required": f"> {USAGE_REQUIRED}",
-                           "met": stages["step2"]["synthetic_thinking_usage"] > USAGE_REQUIRED},
-        "format_baking_converged": {"value": step1_report["final_accuracy"],
-                                    "required": f">= {config.format_bake.accuracy_threshold}",
-                                    "met": step1_report["converged"]},
-    }
+    criteria = quietstar_criteria(stages, coherence, step1_report["final_accuracy"],
+                                  config.format_bake.accuracy_threshold, data_info["examples"])
     tracker.log({f"final/{key}": value for key, value in stages["step2"].items() if value is not None})
     tracker.finish()
     summary = {"input": name, "data": {k: v for k, v in data_info.items() if k != "thinking_token_ids"},
                "stages": stages, "step1": step1_report, "step2": rl, "generation_speed": speed,
-               "criteria": criteria, "criteria_missed": sorted(k for k, c in criteria.items() if not c["met"]),
+               "criteria": criteria, "criteria_missed": missed(criteria),
                "wall_time_s": time.perf_counter() - started}
     atomic_write_json(ctx.phase_dir / "quietstar_report.json", json.loads(json.dumps(summary, default=str)))
     return PhaseResult(outputs={"model": out_dir}, summary=summary)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 import torch.nn as nn
 
+from forge.criteria import criterion, describe
 from forge.quant.config import compression_config, conservative_config
 from forge.quant.convert import pack_model, ternary_stats
 from forge.quant.measure import forward_latency, int8_layer_bytes, ternary_layer_bytes
@@ -125,6 +126,18 @@ def wikitext_texts(data_dir: str | None) -> tuple[list[str], list[str]]:
             [r["text"] for r in heldout_items("wikitext", data_dir)])
 
 
+MAX_ACCURACY_DROP = 0.10  # spec: accuracy_drop < 0.10
+MIN_SPEEDUP = 2.0  # spec: inference_speedup >= 2.0
+
+
+def bitnet_criteria(compression: float, min_compression: float, drop: float, speedup: float) -> dict[str, dict]:
+    """The spec's Phase 4 criteria, recorded as measured (the spec asserts them); ``min_compression`` is the
+    size category's target (6x tiny, 8x otherwise)."""
+    return {"compression_ratio": criterion(compression, ">=", min_compression),
+            "accuracy_drop": criterion(drop, "<", MAX_ACCURACY_DROP),
+            "inference_speedup": criterion(speedup, ">=", MIN_SPEEDUP)}
+
+
 def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = QuantizeJobConfig(), *,
                        evaluate: Callable[[nn.Module], float] | None = None,
                        texts: tuple[Sequence[str], Sequence[str]] | None = None,
@@ -206,16 +219,10 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
         "steps": [step.__dict__ for step in result.steps],
         "reverted_layers": result.reverted,
         "quantized_layers": len(result.quantized),
-        "criteria": {
-            "compression_ratio": {"value": compression, "required": f">= {min_compression}",
-                                  "met": compression >= min_compression},
-            "accuracy_drop": {"value": drop, "required": "< 0.10", "met": drop < 0.10},
-            "inference_speedup": {"value": speedup, "required": ">= 2.0", "met": speedup >= 2.0},
-        },
+        "criteria": bitnet_criteria(compression, min_compression, drop, speedup),
     }
-    for name, criterion in metrics["criteria"].items():
-        log.info("%s = %.3f (%s): %s", name, criterion["value"], criterion["required"],
-                 "met" if criterion["met"] else "MISSED")
+    for name, record in metrics["criteria"].items():
+        log.info("%s", describe(name, record))
     save_model_dir(model, tokenizer, Path(out_dir), phase="bitnet",
                    extra={"source": str(model_dir), "quantization": metrics, **(extra or {})})
     return metrics

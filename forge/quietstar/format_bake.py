@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from forge.artifacts import atomic_write_bytes
+from forge.criteria import is_met
 from forge.optim import MuonGrokfastConfig, build_muon_grokfast
 from forge.quietstar.data import ReasoningExample
 from forge.quietstar.tokens import STRATEGY_TOKENS, THINK_END, thinking_token_ids, token_words
@@ -361,7 +362,8 @@ def bake_reasoning_format(model, tokenizer, train: Sequence[ReasoningExample], v
 
     while True:
         if not state["mitigating"] and state["epochs_done"] == config.epochs:
-            if state["history"][-1]["val_accuracy"] >= config.accuracy_threshold or not config.mitigation_epochs:
+            converged = is_met(state["history"][-1]["val_accuracy"], ">=", config.accuracy_threshold)
+            if converged or not config.mitigation_epochs:
                 break
             state["mitigating"] = True  # the spec's mitigation: lower both learning rates, train a little longer
             state["base_epochs"] = config.epochs
@@ -392,7 +394,7 @@ def bake_reasoning_format(model, tokenizer, train: Sequence[ReasoningExample], v
         initial_accuracy=state["initial_accuracy"], final_accuracy=final["val_accuracy"],
         final_per_strategy=final["per_strategy"], accuracy_before_mitigation=before,
         accuracy_after_mitigation=final["val_accuracy"] if state["mitigating"] else None,
-        mitigated=state["mitigating"], converged=final["val_accuracy"] >= config.accuracy_threshold,
+        mitigated=state["mitigating"], converged=is_met(final["val_accuracy"], ">=", config.accuracy_threshold),
         threshold=config.accuracy_threshold, epochs_run=state["epochs_done"], history=history,
         train_examples=len(train), val_examples=len(val),
         truncated_examples=sum(item.truncated for item in (*train_encoded, *val_encoded)),

@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from forge.criteria import is_met
+
 # The spec's anti-theater thresholds (each check passes when its value is strictly above).
 DIVERGENCE_THRESHOLD = 0.3
 ABLATION_THRESHOLD = 0.02
@@ -114,7 +116,7 @@ class CheckResult:
 
 
 def _result(name: str, value: float, threshold: float, detail: str) -> CheckResult:
-    return CheckResult(name, value, threshold, bool(value > threshold), detail)  # nan > t is False
+    return CheckResult(name, value, threshold, is_met(value, ">", threshold), detail)  # nan is never met
 
 
 def _as_lists(sequences) -> list[list[int]]:

@@ -1,0 +1,41 @@
+"""The spec's success criteria: a measured value against the spec's threshold, in the spec's direction.
+
+Every phase builds its criteria with :func:`criterion`, so a criterion is met or missed the same way
+everywhere. The spec asserts them; a phase records each as ``{"value", "direction", "threshold",
+"required", "met"}`` in its summary and the pipeline goes on, unless ``strict_criteria`` is set: then the
+first missed criterion stops the run (exit code 3). docs/SPEC.md lists every criterion.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Mapping
+
+COMPARISONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def is_met(value: float | None, direction: str, threshold: float) -> bool:
+    """``value <direction> threshold``; a missing or non-finite value is never met."""
+    if direction not in COMPARISONS:
+        raise ValueError(f"unknown direction {direction!r}; valid: {', '.join(COMPARISONS)}")
+    if value is None or not math.isfinite(value):
+        return False
+    return bool(COMPARISONS[direction](value, threshold))
+
+
+def criterion(value: float | None, direction: str, threshold: float) -> dict[str, Any]:
+    """One criterion's record, as phases keep it in their summaries."""
+    return {"value": value, "direction": direction, "threshold": threshold,
+            "required": f"{direction} {threshold:g}", "met": is_met(value, direction, threshold)}
+
+
+def missed(criteria: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Names of the criteria not met, sorted (as the manifest's JSON keys are)."""
+    return sorted(name for name, record in criteria.items() if not record["met"])
+
+
+def describe(name: str, record: Mapping[str, Any]) -> str:
+    """``name = value (required ...): met|missed`` for logs and error messages."""
+    value = record["value"]
+    shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+    return f"{name} = {shown} (required {record['required']}): {'met' if record['met'] else 'missed'}"

@@ -1,0 +1,187 @@
+"""The spec's thresholds at their boundaries: a value just under and just over gives missed and met in the
+spec's direction (> vs >=, < vs <=), through the functions the phases build their criteria with.
+
+The thresholds and directions below are copied from the spec (shared/spec/004_*.txt, 000_*.txt), not
+read from the code, so a changed number or an inverted comparison in the code fails here.
+"""
+import math
+
+import pytest
+import torch
+
+from forge.criteria import criterion, describe, is_met, missed
+
+BELOW, AT, ABOVE = "below", "at", "above"
+# Which side of the threshold meets it, per direction.
+MET_ON = {">": {ABOVE}, ">=": {AT, ABOVE}, "<": {BELOW}, "<=": {BELOW, AT}}
+
+
+def around(threshold: float) -> dict[str, float]:
+    """The nearest floats below and above ``threshold``, and the threshold itself."""
+    return {BELOW: math.nextafter(threshold, -math.inf), AT: threshold, ABOVE: math.nextafter(threshold, math.inf)}
+
+
+def assert_boundary(met_of, threshold: float, direction: str) -> None:
+    """``met_of(value)`` is met exactly on the sides ``direction`` allows."""
+    for side, value in around(threshold).items():
+        assert met_of(value) is (side in MET_ON[direction]), (side, value, direction, threshold)
+
+
+@pytest.mark.parametrize("direction", [">", ">=", "<", "<="])
+def test_is_met_compares_in_the_given_direction(direction):
+    assert_boundary(lambda value: is_met(value, direction, 0.3), 0.3, direction)
+
+
+def test_missing_or_non_finite_values_are_never_met_and_unknown_directions_refused():
+    for direction in MET_ON:
+        assert not is_met(None, direction, 0.0) and not is_met(math.nan, direction, 0.0)
+    assert not is_met(math.inf, ">", 0.0) and not is_met(-math.inf, "<", 0.0)
+    with pytest.raises(ValueError, match="unknown direction '=>'"):
+        is_met(1.0, "=>", 0.0)
+
+
+def test_a_record_says_what_was_required_and_missed_lists_the_misses():
+    records = {"b": criterion(0.05, ">", 0.1), "a": criterion(0.2, ">", 0.1), "c": criterion(math.nan, "<", 0.1)}
+    assert records["b"] == {"value": 0.05, "direction": ">", "threshold": 0.1, "required": "> 0.1", "met": False}
+    assert missed(records) == ["b", "c"]
+    assert describe("b", records["b"]) == "b = 0.05 (required > 0.1): missed"
+
+
+# ---------------------------------------------------------------------------------------- Phase 1
+
+@pytest.mark.parametrize("name,field,threshold,direction", [
+    ("weight_space_diversity", "weight_space_diversity", 0.3, ">="),  # validate_diversity raises if < 0.3
+    ("halting_diversity", "halting_steps_spread", 2.0, ">"),
+    ("speed_diversity_ms", "forward_ms_spread", 10.0, ">"),
+])
+def test_cognate_diversity_criteria_at_the_spec_thresholds(name, field, threshold, direction):
+    from forge.config import CognatePhaseConfig
+    from forge.phases.cognate import diversity_criteria
+
+    report = {"weight_space_diversity": 1.0, "halting_steps_spread": 5.0, "forward_ms_spread": 50.0,
+              "threshold": CognatePhaseConfig().diversity_threshold}
+    assert_boundary(lambda value: diversity_criteria({**report, field: value})[name]["met"], threshold, direction)
+
+
+# ---------------------------------------------------------------------------------------- Phase 2
+
+@pytest.mark.parametrize("name,threshold,direction", [
+    ("improvement_over_generation0", 0.20, ">="),  # assert improvement >= 0.20
+    ("parent_diversity", 0.3, ">"),  # assert diversity > 0.3
+])
+def test_evomerge_criteria_at_the_spec_thresholds(name, threshold, direction):
+    from forge.evolve import EvoMergeConfig
+    from forge.phases.evomerge import evomerge_criteria
+
+    values = {"improvement_over_generation0": 1.0, "parent_diversity": 1.0}
+
+    def met_of(value):
+        measured = {**values, name: value}
+        return evomerge_criteria(measured["improvement_over_generation0"], measured["parent_diversity"],
+                                 EvoMergeConfig())[name]["met"]
+
+    assert_boundary(met_of, threshold, direction)
+
+
+def test_evomerge_stops_early_only_above_the_spec_improvement():
+    from forge.evolve import EvoMergeConfig, stop_reason
+
+    assert EvoMergeConfig().early_stop_improvement == 0.30  # spec: if improvement > 0.30: stop
+    # 0.25 is exact in binary, so generation 0 at 4.0 puts the boundary at exactly 5.0.
+    config = EvoMergeConfig(early_stop_improvement=0.25, max_generations=50)
+    assert_boundary(lambda best: stop_reason([4.0, best], config) == "target_improvement", 5.0, ">")
+
+
+# ---------------------------------------------------------------------------------------- Phase 3
+
+def _quietstar(**changes):
+    from forge.phases.quietstar import quietstar_criteria
+    from forge.quietstar.format_bake import FormatBakeConfig
+
+    measured = {"before": 0.25, "after": 0.5, "usage": 0.9, "coherence": 0.9, "format": 0.95, "examples": 25000}
+    measured.update(changes)
+    stages = {"before": {"synthetic_accuracy": measured["before"]},
+              "step2": {"synthetic_accuracy": measured["after"], "synthetic_thinking_usage": measured["usage"]}}
+    return quietstar_criteria(stages, measured["coherence"], measured["format"], FormatBakeConfig().accuracy_threshold,
+                              measured["examples"])
+
+
+@pytest.mark.parametrize("name,measured,threshold,direction", [
+    ("coherence", "coherence", 0.6, ">"),
+    ("thinking_usage", "usage", 0.7, ">"),
+    ("format_baking_converged", "format", 0.85, ">="),  # assert final_accuracy >= 0.85
+    ("accuracy_above_phase2", "after", 0.25, ">"),  # gsm8k_acc > phase2's (0.25 here)
+])
+def test_quietstar_criteria_at_the_spec_thresholds(name, measured, threshold, direction):
+    assert_boundary(lambda value: _quietstar(**{measured: value})[name]["met"], threshold, direction)
+
+
+def test_quietstar_needs_the_spec_count_of_reasoning_examples():
+    # assert total_examples >= 20000; a count is an integer, so its boundary is one example.
+    assert not _quietstar(examples=19_999)["reasoning_examples"]["met"]
+    assert _quietstar(examples=20_000)["reasoning_examples"]["met"]
+
+
+def test_anti_theater_checks_pass_strictly_above_the_spec_thresholds():
+    from forge.quietstar import rewards
+
+    assert (rewards.DIVERGENCE_THRESHOLD, rewards.ABLATION_THRESHOLD, rewards.CORRELATION_THRESHOLD) == (0.3, 0.02, 0.5)
+    # A measured drop of exactly 0.25 (one more correct item of four) passes only under a lower threshold.
+    with_thoughts, without = torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 0, 0])
+    assert rewards.ablation_drop(with_thoughts, without).value == 0.25
+    assert_boundary(lambda threshold: rewards.ablation_drop(with_thoughts, without, threshold=threshold).passed,
+                    0.25, "<")
+
+
+# ---------------------------------------------------------------------------------------- Phase 4
+
+@pytest.mark.parametrize("name,threshold,direction", [
+    ("compression_ratio", 6.0, ">="),  # tiny models: min_compression 6.0
+    ("accuracy_drop", 0.10, "<"),
+    ("inference_speedup", 2.0, ">="),
+])
+def test_bitnet_criteria_at_the_spec_thresholds(name, threshold, direction):
+    from forge.quant.config import compression_config
+    from forge.quant.run import bitnet_criteria
+
+    assert compression_config("tiny").target_compression == 6.0
+    assert all(compression_config(size).target_compression == 8.0 for size in ("small", "medium", "large"))
+    values = {"compression_ratio": 10.0, "accuracy_drop": 0.0, "inference_speedup": 3.0}
+
+    def met_of(value):
+        measured = {**values, name: value}
+        return bitnet_criteria(measured["compression_ratio"], compression_config("tiny").target_compression,
+                               measured["accuracy_drop"], measured["inference_speedup"])[name]["met"]
+
+    assert_boundary(met_of, threshold, direction)
+
+
+# ---------------------------------------------------------------------------------------- Phase 6
+
+@pytest.mark.parametrize("name,threshold", [
+    ("a_cycle_improvement", 0.10),  # SWE-Bench score improves by >= 10% from baseline
+    ("b_cycle_improvement", 0.05),  # aggregate benchmark score improves by >= 5% from baseline
+    ("baking_strength", 0.95),  # half-baking converges to >= 95% strength
+])
+def test_tool_persona_criteria_at_the_spec_thresholds(name, threshold):
+    from forge.phases.tool_persona import tool_persona_criteria
+
+    values = {"a_cycle_improvement": 0.5, "b_cycle_improvement": 0.5, "baking_strength": 1.0}
+
+    def met_of(value):
+        measured = {**values, name: value}
+        return tool_persona_criteria(True, measured["a_cycle_improvement"], measured["b_cycle_improvement"],
+                                     measured["baking_strength"])[name]["met"]
+
+    assert_boundary(met_of, threshold, ">=")
+
+
+def test_tool_persona_needs_convergence_and_both_cycles_measured():
+    from forge.ab_cycles import spec_strength
+    from forge.phases.tool_persona import tool_persona_criteria
+
+    assert not tool_persona_criteria(False, 0.5, 0.5, 1.0)["converged"]["met"]
+    assert not tool_persona_criteria(True, 0.5, None, 1.0)["b_cycle_improvement"]["met"]  # B never ran
+    # Four half-bakes over both cycles give 93.75%, five 96.875%: the spec's 95% needs five.
+    assert [tool_persona_criteria(True, 0.5, 0.5, spec_strength(n))["baking_strength"]["met"] for n in (4, 5)] == \
+        [False, True]
