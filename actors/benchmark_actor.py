@@ -29,6 +29,8 @@ class WeightsRef:
     top-level arguments): an actor fetches the weights only when it does not hold them yet."""
 
     ref: ray.ObjectRef
+    hash: str | None = None
+    """Their ``state_dict_hash`` if the caller knows it (saves the actor computing it)."""
 
 
 @ray.remote
@@ -117,7 +119,7 @@ class BenchmarkActor:
 
     def _hold(self, weights: WeightsRef | None) -> None:
         if weights is not None and weights.ref.hex() != self.weights_ref:
-            self.set_weights(ray.get(weights.ref))
+            self.set_weights(ray.get(weights.ref), weights.hash)
             self.weights_ref = weights.ref.hex()
 
     def _check_weights(self, weights_hash: str | None) -> None:

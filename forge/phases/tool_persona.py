@@ -123,7 +123,7 @@ class ToolPersonaWork:
         weights = state_dict_hash(self.model.state_dict())
         if self.actor_weights is None or self.actor_weights[0] != weights:
             ref = ray.put({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-            self.actor_weights = (weights, WeightsRef(ref))
+            self.actor_weights = (weights, WeightsRef(ref, weights))
         return {"weights_hash": weights, "weights": self.actor_weights[1]}
 
     def evaluate(self, cycle: str, prompts: list[str], iteration: int) -> list[float]:
