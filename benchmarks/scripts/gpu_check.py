@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -324,14 +325,16 @@ def run_pipeline_check(args: argparse.Namespace, tiny: bool, payload: dict) -> N
         sampler = threading.Thread(target=sample_gpu_processes, args=(stop, peaks, errors), daemon=True)
         sampler.start()
     started = time.perf_counter()
+    # Its own process group: on a timeout the local Ray it started (agents, workers holding GPU memory) goes too.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                               env=repo_env(), start_new_session=True)
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.pipeline_timeout, cwd=REPO,
-                              env=repo_env())
-        entry.update(returncode=done.returncode, output_tail=(done.stdout + done.stderr)[-4000:])
-    except subprocess.TimeoutExpired as err:
-        entry.update(error=f"timed out after {args.pipeline_timeout} s",
-                     output_tail=((err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes)
-                                  else (err.stdout or ""))[-4000:])
+        output, _ = process.communicate(timeout=args.pipeline_timeout)
+        entry.update(returncode=process.returncode, output_tail=output[-4000:])
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        entry.update(error=f"timed out after {args.pipeline_timeout} s", output_tail=output[-4000:])
     finally:
         stop.set()
         if sampler:
