@@ -22,9 +22,10 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from forge.artifacts import atomic_write_json
 
 MALLOC_MMAP_THRESHOLD = 128 * 1024  # bytes; above it glibc maps (and unmaps) each allocation on its own
 
@@ -147,15 +148,6 @@ def without_json(argv: list[str]) -> list[str]:
     return kept
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-        temp = handle.name
-    os.replace(temp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -186,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_extra_memory_ratio": 2.0,
     }
     if args.json:
-        write_json_atomic(args.json, payload)
+        atomic_write_json(args.json, payload)
     print(json.dumps(payload, indent=2))
     return 0
 

@@ -15,13 +15,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from forge.artifacts import atomic_write_json
 from forge.models import CognateConfig, CognateForCausalLM, estimate_flops_per_token, get_model_size
 from forge.models.size import mean_attended_keys
 
@@ -116,15 +116,6 @@ def train(model: torch.nn.Module, batches: list[torch.Tensor], warmup: int) -> d
     return result
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-        temp = handle.name
-    os.replace(temp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -167,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_mfu_ratio": 0.8,
     }
     if args.json:
-        write_json_atomic(args.json, payload)
+        atomic_write_json(args.json, payload)
     summary = {name: {k: payload[name][k] for k in ("params", "tokens_per_s", "flops_per_token", "mfu")}
                for name in ("gpt2", "cognate")}
     print(json.dumps({"matmul_fp32_flops_per_s": peak, **summary,

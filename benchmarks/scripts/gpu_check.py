@@ -29,6 +29,8 @@ import time
 import traceback
 from pathlib import Path
 
+from forge.artifacts import atomic_write_json
+
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("cognate-reasoning", "cognate-memory", "gpt2")
 # The gtx1660 preset with its steps shrunk: two optimizer steps per epoch, two epochs per model, small evaluations.
@@ -84,15 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     return args
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-        temp = handle.name
-    os.replace(temp, path)
 
 
 # ------------------------------------------------------------------------------------------ (a) training step
@@ -238,10 +231,10 @@ def run_step_checks(args: argparse.Namespace, tiny: bool, payload: dict) -> None
                         "seq_len": seq_len, "steps": args.steps, "warmup": max(1, args.warmup), "tiny": tiny}
                 entry = run_subprocess(["--step-check", json.dumps(spec)], args.check_timeout, spec)
                 payload["train_step"].append(entry)
-                write_json_atomic(args.json, payload)
+                atomic_write_json(args.json, payload)
                 print(json.dumps(entry), flush=True)
     summarize(payload)
-    write_json_atomic(args.json, payload)
+    atomic_write_json(args.json, payload)
 
 
 def repo_env() -> dict:
@@ -318,7 +311,7 @@ def run_pipeline_check(args: argparse.Namespace, tiny: bool, payload: dict) -> N
         command += ["--set", override]
     entry = {"command": " ".join(command[1:]), "preset": preset, "out_dir": str(out_dir)}
     payload["pipeline"] = entry
-    write_json_atomic(args.json, payload)
+    atomic_write_json(args.json, payload)
     peaks, errors, stop = {}, [], threading.Event()
     sampler = None
     if torch.cuda.is_available():
@@ -345,7 +338,7 @@ def run_pipeline_check(args: argparse.Namespace, tiny: bool, payload: dict) -> N
         entry["sampler_error"] = errors[0]
     manifests = sorted(out_dir.glob("*/*/manifest.json"))
     entry["phases_completed"] = sorted({p.parent.name for p in manifests})
-    write_json_atomic(args.json, payload)
+    atomic_write_json(args.json, payload)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,13 +353,13 @@ def main(argv: list[str] | None = None) -> int:
                "machine": {"platform": platform.platform(), "torch": torch.__version__,
                            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
                "tiny": tiny, "train_step": []}
-    write_json_atomic(args.json, payload)
+    atomic_write_json(args.json, payload)
     try:
         if not args.skip_steps:
             run_step_checks(args, tiny, payload)
     except Exception:  # noqa: BLE001  (a measurement script: record it, then still try the pipeline)
         payload["train_step_error"] = traceback.format_exc()[-3000:]
-        write_json_atomic(args.json, payload)
+        atomic_write_json(args.json, payload)
     if not args.skip_pipeline:
         run_pipeline_check(args, tiny, payload)
     return 0
