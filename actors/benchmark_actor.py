@@ -86,6 +86,14 @@ class BenchmarkActor:
         return evaluate_tool_use(self.model, self.tokenizer, prompt=prompt, problems=list(problems),
                                  weights_hash=self.weights_hash, **kwargs).to_dict()
 
+    def scoreboard(self, settings, *, model_dir: str, heldout_texts: Sequence[str],
+                   wikitext_texts: Sequence[str]) -> dict:
+        """``benchmarks.scoreboard.score_model`` of the resident model (loaded from ``model_dir``)."""
+        from benchmarks.scoreboard import score_model
+
+        return score_model(self.model, self.tokenizer, Path(model_dir), settings, heldout_texts=heldout_texts,
+                           wikitext_texts=wikitext_texts, data_dir=self.data_dir)
+
     def _check_weights(self, weights_hash: str | None) -> None:
         if weights_hash is not None and weights_hash != self.weights_hash:
             raise RuntimeError(f"actor holds weights {self.weights_hash[:12]}, caller expected {weights_hash[:12]}")
@@ -172,3 +180,35 @@ def evaluate_prompts(actors: Sequence, prompts: Sequence[str], *, method: str, *
         if following is not None:
             submit(actor, following)
     return [results[prompt] for prompt in prompts]
+
+
+def score_model_dirs(model_dirs: Mapping[str, Path], settings, *, heldout_texts: Sequence[str],
+                     wikitext_texts: Sequence[str], data_dir: str | None, device: str) -> dict[str, dict]:
+    """Scoreboard rows of several model directories, each on its own ``BenchmarkActor`` (started here on the
+    resource share ``cluster.resources`` gives it, killed when its row is in); ``{name: score_model result}``."""
+    from cluster.resources import plan_devices, share_for
+
+    if not model_dirs:
+        return {}
+    weight_bytes = max(sum(p.stat().st_size for p in Path(d).iterdir() if p.suffix == ".safetensors")
+                       for d in model_dirs.values())
+    share = share_for(plan_devices(device), 3 * weight_bytes + 256 * 1024**2, len(model_dirs))
+    texts = ray.put(list(heldout_texts))
+    wikitext = ray.put(list(wikitext_texts))
+    pending: dict[ray.ObjectRef, tuple[str, Any]] = {}
+    for name, path in model_dirs.items():
+        actor = BenchmarkActor.options(**share.ray_options()).remote(str(path), device=share.device,
+                                                                      data_dir=data_dir)
+        pending[actor.scoreboard.remote(settings, model_dir=str(path), heldout_texts=texts,
+                                        wikitext_texts=wikitext)] = (name, actor)
+    rows: dict[str, dict] = {}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            name, actor = pending.pop(done[0])
+            rows[name] = ray.get(done[0])
+            ray.kill(actor)
+    finally:
+        for _, actor in pending.values():
+            ray.kill(actor)
+    return rows
