@@ -21,11 +21,13 @@ class BenchmarkActor:
     """A resident model plus the benchmarks harness, on a GPU share or CPU."""
 
     def __init__(self, model: str | os.PathLike | Mapping[str, Any], *, tokenizer_dir: str | None = None,
-                 device: str | None = None, data_dir: str | None = None, cache_dir: str | None = None) -> None:
+                 device: str | None = None, data_dir: str | None = None, cache_dir: str | None = None,
+                 threads: int | None = None) -> None:
         """``model``: a model directory, or a config dict (with ``model_type``) for fresh weights that
         ``set_weights`` replaces. ``tokenizer_dir``: where the tokenizer is when the model directory has
         none (default for configs: the GPT-2 tokenizer). ``device``: default cuda when Ray gave this
-        actor a GPU, else cpu. ``cache_dir``: a result cache shared with other actors."""
+        actor a GPU, else cpu. ``cache_dir``: a result cache shared with other actors. ``threads``: torch
+        threads (None: torch's default)."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         import forge.models  # noqa: F401  (registers the Cognate architecture)
@@ -33,6 +35,8 @@ class BenchmarkActor:
         from forge.artifacts import MANIFEST, load_model_dir, state_dict_hash
         from forge.data.tokenizer import load_gpt2_tokenizer
 
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if ray.get_gpu_ids() else "cpu"))
         if isinstance(model, Mapping):
             config = dict(model)
@@ -198,7 +202,7 @@ def score_model_dirs(model_dirs: Mapping[str, Path], settings, *, heldout_texts:
     pending: dict[ray.ObjectRef, tuple[str, Any]] = {}
     for name, path in model_dirs.items():
         actor = BenchmarkActor.options(**share.ray_options()).remote(str(path), device=share.device,
-                                                                      data_dir=data_dir)
+                                                                      data_dir=data_dir, threads=share.torch_threads)
         pending[actor.scoreboard.remote(settings, model_dir=str(path), heldout_texts=texts,
                                         wikitext_texts=wikitext)] = (name, actor)
     rows: dict[str, dict] = {}
