@@ -45,6 +45,7 @@ class ScoreboardSettings:
 
     heldout_chars: int  # characters of Phase 1's held-out documents scored for perplexity
     wikitext_docs: int  # WikiText-2 held-out documents (with a data folder)
+    wikitext_chars: int  # characters of WikiText-2 in all, split evenly over the documents
     task_items: int  # items per task
     max_new_tokens: int  # generation budget of generated-answer tasks and thinking usage
     tool_items: int  # tool-use problems
@@ -226,7 +227,8 @@ def wikitext_heldout(data_dir, settings: ScoreboardSettings) -> list[str]:
     from benchmarks.tasks import get_task, load_docs, select_docs
 
     docs = load_docs(get_task("wikitext"), data_dir, heldout_only=True)
-    return [doc["text"] for doc in select_docs(docs, settings.wikitext_docs, settings.seed)]
+    per_document = max(1, settings.wikitext_chars // settings.wikitext_docs)
+    return [doc["text"][:per_document] for doc in select_docs(docs, settings.wikitext_docs, settings.seed)]
 
 
 def row_key(model_manifest: Mapping[str, Any], settings: ScoreboardSettings, items: Mapping[str, Any]) -> str:

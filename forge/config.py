@@ -214,8 +214,10 @@ class ScoreboardConfig:
     """Score every phase's output models (and Phase 1's) after the phase; rows in runs/<name>/scoreboard.json."""
     heldout_chars: int = 6000
     """Characters of Phase 1's held-out documents scored for perplexity (taken evenly across the set)."""
-    wikitext_docs: int = 16
+    wikitext_docs: int = 8
     """WikiText-2 held-out documents scored for perplexity (only with a data folder)."""
+    wikitext_chars: int = 6000
+    """Characters of WikiText-2 scored in all, split evenly over the documents (each is a whole article)."""
     task_items: int = 24
     """Held-out items per task (synthetic_reasoning offline; ARC-E/C, PIQA, HellaSwag, GSM8K, MMLU with data)."""
     max_new_tokens: int = 16
@@ -348,7 +350,8 @@ def validate(config: PipelineConfig) -> None:
     if not 0.0 < board.confidence < 1.0 or board.tolerance < 0 or board.bootstrap_resamples < 1:
         raise ConfigError("scoreboard: confidence must be in (0, 1), tolerance >= 0, bootstrap_resamples >= 1")
     if min(board.heldout_chars, board.task_items, board.tool_items, board.speed_prompts, board.speed_tokens,
-           board.max_new_tokens, board.thinking_items, board.wikitext_docs, board.tool_max_turns) < 1:
+           board.max_new_tokens, board.thinking_items, board.wikitext_docs, board.wikitext_chars,
+           board.tool_max_turns) < 1:
         raise ConfigError("scoreboard: item counts, token budgets and turns must be >= 1")
     if not 0.0 < cognate.data.validation_fraction < 0.5:
         raise ConfigError("cognate.data.validation_fraction must be in (0, 0.5)")

@@ -40,6 +40,10 @@ SMALL = [
     "tool_persona.tool_max_new_tokens=8", "tool_persona.persona_max_new_tokens=8",
     "tool_persona.self_prompt_max_new_tokens=16", "tool_persona.bake_inputs=3",
     "tool_persona.baking.samples_per_input=1", "tool_persona.baking.max_new_tokens=8",
+    "scoreboard.heldout_chars=1500", "scoreboard.wikitext_docs=4", "scoreboard.wikitext_chars=1500",
+    "scoreboard.task_items=3",
+    "scoreboard.max_new_tokens=6", "scoreboard.tool_items=2", "scoreboard.thinking_items=2",
+    "scoreboard.speed_prompts=2", "scoreboard.speed_tokens=4", "scoreboard.bootstrap_resamples=200",
 ]
 
 
