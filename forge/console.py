@@ -65,21 +65,22 @@ def readable_console(log_path: Path) -> Iterator[Path]:
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
-    with open(log_path, "a", encoding="utf-8") as log:
-        out = FilteredStream(sys.stdout, log)
-        err = FilteredStream(sys.stderr, log)
-        previous = [(handler, getattr(handler, "stream", None)) for handler in root.handlers]
+    # Left open: handlers that libraries (Ray) create inside the block keep writing here until the process ends.
+    log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
+    out = FilteredStream(sys.stdout, log)
+    err = FilteredStream(sys.stderr, log)
+    previous = [(handler, getattr(handler, "stream", None)) for handler in root.handlers]
+    for handler, stream in previous:
+        if stream in (sys.stdout, sys.stderr):
+            handler.setStream(err)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield log_path
+    finally:
+        for stream in (out, err):
+            if stream.pending:
+                stream._line(stream.pending)
+                stream.pending = ""
         for handler, stream in previous:
             if stream in (sys.stdout, sys.stderr):
-                handler.setStream(err)
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                yield log_path
-        finally:
-            for stream in (out, err):
-                if stream.pending:
-                    stream._line(stream.pending)
-                    stream.pending = ""
-            for handler, stream in previous:
-                if stream in (sys.stdout, sys.stderr):
-                    handler.setStream(stream)
+                handler.setStream(stream)
