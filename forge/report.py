@@ -413,7 +413,8 @@ def plot_scoreboard(run: Run, out: Path) -> Path | None:
         ax.set_yscale("log")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel(metric)
-    ax.set_title(f"Scoreboard: {metric} per phase output (red: gated, its input handed on)")
+    ax.set_title(f"Scoreboard: {metric} per phase output\n(bars: {run.scoreboard.get('settings', {}).get('confidence', 0.95):.0%} interval; red: gated, its input handed on)",
+                 fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, out)
 
