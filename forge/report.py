@@ -64,6 +64,8 @@ class Run:
             raise FileNotFoundError(f"{self.dir} holds no config.json and no phase folder: not a run directory "
                                     "(give the folder runs/<name> that python -m forge.pipeline wrote)")
         self.scoreboard = _json(self.dir / "scoreboard.json") or {"phases": {}}
+        # The file's keys are sorted (atomic_write_json); the pipeline's order is PHASES'.
+        self.scoreboard["phases"] = {p: self.scoreboard["phases"][p] for p in PHASES if p in self.scoreboard["phases"]}
 
     def summary(self, phase: str) -> dict[str, Any]:
         manifest = self.manifests.get(phase) or {}

@@ -117,9 +117,7 @@ def score_phase(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Pa
                           for name, path in handed_on.items()}
     scoreboard = read_scoreboard(run_dir)
     scoreboard["settings"] = {**board.__dict__}
-    scoreboard["phases"][phase] = entry
-    order = [p for p in config.phases if p in scoreboard["phases"]]
-    scoreboard["phases"] = {p: scoreboard["phases"][p] for p in order + [p for p in scoreboard["phases"] if p not in order]}
+    scoreboard["phases"][phase] = entry  # stored with sorted keys; readers order phases by forge.phases.PHASES
     atomic_write_json(Path(run_dir) / SCOREBOARD_FILE, scoreboard)
     for line in console_lines(phase, entry, metric):
         print(line, flush=True)
