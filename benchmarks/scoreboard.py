@@ -69,7 +69,9 @@ def bootstrap_interval(samples: Sequence[np.ndarray], statistic: Callable[..., f
     values = np.array([statistic(*(group[rng.integers(0, len(group), len(group))] for group in samples))
                        for _ in range(resamples)])
     tail = (1.0 - confidence) / 2
-    return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))
+    # Sample quantiles without interpolation: an infinite statistic (a broken model) stays inf, not nan.
+    return (float(np.quantile(values, tail, method="inverted_cdf")),
+            float(np.quantile(values, 1.0 - tail, method="inverted_cdf")))
 
 
 def _figure(value: float, interval: tuple[float, float], n: int, **extra: Any) -> dict[str, Any]:
@@ -89,11 +91,17 @@ def _perplexity_figure(model, tokenizer, texts: Sequence[str], s: ScoreboardSett
         scored = len(encode(tokenizer, text)) - 1
         if scored < 1:
             continue
-        rows.append((math.log(perplexity(model, tokenizer, [text])) * scored, scored))
+        try:
+            nll = math.log(perplexity(model, tokenizer, [text])) * scored
+        except OverflowError:
+            # Over ~710 nats per token the perplexity is beyond float range: a broken model, recorded as inf
+            # (the gate counts a non-finite figure as worse than any finite one).
+            nll = math.inf
+        rows.append((nll, scored))
     if not rows:
         raise ValueError("no held-out document has two tokens: the scoreboard has no text to measure perplexity on")
     pairs = np.array(rows, dtype=np.float64)
-    statistic = lambda p: math.exp(_ratio_of_sums(p))  # noqa: E731
+    statistic = lambda p: float(np.exp(_ratio_of_sums(p)))  # noqa: E731  (inf, not an error, past float range)
     interval = bootstrap_interval([pairs], statistic, resamples=s.bootstrap_resamples, seed=s.seed,
                                   confidence=s.confidence)
     return _figure(statistic(pairs), interval, len(rows), tokens=int(pairs[:, 1].sum()))
