@@ -410,8 +410,13 @@ def plot_scoreboard(run: Run, out: Path) -> Path | None:
         errors[0].append(max(figure["value"] - figure["low"], 0))
         errors[1].append(max(figure["high"] - figure["value"], 0))
         colours.append("C3" if row["gate"] and row["gate"]["worse"] else "C0")
+    finite = [v for v in values if math.isfinite(v)]
+    # A broken model's inf (or nan) has no bar; its label says so.
+    labels = [label if math.isfinite(v) else f"{label}\n({v})" for label, v in zip(labels, values)]
+    errors = [[e if math.isfinite(e) and math.isfinite(v) else 0.0 for e, v in zip(side, values)] for side in errors]
+    values = [v if math.isfinite(v) else 0.0 for v in values]
     ax.bar(range(len(rows)), values, yerr=errors, color=colours, capsize=4)
-    if metric in LOWER_IS_BETTER and all(v > 0 for v in values) and max(values) / min(values) > 50:
+    if metric in LOWER_IS_BETTER and finite and min(finite) > 0 and max(finite) / min(finite) > 50:
         ax.set_yscale("log")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel(metric)
