@@ -213,6 +213,54 @@ class ToolPersonaPhaseConfig:
 
 
 @dataclass
+class ScoreboardConfig:
+    """One fixed held-out evaluation of every phase's output (benchmarks/scoreboard.py) and the gate."""
+
+    enabled: bool = True
+    """Score every phase's output models (and Phase 1's) after the phase; rows in runs/<name>/scoreboard.json."""
+    heldout_chars: int = 6000
+    """Characters of Phase 1's held-out documents scored for perplexity (taken evenly across the set)."""
+    wikitext_docs: int = 8
+    """WikiText-2 held-out documents scored for perplexity (only with a data folder)."""
+    wikitext_chars: int = 6000
+    """Characters of WikiText-2 scored in all, split evenly over the documents (each is a whole article)."""
+    task_items: int = 24
+    """Held-out items per task (synthetic_reasoning offline; ARC-E/C, PIQA, HellaSwag, GSM8K, MMLU with data)."""
+    max_new_tokens: int = 16
+    """Generation budget of generated answers (GSM8K, tool-use turns, thinking usage)."""
+    tool_items: int = 4
+    """Held-out tool-use problems."""
+    tool_max_turns: int = 1
+    """Model turns per tool-use problem."""
+    thinking_items: int = 6
+    """Generated problems for thinking usage (models with the thinking tokens only)."""
+    speed_prompts: int = 3
+    """Prompts of the generation tokens/s measurement (one at a time, greedy)."""
+    speed_tokens: int = 16
+    """Tokens generated per speed prompt."""
+    seed: int = 1234
+    """Seed of the item draws, few-shot examples and bootstrap; fixed, so every row sees the same items."""
+    bootstrap_resamples: int = 1000
+    """Resamples of each bootstrap confidence interval."""
+    confidence: float = 0.95
+    """Coverage of the confidence intervals."""
+    primary_metric: Literal["heldout_perplexity", "task_accuracy", "tool_accuracy", "wikitext_perplexity"] = \
+        "heldout_perplexity"
+    """The figure the gate and the console headline use."""
+    gate: bool = True
+    """A phase whose output is worse than its (best) input on primary_metric beyond the intervals hands its
+    input on instead (needs enabled)."""
+    tolerance: float = 0.0
+    """Extra margin before the gate acts, as a fraction of the input's value (0.1: 10% worse is tolerated)."""
+
+    def settings(self):
+        """What decides a row besides the model (the gate fields excluded)."""
+        from benchmarks.scoreboard import ScoreboardSettings
+
+        return ScoreboardSettings(**{f: getattr(self, f) for f in ScoreboardSettings.__dataclass_fields__})
+
+
+@dataclass
 class PipelineConfig:
     """Usage: ``python -m forge.pipeline [--preset tiny] [--set cognate.train.seq_len=256]``."""
 
@@ -251,6 +299,8 @@ class PipelineConfig:
     """Phase 5: curriculum levels with the value prompts baked after each."""
     tool_persona: ToolPersonaPhaseConfig = field(default_factory=ToolPersonaPhaseConfig)
     """Phase 6: alternating A/B optimization of the tool prompt and the persona."""
+    scoreboard: ScoreboardConfig = field(default_factory=ScoreboardConfig)
+    """The held-out scoreboard of every phase's output, and the gate on it."""
 
 
 def preset_path(name: str) -> Path:
@@ -318,6 +368,13 @@ def validate(config: PipelineConfig) -> None:
                               "device=auto or cpu, or join a GPU cluster with ray.address")
     if config.device == "cpu" and cognate.train.precision == "fp16":
         raise ConfigError("cognate.train.precision=fp16 needs a CUDA GPU but device=cpu: use auto, float32 or bf16")
+    board = config.scoreboard
+    if not 0.0 < board.confidence < 1.0 or board.tolerance < 0 or board.bootstrap_resamples < 1:
+        raise ConfigError("scoreboard: confidence must be in (0, 1), tolerance >= 0, bootstrap_resamples >= 1")
+    if min(board.heldout_chars, board.task_items, board.tool_items, board.speed_prompts, board.speed_tokens,
+           board.max_new_tokens, board.thinking_items, board.wikitext_docs, board.wikitext_chars,
+           board.tool_max_turns) < 1:
+        raise ConfigError("scoreboard: item counts, token budgets and turns must be >= 1")
     if not 0.0 < cognate.data.validation_fraction < 0.5:
         raise ConfigError("cognate.data.validation_fraction must be in (0, 0.5)")
     if "tool_persona" in config.phases and config.tool_persona.fitness == "swebench":

@@ -9,6 +9,7 @@ Each phase records the spec's criteria as met or missed and the run goes on; wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -30,6 +31,15 @@ from forge.versions import package_versions, versions_line
 log = logging.getLogger("forge.pipeline")
 
 PHASE_KIND = "agent-forge/phase"
+PHASE_PURPOSE = {
+    "cognate": "pretrain the Cognate models from scratch on Ray actors",
+    "evomerge": "merge the models into one champion by evolution (Ray Tune)",
+    "quietstar": "add thinking tokens, bake the reasoning format, RL on thoughts",
+    "bitnet": "compress to ternary weights under the accuracy guard",
+    "curriculum": "train curriculum levels and bake the value prompts",
+    "tool_persona": "optimize the tool prompt and persona in A/B cycles",
+}
+"""What each phase will do: the console's phase start line."""
 
 
 class PipelineError(RuntimeError):
@@ -139,6 +149,8 @@ def run_pipeline(config: PipelineConfig) -> Path:
     from cluster.runtime import connect
     from forge.phases import load_phase
     from forge.phases.base import PhaseContext
+    from forge.phases.scoring import score_phase
+    from forge.report import build_report
 
     run_dir = Path(config.out_dir) / (config.run_name or config.preset)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,13 +178,19 @@ def run_pipeline(config: PipelineConfig) -> Path:
                 check_criteria(name, read_json(phase_dir / MANIFEST)["summary"])
             continue
         _prepare_phase_dir(phase_dir, cfg_hash, input_digests)
-        print(f"[forge] {name}: running in {phase_dir}", flush=True)
+        print(f"[forge] {name}: starting: {PHASE_PURPOSE[name]}; input: "
+              f"{', '.join(str(p) for p in inputs.values()) or 'none'}; writing to {phase_dir}", flush=True)
         started = time.time()
         manifest: dict[str, Any] = {"kind": PHASE_KIND, "phase": name, "config_hash": cfg_hash,
                                     "input_phase": input_phase, "inputs": input_digests, "started_unix": started}
         ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=phase_dir, inputs=inputs)
         try:
             result = load_phase(name)(ctx)
+            if config.scoreboard.enabled:
+                scored = time.time()
+                outputs, board = score_phase(config, run_dir, name, phase_dir, result.outputs, inputs, ctx.data_dir)
+                board["wall_s"] = round(time.time() - scored, 2)
+                result = dataclasses.replace(result, outputs=outputs, summary={**result.summary, "scoreboard": board})
         except BaseException as err:
             stopped = isinstance(err, KeyboardInterrupt)
             manifest.update(status="stopped" if stopped else "failed", error=f"{type(err).__name__}: {err}",
@@ -185,8 +203,10 @@ def run_pipeline(config: PipelineConfig) -> Path:
         manifest.update(status="complete", outputs=_output_digests(phase_dir, result.outputs),
                         summary=result.summary, wall_time_s=round(time.time() - started, 2))
         atomic_write_json(phase_dir / MANIFEST, manifest)
-        print(f"[forge] {name}: complete in {manifest['wall_time_s']:.0f} s; outputs: "
+        print(f"[forge] {name}: complete in {manifest['wall_time_s']:.0f} s; hands on: "
               + ", ".join(str(p) for p in result.outputs.values()), flush=True)
+        report, _ = build_report(run_dir)
+        print(f"[forge] {name}: report updated: {report}", flush=True)
         if config.strict_criteria:
             check_criteria(name, result.summary)
     return run_dir
@@ -203,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true",
                         help="stop with exit code 3 at the first missed spec criterion (strict_criteria=true)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show everything on the screen (Ray, Tune, library output); by default only the "
+                             "pipeline's own lines, the rest goes to runs/<name>/console.log")
     return parser
 
 
@@ -226,9 +249,19 @@ def main(argv: list[str] | None = None) -> int:
 
     previous_handler = signal.getsignal(signal.SIGTERM)
     try:
-        connect(config.ray)  # first: ray.init installs its own SIGTERM handler (an abort), which ours replaces
-        signal.signal(signal.SIGTERM, _raise_stopped)
-        run_dir = run_pipeline(config)
+        if args.verbose:
+            console = contextlib.nullcontext()
+        else:
+            from forge.console import readable_console
+
+            log_path = Path(config.out_dir) / (config.run_name or config.preset) / "console.log"
+            print(f"[forge] console: the pipeline's lines here; Ray, Tune and library output in {log_path} "
+                  "(--verbose shows everything)", flush=True)
+            console = readable_console(log_path)
+        with console:
+            connect(config.ray)  # first: ray.init installs its own SIGTERM handler (an abort), which ours replaces
+            signal.signal(signal.SIGTERM, _raise_stopped)
+            run_dir = run_pipeline(config)
     except (PipelineError, ActorLost, StorageFull) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

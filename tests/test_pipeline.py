@@ -1,6 +1,7 @@
 """The pipeline end to end on a shrunken tiny preset: outputs, resume, and refusal of altered outputs."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,10 @@ SMALL = [
     "tool_persona.tool_max_new_tokens=8", "tool_persona.persona_max_new_tokens=8",
     "tool_persona.self_prompt_max_new_tokens=16", "tool_persona.bake_inputs=3",
     "tool_persona.baking.samples_per_input=1", "tool_persona.baking.max_new_tokens=8",
+    "scoreboard.heldout_chars=1500", "scoreboard.wikitext_docs=4", "scoreboard.wikitext_chars=1500",
+    "scoreboard.task_items=3",
+    "scoreboard.max_new_tokens=6", "scoreboard.tool_items=2", "scoreboard.thinking_items=2",
+    "scoreboard.speed_prompts=2", "scoreboard.speed_tokens=4", "scoreboard.bootstrap_resamples=200",
 ]
 
 
@@ -207,8 +212,11 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     curriculum = read_json(run_dir / "curriculum" / "manifest.json")
     assert curriculum["input_phase"] == "bitnet"
     model_manifest = read_json(run_dir / "curriculum" / "model" / "manifest.json")
-    bitnet = read_json(run_dir / "bitnet" / "manifest.json")["summary"]
-    assert model_manifest["input_bitnet_quantized"] is (bitnet["quantized_layers"] > 0 or bool(bitnet["int8_layers"]["names"]))
+    bitnet_manifest = read_json(run_dir / "bitnet" / "manifest.json")
+    bitnet = bitnet_manifest["summary"]
+    own_model = bitnet_manifest["outputs"]["model"]["path"] == "model"  # else the gate handed bitnet's input on
+    assert model_manifest["input_bitnet_quantized"] is (
+        own_model and (bitnet["quantized_layers"] > 0 or bool(bitnet["int8_layers"]["names"])))
     assert model_manifest["curriculum_level_reached"] == 2 and len(model_manifest["levels"]) == 2
     assert set(model_manifest["measured_strengths"]) == {p["name"] for p in model_manifest["prompts_baked"]}
     # Phase 6's tool-use transcripts (4 per source) were trained on in every level.
@@ -336,3 +344,93 @@ def test_strict_stops_at_the_first_missed_criterion_with_exit_code_3(tmp_path, s
     # A resumed strict run checks the finished phase's record too; without --strict the run goes on.
     assert main([*argv, "--strict"]) == 3 and "already complete" in capsys.readouterr().out
     assert main(argv) == 0
+
+
+def test_every_phase_has_a_scoreboard_row_from_its_own_output_and_a_report(tiny_run, tmp_path):
+    from transformers import AutoTokenizer
+
+    from benchmarks.scoreboard import has_thinking_tokens
+    from forge.artifacts import read_manifest
+    from forge.report import PLOTS, main as report_main
+
+    _, run_dir = tiny_run
+    board = read_json(run_dir / "scoreboard.json")
+    assert set(board["phases"]) == {"cognate", "evomerge", "quietstar", "bitnet", "curriculum", "tool_persona"}
+    own_outputs = {"cognate": {"a": "cognate/model_a", "b": "cognate/model_b"}, "evomerge": {"champion": "evomerge/champion"},
+                   **{p: {"model": f"{p}/model"} for p in ("quietstar", "bitnet", "curriculum", "tool_persona")}}
+    hashes = set()
+    for phase, entry in board["phases"].items():
+        assert set(entry["models"]) == set(own_outputs[phase])
+        for name, row in entry["models"].items():
+            # Computed from the phase's own output model (not from what the gate may have handed on instead).
+            assert row["path"] == own_outputs[phase][name]
+            assert row["weights_sha256"] == read_manifest(run_dir / row["path"])["weights_sha256"]
+            assert {"heldout_perplexity", "task_accuracy", "tool_accuracy", "tokens_per_s", "size_mb"} <= set(row["metrics"])
+            tokenizer = AutoTokenizer.from_pretrained(run_dir / row["path"])
+            assert ("thinking_usage" in row["metrics"]) == has_thinking_tokens(tokenizer)
+            hashes.add(row["weights_sha256"])
+        manifest = read_json(run_dir / phase / "manifest.json")
+        assert manifest["summary"]["scoreboard"]["handed_on"] == {
+            name: f"{phase}/{output['path']}" for name, output in manifest["outputs"].items()}
+        for name, decision in (entry["gate"] or {}).items():
+            own = own_outputs[phase][name].split("/", 1)[1]
+            assert manifest["outputs"][name]["path"] == (f"gated/{name}" if decision["worse"] else own)
+    assert len(hashes) >= 5  # phases that changed the weights have rows of their own
+    assert "thinking_usage" in board["phases"]["quietstar"]["models"]["model"]["metrics"]
+    # The report: written by the run, and rebuilt from the files alone, also of an interrupted run.
+    for name in ("report.md", "report.html"):
+        assert (run_dir / name).is_file()
+    assert all((run_dir / "report" / filename).is_file() for filename, _, _ in PLOTS)
+    copy = tmp_path / "interrupted"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.safetensors", "report*"))
+    (copy / "tool_persona" / "manifest.json").unlink()
+    assert report_main([str(copy)]) == 0
+    text = (copy / "report.md").read_text()
+    assert "| tool_persona | interrupted or running (no manifest) |" in text
+    assert "| quietstar | model |" in text and "## Spec criteria" in text
+    page = (copy / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(PLOTS) and "report/" not in page.split("<body>")[1]
+    assert report_main([str(tmp_path / "missing")]) == 2
+
+
+def test_gate_hands_on_the_input_of_a_phase_made_worse_and_not_otherwise(tiny_run, shared_data, tmp_path, monkeypatch):
+    import forge.phases.tool_persona as tool_persona
+    from forge.artifacts import load_model_dir, read_manifest, save_model_dir
+    from forge.phases.base import PhaseResult
+
+    _, run_dir = tiny_run
+    run_copy = tmp_path / "tiny"
+    shutil.copytree(run_dir, run_copy, ignore=shutil.ignore_patterns("tool_persona"))
+    config = small_config(tmp_path, shared_data, extra=["phases=[tool_persona]"])
+    curriculum = read_manifest(run_copy / "curriculum" / "model")
+
+    def phase(noise):
+        def run(ctx):
+            model, tokenizer = load_model_dir(ctx.inputs["model"])
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.add_(noise * torch.randn_like(parameter))
+            return PhaseResult(outputs={"model": save_model_dir(model, tokenizer, ctx.phase_dir / "model", phase="test")})
+        return run
+
+    monkeypatch.setattr(tool_persona, "run", phase(noise=5.0))  # made worse on purpose
+    run_pipeline(config)
+    manifest = read_json(run_copy / "tool_persona" / "manifest.json")
+    decision = manifest["summary"]["scoreboard"]["gate"]["model"]
+    assert decision["worse"] and decision["handed_on"] == "input model"
+    assert manifest["outputs"]["model"] == {"path": "gated/model", "digest": curriculum["digest"]}
+    board = read_json(run_copy / "scoreboard.json")["phases"]["tool_persona"]
+    own, given = board["models"]["model"], board["input_rows"]["model"]
+    assert own["weights_sha256"] != given["weights_sha256"]
+    assert own["metrics"]["heldout_perplexity"]["low"] > given["metrics"]["heldout_perplexity"]["high"]
+    assert "worse: handed on input model" in (run_copy / "report.md").read_text()
+
+    shutil.rmtree(run_copy / "tool_persona")
+    monkeypatch.setattr(tool_persona, "run", phase(noise=0.0))  # the input's weights, unchanged
+    run_pipeline(config)
+    manifest = read_json(run_copy / "tool_persona" / "manifest.json")
+    decision = manifest["summary"]["scoreboard"]["gate"]["model"]
+    assert not decision["worse"] and decision["handed_on"] == "output"
+    assert manifest["outputs"]["model"]["path"] == "model"
+    row = read_json(run_copy / "scoreboard.json")["phases"]["tool_persona"]["models"]["model"]
+    assert row["cached"] and row["weights_sha256"] == curriculum["weights_sha256"]  # the same weights: the cached row

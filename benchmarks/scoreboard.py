@@ -1,0 +1,287 @@
+"""The scoreboard: one fixed held-out evaluation of a model, the same items, seed and settings every time.
+
+Figures (each with a seeded bootstrap confidence interval over items):
+
+- ``heldout_perplexity``: Phase 1's held-out documents (no model trained on them); ``wikitext_perplexity``
+  too when a data folder is given. Per document the summed NLL and the scored tokens; the statistic is
+  exp(sum NLL / sum tokens) of the (re)sampled documents.
+- ``task_accuracy``: the mean of the per-task accuracies (primary metric of each task) on held-out items:
+  ``synthetic_reasoning`` (generated) without a data folder, a small fixed subset of ARC-Easy,
+  ARC-Challenge, PIQA, HellaSwag, GSM8K and MMLU with one; items are resampled within each task.
+  ``task_accuracy/<task>`` per task.
+- ``tool_accuracy``: the multi-turn tool-use benchmark (``benchmarks.tooluse``) on held-out problems.
+- ``thinking_usage``: share of generated answers that open a thinking block, for models with the
+  Quiet-STaR tokens (absent otherwise).
+- ``tokens_per_s``: greedy generation speed (per prompt: tokens and seconds); ``size_mb``: weights on disk.
+
+``score_model`` does the work (plain PyTorch and the harness, no Ray); ``row_key`` is its cache key (the
+weights' hash from the model directory's manifest, the tokenizer files, the settings and the items), so
+an unchanged model is never scored twice. ``gate_decision`` compares an output row with its input's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+DATA_TASKS = ("arc_easy", "arc_challenge", "piqa", "hellaswag", "gsm8k", "mmlu")
+OFFLINE_TASKS = ("synthetic_reasoning",)
+TOOL_SOURCES_OFFLINE = ("easy",)
+TOOL_SOURCES_WITH_DATA = ("easy", "svamp")
+LOWER_IS_BETTER = {"heldout_perplexity", "wikitext_perplexity", "size_mb"}
+PRIMARY_METRICS = ("heldout_perplexity", "task_accuracy", "tool_accuracy", "wikitext_perplexity")
+WEIGHT_FILES = (".safetensors", ".bin")
+
+
+@dataclass(frozen=True)
+class ScoreboardSettings:
+    """What decides a row besides the model (``forge.config.ScoreboardConfig`` minus the gate)."""
+
+    heldout_chars: int  # characters of Phase 1's held-out documents scored for perplexity
+    wikitext_docs: int  # WikiText-2 held-out documents (with a data folder)
+    wikitext_chars: int  # characters of WikiText-2 in all, split evenly over the documents
+    task_items: int  # items per task
+    max_new_tokens: int  # generation budget of generated-answer tasks and thinking usage
+    tool_items: int  # tool-use problems
+    tool_max_turns: int  # model turns per tool-use problem
+    thinking_items: int  # generated problems for thinking usage
+    speed_prompts: int  # prompts of the tokens/s measurement
+    speed_tokens: int  # tokens generated per speed prompt
+    seed: int  # item draws and few-shot examples
+    bootstrap_resamples: int  # resamples of each interval
+    confidence: float  # coverage of each interval
+
+
+def bootstrap_interval(samples: Sequence[np.ndarray], statistic: Callable[..., float], *, resamples: int, seed: int,
+                       confidence: float) -> tuple[float, float]:
+    """Percentile interval of ``statistic(*groups)`` with the items of each group resampled (stratified)."""
+    if resamples < 1:
+        raise ValueError(f"bootstrap needs at least one resample, got {resamples}")
+    if any(len(group) == 0 for group in samples):
+        raise ValueError("bootstrap needs at least one item in every group")
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(*(group[rng.integers(0, len(group), len(group))] for group in samples))
+                       for _ in range(resamples)])
+    tail = (1.0 - confidence) / 2
+    # Sample quantiles without interpolation: an infinite statistic (a broken model) stays inf, not nan.
+    return (float(np.quantile(values, tail, method="inverted_cdf")),
+            float(np.quantile(values, 1.0 - tail, method="inverted_cdf")))
+
+
+def _figure(value: float, interval: tuple[float, float], n: int, **extra: Any) -> dict[str, Any]:
+    return {"value": float(value), "low": interval[0], "high": interval[1], "n": n, **extra}
+
+
+def _ratio_of_sums(pairs: np.ndarray) -> float:
+    return float(pairs[:, 0].sum() / pairs[:, 1].sum())
+
+
+def _perplexity_figure(model, tokenizer, texts: Sequence[str], s: ScoreboardSettings) -> dict[str, Any]:
+    """Per document: NLL summed over its scored tokens (every token but the first), then the pooled figure."""
+    from benchmarks.lm import encode, perplexity
+
+    rows = []
+    for text in texts:
+        scored = len(encode(tokenizer, text)) - 1
+        if scored < 1:
+            continue
+        try:
+            nll = math.log(perplexity(model, tokenizer, [text])) * scored
+        except OverflowError:
+            # Over ~710 nats per token the perplexity is beyond float range: a broken model, recorded as inf
+            # (the gate counts a non-finite figure as worse than any finite one).
+            nll = math.inf
+        rows.append((nll, scored))
+    if not rows:
+        raise ValueError("no held-out document has two tokens: the scoreboard has no text to measure perplexity on")
+    pairs = np.array(rows, dtype=np.float64)
+    statistic = lambda p: float(np.exp(_ratio_of_sums(p)))  # noqa: E731  (inf, not an error, past float range)
+    interval = bootstrap_interval([pairs], statistic, resamples=s.bootstrap_resamples, seed=s.seed,
+                                  confidence=s.confidence)
+    return _figure(statistic(pairs), interval, len(rows), tokens=int(pairs[:, 1].sum()))
+
+
+def _task_figures(model, tokenizer, tasks: Sequence[str], data_dir, s: ScoreboardSettings) -> dict[str, Any]:
+    from benchmarks.harness import evaluate
+    from benchmarks.tasks import get_task
+
+    results = evaluate(model, tokenizer, list(tasks), limit=s.task_items, seed=s.seed, heldout_only=True,
+                       data_dir=data_dir, max_new_tokens=s.max_new_tokens, log_samples=True)
+    per_task = {name: np.array([item[get_task(name).primary_metric] for item in results[name].samples], dtype=float)
+                for name in tasks}
+    figures = {}
+    for name, values in per_task.items():
+        interval = bootstrap_interval([values], np.mean, resamples=s.bootstrap_resamples, seed=s.seed,
+                                      confidence=s.confidence)
+        figures[f"task_accuracy/{name}"] = _figure(values.mean(), interval, len(values),
+                                                   metric=get_task(name).primary_metric)
+    statistic = lambda *groups: float(np.mean([g.mean() for g in groups]))  # noqa: E731
+    groups = list(per_task.values())
+    interval = bootstrap_interval(groups, statistic, resamples=s.bootstrap_resamples, seed=s.seed,
+                                  confidence=s.confidence)
+    figures["task_accuracy"] = _figure(statistic(*groups), interval, sum(map(len, groups)), tasks=list(tasks))
+    return figures
+
+
+def _tool_figure(model, tokenizer, data_dir, s: ScoreboardSettings) -> dict[str, Any]:
+    from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, evaluate_tool_use, load_problems
+
+    sources = list(TOOL_SOURCES_WITH_DATA if data_dir else TOOL_SOURCES_OFFLINE)
+    problems = load_problems(sources, heldout=True, limit=s.tool_items, seed=s.seed, data_dir=data_dir)
+    config = ToolUseConfig(max_turns=s.tool_max_turns, max_new_tokens=s.max_new_tokens, num_fewshot=1,
+                           num_samples=0, seed=s.seed)
+    result = evaluate_tool_use(model, tokenizer, prompt=INITIAL_TOOL_PROMPT, problems=problems, config=config,
+                               data_dir=data_dir)
+    correct = np.array([record["correct"] for record in result.records], dtype=float)
+    interval = bootstrap_interval([correct], np.mean, resamples=s.bootstrap_resamples, seed=s.seed,
+                                  confidence=s.confidence)
+    return _figure(correct.mean(), interval, len(correct), sources=sources,
+                   tool_usage_rate=result.metrics["tool_usage_rate"])
+
+
+def has_thinking_tokens(tokenizer) -> bool:
+    from forge.quietstar.tokens import THINKING_TOKENS
+
+    vocab = tokenizer.get_vocab()
+    return all(token in vocab for token in THINKING_TOKENS)
+
+
+def _thinking_figure(model, tokenizer, s: ScoreboardSettings) -> dict[str, Any]:
+    from forge.quietstar.generate import answer_accuracy
+    from forge.quietstar.synthetic import SyntheticConfig, SyntheticReasoningGenerator
+
+    generator = SyntheticReasoningGenerator(SyntheticConfig(heldout=True, seed=s.seed))
+    problems = [(e.question, e.answer) for e in generator.generate(s.thinking_items)]
+    scored = answer_accuracy(model, tokenizer, problems, max_new_tokens=s.max_new_tokens, allow_thinking=True)
+    used = np.array([item["used_thinking"] for item in scored["items"]], dtype=float)
+    interval = bootstrap_interval([used], np.mean, resamples=s.bootstrap_resamples, seed=s.seed,
+                                  confidence=s.confidence)
+    return _figure(used.mean(), interval, len(used), answer_accuracy=scored["accuracy"])
+
+
+def _speed_figure(model, tokenizer, s: ScoreboardSettings) -> dict[str, Any]:
+    """Greedy tokens/s, one prompt at a time (thinking not allowed: the same work for every model)."""
+    from forge.quietstar.generate import generate
+    from forge.quietstar.synthetic import SyntheticConfig, SyntheticReasoningGenerator
+
+    generator = SyntheticReasoningGenerator(SyntheticConfig(heldout=True, seed=s.seed + 1))
+    prompts = [f"Question: {e.question}\n" for e in generator.generate(s.speed_prompts)]
+    generate(model, tokenizer, prompts[:1], max_new_tokens=2, allow_thinking=False)  # warm-up, not timed
+    rows = []
+    for prompt in prompts:
+        started = time.perf_counter()
+        output = generate(model, tokenizer, [prompt], max_new_tokens=s.speed_tokens, allow_thinking=False)[0]
+        rows.append((output.generated_tokens, time.perf_counter() - started))
+    pairs = np.array(rows, dtype=np.float64)
+    interval = bootstrap_interval([pairs], _ratio_of_sums, resamples=s.bootstrap_resamples, seed=s.seed,
+                                  confidence=s.confidence)
+    return _figure(_ratio_of_sums(pairs), interval, len(rows))
+
+
+def weights_size_mb(model_dir: Path) -> float:
+    """Megabytes of weight files in a model directory (what a user downloads and loads)."""
+    files = [p for p in Path(model_dir).iterdir() if p.suffix in WEIGHT_FILES]
+    if not files:
+        raise FileNotFoundError(f"{model_dir} holds no weight file ({', '.join(WEIGHT_FILES)})")
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+def score_model(model, tokenizer, model_dir: Path, settings: ScoreboardSettings, *, heldout_texts: Sequence[str],
+                wikitext_texts: Sequence[str] | None, data_dir) -> dict[str, Any]:
+    """The scoreboard figures of one model (loaded from ``model_dir``); see the module doc."""
+    import torch
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    was_training = model.training
+    model.eval()
+    metrics: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, measure: Callable[[], dict[str, Any]]) -> None:
+        begin = time.perf_counter()
+        figures = measure()
+        metrics.update(figures if name == "task_accuracy" else {name: figures})
+        timings[name] = round(time.perf_counter() - begin, 2)
+
+    try:
+        with torch.no_grad():
+            timed("heldout_perplexity", lambda: _perplexity_figure(model, tokenizer, heldout_texts, settings))
+            if wikitext_texts:
+                timed("wikitext_perplexity", lambda: _perplexity_figure(model, tokenizer, wikitext_texts, settings))
+            tasks = DATA_TASKS if data_dir else OFFLINE_TASKS
+            timed("task_accuracy", lambda: _task_figures(model, tokenizer, tasks, data_dir, settings))
+            timed("tool_accuracy", lambda: _tool_figure(model, tokenizer, data_dir, settings))
+            if has_thinking_tokens(tokenizer):
+                timed("thinking_usage", lambda: _thinking_figure(model, tokenizer, settings))
+            timed("tokens_per_s", lambda: _speed_figure(model, tokenizer, settings))
+    finally:
+        model.train(was_training)
+    size = weights_size_mb(model_dir)
+    metrics["size_mb"] = _figure(size, (size, size), 1)
+    return {"metrics": metrics, "timings_s": timings, "score_s": round(time.perf_counter() - started, 2),
+            "score_cpu_s": round(time.process_time() - cpu_started, 2)}  # CPU time: the cost on a shared machine
+
+
+def wikitext_heldout(data_dir, settings: ScoreboardSettings) -> list[str]:
+    """The WikiText-2 held-out documents the scoreboard scores (a fixed draw), [] without a data folder."""
+    if not data_dir:
+        return []
+    from benchmarks.tasks import get_task, load_docs, select_docs
+
+    docs = load_docs(get_task("wikitext"), data_dir, heldout_only=True)
+    per_document = max(1, settings.wikitext_chars // settings.wikitext_docs)
+    return [doc["text"][:per_document] for doc in select_docs(docs, settings.wikitext_docs, settings.seed)]
+
+
+def row_key(model_manifest: Mapping[str, Any], settings: ScoreboardSettings, items: Mapping[str, Any]) -> str:
+    """Cache key of a row: the weights' hash and tokenizer files from the model's manifest, the settings and
+    a digest of the items (texts, data folder)."""
+    tokenizer_files = {name: meta["sha256"] for name, meta in model_manifest["files"].items()
+                       if name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens"))}
+    payload = json.dumps({"weights": model_manifest["weights_sha256"], "tokenizer": tokenizer_files,
+                          "settings": asdict(settings), "items": items}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    """Whether value ``a`` of ``metric`` is better than ``b``."""
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+def gate_decision(output: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], metric: str,
+                  tolerance: float) -> dict[str, Any]:
+    """Whether ``output`` is worse than the best input on ``metric`` beyond both intervals.
+
+    Worse means: the output's whole interval lies on the worse side of the best input's interval by more
+    than ``tolerance`` times the input's value (lower-is-better metrics: output low > input high + margin;
+    higher-is-better: output high < input low - margin). Overlapping intervals are not a difference.
+    """
+    if not inputs:
+        raise ValueError("gate_decision needs at least one input row")
+    missing = [name for name, row in {"output": output, **inputs}.items() if metric not in row["metrics"]]
+    if missing:
+        raise ValueError(f"the scoreboard metric {metric!r} is missing from the rows of {', '.join(missing)}; "
+                         f"choose one of {', '.join(sorted(output['metrics']))}")
+    best_name = None
+    for name, row in inputs.items():
+        value = row["metrics"][metric]["value"]
+        if best_name is None or better(metric, value, inputs[best_name]["metrics"][metric]["value"]):
+            best_name = name
+    out, best = output["metrics"][metric], inputs[best_name]["metrics"][metric]
+    margin = tolerance * abs(best["value"])
+    if not math.isfinite(out["value"]):
+        worse = math.isfinite(best["value"])  # a NaN or infinite figure is worse than any finite one
+    elif metric in LOWER_IS_BETTER:
+        worse = out["low"] > best["high"] + margin
+    else:
+        worse = out["high"] < best["low"] - margin
+    return {"metric": metric, "tolerance": tolerance, "worse": bool(worse), "best_input": best_name,
+            "input": {k: best[k] for k in ("value", "low", "high")},
+            "output": {k: out[k] for k in ("value", "low", "high")},
+            "lower_is_better": metric in LOWER_IS_BETTER}

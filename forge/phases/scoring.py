@@ -1,0 +1,148 @@
+"""After each phase (run by ``forge.pipeline``, not a phase itself): the scoreboard rows of the phase's output
+models, and the gate that hands the phase's input on when its output is worse.
+
+Rows are measured by ``benchmarks.scoreboard`` on ``actors.BenchmarkActor``s and cached by key under
+``runs/<name>/scoreboard_cache/`` (an unchanged model is never scored twice, so the inputs' rows cost
+nothing); ``runs/<name>/scoreboard.json`` holds every phase's rows and gate decision, written atomically.
+A gated phase's handed-on model is an exact copy of its best input under ``<phase>/gated/<output name>``;
+its own output stays where the phase wrote it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from benchmarks.cache import ResultCache
+from benchmarks.scoreboard import LOWER_IS_BETTER, gate_decision, row_key, wikitext_heldout
+from forge.artifacts import atomic_dir, atomic_write_json, read_json, read_manifest
+from forge.config import PipelineConfig
+from forge.phases.cognate import read_heldout_texts
+
+log = logging.getLogger(__name__)
+
+SCOREBOARD_FILE = "scoreboard.json"
+CACHE_DIR = "scoreboard_cache"
+GATED_DIR = "gated"
+
+
+def read_scoreboard(run_dir: Path) -> dict[str, Any]:
+    """The run's scoreboard file, or an empty one."""
+    path = Path(run_dir) / SCOREBOARD_FILE
+    return read_json(path) if path.is_file() else {"phases": {}}
+
+
+def format_figure(figure: Mapping[str, Any]) -> str:
+    """``value [low, high]`` with a precision that suits the magnitude."""
+    def number(x: float) -> str:
+        if not math.isfinite(x):
+            return str(x)
+        return f"{x:.3g}" if abs(x) >= 1e4 or abs(x) < 1e-2 and x != 0 else f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
+    return f"{number(figure['value'])} [{number(figure['low'])}, {number(figure['high'])}]"
+
+
+class RunScorer:
+    """Scores model directories of one run with one set of items, through the run's row cache."""
+
+    def __init__(self, config: PipelineConfig, run_dir: Path, data_dir: str | None):
+        self.config, self.run_dir, self.data_dir = config, Path(run_dir), data_dir
+        board = config.scoreboard
+        self.settings = board.settings()
+        self.heldout_texts = read_heldout_texts(self.run_dir / "cognate", board.heldout_chars)
+        self.wikitext_texts = wikitext_heldout(data_dir, self.settings)
+        self.items = {"heldout": hashlib.sha256(json.dumps(self.heldout_texts).encode()).hexdigest(),
+                      "wikitext": hashlib.sha256(json.dumps(self.wikitext_texts).encode()).hexdigest(),
+                      "data_dir": data_dir}
+        self.cache = ResultCache(self.run_dir / CACHE_DIR)
+
+    def rows(self, model_dirs: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
+        """``{name: row}``: cached rows as stored, the others measured at once on benchmark actors."""
+        from actors.benchmark_actor import score_model_dirs
+
+        keys = {name: row_key(read_manifest(path), self.settings, self.items) for name, path in model_dirs.items()}
+        found = {name: self.cache.get(key) for name, key in keys.items()}
+        missing = {name: model_dirs[name] for name, row in found.items() if row is None}
+        measured = score_model_dirs(missing, self.settings, heldout_texts=self.heldout_texts,
+                                    wikitext_texts=self.wikitext_texts, data_dir=self.data_dir,
+                                    device=self.config.device)
+        rows = {}
+        for name, path in model_dirs.items():
+            row = found[name]
+            if row is None:
+                row = {**measured[name], "weights_sha256": read_manifest(path)["weights_sha256"]}
+                self.cache.put(keys[name], row)
+            rows[name] = {**row, "path": Path(path).resolve().relative_to(self.run_dir.resolve()).as_posix(),
+                          "cached": found[name] is not None}
+        return rows
+
+
+def _hand_on_input(phase_dir: Path, output_name: str, source: Path) -> Path:
+    """An exact copy of the input model directory (same files, same digest) as this phase's output."""
+    target = phase_dir / GATED_DIR / output_name
+    with atomic_dir(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    return target
+
+
+def score_phase(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Path, outputs: dict[str, Path],
+                inputs: Mapping[str, Path], data_dir: str | None) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Score the phase's outputs, apply the gate, record both in scoreboard.json.
+
+    Returns the outputs to hand on (an input replaces a gated output) and the manifest's summary entry.
+    """
+    board = config.scoreboard
+    scorer = RunScorer(config, run_dir, data_dir)
+    rows = scorer.rows(outputs)
+    metric = board.primary_metric
+    entry: dict[str, Any] = {"models": rows, "primary_metric": metric, "gate": None, "handed_on": {}}
+    handed_on = dict(outputs)
+    if board.gate and inputs:
+        input_rows = scorer.rows(inputs)
+        entry["input_rows"] = input_rows
+        decisions = {}
+        for name in outputs:
+            decision = gate_decision(rows[name], input_rows, metric, board.tolerance)
+            if decision["worse"]:
+                handed_on[name] = _hand_on_input(phase_dir, name, inputs[decision["best_input"]])
+                decision["handed_on"] = f"input {decision['best_input']}"
+            else:
+                decision["handed_on"] = "output"
+            decisions[name] = decision
+        entry["gate"] = decisions
+    entry["handed_on"] = {name: Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
+                          for name, path in handed_on.items()}
+    scoreboard = read_scoreboard(run_dir)
+    scoreboard["settings"] = {**board.__dict__}
+    scoreboard["phases"][phase] = entry  # stored with sorted keys; readers order phases by forge.phases.PHASES
+    atomic_write_json(Path(run_dir) / SCOREBOARD_FILE, scoreboard)
+    for line in console_lines(phase, entry, metric):
+        print(line, flush=True)
+    summary = {"primary_metric": metric,
+               "rows": {name: {k: v["value"] for k, v in row["metrics"].items()} for name, row in rows.items()},
+               "gate": entry["gate"], "handed_on": entry["handed_on"]}
+    return handed_on, summary
+
+
+def console_lines(phase: str, entry: Mapping[str, Any], metric: str) -> list[str]:
+    """The scoreboard's headline of a phase, and what the gate did."""
+    lines = []
+    for name, row in entry["models"].items():
+        figures = row["metrics"]
+        extra = ", ".join(f"{key} {format_figure(figures[key])}" for key in ("task_accuracy", "tool_accuracy")
+                          if key in figures and key != metric)
+        how = "cached" if row["cached"] else f"{row['score_s']:.0f} s"
+        lines.append(f"[forge] {phase}: scoreboard {name}: {metric} {format_figure(figures[metric])}"
+                     f"{' (lower is better)' if metric in LOWER_IS_BETTER else ''}; {extra}; {how}")
+    for name, decision in (entry["gate"] or {}).items():
+        if decision["worse"]:
+            lines.append(f"[forge] {phase}: GATE: output {name} is worse than input {decision['best_input']} on "
+                         f"{metric} ({format_figure(decision['output'])} vs {format_figure(decision['input'])}); "
+                         f"handing on the input instead ({entry['handed_on'][name]})")
+        else:
+            lines.append(f"[forge] {phase}: gate passed: {name} not worse than input {decision['best_input']} on "
+                         f"{metric} ({format_figure(decision['output'])} vs {format_figure(decision['input'])})")
+    return lines

@@ -1,0 +1,93 @@
+"""The scoreboard: bootstrap intervals, the gate's boundary, rows of real (tiny) models on actors and in-process."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from actors.benchmark_actor import score_model_dirs
+from benchmarks.scoreboard import bootstrap_interval, gate_decision, row_key, score_model
+from forge.artifacts import read_manifest, save_model_dir
+from forge.config import ScoreboardConfig
+from forge.data.tokenizer import load_gpt2_tokenizer
+
+SETTINGS = ScoreboardConfig(heldout_chars=600, task_items=6, max_new_tokens=4, tool_items=2, thinking_items=2,
+                            speed_prompts=2, speed_tokens=4, bootstrap_resamples=200).settings()
+TEXTS = ["The river runs past the old mill and into the valley below the town.",
+         "A library keeps books, maps and letters; readers borrow them for two weeks.",
+         "Seven plus five is twelve, and twelve minus three is nine.",
+         "The garden has roses, tulips and a small pond with fish in it."]
+
+
+def _row(value, low, high):
+    return {"metrics": {"heldout_perplexity": {"value": value, "low": low, "high": high},
+                        "task_accuracy": {"value": value, "low": low, "high": high}}}
+
+
+def test_bootstrap_is_seeded_and_covers_the_estimate():
+    values = np.random.default_rng(0).random(50)
+    first = bootstrap_interval([values], np.mean, resamples=300, seed=7, confidence=0.95)
+    assert first == bootstrap_interval([values], np.mean, resamples=300, seed=7, confidence=0.95)
+    assert first != bootstrap_interval([values], np.mean, resamples=300, seed=8, confidence=0.95)
+    assert first[0] < values.mean() < first[1]
+    wide = bootstrap_interval([values[:10]], np.mean, resamples=300, seed=7, confidence=0.95)
+    assert wide[1] - wide[0] > first[1] - first[0]  # fewer items, wider interval
+    assert bootstrap_interval([np.ones(5)], np.mean, resamples=10, seed=0, confidence=0.9) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="at least one item"):
+        bootstrap_interval([np.array([])], np.mean, resamples=10, seed=0, confidence=0.9)
+
+
+def test_gate_acts_only_beyond_the_intervals_and_the_tolerance():
+    inputs = {"a": _row(100.0, 90.0, 110.0), "b": _row(300.0, 250.0, 350.0)}
+    # Perplexity (lower is better): compared with the best input, a; worse only when the output's low end
+    # lies above a's high end plus the margin.
+    at_edge = gate_decision(_row(130.0, 110.0, 150.0), inputs, "heldout_perplexity", 0.0)
+    assert at_edge["best_input"] == "a" and not at_edge["worse"]
+    assert gate_decision(_row(130.0, 110.01, 150.0), inputs, "heldout_perplexity", 0.0)["worse"]
+    assert not gate_decision(_row(130.0, 119.9, 150.0), inputs, "heldout_perplexity", 0.1)["worse"]
+    assert gate_decision(_row(130.0, 120.1, 150.0), inputs, "heldout_perplexity", 0.1)["worse"]
+    # Accuracy (higher is better): the best input is b; worse when the output's high end is below b's low end.
+    assert not gate_decision(_row(0.2, 0.1, 250.0), inputs, "task_accuracy", 0.0)["worse"]
+    assert gate_decision(_row(0.2, 0.1, 249.9), inputs, "task_accuracy", 0.0)["worse"]
+    assert gate_decision(_row(math.nan, math.nan, math.nan), inputs, "heldout_perplexity", 0.0)["worse"]
+    with pytest.raises(ValueError, match="missing"):
+        gate_decision(_row(1, 1, 1), inputs, "tool_accuracy", 0.0)
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, one_torch_thread):
+    tokenizer = load_gpt2_tokenizer()
+    out = tmp_path_factory.mktemp("board")
+    dirs = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tokenizer), n_positions=256))
+        dirs[seed] = save_model_dir(model, tokenizer, out / f"m{seed}", phase="test")
+    return tokenizer, dirs
+
+
+def test_rows_are_fixed_per_model_and_change_with_the_model(two_models, ray_session):
+    from forge.artifacts import load_model_dir
+
+    _, dirs = two_models
+    model, tokenizer = load_model_dir(dirs[0])
+    row = score_model(model, tokenizer, dirs[0], SETTINGS, heldout_texts=TEXTS, wikitext_texts=[], data_dir=None)
+    figures = row["metrics"]
+    assert {"heldout_perplexity", "task_accuracy", "task_accuracy/synthetic_reasoning", "tool_accuracy",
+            "tokens_per_s", "size_mb"} <= set(figures)
+    assert "thinking_usage" not in figures  # the GPT-2 tokenizer has no thinking tokens
+    for figure in figures.values():
+        assert figure["low"] <= figure["value"] <= figure["high"]
+    assert figures["heldout_perplexity"]["n"] == len(TEXTS)
+    assert figures["task_accuracy"]["n"] == SETTINGS.task_items
+    # The same model on a Ray benchmark actor gives the same item figures; another model does not.
+    remote = score_model_dirs({"same": dirs[0], "other": dirs[1]}, SETTINGS, heldout_texts=TEXTS, wikitext_texts=[],
+                              data_dir=None, device="cpu")
+    for key in ("heldout_perplexity", "task_accuracy", "tool_accuracy", "size_mb"):
+        assert remote["same"]["metrics"][key]["value"] == pytest.approx(figures[key]["value"], rel=1e-6)
+    assert remote["other"]["metrics"]["heldout_perplexity"]["value"] != pytest.approx(
+        figures["heldout_perplexity"]["value"], rel=1e-6)
+    items = {"heldout": "x"}
+    assert row_key(read_manifest(dirs[0]), SETTINGS, items) != row_key(read_manifest(dirs[1]), SETTINGS, items)
+    assert row_key(read_manifest(dirs[0]), SETTINGS, items) != row_key(read_manifest(dirs[0]), SETTINGS, {"heldout": "y"})
