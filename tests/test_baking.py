@@ -21,7 +21,7 @@ from forge.artifacts import (
 from forge.bake import main as bake_main
 from forge.baking import (
     BakingConfig,
-    BakingError,
+    NothingToBake,
     bake_prompt,
     bake_sequence,
     base_weights_hash,
@@ -270,5 +270,7 @@ def test_bad_input_is_refused_clearly(tokenizer, tmp_path):
     blind = tiny_llama(tokenizer)  # with attention zeroed a token never sees its context, nor the prompt
     for layer in blind.model.layers:
         torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
-    with pytest.raises(BakingError, match="nothing to bake"):
+    keys = set(blind.state_dict())
+    with pytest.raises(NothingToBake, match="nothing to bake"):
         bake_prompt(blind, tokenizer, PROMPT, INPUTS, CONFIG)
+    assert set(blind.state_dict()) == keys  # no adapter layers left behind: the caller can go on with the model

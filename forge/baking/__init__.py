@@ -7,6 +7,7 @@ from forge.baking.bake import (
     BakeResult,
     BakingError,
     EpochReport,
+    NothingToBake,
     TrajectorySet,
     bake_prompt,
     base_weights_hash,
@@ -21,7 +22,7 @@ from forge.baking.config import BakingConfig, strength_fraction
 from forge.baking.trajectories import Trajectory, load_inputs, sample_trajectories
 
 __all__ = [
-    "BakeResult", "BakingConfig", "BakingError", "EpochReport", "Trajectory", "TrajectorySet",
+    "BakeResult", "BakingConfig", "BakingError", "EpochReport", "NothingToBake", "Trajectory", "TrajectorySet",
     "bake_prompt", "bake_sequence", "base_weights_hash", "export_merged", "find_lora_targets", "load_adapter",
     "load_inputs", "mean_kl", "measured_strength", "prompt_target", "pursue_prompt", "sample_trajectories",
     "save_adapter", "stack_bakes", "strength_fraction",

@@ -47,6 +47,15 @@ class BakingError(RuntimeError):
     """A bake cannot be run or its result cannot be trusted."""
 
 
+class NothingToBake(BakingError):
+    """The prompt does not change the reference model's predictions: there is no behaviour to bake."""
+
+    def __init__(self, kl: float):
+        super().__init__(f"the prompt does not change the reference model's predictions on the held-out inputs "
+                         f"(KL = {kl:.3g}); there is nothing to bake")
+        self.kl = kl
+
+
 def find_lora_targets(model: nn.Module) -> list[str]:
     """Names (last path component) of every linear layer to adapt: ``nn.Linear`` and GPT-2's ``Conv1D``.
 
@@ -239,10 +248,8 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
     kl_reference = kl_before if reference is None else mean_kl(
         teacher_view, reference_view, trajectories.heldout, tokenizer, config)
     if kl_reference <= 1e-9:
-        raise BakingError(
-            f"the prompt does not change the reference model's predictions on the held-out inputs "
-            f"(KL = {kl_reference:.3g}); there is nothing to bake"
-        )
+        student.unload()  # the model leaves as it came, without adapter layers (B is still zero)
+        raise NothingToBake(kl_reference)
 
     history = _train(student, teacher_view, trajectories, tokenizer, config, kl_reference)
     kl_after = history[-1].heldout_kl

@@ -43,7 +43,7 @@ from cluster.resources import evaluation_share
 from forge.ab_cycles import (A_SCORE_NAMES, ABResult, last_checkpoint_iteration, plot_trajectory, run_ab_cycles,
                              spec_strength)
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, state_dict_hash
-from forge.baking import bake_prompt
+from forge.baking import NothingToBake, bake_prompt
 from forge.criteria import criterion, missed
 from forge.data.readers import read_swebench
 from forge.phases.base import PhaseContext, PhaseResult
@@ -167,8 +167,15 @@ class ToolPersonaWork:
         return run_harness(path, run_id=run_id)["resolved_rate"]
 
     def _bake(self, prompt: str, strength: str) -> float:
-        result = bake_prompt(self.model, self.tokenizer, prompt, self.bake_inputs,
-                             self.config.baking.at_strength(strength))
+        """Bake ``prompt``; its measured strength. A prompt that changes nothing in the model's predictions is
+        not baked: the model stays as it is, the prompt is recorded under ``not_baked`` and its strength is 0."""
+        try:
+            result = bake_prompt(self.model, self.tokenizer, prompt, self.bake_inputs,
+                                 self.config.baking.at_strength(strength))
+        except NothingToBake as err:
+            print(f"[forge] tool_persona: {strength}-bake skipped: {err}", flush=True)
+            self.prompts.setdefault("not_baked", []).append({"prompt": prompt, "strength": strength, "kl": err.kl})
+            return 0.0
         self.model = result.merge().eval()
         return result.strength
 
