@@ -137,7 +137,13 @@ def test_killed_benchmark_actor_is_restarted_and_its_evaluation_gives_the_same_r
                                    weights=weights)
         finished = time.time()
         killer.join()
+        # Ray restarts the killed actor whether or not its share of the evaluations had already come back (on an
+        # idle machine they can finish within the 0.3 s): wait for the new process's record, not a race with it.
+        deadline = time.time() + 60
         attempts = read_attempts(attempts_file, actors[0]._actor_id.hex())
+        while len(attempts) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+            attempts = read_attempts(attempts_file, actors[0]._actor_id.hex())
     finally:
         for actor in actors:
             ray.kill(actor)
