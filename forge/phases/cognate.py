@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -31,20 +32,20 @@ log = logging.getLogger(__name__)
 
 VALIDATION_SEED = 1729  # fixed, so the held-out documents do not move when the run's seed changes
 HELDOUT_TEXTS = "heldout_texts.json"
+REPLAY_TEXTS = "replay_texts.json"
+"""Written next to the models: a seeded sample of the training documents, replayed by later phases' fine-tuning
+so that it keeps the models' text modelling (never the held-out documents)."""
 HALTING_SPREAD_REQUIRED = 2.0  # spec: halting_diversity > 2.0 (steps)
 SPEED_SPREAD_MS_REQUIRED = 10.0  # spec: speed_diversity > 10.0 (ms)
 """Written next to the models: the validation documents no model trained on (later phases' perplexity)."""
 
 
-def read_heldout_texts(cognate_dir: Path, max_chars: int) -> list[str]:
-    """Phase 1's held-out documents (no Cognate model trained on them), up to ``max_chars`` characters taken
-    evenly across the whole set: the file is grouped by stage and source, so its first documents alone are
-    not representative (a Phase 1 model's perplexity on the first 20k characters was 1.7x that on all)."""
-    path = Path(cognate_dir) / HELDOUT_TEXTS
+def _read_texts(path: Path, max_chars: int, what: str) -> list[str]:
+    """Up to ``max_chars`` characters of the documents in ``path``, taken evenly across the whole file (it is
+    grouped by stage and source, so its first documents alone are not representative)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: later phases measure on the texts Phase 1 held out; run the "
-                                "cognate phase in this run directory first (python -m forge.pipeline --phases "
-                                "cognate,...)")
+        raise FileNotFoundError(f"{path} not found: later phases read the {what} Phase 1 wrote; run the cognate "
+                                "phase in this run directory first (python -m forge.pipeline --phases cognate,...)")
     documents = read_json(path)["texts"]
     step = max(1, math.floor(sum(map(len, documents)) / max_chars)) if max_chars > 0 else 1
     texts, total = [], 0
@@ -54,9 +55,20 @@ def read_heldout_texts(cognate_dir: Path, max_chars: int) -> list[str]:
         texts.append(text[: max_chars - total])
         total += len(texts[-1])
     if total < 100:
-        raise ValueError(f"{path} holds only {total} characters of held-out text; raise "
+        raise ValueError(f"{path} holds only {total} characters of {what}; raise "
                          "cognate.data.validation_fraction (or the reading phase's character limit)")
     return texts
+
+
+def read_heldout_texts(cognate_dir: Path, max_chars: int) -> list[str]:
+    """Phase 1's held-out documents (no Cognate model trained on them), up to ``max_chars`` characters taken
+    evenly across the whole set (a Phase 1 model's perplexity on the first 20k characters was 1.7x that on all)."""
+    return _read_texts(Path(cognate_dir) / HELDOUT_TEXTS, max_chars, "held-out text")
+
+
+def read_replay_texts(cognate_dir: Path, max_chars: int) -> list[str]:
+    """Phase 1's training documents sampled for replay (see ``REPLAY_TEXTS``), up to ``max_chars`` characters."""
+    return _read_texts(Path(cognate_dir) / REPLAY_TEXTS, max_chars, "replay text")
 
 
 def _source_config(config: PipelineConfig) -> SourceConfig:
@@ -180,6 +192,13 @@ def run(ctx: PhaseContext) -> PhaseResult:
 
     atomic_write_json(ctx.phase_dir / HELDOUT_TEXTS, {"seed": VALIDATION_SEED, "fraction": fraction,
                                                       "texts": val_texts})
+    replay, replay_chars = [], 0
+    for text in random.Random(config.seed).sample(train_texts, len(train_texts)):
+        if replay_chars >= cognate.data.replay_chars:
+            break
+        replay.append(text)
+        replay_chars += len(text)
+    atomic_write_json(ctx.phase_dir / REPLAY_TEXTS, {"seed": config.seed, "texts": replay})
     tokenizer, tokenizer_dir = _tokenizer(ctx, train_texts)
     val_stream = _encode(tokenizer, val_texts)
     val_blocks = blocks_from_stream(val_stream, seq_len)

@@ -26,6 +26,7 @@ import torch
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, verify_model_dir
 from forge.criteria import criterion, missed
 from forge.phases.base import PhaseContext, PhaseResult
+from forge.phases.cognate import read_replay_texts
 from forge.quietstar.data import dataset_metadata, read_dataset, validate_examples, write_dataset
 from forge.quietstar.format_bake import bake_reasoning_format, select_examples
 from forge.quietstar.generate import answer_accuracy, generation_speed
@@ -155,7 +156,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
                      "strategies": dataset_metadata(examples)["strategies"]}
         atomic_write_json(ctx.work_dir / "data_info.json", data_info)
         train, val = select_examples(examples, config.format_bake)
-        report = bake_reasoning_format(model, tokenizer, train, val, config.format_bake,
+        replay = (read_replay_texts(ctx.run_dir / "cognate", max_chars=10**12)
+                  if config.format_bake.replay_sequences else None)
+        report = bake_reasoning_format(model, tokenizer, train, val, config.format_bake, replay_texts=replay,
                                        checkpoint_dir=ctx.work_dir / "step1", log=tracker.log)
         step1_report = report.to_dict()
         save_model_dir(model, tokenizer, step1_dir, phase="quietstar-step1")
