@@ -24,6 +24,7 @@ import yaml
 
 from forge.baking.config import BakingConfig
 from forge.baking.trajectories import max_positions
+from forge.data.replay import Replay
 from forge.quietstar.generate import answer_accuracy
 
 DATA_LEVEL_SOURCES = ("svamp", "gsm8k")  # word-problem sets a level can draw from, easiest first
@@ -57,6 +58,9 @@ class CurriculumPhaseConfig:
     max_new_tokens: int = 32  # greedy tokens generated per held-out item when measuring accuracy
     values_file: str | None = None  # YAML of the value prompts; None: configs/prompts/values.yaml of the project
     bake_inputs: int = 6  # training questions of the level that follow each prompt in the bake
+    replay_sequences: int = 4  # Phase 1 training-text blocks replayed in every step (keeps the model's text
+    # modelling while it learns the level); 0: off
+    replay_seq_len: int = 128  # tokens per replayed block
     tool_use_items: int = 128  # train-side tool-use transcripts per source (Phase 6's sources, prompt and format)
     # shuffled into every level's training stage, so Phase 6's A-cycle starts from a model that calls tools; 0: none
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
@@ -78,6 +82,9 @@ class CurriculumPhaseConfig:
             raise ValueError(f"curriculum.data_levels: unknown {unknown}; choose from {', '.join(DATA_LEVEL_SOURCES)}")
         if self.learning_rate <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
             raise ValueError("curriculum needs learning_rate > 0 and weight_decay, grad_clip, warmup_steps >= 0")
+        if self.replay_sequences < 0 or self.replay_seq_len < 2:
+            raise ValueError(f"curriculum needs replay_sequences >= 0 and replay_seq_len >= 2, got "
+                             f"{self.replay_sequences} and {self.replay_seq_len}")
         if self.tool_use_items < 0:
             raise ValueError(f"curriculum.tool_use_items must be >= 0, got {self.tool_use_items}")
         if self.bake_inputs < 2:
@@ -300,14 +307,17 @@ class StageReport:
     sequences: int  # training sequences available (items that fit the model's positions)
     extra_sequences: int  # of those, the extra (prompt, completion) pairs, e.g. tool-use demonstrations
     loss_first: float  # the model's own training loss at the first step
-    loss_last: float  # mean training loss over the last tenth of the steps
+    loss_last: float  # mean training loss over the last tenth of the steps (the level's loss, without replay)
+    replay_loss_mean: float | None  # mean language-modelling loss of the replayed blocks; None: no replay
     wall_time_s: float  # time the stage took
 
 
 def train_stage(model, tokenizer, items: Sequence[LevelItem], config: CurriculumPhaseConfig,
-                extra_pairs: Sequence[tuple[str, str]] = ()) -> StageReport:
+                extra_pairs: Sequence[tuple[str, str]] = (), replay: Replay | None = None,
+                replay_first_step: int = 0) -> StageReport:
     """Next-token training on the items' solutions and answers (prompt tokens masked out), with AdamW;
-    ``extra_pairs`` (prompt, completion) texts are shuffled in with the items.
+    ``extra_pairs`` (prompt, completion) texts are shuffled in with the items; with ``replay``, each step adds the
+    language-modelling loss of its replay blocks (step ``replay_first_step + step``).
 
     The loss is the model's own (``labels=``), so a Cognate model keeps its ACT and deep-supervision terms.
     """
@@ -320,7 +330,7 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     rng = random.Random(f"curriculum-train/{config.seed}")
     order: list[int] = []
-    losses = []
+    losses, replay_losses = [], []
     model.train()
     for step in range(config.steps_per_level):
         if len(order) < config.batch_size:
@@ -332,7 +342,12 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / (config.warmup_steps + 1))
         optimizer.zero_grad(set_to_none=True)
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        task_loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        loss = task_loss
+        if replay is not None:
+            replay_loss = replay.loss(model, replay_first_step + step)
+            replay_losses.append(replay_loss.item())
+            loss = task_loss + replay_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {float(loss)} at step {step} of the level; "
                                      "lower curriculum.learning_rate")
@@ -340,11 +355,13 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(task_loss.item())
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
     return StageReport(steps=len(losses), sequences=len(encoded), extra_sequences=len(extra), loss_first=losses[0],
-                       loss_last=sum(tail) / len(tail), wall_time_s=time.perf_counter() - started)
+                       loss_last=sum(tail) / len(tail),
+                       replay_loss_mean=sum(replay_losses) / len(replay_losses) if replay_losses else None,
+                       wall_time_s=time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------ accuracy

@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from forge.artifacts import load_model_dir, save_model_dir
 from forge.data import splits
 from forge.data.arithmetic import calculate
+from forge.data.replay import Replay
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
 from forge.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, LevelItem, answer_loss, build_levels,
                           completion_text, level_accuracy, level_specs, load_value_prompts, prompt_text,
@@ -126,6 +127,23 @@ def test_training_stage_lowers_loss_and_raises_accuracy(tokenizer):
     altered = [dataclasses.replace(item, answer=str(int(item.answer) + 1)) if index % 2 else item
                for index, item in enumerate(items)]
     assert level_accuracy(model, tokenizer, altered, max_new_tokens=24) == 0.5
+
+
+def test_training_stage_replays_pretraining_text(tokenizer):
+    level = build_levels(CurriculumPhaseConfig(train_items=4, heldout_items=4), None)[0]
+    text = ["Level one adds numbers and level two multiplies them, one step at a time. " * 6] * 4
+    ids = torch.tensor([tokenizer(text[0], add_special_tokens=False)["input_ids"][:64]])
+    config = CurriculumPhaseConfig(steps_per_level=40, batch_size=4, learning_rate=3e-3, replay_sequences=2,
+                                   replay_seq_len=32)
+    losses = {}
+    for replayed in (False, True):
+        model = tiny_llama(tokenizer)
+        replay = Replay(tokenizer, text, config.replay_seq_len, config.replay_sequences, seed=0) if replayed else None
+        report = train_stage(model, tokenizer, level.train, config, replay=replay)
+        assert (report.replay_loss_mean is not None) == replayed
+        with torch.no_grad():
+            losses[replayed] = model(input_ids=ids, labels=ids).loss.item()
+    assert losses[True] < losses[False] / 2, losses  # the replayed text is modelled; without replay it is not
 
 
 def test_training_stage_learns_the_extra_pairs_too(tokenizer):

@@ -10,13 +10,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, TOOL_PROTOCOL, load_problems
-from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
+from forge.artifacts import atomic_write_json, load_model_dir, read_manifest, save_model_dir, verify_model_dir
 from forge.baking import BakingConfig
 from forge.config import PipelineConfig
 from forge.data.tokenizer import train_bpe_tokenizer
 from forge.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, build_levels, completion_text,
                           load_value_prompts, prompt_text)
 from forge.phases.base import PhaseContext
+from forge.phases.cognate import HELDOUT_TEXTS, REPLAY_TEXTS
 from forge.phases.curriculum import choose_input, resume_state, run, run_fingerprint, tool_demonstrations
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import int8_candidates, pack_model, quantizable_linears, to_bitlinear, to_int8
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # Tiny and quick: two levels of a few items, short training stages, bakes of a few steps.
 CURRICULUM = CurriculumPhaseConfig(
     num_levels=2, train_items=24, heldout_items=4, steps_per_level=15, batch_size=8, learning_rate=3e-3,
-    max_new_tokens=20, bake_inputs=3, tool_use_items=0,
+    max_new_tokens=20, bake_inputs=3, tool_use_items=0, replay_sequences=2, replay_seq_len=32,
     baking=BakingConfig(lora_r=4, lora_alpha=8, learning_rate=1e-2, batch_size=4, samples_per_input=2,
                         max_new_tokens=6))
 
@@ -52,6 +53,11 @@ def ternary_dir(tmp_path_factory):
 
 
 def context(run_dir, inputs, curriculum=CURRICULUM) -> PhaseContext:
+    """Phase 5's context, with the texts Phase 1 leaves in a run (replayed, and held out for perplexity)."""
+    for name, seed in ((HELDOUT_TEXTS, 1), (REPLAY_TEXTS, 2)):
+        texts = [prompt_text(item) + completion_text(item) for item in build_levels(
+            dataclasses.replace(curriculum, seed=seed), None)[0].train]
+        atomic_write_json(run_dir / "cognate" / name, {"texts": texts})
     config = PipelineConfig()
     config.curriculum = curriculum
     return PhaseContext(config=config, run_dir=run_dir, phase_dir=run_dir / "curriculum", inputs=inputs)

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -26,14 +26,17 @@ from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_exam
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
 from forge.baking import bake_sequence
 from forge.configtools import config_hash
+from forge.data.replay import Replay
 from forge.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
                           count_tokens, level_accuracy, load_value_prompts, train_stage, values_path)
 from forge.phases.base import PhaseContext, PhaseResult
+from forge.phases.cognate import read_heldout_texts, read_replay_texts
 from forge.quant.convert import dequantize_model
 
 log = logging.getLogger(__name__)
 
 PHASE = "curriculum"
+HELDOUT_PERPLEXITY_CHARS = 6000  # Phase 1's held-out text measured before and after each level's steps
 RESUME_KEY = "curriculum_resume"  # manifest entry of a level checkpoint: fingerprint and records so far
 INPUT_NAMES = ("champion", "model")  # names of the previous phase's model, in order of preference
 
@@ -90,17 +93,24 @@ def resume_state(ctx: PhaseContext, num_levels: int, fingerprint: str) -> dict[s
 
 
 def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cfg: CurriculumPhaseConfig,
-              tool_pairs: Sequence[tuple[str, str]] = ()) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train, measure and bake one level; returns the baked model and the level's record."""
+              tool_pairs: Sequence[tuple[str, str]] = (), replay: Replay | None = None,
+              perplexity: Callable[[torch.nn.Module], float] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train, measure and bake one level; returns the baked model and the level's record. ``perplexity``
+    (held-out text) is recorded before, after training and after baking when given."""
     heldout = level.heldout
     record: dict[str, Any] = {**dataclasses.asdict(level.spec), "train_items": len(level.train),
                               "heldout_items": len(heldout)}
     record["accuracy_before"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
     record["heldout_answer_loss_before"] = answer_loss(model, tokenizer, heldout)
-    stage = train_stage(model, tokenizer, level.train, cfg, extra_pairs=tool_pairs)
+    if perplexity is not None:
+        record["heldout_perplexity_before"] = perplexity(model)
+    stage = train_stage(model, tokenizer, level.train, cfg, extra_pairs=tool_pairs, replay=replay,
+                        replay_first_step=(level.spec.level - 1) * cfg.steps_per_level)
     record["training"] = dataclasses.asdict(stage)
     record["accuracy_after_training"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
     record["heldout_answer_loss_after"] = answer_loss(model, tokenizer, heldout)
+    if perplexity is not None:
+        record["heldout_perplexity_after_training"] = perplexity(model)
 
     started = time.perf_counter()
     model, rows = bake_sequence(model, tokenizer, [prompt.text for prompt in prompts],
@@ -111,6 +121,8 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
     record["bake_time_s"] = time.perf_counter() - started
     model.eval()
     record["accuracy_after_baking"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
+    if perplexity is not None:
+        record["heldout_perplexity_after_baking"] = perplexity(model)
     return model, record
 
 
@@ -121,6 +133,9 @@ def level_metrics(record: dict[str, Any]) -> dict[str, Any]:
                                             "heldout_answer_loss_after", "bake_time_s")}
     metrics["train_loss_first"] = record["training"]["loss_first"]
     metrics["train_loss_last"] = record["training"]["loss_last"]
+    for key in ("heldout_perplexity_before", "heldout_perplexity_after_training", "heldout_perplexity_after_baking"):
+        if key in record:
+            metrics[key] = record[key]
     for bake in record["bakes"]:
         metrics[f"strength/{bake['name']}"] = bake["strength_vs_level_start"]
     return metrics
@@ -153,17 +168,28 @@ def run(ctx: PhaseContext) -> PhaseResult:
     print(f"[forge] curriculum: {len(levels)} levels ({', '.join(level.spec.source for level in levels)}) on "
           f"{name} ({input_dir}); {len(prompts)} value prompts from {values_file}", flush=True)
 
+    replay = (Replay(tokenizer, read_replay_texts(ctx.run_dir / "cognate", 10**12), cfg.replay_seq_len,
+                     cfg.replay_sequences, seed=cfg.seed) if cfg.replay_sequences else None)
+    heldout_texts = read_heldout_texts(ctx.run_dir / "cognate", HELDOUT_PERPLEXITY_CHARS)
+
+    def heldout_perplexity(level_model: torch.nn.Module) -> float:
+        from benchmarks.lm import perplexity
+
+        return perplexity(level_model, tokenizer, heldout_texts, max_length=cfg.replay_seq_len)
+
     tracker = ctx.tracker(PHASE, run_config=dataclasses.asdict(cfg))
     try:
         for level in levels[resumed_after:]:
-            model, record = run_level(model, tokenizer, level, prompts, cfg, tool_pairs)
+            model, record = run_level(model, tokenizer, level, prompts, cfg, tool_pairs, replay, heldout_perplexity)
             state["records"].append(record)
             tracker.log(level_metrics(record), step=level.spec.level)
             save_model_dir(model, tokenizer, level_dir(ctx, level.spec.level), phase=PHASE,
                            extra={RESUME_KEY: state})
             print(f"[forge] curriculum: level {level.spec.level} ({level.spec.source}): accuracy "
                   f"{record['accuracy_before']:.3f} -> {record['accuracy_after_training']:.3f} (trained) -> "
-                  f"{record['accuracy_after_baking']:.3f} (baked); strengths "
+                  f"{record['accuracy_after_baking']:.3f} (baked); held-out perplexity "
+                  f"{record['heldout_perplexity_before']:.1f} -> {record['heldout_perplexity_after_training']:.1f} -> "
+                  f"{record['heldout_perplexity_after_baking']:.1f}; strengths "
                   + ", ".join(f"{b['name']} {b['strength_vs_level_start']:.3f}" for b in record["bakes"]), flush=True)
     finally:
         tracker.finish()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from forge.artifacts import atomic_write_bytes
 from forge.criteria import is_met
-from forge.data.lm_dataset import blocks_from_stream, token_stream
+from forge.data.replay import Replay
 from forge.optim import MuonGrokfastConfig, build_muon_grokfast
 from forge.quietstar.data import ReasoningExample
 from forge.quietstar.tokens import STRATEGY_TOKENS, THINK_END, thinking_token_ids, token_words
@@ -272,22 +272,13 @@ def _batch_loss(model, batch: dict[str, torch.Tensor], device: torch.device) -> 
     return total / max(count, 1), count
 
 
-def _replay_loss(model, blocks: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Mean next-token cross-entropy over every token of full pretraining-text blocks."""
-    ids = blocks.to(device)
-    logits = model(input_ids=ids).logits
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), ids[:, 1:].reshape(-1))
-
-
 def _train_epoch(model, optimizer, encoded: Sequence[EncodedExample], pad_id: int, config: FormatBakeConfig,
-                 order_seed: int, replay: torch.Tensor | None) -> tuple[float, float | None]:
-    """One pass over ``encoded`` in a seeded order, each step with ``config.replay_sequences`` blocks of
-    ``replay`` (drawn in a seeded order, cycling). Token-weighted mean format loss and mean replay loss."""
+                 order_seed: int, replay: Replay | None, first_step: int) -> tuple[float, float | None]:
+    """One pass over ``encoded`` in a seeded order, each step with its blocks of ``replay`` (steps numbered from
+    ``first_step`` across epochs). Token-weighted mean format loss and mean replay loss."""
     device = _device(model)
     model.train()
-    generator = torch.Generator().manual_seed(order_seed)
-    order = torch.randperm(len(encoded), generator=generator).tolist()
-    replay_order = torch.randperm(len(replay), generator=generator) if replay is not None else None
+    order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(order_seed)).tolist()
     loss_sum, tokens, replay_sum, replay_steps = 0.0, 0, 0.0, 0
     for step, start in enumerate(range(0, len(order), config.batch_size)):
         batch = collate([encoded[i] for i in order[start:start + config.batch_size]], pad_id)
@@ -295,10 +286,8 @@ def _train_epoch(model, optimizer, encoded: Sequence[EncodedExample], pad_id: in
         if count == 0:
             continue  # every target token was cut off by seq_len: nothing to learn from this batch
         total = loss
-        if replay_order is not None:
-            k = config.replay_sequences
-            rows = replay_order[torch.arange(step * k, (step + 1) * k) % len(replay_order)]
-            replay_loss = _replay_loss(model, replay[rows], device)
+        if replay is not None:
+            replay_loss = replay.loss(model, first_step + step)
             total = loss + config.replay_weight * replay_loss
             replay_sum += replay_loss.item()
             replay_steps += 1
@@ -313,25 +302,15 @@ def _train_epoch(model, optimizer, encoded: Sequence[EncodedExample], pad_id: in
     return loss_sum / tokens, (replay_sum / replay_steps if replay_steps else None)
 
 
-def encode_replay(tokenizer, texts: Sequence[str], seq_len: int) -> torch.Tensor:
-    """Pretraining documents joined by end-of-text and cut into full blocks of ``seq_len`` tokens."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-    blocks = blocks_from_stream(token_stream(ids, tokenizer.eos_token_id), seq_len)
-    if len(blocks) == 0:
-        raise ValueError(f"the replay texts hold less than one sequence of {seq_len} tokens: give more text "
-                         "(cognate.data.replay_chars) or set format_bake.replay_sequences=0")
-    return blocks
-
-
 def _fingerprint(train: Sequence[ReasoningExample], val: Sequence[ReasoningExample], config: FormatBakeConfig,
-                 replay: torch.Tensor | None) -> str:
+                 replay: Replay | None) -> str:
     """What a resumed bake must share with the one that wrote the checkpoint (data and training settings)."""
     settings = {"train": [e.id for e in train], "val": [e.id for e in val], "seq_len": config.seq_len,
                 "batch_size": config.batch_size, "seed": config.seed, "optimizer": asdict(config.optimizer),
                 "mitigation_lr_factor": config.mitigation_lr_factor}
     if replay is not None:
         settings["replay"] = {"sequences": config.replay_sequences, "weight": config.replay_weight,
-                              "blocks": hashlib.sha256(replay.numpy().tobytes()).hexdigest()}
+                              "blocks": replay.digest()}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
@@ -394,11 +373,13 @@ def bake_reasoning_format(model, tokenizer, train: Sequence[ReasoningExample], v
                          "documents, e.g. Phase 1's replay_texts.json); pass them or set replay_sequences=0")
     started = time.time()
     pad_id = _pad_id(tokenizer)
-    replay = encode_replay(tokenizer, replay_texts, config.seq_len) if config.replay_sequences else None
+    replay = (Replay(tokenizer, replay_texts, config.seq_len, config.replay_sequences, seed=config.seed)
+              if config.replay_sequences else None)
     train_encoded = [encode_example(tokenizer, example, config.seq_len) for example in train]
     val_encoded = [encode_example(tokenizer, example, config.seq_len) for example in val]
     optimizer = build_muon_grokfast(model, config.optimizer)
     fingerprint = _fingerprint(train, val, config, replay)
+    steps_per_epoch = -(-len(train_encoded) // config.batch_size)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     if checkpoint is not None and checkpoint.is_file():
         state = _load_checkpoint(checkpoint, model, optimizer, fingerprint, config)
@@ -423,7 +404,8 @@ def bake_reasoning_format(model, tokenizer, train: Sequence[ReasoningExample], v
             break
         epoch = state["epochs_done"] + 1
         loss, replay_loss = _train_epoch(model, optimizer, train_encoded, pad_id, config,
-                                         order_seed=config.seed * 100_003 + epoch, replay=replay)
+                                         order_seed=config.seed * 100_003 + epoch, replay=replay,
+                                         first_step=(epoch - 1) * steps_per_epoch)
         measured = _accuracy_of_encoded(model, val_encoded, pad_id, config.batch_size)
         entry = {"epoch": epoch, "stage": "mitigation" if epoch > config.epochs else "main",
                  "lr_factor": config.mitigation_lr_factor if epoch > config.epochs else 1.0, "loss": loss,
@@ -449,6 +431,6 @@ def bake_reasoning_format(model, tokenizer, train: Sequence[ReasoningExample], v
         train_examples=len(train), val_examples=len(val),
         truncated_examples=sum(item.truncated for item in (*train_encoded, *val_encoded)),
         train_target_tokens=sum(sum(item.target[1:]) for item in train_encoded),
-        replay_tokens=0 if replay is None else replay.numel(),
+        replay_tokens=0 if replay is None else replay.tokens,
         val_target_tokens=sum(sum(item.target[1:]) for item in val_encoded),
         wall_time_s=wall_before + time.time() - started, resumed_from_epoch=resumed_from)
