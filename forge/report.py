@@ -103,6 +103,14 @@ def _previous_handed_on(run: Run, phase: str, metric: str) -> dict[str, Any] | N
     return min(candidates, key=lambda r: sign * r["metrics"][metric]["value"]) if candidates else None
 
 
+def model_label(run: Run, row: Mapping[str, Any]) -> str:
+    """The row's model name, saying when EvoMerge's "champion" directory holds a parent (no merge beat it)."""
+    output = run.summary(row["phase"]).get("output") or {}
+    if row["phase"] == "evomerge" and output.get("model", "").startswith("parent_"):
+        return f"{row['model']} (= {output['model']}: no merge beat it)"
+    return row["model"]
+
+
 def scoreboard_markdown(run: Run) -> list[str]:
     board = run.scoreboard
     if not board.get("phases"):
@@ -129,7 +137,7 @@ def scoreboard_markdown(run: Run) -> list[str]:
         gate = row["gate"]
         verdict = ("-" if gate is None else f"**worse: handed on input {gate['best_input']}**" if gate["worse"]
                    else "passed")
-        lines.append(f"| {row['phase']} | {row['model']} | " + " | ".join(cells) + f" | {verdict} |")
+        lines.append(f"| {row['phase']} | {model_label(run, row)} | " + " | ".join(cells) + f" | {verdict} |")
     return lines
 
 
@@ -241,25 +249,12 @@ def _evomerge_records(run: Run) -> list[dict[str, Any]]:
 
 
 def plot_evomerge(run: Run, out: Path) -> Path | None:
+    from forge.phases.evomerge import plot_history
+
     records = _evomerge_records(run)
     if not records:
         return None
-    stats = [r["stats"] for r in records]
-    generations = [s["generation"] for s in stats]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, style in (("best", "-o"), ("mean", "--"), ("worst", ":")):
-        ax.plot(generations, [s[key] for s in stats], style, label=f"{key} merged candidate")
-    for index, parent in enumerate(records[0].get("parents", [])):
-        ax.axhline(parent["fitness"], color=f"C{index + 3}", linestyle="-.", linewidth=1.2,
-                   label=f"{parent['label']} (baseline)")
-    ax.set_xlabel("generation")
-    ax.set_ylabel("fitness")
-    ax.set_title("Phase 2 EvoMerge: fitness per generation against the parents")
-    ax.set_xticks(generations)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out)
+    return plot_history([r["stats"] for r in records], records[0].get("parents", []), out)
 
 
 def plot_quietstar(run: Run, out: Path) -> Path | None:

@@ -68,17 +68,18 @@ def test_cognate_diversity_criteria_at_the_spec_thresholds(name, field, threshol
 @pytest.mark.parametrize("name,threshold,direction", [
     ("improvement_over_generation0", 0.20, ">="),  # assert improvement >= 0.20
     ("parent_diversity", 0.3, ">"),  # assert diversity > 0.3
+    ("champion_beats_best_parent", 0.0, ">"),  # a merge is worth handing on only above every parent
 ])
 def test_evomerge_criteria_at_the_spec_thresholds(name, threshold, direction):
     from forge.evolve import EvoMergeConfig
     from forge.phases.evomerge import evomerge_criteria
 
-    values = {"improvement_over_generation0": 1.0, "parent_diversity": 1.0}
+    values = {"improvement_over_generation0": 1.0, "champion_beats_best_parent": 1.0, "parent_diversity": 1.0}
 
     def met_of(value):
         measured = {**values, name: value}
-        return evomerge_criteria(measured["improvement_over_generation0"], measured["parent_diversity"],
-                                 EvoMergeConfig())[name]["met"]
+        return evomerge_criteria(measured["improvement_over_generation0"], measured["champion_beats_best_parent"],
+                                 measured["parent_diversity"], EvoMergeConfig())[name]["met"]
 
     assert_boundary(met_of, threshold, direction)
 

@@ -246,7 +246,12 @@ def test_phase_evolves_and_writes_a_loadable_champion(phase_run):
     assert summary["champion"]["fitness"] >= summary["generation0_best"]["fitness"]
     # The spec's criteria compare the measured figures (boundaries: tests/test_criteria.py).
     assert summary["criteria"] == evomerge_criteria(summary["improvement_over_generation0"],
+                                                    summary["improvement_over_best_parent"],
                                                     summary["parent_diversity"], EvoMergeConfig())
+    best_parent = max(parent["fitness"] for parent in summary["parents"].values())
+    assert summary["best_parent"]["fitness"] == best_parent
+    assert summary["improvement_over_best_parent"] == pytest.approx(
+        (summary["champion"]["fitness"] - best_parent) / abs(best_parent))
     generation0 = summary["generation0_best"]["fitness"]
     assert summary["criteria"]["improvement_over_generation0"]["value"] == pytest.approx(
         (summary["champion"]["fitness"] - generation0) / abs(generation0))
