@@ -18,7 +18,7 @@ from forge.quant.lora import add_lora, load_lora
 from forge.quant.measure import int4_layer_bytes, int8_layer_bytes, saved_weight_bytes, ternary_layer_bytes, weight_file_bytes
 from forge.quant.packing import pack_ternary, packed_size, unpack_ternary
 from forge.quant.run import QuantizeJobConfig, bitnet_criteria, quantize_model_dir
-from forge.quant.int4 import Int4Embedding, Int4Linear, dequantize_int4, int4_groupwise, unpack_int4
+from forge.quant.int4 import QMAX, Int4Embedding, Int4Linear, dequantize_int4, int4_groupwise, unpack_int4
 from forge.quant.int8 import Int8Embedding, Int8Linear, int8_rowwise
 from forge.quant.staged import INT4_GROUP, INT8_GROUP, Guard, staged_quantize
 
@@ -115,6 +115,28 @@ def test_fbgemm_kernel_matches_reference_and_bitlinear():
         expected = bit(x)
     assert torch.allclose(fast, reference, atol=1e-5, rtol=1e-5)
     assert torch.allclose(fast, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not kernels.int_mm_available(), reason="torch._int_mm not in this torch")
+@pytest.mark.parametrize("k,n", [(96, 80), (45, 13), (16, 128)])
+def test_int_mm_kernel_matches_reference_and_auto_picks_it_for_small_layers(k, n):
+    torch.manual_seed(0)
+    bit = BitLinear(k, n)
+    layer = TernaryLinear.from_bitlinear(bit)
+    x = torch.randn(2, 7, k)
+    with torch.no_grad():
+        layer.kernel = "int_mm"
+        fast = layer(x)
+        layer.kernel = "reference"
+        reference = layer(x)
+        assert torch.allclose(fast, reference, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(fast, bit(x), atol=1e-5, rtol=1e-5)
+    assert layer.auto_kernel(x) == "int_mm"
+    assert layer.auto_kernel(x.requires_grad_()) == "reference"  # gradients need the float path
+    edge = TernaryLinear(512, 512)  # INT_MM_MAX_WEIGHTS: the largest layer int_mm takes
+    assert edge.auto_kernel(torch.zeros(1, 512)) == "int_mm"
+    big = TernaryLinear(512, 513)
+    assert big.auto_kernel(torch.zeros(1, 512)) == ("fbgemm" if kernels.fbgemm_available() else "reference")
 
 
 def test_conversion_preserves_embeddings_head_and_preserve_rules():
@@ -466,7 +488,16 @@ def test_int4_groups_roundtrip_within_half_a_step_per_group(shape, group_size):
     padded = torch.nn.functional.pad(weight, (0, groups * group_size - shape[1]))
     error = (torch.nn.functional.pad(restored, (0, groups * group_size - shape[1])) - padded).view(shape[0], groups, -1)
     step = scale.float().unsqueeze(-1)
-    assert bool((error.abs() <= step / 2 * (1 + 1e-3)).all())  # at most half of its own group's step
+    grouped = padded.view(shape[0], groups, -1)
+    in_range = grouped.abs() <= QMAX * step
+    # Within the range: at most half of its own group's step; beyond it, clipped to the range's end.
+    assert bool((error.abs() <= step / 2 * (1 + 1e-3))[in_range].all())
+    assert torch.allclose(error.abs()[~in_range], (grouped.abs() - QMAX * step)[~in_range], rtol=1e-3, atol=1e-7)
+    # The chosen scale never does worse than plain absmax / 7 (it is one of the candidates), group by group.
+    absmax_step = (grouped.abs().amax(-1, keepdim=True) / QMAX).clamp(min=1e-12).half().float()
+    plain = (torch.round(grouped / absmax_step).clamp(-QMAX, QMAX) * absmax_step - grouped).square().sum(-1)
+    assert bool((error.square().sum(-1) <= plain * (1 + 1e-5) + 1e-12).all())
+    assert bool((error.square().sum(-1) < plain).any())  # and on Gaussian groups it clips some
     # Each group's largest weight uses the full range: 4-bit values in [-7, 7], 7 reached.
     values = unpack_int4(packed)
     assert values.abs().max() == 7 and values.min() >= -7
