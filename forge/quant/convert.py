@@ -192,21 +192,21 @@ def dequantize_model(model: nn.Module) -> list[str]:
     quantized = [(name, module) for name, module in model.named_modules(remove_duplicate=False)
                  if isinstance(module, (TernaryLinear, *ROW_LAYERS))]
     quantized.sort(key=lambda item: not isinstance(item[1], ROW_EMBEDDINGS))  # embeddings first: heads tie to them
-    names, float_of_int8 = [], {}
+    names, float_of_rows = [], {}
     for name, module in quantized:
         if isinstance(module, ROW_EMBEDDINGS):
             new = nn.Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx,
                                device=module.weight.device, dtype=dtype)
             new.weight.copy_(module.dequantized())
-            float_of_int8[id(module.weight)] = new.weight
+            float_of_rows[id(module.weight)] = new.weight
         else:
             device = module.weight_packed.device if isinstance(module, TernaryLinear) else module.weight.device
             new = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                             device=device, dtype=dtype)
             if isinstance(module, TernaryLinear):
                 new.weight.copy_(module.ternary_weight().to(torch.float32) * module.weight_scale)
-            elif id(module.weight) in float_of_int8:
-                new.weight = float_of_int8[id(module.weight)]  # a tied head shares the embedding again
+            elif id(module.weight) in float_of_rows:
+                new.weight = float_of_rows[id(module.weight)]  # a tied head shares the embedding again
             else:
                 new.weight.copy_(module.dequantized())
             if module.bias is not None:

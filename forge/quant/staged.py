@@ -1,12 +1,13 @@
 """Calibrated, staged ternarisation under an accuracy guard (spec Phase 4).
 
 Block by block, linear layers become BitLinear; after each block the caller's ``evaluate(model)``
-(higher is better, e.g. held-out accuracy; callers keep it with its description in a :class:`Guard`) is compared with the float model's score. A block whose
-quantization makes the relative drop exceed ``layer_revert_drop`` is put back in float. A last guarded
-step stores what is left in float (embedding, head, preserved and reverted linears) as int4 groups or int8 rows
-(``QuantConfig.float_layers``; when the guard reverts int4, int8 is tried next). If the whole
-model still loses more than ``max_total_drop``, the run starts again with the conservative config;
-above ``finetune_above_drop`` the model is fine-tuned with the straight-through estimator.
+(higher is better, e.g. held-out accuracy; callers keep it with its description in a :class:`Guard`) is
+compared with the float model's score. A block whose quantization makes the relative drop exceed
+``layer_revert_drop`` is put back in float. A last guarded step stores what is left in float (embedding,
+head, preserved and reverted linears) as int4 groups or int8 rows (``QuantConfig.float_layers``; when the
+guard reverts int4, int8 is tried next). If the whole model still loses more than ``max_total_drop``, the
+run starts again with the conservative config; above ``finetune_above_drop`` the model is fine-tuned with
+the straight-through estimator.
 """
 from __future__ import annotations
 
