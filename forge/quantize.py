@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated benchmark tasks whose mean held-out score is the guard metric "
                              "(needs the data folder; default: --metric on held-out WikiText-2)")
     parser.add_argument("--guard-limit", type=int, default=defaults.guard_limit, help="items per guard task")
+    parser.add_argument("--float-layers", choices=("int4", "int8", "float"), default=defaults.float_layers,
+                        help="storage of the embedding, the head and the linears left in float (default: %(default)s)")
+    parser.add_argument("--int4-group-size", type=int, default=defaults.int4_group_size,
+                        help="weights per float16 scale in int4 storage (default: %(default)s)")
     parser.add_argument("--size-category", choices=("tiny", "small", "medium", "large"), default=None,
                         help="override the size category read from the model")
     parser.add_argument("--latency-batch", type=int, default=defaults.latency_batch)
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import forge.models  # noqa: F401  (registers the Cognate architecture)
     import forge.quant  # noqa: F401  (registers the ternary quantizer with transformers)
+    from benchmarks.guard import job_guard
     from forge.quant.run import QuantizeJobConfig, quantize_model_dir
 
     if args.model.resolve() == args.out.resolve():
@@ -65,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                                 finetune_sequences=args.finetune_sequences, metric=args.metric,
                                 guard_tasks=tuple(t for t in args.guard_tasks.split(",") if t),
                                 guard_limit=args.guard_limit, size_category=args.size_category,
+                                float_layers=args.float_layers, int4_group_size=args.int4_group_size,
                                 latency_batch=args.latency_batch, latency_repeats=args.latency_repeats)
-        metrics = quantize_model_dir(args.model, args.out, job)
+        metrics = quantize_model_dir(args.model, args.out, job, job_guard)
     except (ArtifactError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

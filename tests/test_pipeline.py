@@ -23,7 +23,7 @@ from forge.phases.quietstar import quietstar_criteria
 from forge.phases.tool_persona import tool_persona_criteria
 from forge.pipeline import run_pipeline
 from forge.quant.run import bitnet_criteria
-from forge.quant.staged import INT8_GROUP
+from forge.quant.staged import INT4_GROUP, INT8_GROUP
 from forge.tracking import read_metrics
 from forge.training import set_seed
 
@@ -148,11 +148,15 @@ def test_bitnet_quantizes_the_champion_and_reports_the_spec_criteria(tiny_run):
     model = AutoModelForCausalLM.from_pretrained(run_dir / "bitnet" / "model").eval()
     packed = [name for name, tensor in model.state_dict().items() if name.endswith("weight_packed")]
     assert bool(packed) == (summary["quantized_layers"] > 0)
-    # The last guarded step stores what stayed float as int8 rows; the file shrinks if anything was kept.
+    # The last guarded steps store what stayed float as int4 groups (the preset's float_layers), int8 rows
+    # where the guard refused int4; the file shrinks if anything was kept.
     steps = read_json(run_dir / "bitnet" / "model" / "manifest.json")["quantization"]["steps"]
-    int8_steps = [step for step in steps if step["group"] == INT8_GROUP]
-    assert len(int8_steps) == 1 and bool(summary["int8_layers"]["names"]) != int8_steps[0]["reverted"]
-    kept = summary["quantized_layers"] > 0 or bool(summary["int8_layers"]["names"])
+    storage = [(step["group"], step["reverted"]) for step in steps if step["group"] in (INT4_GROUP, INT8_GROUP)]
+    assert storage in ([(INT4_GROUP, False)], [(INT4_GROUP, True), (INT8_GROUP, False)],
+                       [(INT4_GROUP, True), (INT8_GROUP, True)])
+    assert bool(summary["int4_layers"]["names"]) == (storage[0] == (INT4_GROUP, False))
+    assert bool(summary["int8_layers"]["names"]) == (storage[-1] == (INT8_GROUP, False))
+    kept = summary["quantized_layers"] > 0 or bool(summary["int4_layers"]["names"] or summary["int8_layers"]["names"])
     assert (summary["compression_ratio"] > 1.0) == kept
     assert all(model.state_dict()[n].dtype == torch.uint8 for n in packed)
     with torch.no_grad():

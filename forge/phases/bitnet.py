@@ -5,7 +5,7 @@ Input: the previous phase's ``champion`` (EvoMerge); when it wrote several model
 data folder, WikiText-2's one partition (train side: calibration and straight-through fine-tuning; held-out
 side: the guard); without one, Phase 1's held-out documents, which no model trained on, split alternately
 into the two roles. The work is ``forge.quant.run.quantize_model_dir``, run on the driver: one model at
-a time, and its int8 kernels are CPU kernels. The summary records every spec criterion as met or missed.
+a time, and its int8 kernels are CPU kernels. The phase passes the guard in (``benchmarks.guard.job_guard``). The summary records every spec criterion as met or missed.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from benchmarks.guard import job_guard
 from forge.artifacts import load_model_dir
 from forge.criteria import describe, missed
 from forge.phases.base import PhaseContext, PhaseResult
@@ -58,7 +59,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     name, perplexities = choose_input(ctx.inputs, heldout_texts, job)
     print(f"[forge] bitnet: quantizing {name} ({ctx.inputs[name]}); text: {text_source}", flush=True)
     out_dir = ctx.phase_dir / "model"
-    metrics = quantize_model_dir(ctx.inputs[name], out_dir, job, texts=(train_texts, heldout_texts),
+    metrics = quantize_model_dir(ctx.inputs[name], out_dir, job, job_guard, texts=(train_texts, heldout_texts),
                                  extra={"input": name, "text_source": text_source})
     criteria = metrics["criteria"]
     print("[forge] bitnet: " + "; ".join(describe(key, c) for key, c in criteria.items()), flush=True)
@@ -71,7 +72,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
             "sparsity", "guard_metric", "accuracy_before", "accuracy_quantized", "accuracy_finetuned",
             "accuracy_packed", "accuracy_drop", "heldout_before", "heldout_after", "inference_speedup",
             "latency_float_s", "latency_ternary_s", "reverted_layers", "quantized_layers", "int8_layers",
-            "criteria")},
+            "int4_layers", "criteria")},
         "criteria_missed": missed(criteria),
     }
     return PhaseResult(outputs={"model": out_dir}, summary=summary)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from forge.quant import kernels
 from forge.quant.packing import pack_ternary, packed_size, unpack_ternary
 
-Kernel = Literal["auto", "fbgemm", "reference"]
+Kernel = Literal["auto", "fbgemm", "int_mm", "reference"]
 
 
 def absmean_ternarize(weight: torch.Tensor, zero_threshold: float = 0.5,
@@ -110,18 +110,26 @@ class TernaryLinear(nn.Module):
         if cached is None or cached[0] != key:
             ternary = self.ternary_weight()
             value = (kernels.prepack_fbgemm(ternary, float(self.weight_scale)) if kind == "fbgemm"
-                     else ternary.to(torch.float32))
+                     else ternary.t().contiguous() if kind == "int_mm" else ternary.to(torch.float32))
             cached = self._cache[kind] = (key, value)
         return cached[1]
+
+    def auto_kernel(self, x: torch.Tensor) -> str:
+        """The integer kernels on CPU without gradient (int_mm for small layers, fbgemm above); else reference."""
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+            return "reference"
+        if kernels.int_mm_available() and self.in_features * self.out_features <= kernels.INT_MM_MAX_WEIGHTS:
+            return "int_mm"
+        return "fbgemm" if kernels.fbgemm_available() else "reference"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self.kernel
         if kernel == "auto":
-            needs_grad = torch.is_grad_enabled() and x.requires_grad
-            kernel = "fbgemm" if (x.device.type == "cpu" and not needs_grad and kernels.fbgemm_available()) \
-                else "reference"
+            kernel = self.auto_kernel(x)
         if kernel == "fbgemm":
             return kernels.fbgemm_ternary_linear(x, self._cached("fbgemm"), self.bias)
+        if kernel == "int_mm":
+            return kernels.int_mm_ternary_linear(x, self._cached("int_mm"), self.weight_scale, self.bias)
         return kernels.reference_ternary_linear(x, self._cached("reference"), self.weight_scale, self.bias)
 
     def __getstate__(self):

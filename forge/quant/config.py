@@ -13,7 +13,8 @@ class QuantConfig:
     preserve_layers: tuple[str, ...] = ()  # module-name patterns (fnmatch, on any dotted suffix) kept in float
     preserve_edge_blocks: bool = False  # keep the first and the last transformer block in float
     min_out_features: int = 8  # narrower layers (gates, halting heads) stay in float: tiny gain, large risk
-    int8_float_layers: bool = True  # store the embedding, the head and the linears left in float as int8 rows
+    float_layers: str = "int4"  # storage of the embedding, the head and the linears left in float: int4/int8/float
+    int4_group_size: int = 32  # weights per float16 scale in int4 storage (even; 32: 4.5 bits per weight)
     target_compression: float = 8.0  # whole-model float32 bytes / quantized bytes this category aims for
     calibration_samples: int = 128  # calibration sequences used to fit each layer's output scale
     layer_revert_drop: float = 0.10  # revert a layer group when the relative accuracy drop exceeds this
@@ -26,6 +27,11 @@ class QuantConfig:
         if not 0.0 <= self.zero_threshold < 1.5:
             raise ValueError(f"zero_threshold={self.zero_threshold} must be in [0, 1.5): 0.5 is BitNet's "
                              "RoundClip; at 1.5 or more every weight would be zero")
+        if self.float_layers not in ("int4", "int8", "float"):
+            raise ValueError(f"float_layers={self.float_layers!r}: choose int4 (4-bit groups, int8 when the guard "
+                             "refuses them), int8 (rows) or float (kept as they are)")
+        if self.int4_group_size < 2 or self.int4_group_size % 2:
+            raise ValueError(f"int4_group_size={self.int4_group_size}: give an even number >= 2, e.g. 32 or 64")
         if self.calibration_samples < 0 or self.finetune_epochs < 0:
             raise ValueError("calibration_samples and finetune_epochs must be >= 0")
         for name in ("layer_revert_drop", "max_total_drop", "finetune_above_drop"):

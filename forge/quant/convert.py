@@ -10,7 +10,11 @@ import torch
 import torch.nn as nn
 
 from forge.quant.bitlinear import BitLinear, TernaryLinear
+from forge.quant.int4 import Int4Embedding, Int4Linear
 from forge.quant.int8 import Int8Embedding, Int8Linear
+
+ROW_EMBEDDINGS = (Int8Embedding, Int4Embedding)  # embeddings stored as integer rows
+ROW_LAYERS = (Int8Embedding, Int8Linear, Int4Embedding, Int4Linear)  # every integer-row storage layer
 
 _BLOCK = re.compile(r"^(.*?\.\d+)\.")  # first numbered container in a name: "model.layers.3."
 
@@ -53,7 +57,7 @@ def quantizable_linears(model: nn.Module, preserve: Sequence[str] = (), min_out_
 
 
 def int8_candidates(model: nn.Module, min_out_features: int = 1) -> list[str]:
-    """What stays out of the ternary layers but can be stored as int8 rows: the input embedding, and every
+    """What stays out of the ternary layers but can be stored as int8 or int4 rows: the input embedding, and every
     float ``nn.Linear`` (the head, preserved and reverted layers) with at least ``min_out_features`` rows."""
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     return [name for name, module in model.named_modules()
@@ -66,17 +70,29 @@ def to_int8(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
 
     A linear layer whose weight is an embedding's (a tied head) shares that embedding's int8 matrix.
     """
+    return _to_rows(model, names, Int8Embedding.from_embedding,
+                    lambda linear, tied: Int8Linear.from_linear(linear, tied=tied), "int8")
+
+
+def to_int4(model: nn.Module, names: Sequence[str], group_size: int = 32) -> dict[str, nn.Module]:
+    """Replace the named ``nn.Embedding`` / ``nn.Linear`` layers by 4-bit groups of ``group_size`` weights
+    (``forge.quant.int4``); returns the originals. A tied head shares its embedding's packed matrix."""
+    return _to_rows(model, names, lambda embedding: Int4Embedding.from_embedding(embedding, group_size),
+                    lambda linear, tied: Int4Linear.from_linear(linear, group_size, tied=tied), "int4")
+
+
+def _to_rows(model: nn.Module, names: Sequence[str], embedding_rows, linear_rows, kind: str) -> dict[str, nn.Module]:
     modules = {name: model.get_submodule(name) for name in names}
     originals, by_weight = {}, {}
     for name, module in sorted(modules.items(), key=lambda item: type(item[1]) is not nn.Embedding):
         if type(module) is nn.Embedding:
-            new = Int8Embedding.from_embedding(module)
+            new = embedding_rows(module)
             by_weight[id(module.weight)] = new
         elif type(module) is nn.Linear:
-            new = Int8Linear.from_linear(module, tied=by_weight.get(id(module.weight)))
+            new = linear_rows(module, by_weight.get(id(module.weight)))
         else:
             raise TypeError(f"{name} is a {type(module).__name__}: only float nn.Embedding and nn.Linear "
-                            "layers are stored as int8")
+                            f"layers are stored as {kind}")
         originals[name] = swap_module(model, name, new)
     return originals
 
@@ -122,8 +138,8 @@ def ternary_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def pack_model(model: nn.Module) -> list[str]:
-    """Replace every BitLinear by a packed TernaryLinear; record them and the int8 layers in the HF
-    quantization config, so that ``from_pretrained`` rebuilds both. Returns the layers packed now."""
+    """Replace every BitLinear by a packed TernaryLinear; record them and the int8 / int4 layers in the HF
+    quantization config, so that ``from_pretrained`` rebuilds them. Returns the layers packed now."""
     from forge.quant.hf_integration import ForgeBitNetConfig
 
     names = []
@@ -134,8 +150,14 @@ def pack_model(model: nn.Module) -> list[str]:
     if hasattr(model, "config"):
         ternary = [n for n, m in model.named_modules() if isinstance(m, TernaryLinear)]
         int8 = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (Int8Embedding, Int8Linear))]
-        model.config.quantization_config = ForgeBitNetConfig(quantized_modules=sorted(ternary),
-                                                             int8_modules=sorted(int8))
+        int4 = {n: m.group_size for n, m in model.named_modules(remove_duplicate=False)
+                if isinstance(m, (Int4Embedding, Int4Linear))}
+        if len(set(int4.values())) > 1:
+            raise ValueError(f"int4 layers with different group sizes {sorted(set(int4.values()))}: the model "
+                             "config records one; store every int4 layer with the same group_size")
+        model.config.quantization_config = ForgeBitNetConfig(
+            quantized_modules=sorted(ternary), int8_modules=sorted(int8), int4_modules=sorted(int4),
+            int4_group_size=next(iter(int4.values()), None))
     return names
 
 
@@ -156,35 +178,35 @@ def ternary_stats(model: nn.Module) -> dict[str, float]:
 @torch.no_grad()
 def dequantize_model(model: nn.Module) -> list[str]:
     """Replace every TernaryLinear by a float ``nn.Linear`` with weight ``ternary * scale``, and every int8
-    layer by its float form (a tied head shares the new embedding weight again).
+    or int4 layer by its float form (a tied head shares the new embedding weight again).
 
     The weights keep their quantized values exactly, now trainable, so full training and LoRA baking work on
     the model. Lost: the 8-bit per-token activation quantization TernaryLinear applies to its input (outputs
-    move by that rounding), the 1.6-bit and 8-bit storage and the int8 kernel. The model's
+    move by that rounding), the 1.6-, 4- and 8-bit storage and the int8 kernel. The model's
     ``quantization_config`` is dropped so that it saves and loads as a plain float model. Returns the names
     of the layers replaced.
     """
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    dtype = (embedding.output_dtype if isinstance(embedding, Int8Embedding)
+    dtype = (embedding.output_dtype if isinstance(embedding, ROW_EMBEDDINGS)
              else embedding.weight.dtype if embedding is not None else torch.float32)
     quantized = [(name, module) for name, module in model.named_modules(remove_duplicate=False)
-                 if isinstance(module, (TernaryLinear, Int8Embedding, Int8Linear))]
-    quantized.sort(key=lambda item: not isinstance(item[1], Int8Embedding))  # embeddings first: heads tie to them
-    names, float_of_int8 = [], {}
+                 if isinstance(module, (TernaryLinear, *ROW_LAYERS))]
+    quantized.sort(key=lambda item: not isinstance(item[1], ROW_EMBEDDINGS))  # embeddings first: heads tie to them
+    names, float_of_rows = [], {}
     for name, module in quantized:
-        if isinstance(module, Int8Embedding):
+        if isinstance(module, ROW_EMBEDDINGS):
             new = nn.Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx,
                                device=module.weight.device, dtype=dtype)
             new.weight.copy_(module.dequantized())
-            float_of_int8[id(module.weight)] = new.weight
+            float_of_rows[id(module.weight)] = new.weight
         else:
             device = module.weight_packed.device if isinstance(module, TernaryLinear) else module.weight.device
             new = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                             device=device, dtype=dtype)
             if isinstance(module, TernaryLinear):
                 new.weight.copy_(module.ternary_weight().to(torch.float32) * module.weight_scale)
-            elif id(module.weight) in float_of_int8:
-                new.weight = float_of_int8[id(module.weight)]  # a tied head shares the embedding again
+            elif id(module.weight) in float_of_rows:
+                new.weight = float_of_rows[id(module.weight)]  # a tied head shares the embedding again
             else:
                 new.weight.copy_(module.dequantized())
             if module.bias is not None:

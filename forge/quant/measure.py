@@ -1,6 +1,7 @@
 """Size, sparsity and speed measurements of ternary models (no timing in tests: scripts report them)."""
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from forge.quant.bitlinear import BitLinear, TernaryLinear
+from forge.quant.int4 import Int4Embedding, Int4Linear
 from forge.quant.int8 import Int8Embedding, Int8Linear
 
 
@@ -17,6 +19,13 @@ def weight_file_bytes(model_dir: Path) -> int:
     if not files:
         raise FileNotFoundError(f"{model_dir} holds no *.safetensors weight file")
     return sum(f.stat().st_size for f in files)
+
+
+def saved_weight_bytes(model: nn.Module) -> int:
+    """Bytes of the weight files ``model.save_pretrained`` writes (to a temporary directory, then removed)."""
+    with tempfile.TemporaryDirectory(prefix="forge-size-") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        return weight_file_bytes(Path(tmp))
 
 
 def ternary_layer_bytes(model: nn.Module) -> dict[str, int]:
@@ -43,6 +52,20 @@ def int8_layer_bytes(model: nn.Module) -> dict[str, int]:
                 stored += module.weight.numel()
             stored += module.weight_scale.numel() * 4
     return {"int8_weights": weights, "stored_bytes": stored, "float32_bytes": 4 * weights}
+
+
+def int4_layer_bytes(model: nn.Module) -> dict[str, int]:
+    """Stored bytes of the int4 layers (a matrix shared by a tied head counted once) against float32."""
+    seen, weights, stored = set(), 0, 0
+    for module in model.modules():
+        if isinstance(module, (Int4Embedding, Int4Linear)):
+            if id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                weights += module.weight.shape[0] * (module.embedding_dim if isinstance(module, Int4Embedding)
+                                                     else module.in_features)
+                stored += module.weight.numel()
+            stored += module.weight_scale.numel() * module.weight_scale.element_size()
+    return {"int4_weights": weights, "stored_bytes": stored, "float32_bytes": 4 * weights}
 
 
 def _synchronize(device: torch.device) -> None:

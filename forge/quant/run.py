@@ -1,8 +1,10 @@
 """Phase 4 on one model directory: calibrate, quantize under the guard, pack, measure, save.
 
-``python -m forge.quantize`` and the pipeline's BitNet phase both call :func:`quantize_model_dir`. The guard
-metric is the mean score of benchmark tasks on their held-out items (``guard_tasks``, through the
-benchmarks harness) when a data folder is there, else held-out next-token accuracy (or likelihood).
+``python -m forge.quantize`` and the pipeline's BitNet phase both call :func:`quantize_model_dir`. The guard is
+the caller's: a function building a :class:`forge.quant.staged.Guard` from the tokenizer, the held-out text and
+the job. The pipeline phase and the CLI pass ``benchmarks.guard.job_guard`` (the benchmark tasks' mean held-out
+score when ``guard_tasks`` and a data folder are there); the default is :func:`next_token_guard`, held-out
+next-token accuracy (or likelihood).
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import torch
 import torch.nn as nn
 
 from forge.criteria import criterion, describe
-from forge.quant.config import compression_config, conservative_config
+from forge.quant.config import QuantConfig, compression_config, conservative_config
 from forge.quant.convert import pack_model, ternary_stats
-from forge.quant.measure import forward_latency, int8_layer_bytes, ternary_layer_bytes
-from forge.quant.staged import batches, relative_drop, staged_quantize
+from forge.quant.measure import (forward_latency, int4_layer_bytes, int8_layer_bytes, saved_weight_bytes,
+                                  ternary_layer_bytes)
+from forge.quant.staged import Guard, batches, relative_drop, staged_quantize
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,11 @@ class QuantizeJobConfig:
     """Seed of the guard tasks' item sample."""
     size_category: str | None = None
     """Override of the size category read from the model (tiny/small/medium/large)."""
+    float_layers: Literal["int4", "int8", "float"] = "int4"
+    """Storage of the embedding, the head and the linears left in float: int4 groups (int8 rows if the guard
+    refuses them), int8 rows, or float. int4 is what reaches the spec's 6x on the tiny preset."""
+    int4_group_size: int = 32
+    """Weights per float16 scale in int4 storage (4 + 16 / group_size bits per weight)."""
     latency_batch: int = 1
     """Sequences per forward pass when timing float against ternary."""
     latency_repeats: int = 5
@@ -61,6 +69,7 @@ class QuantizeJobConfig:
                 get_task(name)  # an unknown task fails when the config is read, before any work
         if self.guard_limit < 1:
             raise ValueError(f"guard_limit={self.guard_limit}: give at least 1 item per guard task")
+        QuantConfig(float_layers=self.float_layers, int4_group_size=self.int4_group_size)  # the same checks
 
 
 def text_token_ids(tokenizer, texts: list[str], sequences: int, seq_len: int) -> torch.Tensor:
@@ -94,27 +103,12 @@ def next_token_scores(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) 
             "likelihood": float(torch.tensor(-mean_nll).exp())}
 
 
-def harness_guard(tokenizer, job: QuantizeJobConfig) -> Callable[[nn.Module], float]:
-    """The guard as the benchmarks harness measures it: the mean score of ``job.guard_tasks`` on a fixed
-    sample of their held-out items (the items no phase trains on)."""
-    from benchmarks.harness import evaluate as run_tasks
-
-    def evaluate(model: nn.Module) -> float:
-        results = run_tasks(model, tokenizer, job.guard_tasks, limit=job.guard_limit, seed=job.guard_seed,
-                            heldout_only=True, data_dir=job.data_dir)
-        return sum(result.score for result in results.values()) / len(results)
-    return evaluate
-
-
-def payload_bytes(model: nn.Module) -> int:
-    """Bytes of the distinct tensors a model saves (tied weights once): the weight file minus its header."""
-    seen, total = set(), 0
-    for tensor in model.state_dict().values():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.numel())
-        if key not in seen:
-            seen.add(key)
-            total += tensor.numel() * tensor.element_size()
-    return total
+def next_token_guard(tokenizer, texts: Sequence[str], job: QuantizeJobConfig) -> Guard:
+    """The guard without benchmark tasks: next-token ``job.metric`` on ``job.eval_sequences`` x ``job.seq_len``
+    tokens of the held-out ``texts``."""
+    ids = text_token_ids(tokenizer, list(texts), job.eval_sequences, job.seq_len)
+    return Guard(lambda model: next_token_scores(model, ids)[job.metric],
+                 f"next-token {job.metric} on the held-out text")
 
 
 def wikitext_texts(data_dir: str | None) -> tuple[list[str], list[str]]:
@@ -138,50 +132,45 @@ def bitnet_criteria(compression: float, min_compression: float, drop: float, spe
             "inference_speedup": criterion(speedup, ">=", MIN_SPEEDUP)}
 
 
-def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = QuantizeJobConfig(), *,
-                       evaluate: Callable[[nn.Module], float] | None = None,
+GuardFactory = Callable[[Any, Sequence[str], QuantizeJobConfig], Guard]  # (tokenizer, held-out texts, job)
+
+
+def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = QuantizeJobConfig(),
+                       guard: GuardFactory = next_token_guard, *,
                        texts: tuple[Sequence[str], Sequence[str]] | None = None,
                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quantize the model directory ``model_dir`` into ``out_dir``; returns the metrics it records.
 
-    ``texts`` (train side, held-out side) replaces WikiText-2's partition: calibration and fine-tuning read
-    the first, the guard the second. The output's manifest carries ``quantization`` (compression, accuracy
-    before/after and after fine-tuning, sparsity, speed-up, per-block guard decisions, each spec criterion
-    as met/missed) and ``extra``.
+    ``guard(tokenizer, held-out texts, job)`` builds the judge of every staged step. ``texts`` (train
+    side, held-out side) replaces WikiText-2's partition: calibration and fine-tuning read the first, the
+    held-out scores the second. Sizes are the weight files ``save_pretrained`` writes (float32 before). The
+    output's manifest carries ``quantization`` (compression, accuracy before/after and after fine-tuning,
+    sparsity, speed-up, per-block guard decisions, each spec criterion as met/missed) and ``extra``.
     """
     from forge.artifacts import load_model_dir, save_model_dir
-    from forge.data.readers import default_data_dir
     from forge.models.size import get_model_size
 
     model, tokenizer = load_model_dir(Path(model_dir))
     model.float()
     category = job.size_category or get_model_size(model)["size_category"]
-    config, fallback = compression_config(category), conservative_config(category)
+    storage = {"float_layers": job.float_layers, "int4_group_size": job.int4_group_size}
+    config = dataclasses.replace(compression_config(category), **storage)
+    fallback = dataclasses.replace(conservative_config(category), **storage)
     calibration_count = max(config.calibration_samples, fallback.calibration_samples)
     train_texts, test_texts = (list(side) for side in (wikitext_texts(job.data_dir) if texts is None else texts))
     pool = text_token_ids(tokenizer, train_texts, calibration_count + job.finetune_sequences, job.seq_len)
     calibration_ids, finetune_ids = pool[:calibration_count], pool[calibration_count:]
     eval_ids = text_token_ids(tokenizer, test_texts, job.eval_sequences, job.seq_len)
-    guard_data = job.data_dir or default_data_dir()
-    if evaluate is not None:
-        guard_metric = "caller's evaluate"
-    elif job.guard_tasks and guard_data is not None:
-        guard_metric = f"mean score of {', '.join(job.guard_tasks)} ({job.guard_limit} held-out items each)"
-        evaluate = harness_guard(tokenizer, dataclasses.replace(job, data_dir=str(guard_data)))
-    else:
-        guard_metric = f"next-token {job.metric} on the held-out text"
-
-        def evaluate(m: nn.Module) -> float:
-            return next_token_scores(m, eval_ids)[job.metric]
-
+    guard_used = guard(tokenizer, test_texts, job)
+    evaluate = guard_used.evaluate
     scores_before = next_token_scores(model, eval_ids)
-    bytes_before = payload_bytes(model)
+    bytes_before = saved_weight_bytes(model)
     result = staged_quantize(model, evaluate, config, conservative=fallback,
                              calibration_ids=calibration_ids, finetune_ids=finetune_ids)
     pack_model(model)
     accuracy_packed = float(evaluate(model))  # the stored model's own score
     scores_after = next_token_scores(model, eval_ids)
-    bytes_after = payload_bytes(model)
+    bytes_after = saved_weight_bytes(model)
 
     float_model, _ = load_model_dir(Path(model_dir))
     latency_ids = eval_ids[:job.latency_batch]
@@ -203,8 +192,9 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
         "compression_ratio": compression,
         "ternary_layers": ternary_layer_bytes(model),
         "int8_layers": {"names": result.int8, **int8_layer_bytes(model)},
+        "int4_layers": {"names": result.int4, "group_size": job.int4_group_size, **int4_layer_bytes(model)},
         "sparsity": ternary_stats(model)["sparsity"],
-        "guard_metric": guard_metric,
+        "guard_metric": guard_used.description,
         "accuracy_before": result.accuracy_before,
         "accuracy_quantized": result.accuracy_quantized,
         "accuracy_finetuned": result.accuracy_final if result.finetuned else None,

@@ -1,11 +1,13 @@
 """Calibrated, staged ternarisation under an accuracy guard (spec Phase 4).
 
 Block by block, linear layers become BitLinear; after each block the caller's ``evaluate(model)``
-(higher is better, e.g. held-out accuracy) is compared with the float model's score. A block whose
-quantization makes the relative drop exceed ``layer_revert_drop`` is put back in float. A last guarded
-step stores what is left in float (embedding, head, preserved and reverted linears) as int8 rows. If the whole
-model still loses more than ``max_total_drop``, the run starts again with the conservative config;
-above ``finetune_above_drop`` the model is fine-tuned with the straight-through estimator.
+(higher is better, e.g. held-out accuracy; callers keep it with its description in a :class:`Guard`) is
+compared with the float model's score. A block whose quantization makes the relative drop exceed
+``layer_revert_drop`` is put back in float. A last guarded step stores what is left in float (embedding,
+head, preserved and reverted linears) as int4 groups or int8 rows (``QuantConfig.float_layers``; when the
+guard reverts int4, int8 is tried next). If the whole model still loses more than ``max_total_drop``, the
+run starts again with the conservative config; above ``finetune_above_drop`` the model is fine-tuned with
+the straight-through estimator.
 """
 from __future__ import annotations
 
@@ -21,20 +23,32 @@ from forge.quant import kernels
 from forge.quant.bitlinear import BitLinear, absmean_ternarize
 from forge.quant.config import QuantConfig
 from forge.quant.convert import (edge_block_patterns, int8_candidates, layer_groups, quantizable_linears,
-                                 restore, to_bitlinear, to_int8)
+                                 restore, to_bitlinear, to_int4, to_int8)
+from forge.quant.int4 import Int4Embedding, Int4Linear
 from forge.quant.int8 import Int8Embedding, Int8Linear
 
 log = logging.getLogger(__name__)
 
 Evaluate = Callable[[nn.Module], float]
 INT8_GROUP = "int8 rows (embedding, head, float linears)"
+INT4_GROUP = "int4 groups (embedding, head, float linears)"
+# The storage steps of each QuantConfig.float_layers, tried in order until the guard keeps one.
+STORAGE_STEPS = {"int4": (INT4_GROUP, INT8_GROUP), "int8": (INT8_GROUP,), "float": ()}
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The judge of every staged step, chosen by the caller (the phase): a score and what it measures."""
+
+    evaluate: Evaluate  # model -> higher-is-better score, positive on the float model
+    description: str  # recorded as the run's guard metric
 
 
 @dataclass
 class GroupStep:
     """What happened to one block of layers."""
 
-    group: str  # block name ("model.layers.3"), a lone layer's name, or INT8_GROUP
+    group: str  # block name ("model.layers.3"), a lone layer's name, INT4_GROUP or INT8_GROUP
     layers: list[str]  # layers in the block
     accuracy: float  # evaluate(model) with this block (and every kept one before it) quantized
     drop: float  # relative drop against the float model
@@ -55,6 +69,7 @@ class StagedResult:
     quantized: list[str]  # layers now BitLinear
     reverted: list[str]  # layers whose ternarisation the guard undid
     int8: list[str] = field(default_factory=list)  # layers now stored as int8 rows
+    int4: list[str] = field(default_factory=list)  # layers now stored as int4 groups
     first_attempt_drop: float | None = None  # drop of the default attempt when it was discarded
     scale_corrections: dict[str, float] = field(default_factory=dict)  # calibrated gamma multipliers
 
@@ -138,19 +153,9 @@ def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
     corrections = (calibrate_scales(model, names, calibration_batches, config.zero_threshold)
                    if calibration_batches else {name: 1.0 for name in names})
     steps, kept = [], {}
-    groups = list(layer_groups(names).items())
-    if config.int8_float_layers:
-        groups.append((INT8_GROUP, None))  # its layers are known once the ternary guard has decided
-    for group, layers in groups:
-        if layers is None:
-            layers = int8_candidates(model, config.min_out_features)
-            if not layers:
-                continue
-            originals = to_int8(model, layers)
-        else:
-            originals = to_bitlinear(model, layers, config.zero_threshold)
-            for name in layers:
-                model.get_submodule(name).scale_correction.fill_(corrections[name])
+
+    def guarded(group: str, layers: list[str], originals: dict[str, nn.Module]) -> bool:
+        """Judge the model with ``layers`` quantized; revert them above the drop limit. True when kept."""
         with torch.no_grad():
             accuracy = float(evaluate(model))
         drop = relative_drop(before, accuracy)
@@ -162,6 +167,19 @@ def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
         log.info("block %s: accuracy %.4f, drop %.1f%%%s", group, accuracy, 100 * drop,
                  " -> reverted" if reverted else "")
         steps.append(GroupStep(group, list(layers), accuracy, drop, reverted))
+        return not reverted
+
+    for group, layers in layer_groups(names).items():
+        originals = to_bitlinear(model, layers, config.zero_threshold)
+        for name in layers:
+            model.get_submodule(name).scale_correction.fill_(corrections[name])
+        guarded(group, layers, originals)
+    layers = int8_candidates(model, config.min_out_features)  # known once the ternary guard has decided
+    for group in STORAGE_STEPS[config.float_layers] if layers else ():
+        originals = (to_int4(model, layers, config.int4_group_size) if group == INT4_GROUP
+                     else to_int8(model, layers))
+        if guarded(group, layers, originals):
+            break
     return steps, kept, corrections
 
 
@@ -209,10 +227,12 @@ def staged_quantize(model: nn.Module, evaluate: Evaluate, config: QuantConfig, *
         finetuned = True
     quantized = [n for n, m in model.named_modules() if isinstance(m, BitLinear)]
     int8 = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (Int8Embedding, Int8Linear))]
-    reverted = [name for step in steps if step.reverted and step.group != INT8_GROUP for name in step.layers]
+    int4 = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (Int4Embedding, Int4Linear))]
+    reverted = [name for step in steps if step.reverted and step.group not in (INT4_GROUP, INT8_GROUP)
+                for name in step.layers]
     return StagedResult(config=config, conservative=used_conservative, accuracy_before=before,
                         accuracy_quantized=quantized_accuracy, accuracy_final=final_accuracy,
-                        finetuned=finetuned, steps=steps, quantized=quantized, reverted=reverted, int8=int8,
+                        finetuned=finetuned, steps=steps, quantized=quantized, reverted=reverted, int8=int8, int4=int4,
                         first_attempt_drop=first_drop,
                         scale_corrections={n: corrections[n] for n in quantized})
 
