@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cluster.runtime import RayConfig
-from forge.ab_cycles import ABCycleConfig
+from forge.abcycles.driver import ABCycleConfig
 from forge.baking.config import BakingConfig
 from forge.configtools import (ConfigError, apply_override, from_dict, load_yaml, parse_override)
-from forge.evolve import EvoMergeConfig
-from forge.levels import CurriculumPhaseConfig
+from forge.merge.evolve import EvoMergeConfig
+from forge.curriculum.levels import CurriculumPhaseConfig
 from forge.optim import MuonGrokfastConfig
 from forge.quant.run import QuantizeJobConfig
-from forge.quietstar.format_bake import FormatBakeConfig
+from forge.quietstar.format_training import FormatBakeConfig
 from forge.quietstar.rl import ThoughtRLConfig
 from forge.tracking import TrackingConfig
 

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from forge.ab_cycles import (
+from forge.abcycles.driver import (
     ABCycleConfig,
     ABCycleError,
     ABStateMismatchError,

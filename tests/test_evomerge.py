@@ -10,7 +10,7 @@ import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, state_dict_hash
 from forge.config import load_pipeline_config
-from forge.evolve import (EvoMergeConfig, Genome, Recipe, Scored, combine_fitness, fitness_scores,
+from forge.merge.evolve import (EvoMergeConfig, Genome, Recipe, Scored, combine_fitness, fitness_scores,
                           initial_population, next_generation, population_diversity, stop_reason)
 from forge.merge import merge
 from forge.phases.base import PhaseContext
@@ -131,7 +131,7 @@ def test_low_diversity_injects_a_random_combo():
 
 def test_loser_merges_stay_within_max_recipes():
     genomes = [s.genome for s in _population()]
-    from forge.evolve import merge_losers
+    from forge.merge.evolve import merge_losers
 
     twice = merge_losers([merge_losers(genomes[:2], 3), merge_losers(genomes[2:4], 3)], max_recipes=3)
     assert len(twice.recipes) == 3 and sum(twice.mix) == pytest.approx(1.0)

@@ -14,7 +14,7 @@ from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verif
 from forge.baking import BakingConfig
 from forge.config import PipelineConfig
 from forge.data.tokenizer import train_bpe_tokenizer
-from forge.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, build_levels, completion_text,
+from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, build_levels, completion_text,
                           load_value_prompts, prompt_text)
 from forge.phases.base import PhaseContext
 from forge.phases.curriculum import choose_input, resume_state, run, run_fingerprint, tool_demonstrations

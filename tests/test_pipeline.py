@@ -25,7 +25,7 @@ from forge.pipeline import run_pipeline
 from forge.quant.run import bitnet_criteria
 from forge.quant.staged import INT8_GROUP
 from forge.tracking import read_metrics
-from forge.training import set_seed
+from forge.pretrain.trainer import set_seed
 
 SMALL = [
     "cognate.train.max_steps_per_epoch=2", "cognate.train.checkpoint_every=1", "cognate.train.batch_size=4",

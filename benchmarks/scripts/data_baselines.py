@@ -8,7 +8,7 @@ import argparse
 import json
 import time
 
-from forge.data.curriculum import CurriculumConfig, build_curriculum
+from forge.pretrain.stages import CurriculumConfig, build_curriculum
 from forge.data.lm_dataset import build_lm_data, split_documents, unigram_perplexity
 from forge.data.sources import SourceConfig
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer

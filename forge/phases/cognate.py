@@ -20,12 +20,12 @@ from cluster.resources import plan_devices, plan_trainers, share_for
 from forge.artifacts import atomic_dir, atomic_write_json, load_model_dir, read_json
 from forge.config import CognateModelSpec, PipelineConfig
 from forge.criteria import criterion, missed
-from forge.data.curriculum import STAGES, CurriculumConfig, build_stage
+from forge.pretrain.stages import STAGES, CurriculumConfig, build_stage
 from forge.data.lm_dataset import blocks_from_stream, is_validation_text, token_stream, unigram_perplexity
 from forge.data.sources import SourceConfig, load_texts
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
 from forge.phases.base import PhaseContext, PhaseResult
-from forge.training import Stage, TrainJob, trainer_memory_bytes
+from forge.pretrain.trainer import Stage, TrainJob, trainer_memory_bytes
 
 log = logging.getLogger(__name__)
 

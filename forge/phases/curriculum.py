@@ -3,7 +3,7 @@ value prompts of ``configs/prompts/values.yaml`` baked at full strength after ev
 
 Input: the previous phase's model (``model`` from BitNet, ``champion`` from EvoMerge). A BitNet model
 (ternary and int8 layers) is dequantized first (``forge.quant.convert.dequantize_model``): training and LoRA baking need float
-weights, so the output is a float model and the manifest says so. Per level (``forge.levels``): held-out
+weights, so the output is a float model and the manifest says so. Per level (``forge.curriculum.levels``): held-out
 accuracy before, a short AdamW training stage on the level's items, accuracy after, then every value
 prompt baked in turn (``forge.baking.bake_sequence``), each prompt's strength measured against the model
 the level's bakes started from, and the accuracy once more. With ``tool_use_items`` set, every training stage
@@ -26,7 +26,7 @@ from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_exam
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
 from forge.baking import bake_sequence
 from forge.configtools import config_hash
-from forge.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
+from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
                           count_tokens, level_accuracy, load_value_prompts, train_stage, values_path)
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.quant.convert import dequantize_model

@@ -1,6 +1,6 @@
 """Phase 2, EvoMerge: the Cognate models merged into one champion by evolution, driven by Ray Tune.
 
-Driver: load the parents, build each generation's candidates from their genomes (``forge.evolve``),
+Driver: load the parents, build each generation's candidates from their genomes (``forge.merge.evolve``),
 replace an invalid merge (non-finite weights or logits, broken greedy generation) by a linear merge and
 record it, put the weights in the object store once, and run one Tune experiment per generation: each
 trial is one candidate genome, evaluated (held-out perplexity, held-out accuracy with a data folder,
@@ -29,7 +29,7 @@ import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir
 from forge.criteria import criterion, missed
-from forge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGeneration, Scored, combine_fitness,
+from forge.merge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGeneration, Scored, combine_fitness,
                           fitness_scores, improvement, initial_population, linear_fallback, next_generation,
                           population_diversity, stop_reason)
 from forge.merge import check_compatible, infer_layer_layout, merge, weight_space_diversity

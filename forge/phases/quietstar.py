@@ -5,7 +5,7 @@ Steps, on the driver (one model, sequential training):
    validated: real traces from the data folder's solved problems (``offline``), generated problems with
    verified traces (``synthetic``, the default without a data folder), or a file written by
    ``python -m forge.quietstar`` (``file``, e.g. from the API generator).
-1. The reasoning format is baked by full fine-tuning (``forge.quietstar.format_bake``), with the spec's
+1. The reasoning format is baked by full fine-tuning (``forge.quietstar.format_training``), with the spec's
    convergence check and its mitigation.
 2. Quiet-STaR RL on thoughts (``forge.quietstar.rl``), with anti-theater checks and rollback.
 Accuracy on held-out problems, thinking-token usage and generation speed are measured before Phase 3,
@@ -27,7 +27,7 @@ from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_m
 from forge.criteria import criterion, missed
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.quietstar.data import dataset_metadata, read_dataset, validate_examples, write_dataset
-from forge.quietstar.format_bake import bake_reasoning_format, select_examples
+from forge.quietstar.format_training import bake_reasoning_format, select_examples
 from forge.quietstar.generate import answer_accuracy, generation_speed
 from forge.quietstar.offline import OfflineConfig, OfflineReasoningGenerator
 from forge.quietstar.rl import ThinkIds, heldout_check_items, mean_coherence, save_mixing_head, train_thoughts

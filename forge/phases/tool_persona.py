@@ -1,16 +1,16 @@
 """Phase 6, tool and persona optimization: alternating A/B cycles until both plateau.
 
-The driver (``forge.ab_cycles``) decides; this module does the work behind its hooks:
+The driver (``forge.abcycles.driver``) decides; this module does the work behind its hooks:
 
-- A-cycle (tool use): variants of the incumbent tool prompt by mutation (``forge.prompt_variants``; the
+- A-cycle (tool use): variants of the incumbent tool prompt by mutation (``forge.abcycles.prompt_variants``; the
   small models cannot write prompts), scored by the multi-turn tool-use benchmark (``benchmarks.tooluse``)
   on a subset of held-out problems that rotates per iteration. Fitness: the weighted sum of its metrics in
   ``tool_metric_weights`` (accuracy first; tool usage gives the small models a signal). With ``fitness:
   swebench`` it is the resolved rate of the official SWE-bench harness on the data folder's Lite instances,
   as the spec asks (Docker; the config is refused where the harness cannot run). The score is logged and
-  handed on under the name of what it measures (``forge.ab_cycles.A_SCORE_NAMES``).
+  handed on under the name of what it measures (``forge.abcycles.driver.A_SCORE_NAMES``).
 - B-cycle (persona): the model writes self-prompts from the spec's meta-prompt (coherence filter,
-  temperature sweep, human-written fallback; ``forge.prompt_variants.self_prompts``), scored by the
+  temperature sweep, human-written fallback; ``forge.abcycles.prompt_variants.self_prompts``), scored by the
   weighted benchmark aggregate (the spec's six with a data folder, else ``synthetic_reasoning``).
 - Every prompt of an iteration is evaluated at the same time on ``eval_actors`` remote
   ``BenchmarkActor``s that hold the current weights (sent in memory, once per model change); their result
@@ -40,7 +40,7 @@ from benchmarks.swebench import generate_predictions, run_harness, write_predict
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, evaluate_tool_use
 from benchmarks.tooluse_problems import load_problems, rotation_subset
 from cluster.resources import evaluation_share
-from forge.ab_cycles import (A_SCORE_NAMES, ABResult, last_checkpoint_iteration, plot_trajectory, run_ab_cycles,
+from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, last_checkpoint_iteration, plot_trajectory, run_ab_cycles,
                              spec_strength)
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, state_dict_hash
 from forge.baking import NothingToBake, bake_prompt
@@ -48,7 +48,7 @@ from forge.criteria import criterion, missed
 from forge.data.readers import read_swebench
 from forge.phases.base import PhaseContext, PhaseResult
 from forge.tracking import Tracker
-from forge.prompt_variants import HUMAN_PERSONAS, META_PROMPT, mutate_prompt, self_prompts
+from forge.abcycles.prompt_variants import HUMAN_PERSONAS, META_PROMPT, mutate_prompt, self_prompts
 
 OFFLINE_PERSONA_TASKS = {"synthetic_reasoning": 1.0}
 A_GAIN_REQUIRED = 0.10  # spec: SWE-Bench score improves by >= 10% from baseline

@@ -1,6 +1,6 @@
 """Phase 4 on one model directory: calibrate, quantize under the guard, pack, measure, save.
 
-``python -m forge.quantize`` and the pipeline's BitNet phase both call :func:`quantize_model_dir`. The guard
+``python -m forge.quant`` and the pipeline's BitNet phase both call :func:`quantize_model_dir`. The guard
 metric is the mean score of benchmark tasks on their held-out items (``guard_tasks``, through the
 benchmarks harness) when a data folder is there, else held-out next-token accuracy (or likelihood).
 """

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from forge.ab_cycles import Proposal
+from forge.abcycles.driver import Proposal
 
 __all__ = ["HUMAN_PERSONAS", "LIST_PRIMER", "META_PROMPT", "TOOL_INSTRUCTIONS", "Proposal", "coherence_problem",
            "mutate_prompt", "self_prompts", "split_candidates", "split_sentences"]

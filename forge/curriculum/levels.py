@@ -27,7 +27,7 @@ from forge.baking.trajectories import max_positions
 from forge.quietstar.generate import answer_accuracy
 
 DATA_LEVEL_SOURCES = ("svamp", "gsm8k")  # word-problem sets a level can draw from, easiest first
-DEFAULT_VALUES_FILE = Path(__file__).resolve().parent.parent / "configs" / "prompts" / "values.yaml"
+DEFAULT_VALUES_FILE = Path(__file__).resolve().parents[2] / "configs" / "prompts" / "values.yaml"
 _GSM8K_ANNOTATION = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator notes "<<48/2=24>>"
 _WORDS = {"+": "Add {b}.", "-": "Subtract {b}.", "*": "Multiply by {b}."}
 
