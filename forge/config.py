@@ -10,19 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cluster.runtime import RayConfig
 from forge.abcycles.driver import ABCycleConfig
 from forge.baking.config import BakingConfig
 from forge.configtools import (ConfigError, apply_override, from_dict, load_yaml, parse_override)
 from forge.merge.evolve import EvoMergeConfig
 from forge.curriculum.levels import CurriculumPhaseConfig
 from forge.optim import MuonGrokfastConfig
+from forge.pretrain.config import CognateTrainConfig
 from forge.quant.run import QuantizeJobConfig
 from forge.quietstar.format_training import FormatBakeConfig
 from forge.quietstar.rl import ThoughtRLConfig
 from forge.tracking import TrackingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+PHASES: tuple[str, ...] = ("cognate", "evomerge", "quietstar", "bitnet", "curriculum", "tool_persona")
+"""The pipeline's phases, in order; each is the module ``forge/phases/<name>.py``."""
 
 SPEC_CATEGORY_WEIGHTS = {"math": 0.4, "qa": 0.3, "code": 0.1, "commonsense": 0.1, "language": 0.1}
 
@@ -68,38 +71,6 @@ def _spec_models() -> list[CognateModelSpec]:
         CognateModelSpec("speed", 0.99, 64, 44, [1, 1, 1],
                          {"math": 0.2, "qa": 0.2, "code": 0.1, "commonsense": 0.4, "language": 0.1}),
     ]
-
-
-@dataclass
-class CognateTrainConfig:
-    seq_len: int = 128
-    """Tokens per training sequence."""
-    batch_size: int = 8
-    """Sequences per optimizer step (micro-batches are accumulated to reach it)."""
-    micro_batch_size: int | None = None
-    """Sequences per forward pass; None: the largest that fits the device's free memory."""
-    max_steps_per_epoch: int | None = 40
-    """Cap on optimizer steps per epoch (None: the whole stage corpus each epoch)."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip."""
-    warmup_steps: int = 10
-    """Linear learning-rate warm-up steps at the start of training."""
-    checkpoint_every: int = 25
-    """Optimizer steps between checkpoints (a killed run resumes from the last one)."""
-    eval_max_batches: int = 16
-    """Validation micro-batches per evaluation (None-like 0: the whole validation set)."""
-    spike_factor: float = 4.0
-    """A loss above this multiple of the recent mean counts as divergence (as do NaN and inf)."""
-    lr_backoff: float = 0.5
-    """Learning-rate factor applied after rolling back from a divergence."""
-    max_rollbacks: int = 3
-    """Divergences tolerated before the model's training fails."""
-    precision: Literal["auto", "float32", "bf16", "fp16"] = "auto"
-    """Training arithmetic. auto: bf16 autocast on CUDA GPUs with bf16 (Ampere+, with TF32 matmuls), fp16 autocast
-    and a gradient scaler on older ones (Turing: GTX 1660), float32 on CPU; float32, bf16, fp16: forced."""
-    optimizer: MuonGrokfastConfig = field(default_factory=lambda: MuonGrokfastConfig(muon_lr=1e-2, adam_lr=1e-2))
-    """MuonGrokfast settings. Spec: muon_lr 1e-3, grokfast_lambda 0.3, qk_clip 30 (the full presets); the
-    tiny models reach 0.34x unigram perplexity in 100 steps at 1e-2 against 0.76x at 3e-3."""
 
 
 @dataclass
@@ -210,6 +181,23 @@ class ToolPersonaPhaseConfig:
     def sources(self, with_data: bool) -> list[str]:
         """The tool-use problem sources of a run with (or without) a data folder."""
         return list(self.tool_sources) + (list(self.tool_sources_with_data) if with_data else [])
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    """Cluster to join ('auto' or 'host:port'); None: join RAY_ADDRESS if set, else start a local Ray."""
+    num_cpus: int | None = None
+    """CPUs a local Ray may use; None: all of this machine's."""
+    num_gpus: int | None = None
+    """GPUs a local Ray may use; None: the number torch sees (0 on a CPU-only machine)."""
+    include_dashboard: bool = False
+    """Start the dashboard with a local Ray (costs start-up time and memory)."""
+    gpu_memory_gib: float | None = None
+    """GPU memory (GiB per GPU) the resource planner may hand out; None: each GPU's free memory. 6 rehearses a
+    GTX 1660 on a larger GPU."""
+    max_restarts: int = 2
+    """Times a dead actor (trainer, benchmark actor, EvoMerge trial) is restarted, resuming from its checkpoint."""
 
 
 @dataclass
@@ -338,8 +326,6 @@ def load_pipeline_config(preset: str | None = "tiny", *, config_file: str | None
 
 def validate(config: PipelineConfig) -> None:
     """Cross-field checks that the types alone cannot express."""
-    from forge.phases import PHASES
-
     for name in config.phases:
         if name not in PHASES:
             raise ConfigError(f"unknown phase '{name}'; valid phases: {', '.join(PHASES)}")

@@ -338,7 +338,7 @@ def _offline_config(**changes):
     base = dict(chars_per_stage=20_000, seed=0,
                 sources=sources.SourceConfig(order=("offline",), max_items=60, allow_skip=True))
     base.update(changes)
-    return pretrain_stages.CurriculumConfig(**base)
+    return pretrain_stages.StageMixConfig(**base)
 
 
 def test_curriculum_stage_mix_follows_weights_and_records_sources():
@@ -367,7 +367,7 @@ def test_curriculum_stage_mix_follows_weights_and_records_sources():
 
 def test_curriculum_on_real_data_uses_each_models_weights(shared_data):
     src = sources.SourceConfig(order=("local", "offline"), data_dir=str(shared_data), max_items=100)
-    stages = pretrain_stages.build_curriculum(pretrain_stages.CurriculumConfig(
+    stages = pretrain_stages.build_stages(pretrain_stages.StageMixConfig(
         category_weights=pretrain_stages.COGNATE_MODEL_WEIGHTS[2], chars_per_stage=30_000, sources=src))
     assert [mix.stage for mix in stages] == ["foundation", "reasoning", "advanced"]
     foundation = stages[0]
@@ -378,9 +378,9 @@ def test_curriculum_on_real_data_uses_each_models_weights(shared_data):
     for weights in pretrain_stages.COGNATE_MODEL_WEIGHTS.values():
         assert sum(weights.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown categories"):
-        pretrain_stages.CurriculumConfig(category_weights={"vision": 1.0})
+        pretrain_stages.StageMixConfig(category_weights={"vision": 1.0})
     with pytest.raises(ValueError, match="unknown curriculum dataset"):
-        pretrain_stages.CurriculumConfig(stages={"x": ("imagenet",)})
+        pretrain_stages.StageMixConfig(stages={"x": ("imagenet",)})
 
 
 # ---------------------------------------------------------------- packing and the unigram baseline

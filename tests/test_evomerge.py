@@ -193,7 +193,7 @@ def test_invalid_merge_is_replaced_by_a_linear_merge_and_recorded(parents):
 
 
 def test_fitness_is_deterministic_for_the_same_model(parents, shared_data):
-    from forge.phases.cognate import read_heldout_texts
+    from forge.data.heldout import read_heldout_texts
     from forge.phases.evomerge import measure_terms
 
     root, dirs = parents
@@ -216,7 +216,7 @@ def test_fitness_is_deterministic_for_the_same_model(parents, shared_data):
 
 
 def test_heldout_texts_are_taken_across_the_whole_file(tmp_path):
-    from forge.phases.cognate import HELDOUT_TEXTS, read_heldout_texts
+    from forge.data.heldout import HELDOUT_TEXTS, read_heldout_texts
 
     atomic_write_json(tmp_path / HELDOUT_TEXTS, {"texts": [letter * 100 for letter in "abcdefghij"]})
     assert [t[0] for t in read_heldout_texts(tmp_path, 300)] == ["a", "d", "g"]  # not the first three

@@ -111,7 +111,7 @@ def build_model(name: str, tiny: bool, seq_len: int):
         config = GPT2Config(vocab_size=arch["vocab_size"], n_embd=arch["hidden_size"], n_layer=arch["num_hidden_layers"],
                             n_head=arch["num_attention_heads"], n_positions=seq_len, resid_pdrop=0.0, embd_pdrop=0.0,
                             attn_pdrop=0.0)
-        from benchmarks.scripts.cognate_throughput import gpt2_flops_per_token
+        from forge.models.size import gpt2_flops_per_token
 
         return GPT2LMHeadModel(config), lambda steps: gpt2_flops_per_token(config, seq_len)
     config = CognateConfig(**dict(arch, ltm_slots=slots[name]))

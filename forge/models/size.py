@@ -33,6 +33,14 @@ def mean_attended_keys(seq_len: int, window: int) -> float:
     return (window * (window + 1) / 2 + (seq_len - window) * window) / seq_len
 
 
+def gpt2_flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token of a GPT-2 (``transformers.GPT2Config``) at ``seq_len``: the baseline of the
+    Cognate throughput measurements."""
+    d, layers = config.n_embd, config.n_layer
+    matmul_weights = layers * 12 * d * d + d * config.vocab_size
+    return 6.0 * matmul_weights + 12.0 * layers * d * mean_attended_keys(seq_len, seq_len)
+
+
 def estimate_flops_per_token(config: CognateConfig, seq_len: int, steps: float | None = None) -> float:
     """Training FLOPs per token (forward + backward) of one Cognate forward/backward, 6N-style.
 

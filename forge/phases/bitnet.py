@@ -17,7 +17,7 @@ from typing import Sequence
 from forge.artifacts import load_model_dir
 from forge.criteria import describe, missed
 from forge.phases.base import PhaseContext, PhaseResult
-from forge.phases.cognate import read_heldout_texts
+from forge.data.heldout import read_heldout_texts
 from forge.quant.run import (QuantizeJobConfig, next_token_scores, quantize_model_dir, text_token_ids,
                              wikitext_texts)
 

@@ -34,9 +34,10 @@ from forge.merge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, Next
                           population_diversity, stop_reason)
 from forge.merge import check_compatible, infer_layer_layout, merge, weight_space_diversity
 from forge.phases.base import PhaseContext, PhaseResult
-from forge.phases.cognate import read_heldout_texts
+from forge.data.heldout import read_heldout_texts
 from actors.restarts import ATTEMPTS_FILE, record_attempt
-from cluster.resources import evaluation_share, limit_gpu_memory
+from cluster.resources import evaluation_share
+from forge.devices import limit_gpu_memory
 from cluster.runtime import RayConfig
 from forge.quant.measure import forward_latency
 
