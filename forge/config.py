@@ -1,11 +1,12 @@
 """Typed configuration: one dataclass per phase and one for the pipeline.
 
-The dataclass defaults are the embedded ``tiny`` preset (CPU, offline, minutes); ``configs/*.yaml``
+The dataclass defaults are the embedded ``tiny`` preset (CPU, offline, minutes); ``forge/presets/*.yaml``
 override them. Load with :func:`load_pipeline_config`.
 """
 from __future__ import annotations
 
 import os
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,8 @@ from forge.quietstar.format_training import FormatBakeConfig
 from forge.quietstar.rl import ThoughtRLConfig
 from forge.tracking import TrackingConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(str(resources.files("forge") / "presets"))
+"""The presets (``<name>.yaml``), package data: found the same way in a source checkout and an installed package."""
 
 PHASES: tuple[str, ...] = ("cognate", "evomerge", "quietstar", "bitnet", "curriculum", "tool_persona")
 """The pipeline's phases, in order; each is the module ``forge/phases/<name>.py``."""

@@ -16,6 +16,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -27,7 +28,7 @@ from forge.baking.trajectories import max_positions
 from forge.quietstar.generate import answer_accuracy
 
 DATA_LEVEL_SOURCES = ("svamp", "gsm8k")  # word-problem sets a level can draw from, easiest first
-DEFAULT_VALUES_FILE = Path(__file__).resolve().parents[2] / "configs" / "prompts" / "values.yaml"
+DEFAULT_VALUES_FILE = Path(str(resources.files("forge") / "presets" / "prompts" / "values.yaml"))
 _GSM8K_ANNOTATION = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator notes "<<48/2=24>>"
 _WORDS = {"+": "Add {b}.", "-": "Subtract {b}.", "*": "Multiply by {b}."}
 
@@ -55,7 +56,7 @@ class CurriculumPhaseConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global gradient-norm clip; 0 disables it
     max_new_tokens: int = 32  # greedy tokens generated per held-out item when measuring accuracy
-    values_file: str | None = None  # YAML of the value prompts; None: configs/prompts/values.yaml of the project
+    values_file: str | None = None  # YAML of the value prompts; None: forge/presets/prompts/values.yaml of the project
     bake_inputs: int = 6  # training questions of the level that follow each prompt in the bake
     tool_use_items: int = 128  # train-side tool-use transcripts per source (Phase 6's sources, prompt and format)
     # shuffled into every level's training stage, so Phase 6's A-cycle starts from a model that calls tools; 0: none
@@ -359,18 +360,18 @@ def level_accuracy(model, tokenizer, items: Sequence[LevelItem], max_new_tokens:
 # ------------------------------------------------------------------------------------ value prompts
 
 def values_path(config: CurriculumPhaseConfig) -> Path:
-    """The value-prompt file the config names (the project's configs/prompts/values.yaml by default)."""
+    """The value-prompt file the config names (the project's forge/presets/prompts/values.yaml by default)."""
     return Path(config.values_file) if config.values_file is not None else DEFAULT_VALUES_FILE
 
 
 def load_value_prompts(path: str | os.PathLike) -> list[ValuePrompt]:
     """The prompts of a values file: ``prompts:`` a list of ``{name: ..., text: ...}``, names unique."""
     path = Path(path)
-    fix = (f"fix {path} (see configs/prompts/values.yaml in the project for the format) or point "
+    fix = (f"fix {path} (see forge/presets/prompts/values.yaml in the project for the format) or point "
            "curriculum.values_file at a valid file")
     if not path.is_file():
         raise FileNotFoundError(f"values file {path} does not exist: create it with a 'prompts:' list of "
-                                "{name, text} entries (copy configs/prompts/values.yaml) or set curriculum.values_file")
+                                "{name, text} entries (copy forge/presets/prompts/values.yaml) or set curriculum.values_file")
     try:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle)

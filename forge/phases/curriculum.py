@@ -1,5 +1,5 @@
 """Phase 5, curriculum and value baking: levels of rising difficulty, each trained and measured, with the
-value prompts of ``configs/prompts/values.yaml`` baked at full strength after every level.
+value prompts of ``forge/presets/prompts/values.yaml`` baked at full strength after every level.
 
 Input: the previous phase's model (``model`` from BitNet, ``champion`` from EvoMerge). A BitNet model
 (ternary and int8 layers) is dequantized first (``forge.quant.convert.dequantize_model``): training and LoRA baking need float
