@@ -6,10 +6,11 @@ override them. Load with :func:`load_pipeline_config`.
 from __future__ import annotations
 
 import os
-from importlib import resources
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from forge.abcycles.driver import ABCycleConfig
 from forge.baking.config import BakingConfig
@@ -90,13 +91,52 @@ class CognateDataConfig:
 
 
 @dataclass
+class CognateArchitecture(Mapping):
+    """The ``CognateConfig`` arguments the three models share (they must share shapes to be merged later), read
+    as a mapping of those keyword arguments. What differs per model (act_threshold, ltm_slots, seed) is set under
+    ``cognate.models``, the vocabulary by the tokenizer; every other ``CognateConfig`` argument keeps its default."""
+
+    hidden_size: int = 128
+    """Width of the residual stream, z and y."""
+    num_hidden_layers: int = 2
+    """Decoder layers in the shared stack that every recursion re-applies."""
+    num_attention_heads: int = 4
+    """Attention heads (head_dim = hidden_size / heads, even for RoPE)."""
+    intermediate_size: int = 352
+    """SwiGLU inner width."""
+    sliding_window: int = 64
+    """Tokens each token attends to (itself and the window - 1 before it)."""
+    max_position_embeddings: int = 512
+    """Longest sequence the model is meant for (>= cognate.train.seq_len)."""
+    memory_dim: int = 16
+    """Width of the Titans memory's keys, values and queries."""
+    memory_chunk_size: int = 32
+    """Tokens per memory update (<= sliding_window)."""
+    act_max_steps: int = 2
+    """Most ACT supervision steps per forward."""
+    trm_refinements: int = 2
+    """TRM (z, y) refinements per supervision step."""
+    trm_latent_updates: int = 1
+    """TRM latent updates before each answer update."""
+    activation_checkpointing: Literal["none", "layer", "stack"] = "none"
+    """Recompute in backward instead of storing: none, each decoder layer's input (layer) or each stack pass's (stack)."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+
+@dataclass
 class CognatePhaseConfig:
-    architecture: dict[str, Any] = field(default_factory=lambda: {
-        "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 352,
-        "sliding_window": 64, "max_position_embeddings": 512, "memory_dim": 16, "memory_chunk_size": 32,
-        "act_max_steps": 2, "trm_refinements": 2, "trm_latent_updates": 1,
-    })
-    """CognateConfig fields shared by the three models (they must share shapes to be merged later)."""
+    architecture: CognateArchitecture = field(default_factory=CognateArchitecture)
+    """CognateConfig arguments shared by the three models; unknown keys are refused when the config loads."""
     models: list[CognateModelSpec] = field(default_factory=_spec_models)
     """The three diverse models."""
     train: CognateTrainConfig = field(default_factory=CognateTrainConfig)
@@ -354,6 +394,8 @@ def validate(config: PipelineConfig) -> None:
         if not torch.cuda.is_available():
             raise ConfigError(f"device=cuda but torch {torch.__version__} sees no CUDA GPU on this machine: use "
                               "device=auto or cpu, or join a GPU cluster with ray.address")
+    if cognate.architecture.max_position_embeddings < cognate.train.seq_len:
+        raise ConfigError("cognate.architecture.max_position_embeddings must be >= cognate.train.seq_len")
     if config.device == "cpu" and cognate.train.precision == "fp16":
         raise ConfigError("cognate.train.precision=fp16 needs a CUDA GPU but device=cpu: use auto, float32 or bf16")
     board = config.scoreboard

@@ -66,11 +66,6 @@ def _encode(tokenizer, texts: list[str]) -> list[int]:
 
 def _architecture(config: PipelineConfig, spec: CognateModelSpec, tokenizer) -> dict[str, Any]:
     arch = dict(config.cognate.architecture)
-    for key in ("act_threshold", "ltm_slots", "vocab_size"):
-        if key in arch:
-            raise ValueError(f"cognate.architecture.{key} is set per model or by the tokenizer; remove it")
-    if arch.get("max_position_embeddings", 0) < config.cognate.train.seq_len:
-        raise ValueError("cognate.architecture.max_position_embeddings must be >= cognate.train.seq_len")
     arch.update(act_threshold=spec.act_threshold, ltm_slots=spec.ltm_slots, vocab_size=len(tokenizer),
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id)
