@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from forge.baking.config import BakingConfig
-from forge.baking.trajectories import max_positions
+from forge.modelinfo import max_positions, pad_token_id
 from forge.quietstar.generate import answer_accuracy
 
 DATA_LEVEL_SOURCES = ("svamp", "gsm8k")  # word-problem sets a level can draw from, easiest first
@@ -229,11 +229,6 @@ def completion_text(item: LevelItem) -> str:
 
 # ------------------------------------------------------------------------------------ training
 
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return 0 if pad is None else pad
-
-
 def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int | None) -> list[tuple[list[int], int]]:
     """(token ids, prompt length) per (prompt, completion) text pair: prompt + completion + EOS; pairs longer
     than ``max_len`` dropped."""
@@ -283,7 +278,7 @@ def answer_loss(model, tokenizer, items: Sequence[LevelItem], batch_size: int = 
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
-        input_ids, mask, labels = collate(encoded[start:start + batch_size], _pad_id(tokenizer), device)
+        input_ids, mask, labels = collate(encoded[start:start + batch_size], pad_token_id(tokenizer), device)
         logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         target = labels[:, 1:]
         total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
@@ -329,7 +324,7 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
             rng.shuffle(refill)
             order.extend(refill)
         batch, order = order[:config.batch_size], order[config.batch_size:]
-        input_ids, mask, labels = collate([encoded[i] for i in batch], _pad_id(tokenizer), device)
+        input_ids, mask, labels = collate([encoded[i] for i in batch], pad_token_id(tokenizer), device)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / (config.warmup_steps + 1))
         optimizer.zero_grad(set_to_none=True)
