@@ -28,27 +28,24 @@ from forge.baking import bake_sequence
 from forge.configtools import config_hash
 from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
                           count_tokens, level_accuracy, load_value_prompts, train_stage, values_path)
-from forge.phases.base import PhaseContext, PhaseResult
+from forge.phases.base import MODEL_NAMES, PhaseContext, PhaseResult, single_input
 from forge.quant.convert import dequantize_model
 
 log = logging.getLogger(__name__)
 
 PHASE = "curriculum"
 RESUME_KEY = "curriculum_resume"  # manifest entry of a level checkpoint: fingerprint and records so far
-INPUT_NAMES = ("champion", "model")  # names of the previous phase's model, in order of preference
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
-    """The previous phase's only model, else its ``champion`` or ``model``."""
+    """The previous phase's model (``single_input``)."""
     if not inputs:
         raise ValueError("curriculum trains the previous phase's model; run it after bitnet or evomerge")
-    if len(inputs) == 1:
-        return next(iter(inputs))
-    for name in INPUT_NAMES:
-        if name in inputs:
-            return name
-    raise ValueError(f"curriculum cannot tell which input to train: got {', '.join(sorted(inputs))}, none named "
-                     f"{' or '.join(INPUT_NAMES)}; run it after a phase that writes one of those")
+    name = single_input(inputs)
+    if name is None:
+        raise ValueError(f"curriculum cannot tell which input to train: got {', '.join(sorted(inputs))}, none named "
+                         f"{' or '.join(MODEL_NAMES)}; run it after a phase that writes one of those")
+    return name
 
 
 def level_dir(ctx: PhaseContext, level: int) -> Path:

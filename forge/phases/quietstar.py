@@ -25,7 +25,7 @@ import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, verify_model_dir
 from forge.criteria import criterion, missed
-from forge.phases.base import PhaseContext, PhaseResult
+from forge.phases.base import PhaseContext, PhaseResult, single_input
 from forge.quietstar.data import dataset_metadata, read_dataset, validate_examples, write_dataset
 from forge.quietstar.format_training import bake_reasoning_format, select_examples
 from forge.quietstar.generate import answer_accuracy, generation_speed
@@ -40,11 +40,10 @@ SPEC_EXAMPLES = 20_000  # spec: the reasoning data holds >= 20,000 examples (few
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
-    """The previous phase's champion, or its only model."""
-    if "champion" in inputs:
-        return "champion"
-    if len(inputs) == 1:
-        return next(iter(inputs))
+    """The previous phase's model (``single_input``)."""
+    name = single_input(inputs)
+    if name is not None:
+        return name
     raise ValueError(f"quietstar trains one model; the previous phase wrote {sorted(inputs)}. Run it after "
                      "evomerge (python -m forge.pipeline --phases cognate,evomerge,quietstar)")
 
