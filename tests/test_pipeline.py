@@ -228,7 +228,7 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     assert tool["inputs"] == {"model": curriculum["outputs"]["model"]["digest"]}
     summary = tool["summary"]
     assert summary["iterations"] >= 1 and summary["stop_reason"] in {"converged", "max_iterations", "sequential_complete"}
-    for name in ("prompts.json", "trajectory.json", "trajectory.svg"):
+    for name in ("prompts.json", "trajectory.json", "trajectory.png"):
         assert (run_dir / "tool_persona" / name).is_file()
     handoff = read_json(run_dir / "tool_persona" / "model" / "manifest.json")["handoff"]
     assert set(handoff["validation_after"]) == {"tool_fitness", "tool_accuracy", "tool_usage_rate", "persona_aggregate"}

@@ -20,7 +20,7 @@ The driver (``forge.abcycles.driver``) decides; this module does the work behind
   ``keep_input_if_better``) the input with the initial prompts when that scores higher.
 
 Records: ``prompts.json`` and ``work/iter_NNN/`` (the model after each iteration), ``trajectory.json``,
-``trajectory.svg``, the final model in ``model/`` with the Phase 7 handoff in its manifest. The A-cycle's
+``trajectory.png``, the final model in ``model/`` with the Phase 7 handoff in its manifest. The A-cycle's
 validation problems are disjoint from every iteration's subset; the B-cycle's validation items are drawn
 with another seed from the same held-out pool (the harness selects by seed), so they may overlap.
 """
@@ -46,7 +46,7 @@ from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_m
 from forge.baking import NothingToBake, bake_prompt
 from forge.criteria import criterion, missed
 from forge.data.readers import read_swebench
-from forge.phases.base import PhaseContext, PhaseResult
+from forge.phases.base import PhaseContext, PhaseResult, single_input
 from forge.tracking import Tracker
 from forge.abcycles.prompt_variants import HUMAN_PERSONAS, META_PROMPT, mutate_prompt, self_prompts
 
@@ -78,11 +78,10 @@ def tool_persona_criteria(converged: bool, a_gain: float | None, b_gain: float |
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
-    for name in ("model", "champion"):
-        if name in inputs:
-            return name
-    if len(inputs) == 1:
-        return next(iter(inputs))
+    """The previous phase's model (``single_input``)."""
+    name = single_input(inputs)
+    if name is not None:
+        return name
     raise ValueError(f"tool_persona optimizes one model; the previous phase wrote {sorted(inputs)}")
 
 
@@ -259,7 +258,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     after = work.validation_scores(work.model, final_prompts)
     tracker.log({**{f"final/{k}": v for k, v in after.items()}, **{f"final/input_{k}": v for k, v in before.items()}})
     tracker.finish()
-    plot_trajectory(result, ctx.phase_dir / "trajectory.svg")
+    plot_trajectory(result, ctx.phase_dir / "trajectory.png")
     atomic_write_json(ctx.phase_dir / "trajectory.json", result.to_dict())
     # Selection on a few rotating items can favour noise and each bake can cost skills, so the held-out
     # check decides what is handed on.
