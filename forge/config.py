@@ -57,7 +57,7 @@ class CognateModelSpec:
     seed: int
     """Seed for weights, data order and sampling."""
     stage_epochs: list[int]
-    """Epochs for each curriculum stage (foundation, reasoning, advanced)."""
+    """Epochs for each pretraining stage (foundation, reasoning, advanced)."""
     category_weights: dict[str, float] = field(default_factory=lambda: dict(SPEC_CATEGORY_WEIGHTS))
     """Mix of dataset categories in this model's training data."""
 
@@ -85,7 +85,7 @@ class CognateDataConfig:
     items_per_dataset: int | None = 300
     """Records taken from each dataset (None: all)."""
     chars_per_stage: int = 300_000
-    """Characters of text in each curriculum stage's mix (small sets repeat, large ones are sampled)."""
+    """Characters of text in each pretraining stage's mix (small sets repeat, large ones are sampled)."""
     validation_fraction: float = 0.1
     """Share of documents held out for validation loss and perplexity."""
 

@@ -82,7 +82,7 @@ class DatasetDraw:
 
 @dataclass
 class StageMix:
-    """One curriculum stage: the shuffled training texts and the record of where they came from."""
+    """One pretraining stage: the shuffled training texts and the record of where they came from."""
 
     stage: str  # stage name
     texts: list[str]  # the mixed, shuffled documents
