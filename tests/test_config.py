@@ -149,3 +149,19 @@ def test_cli_unknown_architecture_key_exits_2_and_writes_nothing(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "unknown config key 'cognate.architecture.rope_thetaa'" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_presets_and_value_prompts_are_package_data():
+    """An installed package finds them: they lie inside forge/ and pyproject.toml ships every one of them."""
+    import tomllib
+    from pathlib import Path
+
+    import forge
+    from forge.curriculum.levels import DEFAULT_VALUES_FILE
+
+    package = Path(forge.__file__).resolve().parent
+    shipped = tomllib.loads((package.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    data = {path for pattern in shipped["forge"] for path in package.glob(pattern)}
+    presets = {path.resolve() for path in CONFIG_DIR.glob("*.yaml")}
+    assert presets and DEFAULT_VALUES_FILE.is_file()
+    assert presets | {DEFAULT_VALUES_FILE.resolve(), package / "py.typed"} <= {path.resolve() for path in data}
