@@ -54,7 +54,7 @@ class BenchmarkActor:
         from forge.artifacts import MANIFEST, load_model_dir, state_dict_hash
         from forge.data.tokenizer import load_gpt2_tokenizer
 
-        from cluster.resources import limit_gpu_memory
+        from forge.devices import limit_gpu_memory
 
         if attempts_file:
             record_attempt(attempts_file)

@@ -1,7 +1,7 @@
 """Ray actor that trains one Cognate model on the resource share the cluster layer gave it.
 
 Created with ``actors.restarts.restart_options``: when its process dies, Ray starts it again and re-sends
-``train``, which resumes from the model's last step checkpoint (``forge.training``).
+``train``, which resumes from the model's last step checkpoint (``forge.pretrain.trainer``).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import ray
 
 from actors.restarts import record_attempt
-from forge.training import TrainJob, run_train_job
+from forge.pretrain.trainer import TrainJob, run_train_job
 
 
 @ray.remote

@@ -1,7 +1,7 @@
 """Phase 4's staged-quantization guard scored by the benchmarks harness, and the choice of guard for a job.
 
 ``forge.quant`` takes its guard from the caller (a :class:`forge.quant.staged.Guard`) and knows nothing of
-benchmark tasks; the pipeline phase and ``python -m forge.quantize`` choose one here.
+benchmark tasks; the pipeline phase and ``python -m forge.quant`` choose one here.
 """
 from __future__ import annotations
 

@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 
 from forge.decoding import sample_next
+from forge.devices import model_device
 from forge.models.cache_api import cache_argument, cache_kwargs, returned_cache
+from forge.modelinfo import max_positions
 
 log = logging.getLogger(__name__)
 _REPORTED_NO_CACHE: set[str] = set()  # model classes whose missing cache was already logged
@@ -53,24 +55,19 @@ class ModelInfo:
 
 def model_max_length(model, tokenizer) -> int:
     """lm-eval's rule: the config's position limit, else the tokenizer's, else 2048."""
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(model.config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
+    declared = max_positions(model)
+    if declared is not None:
+        return declared
     tokenizer_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 10**9:
         return tokenizer_max
     return 2048
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def probe_model(model, tokenizer) -> ModelInfo:
     """Check once whether the cache reproduces a full forward pass (a model may ignore it)."""
-    device = _device(model)
+    device = model_device(model)
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     accepts = inspect.signature(model.forward).parameters
     ids = torch.tensor([[1, 2, 3]], device=device) % model.config.vocab_size
@@ -264,7 +261,7 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 def _shared_context_pass(model, encoded, indices, results, info, batch_size, max_batch_tokens):
     """Contexts of equal token length run once together; their cache serves every choice."""
-    device = _device(model)
+    device = model_device(model)
     by_length: dict[int, list[int]] = {}
     for index in indices:
         by_length.setdefault(len(encoded[index][0]), []).append(index)
@@ -318,7 +315,7 @@ def _shared_context_pass(model, encoded, indices, results, info, batch_size, max
 
 def _plain_pass(model, encoded, indices, results, info, batch_size, max_batch_tokens):
     """One sequence per (context, continuation), left-truncated to the model's length as lm-eval does."""
-    device = _device(model)
+    device = model_device(model)
     rows = []  # (item, choice, input ids, continuation ids)
     for index in indices:
         context_ids, conts = encoded[index]
@@ -361,7 +358,7 @@ def generate_until(model, tokenizer, prompts: Sequence[str], *, until: Sequence[
     Prompts of equal token length share a batch, so no padding (and no attention mask) is needed.
     """
     info = info or probe_model(model, tokenizer)
-    device = _device(model)
+    device = model_device(model)
     room = max(1, info.max_length - max_new_tokens)
     encoded = [(encode(tokenizer, prompt) or [info.pad_id])[-room:] for prompt in prompts]
     outputs = [""] * len(prompts)
@@ -434,7 +431,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], *, max_length: int | None
         raise ValueError(f"stride must be in (0, max_length={max_length}], got {stride}")
     if max_length > info.max_length:
         raise ValueError(f"max_length={max_length} exceeds the model's {info.max_length} positions")
-    ids = torch.tensor(encode(tokenizer, "\n\n".join(texts)), device=_device(model))
+    ids = torch.tensor(encode(tokenizer, "\n\n".join(texts)), device=model_device(model))
     if ids.numel() < 2:
         raise ValueError("perplexity needs at least two tokens of text")
     total_nll, scored, previous_end = 0.0, 0, 1  # token 0 is never predicted

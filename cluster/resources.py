@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cluster.runtime import GPU_MEMORY_ENV
-
-GiB = 1024**3
+from forge.devices import GiB, largest_micro_batch
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +48,6 @@ class ResourceShare:
         if self.num_gpus > 0:
             options["num_gpus"] = self.num_gpus
         return options
-
-
-def limit_gpu_memory(device: str, memory_bytes: int | None) -> None:
-    """Cap this process's CUDA allocator at ``memory_bytes`` (its share), so it cannot grow into its neighbours'
-    shares: an allocation beyond it raises out-of-memory here instead of in another actor."""
-    if not device.startswith("cuda") or memory_bytes is None:
-        return
-    import torch
-
-    index = torch.device(device).index or 0
-    total = torch.cuda.get_device_properties(index).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, memory_bytes / total), index)
 
 
 def _probe_gpu_memory() -> list[int]:
@@ -98,10 +85,6 @@ def plan_devices(device: str = "auto") -> DevicePlan:
     if cap is not None:
         memory = [min(free, cap) for free in memory]
     return DevicePlan(num_cpus=num_cpus, num_gpus=num_gpus, gpu_memory_bytes=memory)
-
-
-CUDA_CONTEXT_BYTES = 512 * 1024**2
-"""CUDA context and workspace a GPU process holds besides its tensors."""
 
 
 def share_for(plan: DevicePlan, memory_bytes: int, n_actors: int) -> ResourceShare:
@@ -159,17 +142,6 @@ def plan_trainers(plan: DevicePlan, need: Callable[[int], int], n_actors: int,
     raise ValueError(f"one trainer needs {need(1) / GiB:.1f} GiB at micro-batch 1 but a GPU offers "
                      f"{per_gpu / GiB:.1f} GiB: shorten cognate.train.seq_len, use activation_checkpointing, "
                      "or a smaller model")
-
-
-def largest_micro_batch(free_bytes: int, need: Callable[[int], int], target_batch: int) -> int:
-    """Largest power of two dividing ``target_batch`` whose ``need`` fits ``free_bytes``."""
-    if need(1) > free_bytes:
-        raise ValueError(f"even micro-batch 1 needs {need(1) / GiB:.2f} GiB but {free_bytes / GiB:.2f} GiB are "
-                         "available; shorten the sequence length or use a smaller model")
-    micro = 1
-    while micro * 2 <= target_batch and target_batch % (micro * 2) == 0 and need(micro * 2) <= free_bytes:
-        micro *= 2
-    return micro
 
 
 def evaluation_share(state_dict, device: str, n_actors: int) -> ResourceShare:

@@ -9,26 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+
+from forge.config import RayConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RayConfig:
-    address: str | None = None
-    """Cluster to join ('auto' or 'host:port'); None: join RAY_ADDRESS if set, else start a local Ray."""
-    num_cpus: int | None = None
-    """CPUs a local Ray may use; None: all of this machine's."""
-    num_gpus: int | None = None
-    """GPUs a local Ray may use; None: the number torch sees (0 on a CPU-only machine)."""
-    include_dashboard: bool = False
-    """Start the dashboard with a local Ray (costs start-up time and memory)."""
-    gpu_memory_gib: float | None = None
-    """GPU memory (GiB per GPU) the resource planner may hand out; None: each GPU's free memory. 6 rehearses a
-    GTX 1660 on a larger GPU."""
-    max_restarts: int = 2
-    """Times a dead actor (trainer, benchmark actor, EvoMerge trial) is restarted, resuming from its checkpoint."""
 
 
 GPU_MEMORY_ENV = "FORGE_GPU_MEMORY_GIB"  # carries ray.gpu_memory_gib to the planner (and to Ray's workers)

@@ -1,28 +1,34 @@
 """Typed configuration: one dataclass per phase and one for the pipeline.
 
-The dataclass defaults are the embedded ``tiny`` preset (CPU, offline, minutes); ``configs/*.yaml``
+The dataclass defaults are the embedded ``tiny`` preset (CPU, offline, minutes); ``forge/presets/*.yaml``
 override them. Load with :func:`load_pipeline_config`.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
-from cluster.runtime import RayConfig
-from forge.ab_cycles import ABCycleConfig
+from forge.abcycles.driver import ABCycleConfig
 from forge.baking.config import BakingConfig
 from forge.configtools import (ConfigError, apply_override, from_dict, load_yaml, parse_override)
-from forge.evolve import EvoMergeConfig
-from forge.levels import CurriculumPhaseConfig
+from forge.merge.evolve import EvoMergeConfig
+from forge.curriculum.levels import CurriculumPhaseConfig
 from forge.optim import MuonGrokfastConfig
+from forge.pretrain.config import CognateTrainConfig
 from forge.quant.run import QuantizeJobConfig
-from forge.quietstar.format_bake import FormatBakeConfig
+from forge.quietstar.format_training import FormatBakeConfig
 from forge.quietstar.rl import ThoughtRLConfig
 from forge.tracking import TrackingConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(str(resources.files("forge") / "presets"))
+"""The presets (``<name>.yaml``), package data: found the same way in a source checkout and an installed package."""
+
+PHASES: tuple[str, ...] = ("cognate", "evomerge", "quietstar", "bitnet", "curriculum", "tool_persona")
+"""The pipeline's phases, in order; each is the module ``forge/phases/<name>.py``."""
 
 SPEC_CATEGORY_WEIGHTS = {"math": 0.4, "qa": 0.3, "code": 0.1, "commonsense": 0.1, "language": 0.1}
 
@@ -51,7 +57,7 @@ class CognateModelSpec:
     seed: int
     """Seed for weights, data order and sampling."""
     stage_epochs: list[int]
-    """Epochs for each curriculum stage (foundation, reasoning, advanced)."""
+    """Epochs for each pretraining stage (foundation, reasoning, advanced)."""
     category_weights: dict[str, float] = field(default_factory=lambda: dict(SPEC_CATEGORY_WEIGHTS))
     """Mix of dataset categories in this model's training data."""
 
@@ -71,38 +77,6 @@ def _spec_models() -> list[CognateModelSpec]:
 
 
 @dataclass
-class CognateTrainConfig:
-    seq_len: int = 128
-    """Tokens per training sequence."""
-    batch_size: int = 8
-    """Sequences per optimizer step (micro-batches are accumulated to reach it)."""
-    micro_batch_size: int | None = None
-    """Sequences per forward pass; None: the largest that fits the device's free memory."""
-    max_steps_per_epoch: int | None = 40
-    """Cap on optimizer steps per epoch (None: the whole stage corpus each epoch)."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip."""
-    warmup_steps: int = 10
-    """Linear learning-rate warm-up steps at the start of training."""
-    checkpoint_every: int = 25
-    """Optimizer steps between checkpoints (a killed run resumes from the last one)."""
-    eval_max_batches: int = 16
-    """Validation micro-batches per evaluation (None-like 0: the whole validation set)."""
-    spike_factor: float = 4.0
-    """A loss above this multiple of the recent mean counts as divergence (as do NaN and inf)."""
-    lr_backoff: float = 0.5
-    """Learning-rate factor applied after rolling back from a divergence."""
-    max_rollbacks: int = 3
-    """Divergences tolerated before the model's training fails."""
-    precision: Literal["auto", "float32", "bf16", "fp16"] = "auto"
-    """Training arithmetic. auto: bf16 autocast on CUDA GPUs with bf16 (Ampere+, with TF32 matmuls), fp16 autocast
-    and a gradient scaler on older ones (Turing: GTX 1660), float32 on CPU; float32, bf16, fp16: forced."""
-    optimizer: MuonGrokfastConfig = field(default_factory=lambda: MuonGrokfastConfig(muon_lr=1e-2, adam_lr=1e-2))
-    """MuonGrokfast settings. Spec: muon_lr 1e-3, grokfast_lambda 0.3, qk_clip 30 (the full presets); the
-    tiny models reach 0.34x unigram perplexity in 100 steps at 1e-2 against 0.76x at 3e-3."""
-
-
-@dataclass
 class CognateDataConfig:
     tokenizer: Literal["gpt2", "bpe"] = "bpe"
     """gpt2: the real 50257-token GPT-2 BPE; bpe: a byte-level BPE trained on the run's training text."""
@@ -111,7 +85,7 @@ class CognateDataConfig:
     items_per_dataset: int | None = 300
     """Records taken from each dataset (None: all)."""
     chars_per_stage: int = 300_000
-    """Characters of text in each curriculum stage's mix (small sets repeat, large ones are sampled)."""
+    """Characters of text in each pretraining stage's mix (small sets repeat, large ones are sampled)."""
     validation_fraction: float = 0.1
     """Share of documents held out for validation loss and perplexity."""
     replay_chars: int = 200_000
@@ -119,13 +93,52 @@ class CognateDataConfig:
 
 
 @dataclass
+class CognateArchitecture(Mapping):
+    """The ``CognateConfig`` arguments the three models share (they must share shapes to be merged later), read
+    as a mapping of those keyword arguments. What differs per model (act_threshold, ltm_slots, seed) is set under
+    ``cognate.models``, the vocabulary by the tokenizer; every other ``CognateConfig`` argument keeps its default."""
+
+    hidden_size: int = 128
+    """Width of the residual stream, z and y."""
+    num_hidden_layers: int = 2
+    """Decoder layers in the shared stack that every recursion re-applies."""
+    num_attention_heads: int = 4
+    """Attention heads (head_dim = hidden_size / heads, even for RoPE)."""
+    intermediate_size: int = 352
+    """SwiGLU inner width."""
+    sliding_window: int = 64
+    """Tokens each token attends to (itself and the window - 1 before it)."""
+    max_position_embeddings: int = 512
+    """Longest sequence the model is meant for (>= cognate.train.seq_len)."""
+    memory_dim: int = 16
+    """Width of the Titans memory's keys, values and queries."""
+    memory_chunk_size: int = 32
+    """Tokens per memory update (<= sliding_window)."""
+    act_max_steps: int = 2
+    """Most ACT supervision steps per forward."""
+    trm_refinements: int = 2
+    """TRM (z, y) refinements per supervision step."""
+    trm_latent_updates: int = 1
+    """TRM latent updates before each answer update."""
+    activation_checkpointing: Literal["none", "layer", "stack"] = "none"
+    """Recompute in backward instead of storing: none, each decoder layer's input (layer) or each stack pass's (stack)."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+
+@dataclass
 class CognatePhaseConfig:
-    architecture: dict[str, Any] = field(default_factory=lambda: {
-        "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 352,
-        "sliding_window": 64, "max_position_embeddings": 512, "memory_dim": 16, "memory_chunk_size": 32,
-        "act_max_steps": 2, "trm_refinements": 2, "trm_latent_updates": 1,
-    })
-    """CognateConfig fields shared by the three models (they must share shapes to be merged later)."""
+    architecture: CognateArchitecture = field(default_factory=CognateArchitecture)
+    """CognateConfig arguments shared by the three models; unknown keys are refused when the config loads."""
     models: list[CognateModelSpec] = field(default_factory=_spec_models)
     """The three diverse models."""
     train: CognateTrainConfig = field(default_factory=CognateTrainConfig)
@@ -213,6 +226,23 @@ class ToolPersonaPhaseConfig:
     def sources(self, with_data: bool) -> list[str]:
         """The tool-use problem sources of a run with (or without) a data folder."""
         return list(self.tool_sources) + (list(self.tool_sources_with_data) if with_data else [])
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    """Cluster to join ('auto' or 'host:port'); None: join RAY_ADDRESS if set, else start a local Ray."""
+    num_cpus: int | None = None
+    """CPUs a local Ray may use; None: all of this machine's."""
+    num_gpus: int | None = None
+    """GPUs a local Ray may use; None: the number torch sees (0 on a CPU-only machine)."""
+    include_dashboard: bool = False
+    """Start the dashboard with a local Ray (costs start-up time and memory)."""
+    gpu_memory_gib: float | None = None
+    """GPU memory (GiB per GPU) the resource planner may hand out; None: each GPU's free memory. 6 rehearses a
+    GTX 1660 on a larger GPU."""
+    max_restarts: int = 2
+    """Times a dead actor (trainer, benchmark actor, EvoMerge trial) is restarted, resuming from its checkpoint."""
 
 
 @dataclass
@@ -341,8 +371,6 @@ def load_pipeline_config(preset: str | None = "tiny", *, config_file: str | None
 
 def validate(config: PipelineConfig) -> None:
     """Cross-field checks that the types alone cannot express."""
-    from forge.phases import PHASES
-
     for name in config.phases:
         if name not in PHASES:
             raise ConfigError(f"unknown phase '{name}'; valid phases: {', '.join(PHASES)}")
@@ -369,6 +397,8 @@ def validate(config: PipelineConfig) -> None:
         if not torch.cuda.is_available():
             raise ConfigError(f"device=cuda but torch {torch.__version__} sees no CUDA GPU on this machine: use "
                               "device=auto or cpu, or join a GPU cluster with ray.address")
+    if cognate.architecture.max_position_embeddings < cognate.train.seq_len:
+        raise ConfigError("cognate.architecture.max_position_embeddings must be >= cognate.train.seq_len")
     if config.device == "cpu" and cognate.train.precision == "fp16":
         raise ConfigError("cognate.train.precision=fp16 needs a CUDA GPU but device=cpu: use auto, float32 or bf16")
     board = config.scoreboard

@@ -87,5 +87,10 @@ def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Gener
         return logits.argmax(dim=-1)
     if generator is None:
         raise ValueError("sampling at temperature > 0 needs a seeded torch.Generator")
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(logits.device)
+    return draw(torch.softmax(logits / temperature, dim=-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row (B,) drawn from the distributions ``probs`` (B, V) with ``generator``, on the
+    generator's device; returned on the device of ``probs``."""
+    return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(probs.device)

@@ -214,7 +214,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m forge.pipeline", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="tiny", help="preset in configs/ (default: tiny)")
+    parser.add_argument("--preset", default="tiny", help="preset in forge/presets/ (default: tiny)")
     parser.add_argument("--config", help="a YAML config file instead of a preset")
     parser.add_argument("--phases", help="comma-separated phases to run (default: the preset's)")
     parser.add_argument("--out", help="parent folder of run directories (default: runs)")

@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from forge.abcycles.driver import trajectory_figure
 from forge.artifacts import atomic_write_bytes, read_json
 from forge.phases import PHASES
+from forge.plots import pyplot, save_png
 
 PLOT_DIR = "report"
 METRIC_ORDER = ("heldout_perplexity", "wikitext_perplexity", "task_accuracy", "tool_accuracy", "thinking_usage",
@@ -194,26 +196,6 @@ def phases_markdown(run: Run) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ the plots
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    import io
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=90)
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
 def plot_cognate_loss(run: Run, out: Path) -> Path | None:
     from forge.tracking import read_metrics
 
@@ -224,7 +206,7 @@ def plot_cognate_loss(run: Run, out: Path) -> Path | None:
     sources = sorted({r.get("source") for r in records if "train/loss" in r or "val/loss" in r} - {None})
     if not sources:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for index, source in enumerate(sources):
         colour = f"C{index}"
@@ -241,7 +223,7 @@ def plot_cognate_loss(run: Run, out: Path) -> Path | None:
     ax.set_title("Phase 1 Cognate: training and validation loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save_png(fig, out)
 
 
 def _evomerge_records(run: Run) -> list[dict[str, Any]]:
@@ -266,7 +248,7 @@ def plot_quietstar(run: Run, out: Path) -> Path | None:
               "step2": "after Step 2\n(with thoughts)"}
     sets = sorted({k.removesuffix("_accuracy") for s in stages.values() for k, v in s.items()
                    if k.endswith("_accuracy") and v is not None})
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(len(sets), 1)
     names = [s for s in ("before", "step1", "step2") if s in stages]
@@ -285,7 +267,7 @@ def plot_quietstar(run: Run, out: Path) -> Path | None:
     ax.set_title("Phase 3 Quiet-STaR: held-out accuracy without and with thoughts")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save_png(fig, out)
 
 
 def plot_bitnet(run: Run, out: Path) -> Path | None:
@@ -294,7 +276,7 @@ def plot_bitnet(run: Run, out: Path) -> Path | None:
         return None
     q = manifest["quantization"]
     steps = q["steps"]
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, ax_size) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
     x = list(range(len(steps)))
     ax.axhline(q["accuracy_before"], color="grey", linestyle="--", label="float model (before)")
@@ -314,7 +296,7 @@ def plot_bitnet(run: Run, out: Path) -> Path | None:
     ax_size.set_ylim(0, max(sizes) * 1.2)
     ax_size.set_title(f"weights: {q['compression_ratio']:.2f}x smaller")
     ax_size.set_ylabel("MB")
-    return _save(fig, out)
+    return save_png(fig, out)
 
 
 def _curriculum_levels(run: Run) -> list[dict[str, Any]]:
@@ -331,7 +313,7 @@ def plot_curriculum(run: Run, out: Path) -> Path | None:
     levels = _curriculum_levels(run)
     if not levels:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     keys = (("accuracy_before", "before the level"), ("accuracy_after_training", "after training"),
             ("accuracy_after_baking", "after value baking"))
@@ -346,7 +328,7 @@ def plot_curriculum(run: Run, out: Path) -> Path | None:
     ax.set_title("Phase 5 curriculum: accuracy per level")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save_png(fig, out)
 
 
 def _ab_history(run: Run) -> tuple[list[dict[str, Any]], str]:
@@ -361,33 +343,7 @@ def plot_tool_persona(run: Run, out: Path) -> Path | None:
     history, stop = _ab_history(run)
     if not history:
         return None
-    plt = _pyplot()
-    fig, (ax, ax_strength) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for cycle, colour, label in (("A", "C0", "A: tool use"), ("B", "C3", "B: persona")):
-        rows = [r for r in history if r["cycle"] == cycle]
-        if not rows:
-            continue
-        ax.plot([r["iteration"] for r in rows], [r["best_score"] for r in rows], "-o", color=colour,
-                label=f"{label} incumbent")
-        ax.scatter([r["iteration"] for r in rows], [r["winner_score"] for r in rows], marker="x", color=colour,
-                   label=f"{label} best proposal")
-        ax_strength.plot([r["iteration"] for r in rows], [r["baking_strength_spec"] for r in rows], "--o",
-                         color=colour, label=f"{cycle} strength (spec 1-0.5^N)")
-        measured = [(r["iteration"], r["baking_strength_measured"]) for r in rows
-                    if r["baking_strength_measured"] is not None]
-        if measured:
-            ax_strength.plot(*zip(*measured), "-s", color=colour, label=f"{cycle} strength (measured)")
-    ax.set_ylabel("score on the iteration's items")
-    ax.set_title(f"Phase 6 A/B cycles (stop: {stop})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax_strength.set_xlabel("iteration")
-    ax_strength.set_ylabel("baking strength")
-    ax_strength.set_ylim(-0.05, 1.05)
-    ax_strength.grid(alpha=0.3)
-    ax_strength.legend(fontsize=8)
-    ax_strength.set_xticks([r["iteration"] for r in history])
-    return _save(fig, out)
+    return save_png(trajectory_figure(history, stop), out)
 
 
 def plot_scoreboard(run: Run, out: Path) -> Path | None:
@@ -395,7 +351,7 @@ def plot_scoreboard(run: Run, out: Path) -> Path | None:
     if not rows:
         return None
     metric = next(iter(run.scoreboard["phases"].values()))["primary_metric"]
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     labels, values, errors, colours = [], [], [[], []], []
     for row in rows:
@@ -418,7 +374,7 @@ def plot_scoreboard(run: Run, out: Path) -> Path | None:
     ax.set_title(f"Scoreboard: {metric} per phase output\n(bars: {run.scoreboard.get('settings', {}).get('confidence', 0.95):.0%} interval; red: gated, its input handed on)",
                  fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, out)
+    return save_png(fig, out)
 
 
 PLOTS: tuple[tuple[str, str, Callable[[Run, Path], Path | None]], ...] = (

@@ -6,11 +6,10 @@ every decision of the driver (plateau, switch, convergence, oscillation, lock-in
 import dataclasses
 import json
 import types
-import xml.etree.ElementTree as ET
 
 import pytest
 
-from forge.ab_cycles import (
+from forge.abcycles.driver import (
     ABCycleConfig,
     ABCycleError,
     ABStateMismatchError,
@@ -18,6 +17,7 @@ from forge.ab_cycles import (
     last_checkpoint_iteration,
     plot_trajectory,
     run_ab_cycles,
+    trajectory_figure,
 )
 
 PROMPTS = {"A": "Use tools to check your work.", "B": "I think step by step."}
@@ -306,18 +306,20 @@ def test_hook_contract_violations_are_clear_errors(tmp_path):
         ABCycleConfig(oscillation_patience=0)
 
 
-def test_plot_trajectory_writes_a_well_formed_svg(tmp_path):
+def test_plot_trajectory_draws_both_cycles_and_writes_a_png(tmp_path):
     table = [[0.50, 0.55], [0.55, 0.551], [0.70, 0.75], [0.75, 0.751], [0.55, 0.5501]]  # converges at 4
     result, _ = run(tmp_path, table, max_iterations=10)
-    path = plot_trajectory(result, tmp_path / "plots" / "trajectory.svg")
-    root = ET.parse(path).getroot()
-    ns = {"svg": "http://www.w3.org/2000/svg"}
-    assert root.tag == "{http://www.w3.org/2000/svg}svg"
-    lines = {p.get("data-series"): p.get("points").split() for p in root.iterfind(".//svg:polyline", ns)}
-    assert len(lines["A best score"]) == 3 and len(lines["B best score"]) == 2
-    assert len(lines["A strength (spec)"]) == 3 and len(lines["A strength (measured)"]) == 1
-    assert "stop: converged" in "".join(root.itertext())
+    figure = trajectory_figure(result.to_dict()["history"], result.stop_reason)
+    scores = figure.axes[0]
+    lines = {line.get_label(): line.get_xdata() for axis in figure.axes for line in axis.get_lines()}
+    assert len(lines["A: tool use incumbent"]) == 3 and len(lines["B: persona incumbent"]) == 2
+    assert len(lines["A strength (spec 1-0.5^N)"]) == 3 and len(lines["A strength (measured)"]) == 1
+    assert "stop: converged" in scores.get_title()
+    path = plot_trajectory(result, tmp_path / "plots" / "trajectory.png")
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert not list((tmp_path / "plots").glob("*.tmp"))  # written atomically, nothing left behind
+    with pytest.raises(ValueError, match="no iterations to plot"):
+        trajectory_figure([], "max_iterations")
 
 
 def test_swe_bench_names_are_used_only_when_swe_bench_is_the_fitness(tmp_path):

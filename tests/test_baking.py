@@ -18,7 +18,7 @@ from forge.artifacts import (
     state_dict_hash,
     verify_model_dir,
 )
-from forge.bake import main as bake_main
+from forge.baking.__main__ import main as bake_main
 from forge.baking import (
     BakingConfig,
     NothingToBake,

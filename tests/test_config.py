@@ -117,3 +117,51 @@ def test_swebench_fitness_is_refused_where_the_harness_cannot_run(tmp_path, caps
     assert problems[0] in error and "tool_persona.fitness=tooluse" in error
     # Not checked when Phase 6 does not run.
     load_pipeline_config("tiny", overrides=["tool_persona.fitness=swebench"], phases=["cognate"])
+
+
+def test_architecture_is_typed_and_reads_as_cognate_config_arguments():
+    from forge.models import CognateConfig
+
+    config = load_pipeline_config("gtx1660", overrides=["cognate.architecture.hidden_size=256"])
+    architecture = config.cognate.architecture
+    assert architecture.hidden_size == 256 and architecture["activation_checkpointing"] == "layer"
+    assert architecture.num_hidden_layers == 8  # keys the override does not name keep the preset's values
+    assert CognateConfig(**architecture).hidden_size == 256
+    assert load_pipeline_config("tiny").cognate.architecture.activation_checkpointing == "none"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("cognate.architecture.ltm_slots=8", "unknown config key 'cognate.architecture.ltm_slots'"),
+    ("cognate.architecture.hidden_sise=64", "unknown config key 'cognate.architecture.hidden_sise'"),
+    ("cognate.architecture.activation_checkpointing=all", "cognate.architecture.activation_checkpointing"),
+    ("cognate.architecture.max_position_embeddings=64", "max_position_embeddings must be >= cognate.train.seq_len"),
+])
+def test_bad_architecture_keys_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline_config("tiny", overrides=[override])
+
+
+def test_cli_unknown_architecture_key_exits_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "forge.pipeline", "--out", str(out), "--set",
+                           "cognate.architecture.rope_thetaa=5"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "unknown config key 'cognate.architecture.rope_thetaa'" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_presets_and_value_prompts_are_package_data():
+    """An installed package finds them: they lie inside forge/ and pyproject.toml ships every one of them."""
+    import tomllib
+    from pathlib import Path
+
+    import forge
+    from forge.curriculum.levels import DEFAULT_VALUES_FILE
+
+    package = Path(forge.__file__).resolve().parent
+    shipped = tomllib.loads((package.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    data = {path for pattern in shipped["forge"] for path in package.glob(pattern)}
+    presets = {path.resolve() for path in CONFIG_DIR.glob("*.yaml")}
+    assert presets and DEFAULT_VALUES_FILE.is_file()
+    assert presets | {DEFAULT_VALUES_FILE.resolve(), package / "py.typed"} <= {path.resolve() for path in data}

@@ -71,7 +71,7 @@ def test_cognate_diversity_criteria_at_the_spec_thresholds(name, field, threshol
     ("champion_beats_best_parent", 0.0, ">"),  # a merge is worth handing on only above every parent
 ])
 def test_evomerge_criteria_at_the_spec_thresholds(name, threshold, direction):
-    from forge.evolve import EvoMergeConfig
+    from forge.merge.evolve import EvoMergeConfig
     from forge.phases.evomerge import evomerge_criteria
 
     values = {"improvement_over_generation0": 1.0, "champion_beats_best_parent": 1.0, "parent_diversity": 1.0}
@@ -85,7 +85,7 @@ def test_evomerge_criteria_at_the_spec_thresholds(name, threshold, direction):
 
 
 def test_evomerge_stops_early_only_above_the_spec_improvement():
-    from forge.evolve import EvoMergeConfig, stop_reason
+    from forge.merge.evolve import EvoMergeConfig, stop_reason
 
     assert EvoMergeConfig().early_stop_improvement == 0.30  # spec: if improvement > 0.30: stop
     # 0.25 is exact in binary, so generation 0 at 4.0 puts the boundary at exactly 5.0.
@@ -97,7 +97,7 @@ def test_evomerge_stops_early_only_above_the_spec_improvement():
 
 def _quietstar(**changes):
     from forge.phases.quietstar import quietstar_criteria
-    from forge.quietstar.format_bake import FormatBakeConfig
+    from forge.quietstar.format_training import FormatBakeConfig
 
     measured = {"before": 0.25, "after": 0.5, "usage": 0.9, "coherence": 0.9, "format": 0.95, "examples": 25000}
     measured.update(changes)
@@ -178,7 +178,7 @@ def test_tool_persona_criteria_at_the_spec_thresholds(name, threshold):
 
 
 def test_tool_persona_needs_convergence_and_both_cycles_measured():
-    from forge.ab_cycles import spec_strength
+    from forge.abcycles.driver import spec_strength
     from forge.phases.tool_persona import tool_persona_criteria
 
     assert not tool_persona_criteria(False, 0.5, 0.5, 1.0)["converged"]["met"]

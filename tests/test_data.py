@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from forge.data import curriculum, lm_dataset, offline, readers, sources, splits
+from forge.data import lm_dataset, offline, readers, sources, splits
+from forge.pretrain import stages as pretrain_stages
 from forge.data.tokenizer import END_OF_TEXT, gpt2_tokenizer_dir, load_gpt2_tokenizer, train_bpe_tokenizer
 
 UNICODE_TEXT = "Hello world, café déjà vu 日本語 🙂\n\tdef f(x):\n        return x ** 2  # done"
@@ -337,13 +338,13 @@ def _offline_config(**changes):
     base = dict(chars_per_stage=20_000, seed=0,
                 sources=sources.SourceConfig(order=("offline",), max_items=60, allow_skip=True))
     base.update(changes)
-    return curriculum.CurriculumConfig(**base)
+    return pretrain_stages.StageMixConfig(**base)
 
 
 def test_curriculum_stage_mix_follows_weights_and_records_sources():
     config = _offline_config()
     loaded = {name: sources.load_texts(name, config.sources) for name in config.stages["reasoning"]}
-    mix = curriculum.build_stage("reasoning", config, loaded)
+    mix = pretrain_stages.build_stage("reasoning", config, loaded)
     # PIQA (commonsense) has no offline stand-in: recorded as a skip, its weight redistributed.
     draws = {draw.dataset: draw for draw in mix.draws}
     assert draws["piqa"].source is None and draws["piqa"].drawn == 0 and draws["piqa"].attempts
@@ -359,27 +360,27 @@ def test_curriculum_stage_mix_follows_weights_and_records_sources():
     easy, challenge = draws["arc_easy"], draws["arc_challenge"]
     assert easy.weight / challenge.weight == pytest.approx(easy.available_chars / challenge.available_chars)
     assert len(mix.texts) == sum(draw.drawn for draw in mix.draws)
-    assert curriculum.build_stage("reasoning", config).texts == mix.texts  # loads again: same mix
-    assert curriculum.build_stage("reasoning", _offline_config(seed=1), loaded).texts != mix.texts
+    assert pretrain_stages.build_stage("reasoning", config).texts == mix.texts  # loads again: same mix
+    assert pretrain_stages.build_stage("reasoning", _offline_config(seed=1), loaded).texts != mix.texts
     assert mix.summary()["datasets"][0]["dataset"] == "arc_easy"
 
 
 def test_curriculum_on_real_data_uses_each_models_weights(shared_data):
     src = sources.SourceConfig(order=("local", "offline"), data_dir=str(shared_data), max_items=100)
-    stages = curriculum.build_curriculum(curriculum.CurriculumConfig(
-        category_weights=curriculum.COGNATE_MODEL_WEIGHTS[2], chars_per_stage=30_000, sources=src))
+    stages = pretrain_stages.build_stages(pretrain_stages.StageMixConfig(
+        category_weights=pretrain_stages.COGNATE_MODEL_WEIGHTS[2], chars_per_stage=30_000, sources=src))
     assert [mix.stage for mix in stages] == ["foundation", "reasoning", "advanced"]
     foundation = stages[0]
     assert foundation.category_weights == pytest.approx({"math": 0.2 / 0.3, "code": 0.1 / 0.3})
     assert {d.source for d in foundation.draws} == {f"local:{shared_data}"}
     advanced = {d.dataset: d for d in stages[2].draws}
     assert advanced["fineweb_edu"].source == "offline:python_stdlib_docstrings"  # no local copy: labelled
-    for weights in curriculum.COGNATE_MODEL_WEIGHTS.values():
+    for weights in pretrain_stages.COGNATE_MODEL_WEIGHTS.values():
         assert sum(weights.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown categories"):
-        curriculum.CurriculumConfig(category_weights={"vision": 1.0})
+        pretrain_stages.StageMixConfig(category_weights={"vision": 1.0})
     with pytest.raises(ValueError, match="unknown curriculum dataset"):
-        curriculum.CurriculumConfig(stages={"x": ("imagenet",)})
+        pretrain_stages.StageMixConfig(stages={"x": ("imagenet",)})
 
 
 # ---------------------------------------------------------------- packing and the unigram baseline

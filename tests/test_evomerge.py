@@ -10,7 +10,7 @@ import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, state_dict_hash
 from forge.config import load_pipeline_config
-from forge.evolve import (EvoMergeConfig, Genome, Recipe, Scored, combine_fitness, fitness_scores,
+from forge.merge.evolve import (EvoMergeConfig, Genome, Recipe, Scored, combine_fitness, fitness_scores,
                           initial_population, next_generation, population_diversity, stop_reason)
 from forge.merge import merge
 from forge.phases.base import PhaseContext
@@ -131,7 +131,7 @@ def test_low_diversity_injects_a_random_combo():
 
 def test_loser_merges_stay_within_max_recipes():
     genomes = [s.genome for s in _population()]
-    from forge.evolve import merge_losers
+    from forge.merge.evolve import merge_losers
 
     twice = merge_losers([merge_losers(genomes[:2], 3), merge_losers(genomes[2:4], 3)], max_recipes=3)
     assert len(twice.recipes) == 3 and sum(twice.mix) == pytest.approx(1.0)
@@ -193,7 +193,7 @@ def test_invalid_merge_is_replaced_by_a_linear_merge_and_recorded(parents):
 
 
 def test_fitness_is_deterministic_for_the_same_model(parents, shared_data):
-    from forge.phases.cognate import read_heldout_texts
+    from forge.data.heldout import read_heldout_texts
     from forge.phases.evomerge import measure_terms
 
     root, dirs = parents
@@ -216,7 +216,7 @@ def test_fitness_is_deterministic_for_the_same_model(parents, shared_data):
 
 
 def test_heldout_texts_are_taken_across_the_whole_file(tmp_path):
-    from forge.phases.cognate import HELDOUT_TEXTS, read_heldout_texts
+    from forge.data.heldout import HELDOUT_TEXTS, read_heldout_texts
 
     atomic_write_json(tmp_path / HELDOUT_TEXTS, {"texts": [letter * 100 for letter in "abcdefghij"]})
     assert [t[0] for t in read_heldout_texts(tmp_path, 300)] == ["a", "d", "g"]  # not the first three

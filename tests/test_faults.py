@@ -159,7 +159,7 @@ def test_killed_benchmark_actor_is_restarted_and_its_evaluation_gives_the_same_r
 def test_killed_evomerge_trial_is_run_again_and_measures_the_same(tmp_path, ray_session):
     """Tune's FailureConfig: a trial whose process dies is run again; the measured terms (but speed) match an
     uninterrupted experiment's."""
-    from forge.evolve import EvoMergeConfig
+    from forge.merge.evolve import EvoMergeConfig
     from forge.phases.evomerge import Candidate, evaluate_candidates
     from test_evomerge import _texts, _tiny_parents
 
@@ -202,7 +202,7 @@ TIMING_TERMS = {"tokens_per_s", "transfer_s", "eval_s"}
 
 
 def test_evomerge_trial_failing_past_the_limit_names_the_candidate_the_attempts_and_the_log(tmp_path, ray_session):
-    from forge.evolve import EvoMergeConfig
+    from forge.merge.evolve import EvoMergeConfig
     from forge.phases.evomerge import Candidate, evaluate_candidates
     from test_evomerge import _texts, _tiny_parents
 
@@ -224,11 +224,11 @@ def test_evomerge_trial_failing_past_the_limit_names_the_candidate_the_attempts_
 # ------------------------------------------------------------------------------------------ bad state
 
 def _tiny_training(tmp_path, steps_per_epoch=4):
-    """A tiny Cognate model and everything forge.training.train needs (random tokens: only positions matter)."""
+    """A tiny Cognate model and everything forge.pretrain.trainer.train needs (random tokens: only positions matter)."""
     from forge.config import CognateTrainConfig
     from forge.models import CognateConfig, CognateForCausalLM
     from forge.tracking import Tracker, TrackingConfig
-    from forge.training import Stage
+    from forge.pretrain.trainer import Stage
 
     torch.manual_seed(0)
     model = CognateForCausalLM(CognateConfig(
@@ -243,7 +243,7 @@ def _tiny_training(tmp_path, steps_per_epoch=4):
 
 
 def _train(tmp_path, **overrides):
-    from forge.training import train
+    from forge.pretrain.trainer import train
 
     model, stages, val, cfg, tracker = _tiny_training(tmp_path, **overrides)
     return train(model, stages, val, cfg, checkpoint_dir=tmp_path / "ckpt", tracker=tracker,
@@ -253,7 +253,7 @@ def _train(tmp_path, **overrides):
 def _checkpoints_at(tmp_path, steps):
     """checkpoint.prev.pt at steps[0], checkpoint.pt at steps[1], written by the trainer's own writer."""
     from forge.optim import build_muon_grokfast
-    from forge.training import Position, _save_checkpoint
+    from forge.pretrain.trainer import Position, _save_checkpoint
 
     model, _, _, cfg, _ = _tiny_training(tmp_path)
     optimizer = build_muon_grokfast(model, cfg.optimizer)
@@ -268,7 +268,7 @@ _CPU_SCALER = torch.amp.GradScaler("cpu", enabled=False)  # float32 training: th
 
 def _resume(tmp_path):
     from forge.optim import build_muon_grokfast
-    from forge.training import resume_checkpoint
+    from forge.pretrain.trainer import resume_checkpoint
 
     model, _, _, cfg, _ = _tiny_training(tmp_path)
     return resume_checkpoint(tmp_path / "ckpt" / "checkpoint.pt", model, build_muon_grokfast(model, cfg.optimizer),
@@ -293,7 +293,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one_with_a_message(tmp_
     ckpt = _checkpoints_at(tmp_path, [3, 4])
     data = (ckpt / "checkpoint.pt").read_bytes()
     (ckpt / "checkpoint.pt").write_bytes(data[: len(data) // 2])
-    with caplog.at_level("WARNING", logger="forge.training"):
+    with caplog.at_level("WARNING", logger="forge.pretrain.trainer"):
         assert _resume(tmp_path).step == 3
     assert "checkpoint.pt: it is unreadable" in caplog.text and "falling back to checkpoint.prev.pt" in caplog.text
 
@@ -301,7 +301,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one_with_a_message(tmp_
 def test_nan_weights_fall_back_and_both_bad_restart_from_step_0(tmp_path, caplog):
     ckpt = _checkpoints_at(tmp_path, [3, 4])
     name = _poison(ckpt / "checkpoint.pt")
-    with caplog.at_level("WARNING", logger="forge.training"):
+    with caplog.at_level("WARNING", logger="forge.pretrain.trainer"):
         assert _resume(tmp_path).step == 3
         assert f"non-finite weights in {name}" in caplog.text
         (ckpt / "checkpoint.prev.pt").write_bytes(b"")

@@ -13,7 +13,7 @@ from forge.data import splits
 from forge.data.arithmetic import calculate
 from forge.data.replay import Replay
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
-from forge.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, LevelItem, answer_loss, build_levels,
+from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, LevelItem, answer_loss, build_levels,
                           completion_text, level_accuracy, level_specs, load_value_prompts, prompt_text,
                           train_stage)
 from forge.quant.bitlinear import TernaryLinear

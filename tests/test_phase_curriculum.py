@@ -14,10 +14,10 @@ from forge.artifacts import atomic_write_json, load_model_dir, read_manifest, sa
 from forge.baking import BakingConfig
 from forge.config import PipelineConfig
 from forge.data.tokenizer import train_bpe_tokenizer
-from forge.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, build_levels, completion_text,
+from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, build_levels, completion_text,
                           load_value_prompts, prompt_text)
 from forge.phases.base import PhaseContext
-from forge.phases.cognate import HELDOUT_TEXTS, REPLAY_TEXTS
+from forge.data.heldout import HELDOUT_TEXTS, REPLAY_TEXTS
 from forge.phases.curriculum import choose_input, resume_state, run, run_fingerprint, tool_demonstrations
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import int8_candidates, pack_model, quantizable_linears, to_bitlinear, to_int8

@@ -25,7 +25,7 @@ from forge.pipeline import run_pipeline
 from forge.quant.run import bitnet_criteria
 from forge.quant.staged import INT4_GROUP, INT8_GROUP
 from forge.tracking import read_metrics
-from forge.training import set_seed
+from forge.pretrain.trainer import set_seed
 
 SMALL = [
     "cognate.train.max_steps_per_epoch=2", "cognate.train.checkpoint_every=1", "cognate.train.batch_size=4",
@@ -232,7 +232,7 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     assert tool["inputs"] == {"model": curriculum["outputs"]["model"]["digest"]}
     summary = tool["summary"]
     assert summary["iterations"] >= 1 and summary["stop_reason"] in {"converged", "max_iterations", "sequential_complete"}
-    for name in ("prompts.json", "trajectory.json", "trajectory.svg"):
+    for name in ("prompts.json", "trajectory.json", "trajectory.png"):
         assert (run_dir / "tool_persona" / name).is_file()
     handoff = read_json(run_dir / "tool_persona" / "model" / "manifest.json")["handoff"]
     assert set(handoff["validation_after"]) == {"tool_fitness", "tool_accuracy", "tool_usage_rate", "persona_aggregate"}

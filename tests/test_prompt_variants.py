@@ -6,7 +6,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, TOOL_PROMPT_VARIANTS
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
-from forge.prompt_variants import (HUMAN_PERSONAS, LIST_PRIMER, META_PROMPT, TOOL_INSTRUCTIONS, Proposal,
+from forge.abcycles.prompt_variants import (HUMAN_PERSONAS, LIST_PRIMER, META_PROMPT, TOOL_INSTRUCTIONS, Proposal,
                                    coherence_problem, mutate_prompt, self_prompts, split_candidates,
                                    split_sentences)
 

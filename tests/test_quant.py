@@ -411,7 +411,7 @@ def test_lora_trains_on_loaded_ternary_model(tmp_path):
 def test_quantize_cli_writes_a_smaller_loadable_model(tmp_path, shared_data, monkeypatch):
     from forge.data.readers import read_wikitext
     from forge.data.tokenizer import train_bpe_tokenizer
-    from forge.quantize import main
+    from forge.quant.__main__ import main
 
     tokenizer = train_bpe_tokenizer([r["text"] for r in read_wikitext(shared_data, "valid")[:5]],
                                     vocab_size=300)
@@ -461,7 +461,7 @@ def test_quantize_cli_writes_a_smaller_loadable_model(tmp_path, shared_data, mon
 
 
 def test_quantize_cli_usage_errors_exit_2(tmp_path, capsys):
-    from forge.quantize import main
+    from forge.quant.__main__ import main
 
     assert main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
     assert "missing" in capsys.readouterr().err

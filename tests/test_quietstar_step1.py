@@ -12,7 +12,7 @@ from forge.models import CognateConfig, CognateForCausalLM
 from forge.optim import MuonGrokfastConfig
 from forge.quietstar import STRATEGY_TOKENS, THINK_START, THINKING_TOKENS, add_thinking_tokens
 from forge.quietstar.data import make_example
-from forge.quietstar.format_bake import (FormatBakeConfig, bake_reasoning_format, encode_example, format_accuracy,
+from forge.quietstar.format_training import (FormatBakeConfig, bake_reasoning_format, encode_example, format_accuracy,
                                          select_examples, split_examples)
 from forge.quietstar.generate import (answer_accuracy, generate, generation_speed, strip_thoughts, thinking_usage,
                                       visible_answer)

@@ -8,7 +8,7 @@ from benchmarks.sandbox import SandboxLimits
 from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, Episode, ToolUseConfig, advance, build_context,
                                 evaluate_tool_use, load_problems, rotation_subset, score_answers, tool_use_metrics,
                                 training_examples)
-from benchmarks.tooluse_measure import train
+from benchmarks.scripts.tooluse_measure import train
 from benchmarks.tooluse_problems import ToolProblem, demonstrations
 from benchmarks.tooluse_tools import CalculatorError, NotArithmeticError, calculate, find_call
 

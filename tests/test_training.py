@@ -8,7 +8,7 @@ import torch
 from forge.config import CognateTrainConfig
 from forge.models import CognateConfig, CognateForCausalLM
 from forge.tracking import Tracker, TrackingConfig, read_metrics
-from forge.training import Stage, TrainingDiverged, train
+from forge.pretrain.trainer import Stage, TrainingDiverged, train
 
 VOCAB, SEQ = 61, 16
 

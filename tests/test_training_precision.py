@@ -7,7 +7,7 @@ from forge.configtools import ConfigError
 from forge.models import CognateConfig, CognateForCausalLM
 from forge.optim import build_muon_grokfast
 from forge.tracking import Tracker, TrackingConfig
-from forge.training import Stage, _set_lr, lr_factor, resolve_precision, train
+from forge.pretrain.trainer import Stage, _set_lr, lr_factor, resolve_precision, train
 
 
 def test_precision_setting_is_checked_at_config_time():

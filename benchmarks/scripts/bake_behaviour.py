@@ -8,7 +8,7 @@ Documents that start with the header ``style: pirate`` answer as ``arr, X matey!
 a header answer ``X.``. So the prompt ``style: pirate`` visibly changes the answers, and baking it
 should make the model answer like a pirate WITHOUT the prompt.
 
-Per model it then runs the real command line (``python -m forge.bake``, one process per bake, so its
+Per model it then runs the real command line (``python -m forge.baking``, one process per bake, so its
 wall time and peak RSS are the bake's own) for a full bake and a half-bake, stacks half-bakes (or
 ``--stack-strength`` bakes) towards the original prompted model (``forge.baking.stack_bakes``), and
 checks behaviour on questions that no bake saw, greedy, for the base model without and with the prompt
@@ -135,7 +135,7 @@ def build_models(tokenizer, which: str):
 
 
 def run_cli(model_dir: Path, inputs: Path, out: Path, strength: str, overrides: list[str]) -> dict:
-    command = [sys.executable, "-m", "forge.bake", "--model", str(model_dir), "--prompt", PROMPT,
+    command = [sys.executable, "-m", "forge.baking", "--model", str(model_dir), "--prompt", PROMPT,
                "--inputs", str(inputs), "--strength", strength, "--out", str(out)]
     for item in overrides:
         command += ["--set", item]

@@ -4,7 +4,7 @@
         --out benchmarks/results/bake_memory.json
 
 Builds a small Llama (hidden 64, 2 layers, untied 50257-token head; random weights: only memory and
-time are measured here) as a model directory, then runs ``python -m forge.bake`` once per
+time are measured here) as a model directory, then runs ``python -m forge.baking`` once per
 ``kl_chunk_tokens`` value, each in its own process, and collects each report's peak RSS and wall
 time. A chunk larger than every batch is the unchunked baseline: all full-vocabulary float32 logits
 of a batch, on both sides, at once.
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for chunk in [int(c) for c in args.chunks.split(",")]:
         out = work / f"baked_{chunk}"
-        command = [sys.executable, "-m", "forge.bake", "--model", str(model_dir), "--prompt", PROMPT,
+        command = [sys.executable, "-m", "forge.baking", "--model", str(model_dir), "--prompt", PROMPT,
                    "--inputs", args.inputs, "--limit", str(args.limit), "--strength", "half", "--out", str(out),
                    "--set", f"kl_chunk_tokens={chunk}", "--set", f"batch_size={args.batch_size}",
                    "--set", f"max_new_tokens={args.max_new_tokens}", "--save", "adapter"]

@@ -1,6 +1,6 @@
 """Generation speed of a tiny-preset Cognate model with and without its decoding cache.
 
-The model has ``configs/tiny.yaml``'s architecture (its first model's memory slots and halting threshold,
+The model has ``forge/presets/tiny.yaml``'s architecture (its first model's memory slots and halting threshold,
 the preset's BPE vocabulary size) and random weights: speed does not depend on what it learned, except
 through ACT halting, which is reported (``computed_steps``). Each run decodes greedily ``--new-tokens``
 after random prompts of ``--prompt-tokens``, through our sampling loops' helper (``forge.decoding``)

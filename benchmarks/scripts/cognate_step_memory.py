@@ -1,6 +1,6 @@
 """Peak memory and time of one Cognate training step (forward + backward) against a GPT-2 of the same size, on CPU.
 
-The Cognate architecture is read from a preset (``configs/gtx1660.yaml`` by default: hidden 320, 8 layers,
+The Cognate architecture is read from a preset (``forge/presets/gtx1660.yaml`` by default: hidden 320, 8 layers,
 GPT-2 vocabulary) with one of its models' memory size; the GPT-2 has the same width, depth, heads and
 vocabulary. Each model runs in a fresh subprocess (so one model's freed memory cannot hide the other's peak):
 it builds the model and one random batch, resets the kernel's peak-RSS counter (``/proc/self/clear_refs``),

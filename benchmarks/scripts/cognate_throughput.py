@@ -23,7 +23,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from forge.artifacts import atomic_write_json
 from forge.models import CognateConfig, CognateForCausalLM, estimate_flops_per_token, get_model_size
-from forge.models.size import mean_attended_keys
+from forge.models.size import gpt2_flops_per_token
 
 MATMUL_SIZE = 2048
 
@@ -82,12 +82,6 @@ def cognate_config(args: argparse.Namespace) -> CognateConfig:
                          sliding_window=args.window, max_position_embeddings=args.seq_len,
                          ltm_slots=args.ltm_slots, memory_dim=args.memory_dim, memory_chunk_size=args.memory_chunk,
                          act_max_steps=args.act_max_steps, trm_refinements=args.trm_refinements)
-
-
-def gpt2_flops_per_token(config: GPT2Config, seq_len: int) -> float:
-    d, layers = config.n_embd, config.n_layer
-    matmul_weights = layers * 12 * d * d + d * config.vocab_size
-    return 6.0 * matmul_weights + 12.0 * layers * d * mean_attended_keys(seq_len, seq_len)
 
 
 def train(model: torch.nn.Module, batches: list[torch.Tensor], warmup: int) -> dict:

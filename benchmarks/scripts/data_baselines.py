@@ -8,7 +8,7 @@ import argparse
 import json
 import time
 
-from forge.data.curriculum import CurriculumConfig, build_curriculum
+from forge.pretrain.stages import StageMixConfig, build_stages
 from forge.data.lm_dataset import build_lm_data, split_documents, unigram_perplexity
 from forge.data.sources import SourceConfig
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
@@ -20,7 +20,7 @@ def main():
     args = parser.parse_args()
     out = {}
     start = time.perf_counter()
-    stages = build_curriculum(CurriculumConfig(sources=SourceConfig(order=("local", "offline"))))
+    stages = build_stages(StageMixConfig(sources=SourceConfig(order=("local", "offline"))))
     out["build_curriculum_s"] = round(time.perf_counter() - start, 2)
     gpt2 = load_gpt2_tokenizer()
     train_texts = [text for mix in stages for text in split_documents(mix.texts, 0.1, 0)[0]]

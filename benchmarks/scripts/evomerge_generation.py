@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from forge.artifacts import atomic_write_json, load_model_dir
-    from forge.evolve import EvoMergeConfig, initial_population
+    from forge.merge.evolve import EvoMergeConfig, initial_population
     from forge.merge import infer_layer_layout
-    from forge.phases.cognate import read_heldout_texts
+    from forge.data.heldout import read_heldout_texts
     from forge.phases.evomerge import PROBE_TOKENS, build_candidate, evaluate_candidates, heldout_token_ids
 
     config = EvoMergeConfig()

@@ -3,7 +3,7 @@
 (a) train_step: one training step (AdamW) of the gtx1660 Cognate architecture (its reasoning and memory models,
     activation_checkpointing as in the preset) against a transformers GPT-2 of the same width, depth and
     vocabulary, eager and compiled (each decoder layer / block ``torch.compile``d), float32 and mixed precision
-    (``forge.training.resolve_precision("auto")``: bf16 on Ampere+, fp16 + gradient scaler on Turing): tokens/s,
+    (``forge.pretrain.trainer.resolve_precision("auto")``: bf16 on Ampere+, fp16 + gradient scaler on Turing): tokens/s,
     model-FLOPs utilisation (against a measured bf16 8192^3 matmul on a GPU, float32 1024^3 on CPU), peak memory.
 (b) pipeline: ``python -m forge.pipeline --preset gtx1660`` with its steps shrunk, all six phases, under
     ``ray.gpu_memory_gib`` (6), with the peak GPU memory of every process (``nvidia-smi`` sampled every 0.5 s).
@@ -111,7 +111,7 @@ def build_model(name: str, tiny: bool, seq_len: int):
         config = GPT2Config(vocab_size=arch["vocab_size"], n_embd=arch["hidden_size"], n_layer=arch["num_hidden_layers"],
                             n_head=arch["num_attention_heads"], n_positions=seq_len, resid_pdrop=0.0, embd_pdrop=0.0,
                             attn_pdrop=0.0)
-        from benchmarks.scripts.cognate_throughput import gpt2_flops_per_token
+        from forge.models.size import gpt2_flops_per_token
 
         return GPT2LMHeadModel(config), lambda steps: gpt2_flops_per_token(config, seq_len)
     config = CognateConfig(**dict(arch, ltm_slots=slots[name]))
@@ -152,7 +152,7 @@ def train_step_check(spec: dict) -> dict:
     """One (model, compiled, precision) check, in this (sub)process."""
     import torch
 
-    from forge.training import resolve_precision
+    from forge.pretrain.trainer import resolve_precision
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
@@ -209,7 +209,7 @@ def train_step_check(spec: dict) -> dict:
     else:
         result["peak_rss_extra_gib"] = (status_kib("VmHWM") - rss_before) / 2**20
     if spec["model"] != "gpt2":
-        from forge.training import trainer_memory_bytes
+        from forge.pretrain.trainer import trainer_memory_bytes
 
         arch = model.config.to_dict()
         fields = {k: arch[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

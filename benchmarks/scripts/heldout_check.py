@@ -30,7 +30,7 @@ def main() -> int:
 
     from benchmarks.lm import perplexity
     from forge.artifacts import load_model_dir, read_json
-    from forge.phases.cognate import HELDOUT_TEXTS, read_heldout_texts
+    from forge.data.heldout import HELDOUT_TEXTS, read_heldout_texts
     from forge.pipeline import finished_outputs
 
     torch.set_num_threads(2)

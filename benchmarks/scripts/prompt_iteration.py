@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from forge.artifacts import atomic_write_json, load_model_dir
     from forge.config import PipelineConfig
     from forge.phases.tool_persona import OFFLINE_PERSONA_TASKS, tool_fitness
-    from forge.prompt_variants import HUMAN_PERSONAS, mutate_prompt
+    from forge.abcycles.prompt_variants import HUMAN_PERSONAS, mutate_prompt
 
     pipeline = PipelineConfig()  # the embedded tiny preset
     config, seed = pipeline.tool_persona, pipeline.seed

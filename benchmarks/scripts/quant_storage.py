@@ -28,7 +28,7 @@ import forge.quant  # noqa: F401  (registers the ternary quantizer)
 from benchmarks.guard import job_guard
 from forge.artifacts import atomic_write_json, load_model_dir
 from forge.config import PipelineConfig
-from forge.phases.cognate import read_heldout_texts
+from forge.data.heldout import read_heldout_texts
 from forge.quant.convert import int8_candidates, pack_model, to_int4, to_int8
 from forge.quant.measure import saved_weight_bytes
 from forge.quant.run import next_token_scores, quantize_model_dir, text_token_ids

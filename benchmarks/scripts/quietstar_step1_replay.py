@@ -34,9 +34,9 @@ def main() -> int:
     from forge.artifacts import atomic_write_json, load_model_dir
     from forge.config import PipelineConfig
     from forge.optim import MuonGrokfastConfig
-    from forge.phases.cognate import read_heldout_texts, read_replay_texts
+    from forge.data.heldout import read_heldout_texts, read_replay_texts
     from forge.pipeline import finished_outputs
-    from forge.quietstar.format_bake import bake_reasoning_format, select_examples
+    from forge.quietstar.format_training import bake_reasoning_format, select_examples
     from forge.quietstar.synthetic import SyntheticConfig, SyntheticReasoningGenerator
     from forge.quietstar.tokens import add_thinking_tokens
 

@@ -25,7 +25,7 @@ def score_in_process(run_dir: Path, model_dir: Path) -> dict:
     from benchmarks.scoreboard import score_model
     from forge.artifacts import load_model_dir
     from forge.config import ScoreboardConfig
-    from forge.phases.cognate import read_heldout_texts
+    from forge.data.heldout import read_heldout_texts
 
     torch.set_num_threads(1)
     config = ScoreboardConfig()

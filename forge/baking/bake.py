@@ -36,6 +36,7 @@ from forge.artifacts import (
 from forge.baking.config import BakingConfig
 from forge.baking.kl import ModelView, batch_kl_sum, check_head, kl_backward, plain
 from forge.baking.trajectories import Trajectory, collate, sample_trajectories, split_inputs
+from forge.modelinfo import pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -159,18 +160,13 @@ class BakeResult:
         return self.model.merge_and_unload()
 
 
-def _pad_id(tokenizer) -> int:
-    # Any id will do: no scored position ever sees the padding (see trajectories.py).
-    return next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
-
-
 def mean_kl(teacher: ModelView, student: ModelView, trajectories: Sequence[Trajectory], tokenizer,
             config: BakingConfig) -> float:
     """Mean token KL(teacher with prompt || student without it) over the generated tokens."""
     device = next(student[0].parameters()).device
     total, tokens = 0.0, 0
     for start in range(0, len(trajectories), config.batch_size):
-        batch = collate(trajectories[start:start + config.batch_size], _pad_id(tokenizer), device)
+        batch = collate(trajectories[start:start + config.batch_size], pad_token_id(tokenizer), device)
         total += batch_kl_sum(teacher, student, batch, config.kl_chunk_tokens)
         tokens += batch.num_tokens
     return total / tokens
@@ -240,7 +236,7 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
 
     if trajectories is None:
         trajectories = sample_trajectory_set(teacher_view, tokenizer, prompt, inputs, config, heldout_inputs)
-    probe = collate(trajectories.heldout[:1], _pad_id(tokenizer), next(student.parameters()).device)
+    probe = collate(trajectories.heldout[:1], pad_token_id(tokenizer), next(student.parameters()).device)
     check_head(plain(student), probe.student_ids)
 
     kl_before = mean_kl(teacher_view, plain(student), trajectories.heldout, tokenizer, config)
@@ -291,7 +287,7 @@ def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, 
         for start in range(0, len(order), config.batch_size):
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * _lr_factor(step, schedule_steps, config)
-            batch = collate(order[start:start + config.batch_size], _pad_id(tokenizer), device)
+            batch = collate(order[start:start + config.batch_size], pad_token_id(tokenizer), device)
             optimizer.zero_grad(set_to_none=True)
             losses.append(kl_backward(teacher, student, batch, config.kl_chunk_tokens))
             if config.max_grad_norm > 0:

@@ -20,6 +20,7 @@ from torch import nn
 
 from forge.baking.config import BakingConfig
 from forge.decoding import IncrementalDecoder, sample_next
+from forge.modelinfo import max_positions
 
 # Fields tried, in order, when a JSON/JSONL record is given without --input-field.
 INPUT_FIELDS = ("question", "problem", "prompt", "input", "text", "query", "goal", "ctx")
@@ -139,16 +140,6 @@ def encode_contexts(tokenizer, prompt: str, text: str) -> tuple[list[int], list[
             raise ValueError("empty inputs need a BOS or EOS token in the tokenizer; pass non-empty inputs")
         student = [start]
     return list(prefix) + list(prompt_ids) + list(input_ids), student
-
-
-def max_positions(model: nn.Module) -> int | None:
-    """The longest sequence the model's config declares, if it declares one."""
-    config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "max_seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 @torch.no_grad()

@@ -65,7 +65,7 @@ class _StepState:
 
     def __init__(self, model, batch_size: int, device: torch.device, dtype: torch.dtype):
         cfg: CognateConfig = model.config
-        passes = cfg.trm_refinements * (cfg.trm_latent_updates + 1)
+        passes = cfg.trm_refinements * cfg.passes_per_refinement
         self.passes = [[_LayerState(layer.self_attn.empty_cache(batch_size, device, dtype),
                                     layer.memory.empty_cache(batch_size, device, dtype))
                         for layer in model.layers] for _ in range(passes)]

@@ -84,3 +84,8 @@ class CognateConfig(PreTrainedConfig):
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def passes_per_refinement(self) -> int:
+        """Passes of the layer stack in one (z, y) refinement: n latent updates, then the answer update."""
+        return self.trm_latent_updates + 1

@@ -33,6 +33,14 @@ def mean_attended_keys(seq_len: int, window: int) -> float:
     return (window * (window + 1) / 2 + (seq_len - window) * window) / seq_len
 
 
+def gpt2_flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token of a GPT-2 (``transformers.GPT2Config``) at ``seq_len``: the baseline of the
+    Cognate throughput measurements."""
+    d, layers = config.n_embd, config.n_layer
+    matmul_weights = layers * 12 * d * d + d * config.vocab_size
+    return 6.0 * matmul_weights + 12.0 * layers * d * mean_attended_keys(seq_len, seq_len)
+
+
 def estimate_flops_per_token(config: CognateConfig, seq_len: int, steps: float | None = None) -> float:
     """Training FLOPs per token (forward + backward) of one Cognate forward/backward, 6N-style.
 
@@ -52,7 +60,7 @@ def estimate_flops_per_token(config: CognateConfig, seq_len: int, steps: float |
     chunks = -(-seq_len // config.memory_chunk_size)
     layer_fwd = 2 * weights_per_layer + 4 * keys * d + (4 + 14 * (chunks - 1) / chunks) * dm * slots
     pass_fwd = layers * layer_fwd
-    passes = config.trm_latent_updates + 1
+    passes = config.passes_per_refinement
     step_flops = (config.trm_refinements - 1) * passes * pass_fwd + passes * 3 * pass_fwd
     steps = config.act_max_steps if steps is None else steps
     head = 3 * 2 * d * config.vocab_size
@@ -76,7 +84,7 @@ def estimate_step_memory_bytes(config: CognateConfig, batch: int, seq_len: int, 
     slots, dim, chunk = config.ltm_slots, config.memory_dim, config.memory_chunk_size
     tokens = batch * seq_len
     padded = batch * (-(-seq_len // chunk) * chunk)
-    grad_passes = config.act_max_steps * (config.trm_latent_updates + 1)  # stack passes that keep activations
+    grad_passes = config.act_max_steps * config.passes_per_refinement  # stack passes that keep activations
     states = 8 * slots * dim / chunk * padded  # fast weights (and their bounded copies) between chunks, per layer
     dense = (13 * d + 4 * inter) * tokens
     chunk_work = 11 * slots * padded  # the (chunk, slots) intermediates of every chunk of one layer

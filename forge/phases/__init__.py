@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-PHASES: tuple[str, ...] = ("cognate", "evomerge", "quietstar", "bitnet", "curriculum", "tool_persona")
+from forge.config import PHASES
 
 
 def load_phase(name: str):

@@ -48,6 +48,18 @@ class PhaseResult:
     """Measured figures and checks, recorded in the phase manifest."""
 
 
+MODEL_NAMES = ("champion", "model")
+"""Names under which a phase hands on its one model (EvoMerge: champion; the later phases: model)."""
+
+
+def single_input(inputs: dict[str, Path]) -> str | None:
+    """The one rule for which of the previous phase's models a phase works on: its only model, else the one named
+    ``champion``, else ``model``; None when it wrote several under other names (Phase 1's three)."""
+    if len(inputs) == 1:
+        return next(iter(inputs))
+    return next((name for name in MODEL_NAMES if name in inputs), None)
+
+
 class Phase(Protocol):
     def __call__(self, ctx: PhaseContext) -> PhaseResult: ...
 

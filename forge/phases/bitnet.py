@@ -17,8 +17,8 @@ from typing import Sequence
 from benchmarks.guard import job_guard
 from forge.artifacts import load_model_dir
 from forge.criteria import describe, missed
-from forge.phases.base import PhaseContext, PhaseResult
-from forge.phases.cognate import read_heldout_texts
+from forge.phases.base import PhaseContext, PhaseResult, single_input
+from forge.data.heldout import read_heldout_texts
 from forge.quant.run import (QuantizeJobConfig, next_token_scores, quantize_model_dir, text_token_ids,
                              wikitext_texts)
 
@@ -36,13 +36,13 @@ def quantization_texts(ctx: PhaseContext, job: QuantizeJobConfig) -> tuple[list[
 
 
 def choose_input(inputs: dict[str, Path], heldout: Sequence[str], job: QuantizeJobConfig) -> tuple[str, dict]:
-    """The previous phase's champion, its only model, or its model with the lowest held-out perplexity."""
+    """The previous phase's model (``single_input``), or among several (Phase 1's three) the one with the lowest
+    held-out perplexity."""
     if not inputs:
         raise ValueError("bitnet quantizes the previous phase's model; run it after cognate or evomerge")
-    if "champion" in inputs:
-        return "champion", {}
-    if len(inputs) == 1:
-        return next(iter(inputs)), {}
+    name = single_input(inputs)
+    if name is not None:
+        return name, {}
     perplexities = {}
     for name, path in inputs.items():
         model, tokenizer = load_model_dir(path)

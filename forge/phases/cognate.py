@@ -8,7 +8,6 @@ steps, memory, speed) and compare their validation perplexity with a unigram mod
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -18,57 +17,22 @@ import ray
 import torch
 
 from cluster.resources import plan_devices, plan_trainers, share_for
-from forge.artifacts import atomic_dir, atomic_write_json, load_model_dir, read_json
+from forge.artifacts import atomic_dir, atomic_write_json, load_model_dir
 from forge.config import CognateModelSpec, PipelineConfig
 from forge.criteria import criterion, missed
-from forge.data.curriculum import STAGES, CurriculumConfig, build_stage
+from forge.pretrain.stages import STAGES, StageMixConfig, build_stage
+from forge.data.heldout import HELDOUT_TEXTS, REPLAY_TEXTS
 from forge.data.lm_dataset import blocks_from_stream, is_validation_text, token_stream, unigram_perplexity
 from forge.data.sources import SourceConfig, load_texts
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
 from forge.phases.base import PhaseContext, PhaseResult
-from forge.training import Stage, TrainJob, trainer_memory_bytes
+from forge.pretrain.trainer import Stage, TrainJob, trainer_memory_bytes
 
 log = logging.getLogger(__name__)
 
 VALIDATION_SEED = 1729  # fixed, so the held-out documents do not move when the run's seed changes
-HELDOUT_TEXTS = "heldout_texts.json"
-REPLAY_TEXTS = "replay_texts.json"
-"""Written next to the models: a seeded sample of the training documents, replayed by later phases' fine-tuning
-so that it keeps the models' text modelling (never the held-out documents)."""
 HALTING_SPREAD_REQUIRED = 2.0  # spec: halting_diversity > 2.0 (steps)
 SPEED_SPREAD_MS_REQUIRED = 10.0  # spec: speed_diversity > 10.0 (ms)
-"""Written next to the models: the validation documents no model trained on (later phases' perplexity)."""
-
-
-def _read_texts(path: Path, max_chars: int, what: str) -> list[str]:
-    """Up to ``max_chars`` characters of the documents in ``path``, taken evenly across the whole file (it is
-    grouped by stage and source, so its first documents alone are not representative)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: later phases read the {what} Phase 1 wrote; run the cognate "
-                                "phase in this run directory first (python -m forge.pipeline --phases cognate,...)")
-    documents = read_json(path)["texts"]
-    step = max(1, math.floor(sum(map(len, documents)) / max_chars)) if max_chars > 0 else 1
-    texts, total = [], 0
-    for text in documents[::step]:
-        if total >= max_chars:
-            break
-        texts.append(text[: max_chars - total])
-        total += len(texts[-1])
-    if total < 100:
-        raise ValueError(f"{path} holds only {total} characters of {what}; raise "
-                         "cognate.data.validation_fraction (or the reading phase's character limit)")
-    return texts
-
-
-def read_heldout_texts(cognate_dir: Path, max_chars: int) -> list[str]:
-    """Phase 1's held-out documents (no Cognate model trained on them), up to ``max_chars`` characters taken
-    evenly across the whole set (a Phase 1 model's perplexity on the first 20k characters was 1.7x that on all)."""
-    return _read_texts(Path(cognate_dir) / HELDOUT_TEXTS, max_chars, "held-out text")
-
-
-def read_replay_texts(cognate_dir: Path, max_chars: int) -> list[str]:
-    """Phase 1's training documents sampled for replay (see ``REPLAY_TEXTS``), up to ``max_chars`` characters."""
-    return _read_texts(Path(cognate_dir) / REPLAY_TEXTS, max_chars, "replay text")
 
 
 def _source_config(config: PipelineConfig) -> SourceConfig:
@@ -77,8 +41,8 @@ def _source_config(config: PipelineConfig) -> SourceConfig:
                         seed=config.seed)
 
 
-def _curriculum(config: PipelineConfig, spec: CognateModelSpec) -> CurriculumConfig:
-    return CurriculumConfig(category_weights=spec.category_weights, chars_per_stage=config.cognate.data.chars_per_stage,
+def _stage_mix(config: PipelineConfig, spec: CognateModelSpec) -> StageMixConfig:
+    return StageMixConfig(category_weights=spec.category_weights, chars_per_stage=config.cognate.data.chars_per_stage,
                             seed=spec.seed, sources=_source_config(config))
 
 
@@ -103,11 +67,6 @@ def _encode(tokenizer, texts: list[str]) -> list[int]:
 
 def _architecture(config: PipelineConfig, spec: CognateModelSpec, tokenizer) -> dict[str, Any]:
     arch = dict(config.cognate.architecture)
-    for key in ("act_threshold", "ltm_slots", "vocab_size"):
-        if key in arch:
-            raise ValueError(f"cognate.architecture.{key} is set per model or by the tokenizer; remove it")
-    if arch.get("max_position_embeddings", 0) < config.cognate.train.seq_len:
-        raise ValueError("cognate.architecture.max_position_embeddings must be >= cognate.train.seq_len")
     arch.update(act_threshold=spec.act_threshold, ltm_slots=spec.ltm_slots, vocab_size=len(tokenizer),
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id)
@@ -181,7 +140,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     # 1. Data: each dataset loaded once; every model mixes its own stages from it.
     sources = _source_config(config)
     loaded = {name: load_texts(name, sources) for names in STAGES.values() for name in names}
-    mixes = {spec.name: [build_stage(stage, _curriculum(config, spec), loaded) for stage in STAGES]
+    mixes = {spec.name: [build_stage(stage, _stage_mix(config, spec), loaded) for stage in STAGES]
              for spec in cognate.models}
     all_texts = {text for stages in mixes.values() for mix in stages for text in mix.texts}
     fraction = cognate.data.validation_fraction

@@ -1,9 +1,9 @@
 """Phase 5, curriculum and value baking: levels of rising difficulty, each trained and measured, with the
-value prompts of ``configs/prompts/values.yaml`` baked at full strength after every level.
+value prompts of ``forge/presets/prompts/values.yaml`` baked at full strength after every level.
 
 Input: the previous phase's model (``model`` from BitNet, ``champion`` from EvoMerge). A BitNet model
 (ternary and int8 layers) is dequantized first (``forge.quant.convert.dequantize_model``): training and LoRA baking need float
-weights, so the output is a float model and the manifest says so. Per level (``forge.levels``): held-out
+weights, so the output is a float model and the manifest says so. Per level (``forge.curriculum.levels``): held-out
 accuracy before, a short AdamW training stage on the level's items, accuracy after, then every value
 prompt baked in turn (``forge.baking.bake_sequence``), each prompt's strength measured against the model
 the level's bakes started from, and the accuracy once more. With ``tool_use_items`` set, every training stage
@@ -26,11 +26,11 @@ from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_exam
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
 from forge.baking import bake_sequence
 from forge.configtools import config_hash
-from forge.data.replay import Replay
-from forge.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
+from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
                           count_tokens, level_accuracy, load_value_prompts, train_stage, values_path)
-from forge.phases.base import PhaseContext, PhaseResult
-from forge.phases.cognate import read_heldout_texts, read_replay_texts
+from forge.data.heldout import read_heldout_texts, read_replay_texts
+from forge.data.replay import Replay
+from forge.phases.base import MODEL_NAMES, PhaseContext, PhaseResult, single_input
 from forge.quant.convert import dequantize_model
 
 log = logging.getLogger(__name__)
@@ -38,20 +38,17 @@ log = logging.getLogger(__name__)
 PHASE = "curriculum"
 HELDOUT_PERPLEXITY_CHARS = 6000  # Phase 1's held-out text measured before and after each level's steps
 RESUME_KEY = "curriculum_resume"  # manifest entry of a level checkpoint: fingerprint and records so far
-INPUT_NAMES = ("champion", "model")  # names of the previous phase's model, in order of preference
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
-    """The previous phase's only model, else its ``champion`` or ``model``."""
+    """The previous phase's model (``single_input``)."""
     if not inputs:
         raise ValueError("curriculum trains the previous phase's model; run it after bitnet or evomerge")
-    if len(inputs) == 1:
-        return next(iter(inputs))
-    for name in INPUT_NAMES:
-        if name in inputs:
-            return name
-    raise ValueError(f"curriculum cannot tell which input to train: got {', '.join(sorted(inputs))}, none named "
-                     f"{' or '.join(INPUT_NAMES)}; run it after a phase that writes one of those")
+    name = single_input(inputs)
+    if name is None:
+        raise ValueError(f"curriculum cannot tell which input to train: got {', '.join(sorted(inputs))}, none named "
+                         f"{' or '.join(MODEL_NAMES)}; run it after a phase that writes one of those")
+    return name
 
 
 def level_dir(ctx: PhaseContext, level: int) -> Path:

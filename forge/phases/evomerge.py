@@ -1,6 +1,6 @@
 """Phase 2, EvoMerge: the Cognate models merged into one champion by evolution, driven by Ray Tune.
 
-Driver: load the parents, build each generation's candidates from their genomes (``forge.evolve``),
+Driver: load the parents, build each generation's candidates from their genomes (``forge.merge.evolve``),
 replace an invalid merge (non-finite weights or logits, broken greedy generation) by a linear merge and
 record it, put the weights in the object store once, and run one Tune experiment per generation: each
 trial is one candidate genome, evaluated (held-out perplexity, held-out accuracy with a data folder,
@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import shutil
 import statistics
 import time
@@ -29,14 +28,16 @@ import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir
 from forge.criteria import criterion, missed
-from forge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGeneration, Scored, combine_fitness,
+from forge.merge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGeneration, Scored, combine_fitness,
                           fitness_scores, improvement, initial_population, linear_fallback, next_generation,
                           population_diversity, stop_reason)
 from forge.merge import check_compatible, infer_layer_layout, merge, weight_space_diversity
+from forge.plots import pyplot, save_png
 from forge.phases.base import PhaseContext, PhaseResult
-from forge.phases.cognate import read_heldout_texts
+from forge.data.heldout import read_heldout_texts
 from actors.restarts import ATTEMPTS_FILE, record_attempt
-from cluster.resources import evaluation_share, limit_gpu_memory
+from cluster.resources import evaluation_share
+from forge.devices import limit_gpu_memory
 from cluster.runtime import RayConfig
 from forge.quant.measure import forward_latency
 
@@ -252,11 +253,7 @@ def _generation_stats(generation: int, population: Sequence[Mapping[str, Any]], 
 def plot_history(history: Sequence[Mapping[str, Any]], parents: Sequence[Mapping[str, Any]], out: Path) -> Path:
     """Best, mean and worst fitness per generation against each parent's (the baselines a merge must beat), and
     the population's diversity, as a PNG written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     generations = [h["generation"] for h in history]
     fig, (ax, ax_div) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for key, style in (("best", "-o"), ("mean", "--"), ("worst", ":")):
@@ -273,12 +270,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], parents: Sequence[Mapping
     ax_div.set_xlabel("generation")
     ax_div.set_xticks(generations)
     ax_div.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_png(fig, out)
 
 
 def evomerge_criteria(gain: float, gain_over_parent: float, parent_diversity: float,

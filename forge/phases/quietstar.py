@@ -5,7 +5,7 @@ Steps, on the driver (one model, sequential training):
    validated: real traces from the data folder's solved problems (``offline``), generated problems with
    verified traces (``synthetic``, the default without a data folder), or a file written by
    ``python -m forge.quietstar`` (``file``, e.g. from the API generator).
-1. The reasoning format is baked by full fine-tuning (``forge.quietstar.format_bake``), with the spec's
+1. The reasoning format is baked by full fine-tuning (``forge.quietstar.format_training``), with the spec's
    convergence check and its mitigation.
 2. Quiet-STaR RL on thoughts (``forge.quietstar.rl``), with anti-theater checks and rollback.
 Accuracy on held-out problems, thinking-token usage and generation speed are measured before Phase 3,
@@ -25,10 +25,10 @@ import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, verify_model_dir
 from forge.criteria import criterion, missed
-from forge.phases.base import PhaseContext, PhaseResult
-from forge.phases.cognate import read_replay_texts
+from forge.data.heldout import read_replay_texts
+from forge.phases.base import PhaseContext, PhaseResult, single_input
 from forge.quietstar.data import dataset_metadata, read_dataset, validate_examples, write_dataset
-from forge.quietstar.format_bake import bake_reasoning_format, select_examples
+from forge.quietstar.format_training import bake_reasoning_format, select_examples
 from forge.quietstar.generate import answer_accuracy, generation_speed
 from forge.quietstar.offline import OfflineConfig, OfflineReasoningGenerator
 from forge.quietstar.rl import ThinkIds, heldout_check_items, mean_coherence, save_mixing_head, train_thoughts
@@ -41,11 +41,10 @@ SPEC_EXAMPLES = 20_000  # spec: the reasoning data holds >= 20,000 examples (few
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
-    """The previous phase's champion, or its only model."""
-    if "champion" in inputs:
-        return "champion"
-    if len(inputs) == 1:
-        return next(iter(inputs))
+    """The previous phase's model (``single_input``)."""
+    name = single_input(inputs)
+    if name is not None:
+        return name
     raise ValueError(f"quietstar trains one model; the previous phase wrote {sorted(inputs)}. Run it after "
                      "evomerge (python -m forge.pipeline --phases cognate,evomerge,quietstar)")
 

@@ -21,7 +21,7 @@ from benchmarks.cache import ResultCache
 from benchmarks.scoreboard import LOWER_IS_BETTER, gate_decision, row_key, wikitext_heldout
 from forge.artifacts import atomic_dir, atomic_write_json, read_json, read_manifest
 from forge.config import PipelineConfig
-from forge.phases.cognate import read_heldout_texts
+from forge.data.heldout import read_heldout_texts
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
 """Phase 6, tool and persona optimization: alternating A/B cycles until both plateau.
 
-The driver (``forge.ab_cycles``) decides; this module does the work behind its hooks:
+The driver (``forge.abcycles.driver``) decides; this module does the work behind its hooks:
 
-- A-cycle (tool use): variants of the incumbent tool prompt by mutation (``forge.prompt_variants``; the
+- A-cycle (tool use): variants of the incumbent tool prompt by mutation (``forge.abcycles.prompt_variants``; the
   small models cannot write prompts), scored by the multi-turn tool-use benchmark (``benchmarks.tooluse``)
   on a subset of held-out problems that rotates per iteration. Fitness: the weighted sum of its metrics in
   ``tool_metric_weights`` (accuracy first; tool usage gives the small models a signal). With ``fitness:
   swebench`` it is the resolved rate of the official SWE-bench harness on the data folder's Lite instances,
   as the spec asks (Docker; the config is refused where the harness cannot run). The score is logged and
-  handed on under the name of what it measures (``forge.ab_cycles.A_SCORE_NAMES``).
+  handed on under the name of what it measures (``forge.abcycles.driver.A_SCORE_NAMES``).
 - B-cycle (persona): the model writes self-prompts from the spec's meta-prompt (coherence filter,
-  temperature sweep, human-written fallback; ``forge.prompt_variants.self_prompts``), scored by the
+  temperature sweep, human-written fallback; ``forge.abcycles.prompt_variants.self_prompts``), scored by the
   weighted benchmark aggregate (the spec's six with a data folder, else ``synthetic_reasoning``).
 - Every prompt of an iteration is evaluated at the same time on ``eval_actors`` remote
   ``BenchmarkActor``s that hold the current weights (sent in memory, once per model change); their result
@@ -20,7 +20,7 @@ The driver (``forge.ab_cycles``) decides; this module does the work behind its h
   ``keep_input_if_better``) the input with the initial prompts when that scores higher.
 
 Records: ``prompts.json`` and ``work/iter_NNN/`` (the model after each iteration), ``trajectory.json``,
-``trajectory.svg``, the final model in ``model/`` with the Phase 7 handoff in its manifest. The A-cycle's
+``trajectory.png``, the final model in ``model/`` with the Phase 7 handoff in its manifest. The A-cycle's
 validation problems are disjoint from every iteration's subset; the B-cycle's validation items are drawn
 with another seed from the same held-out pool (the harness selects by seed), so they may overlap.
 """
@@ -40,15 +40,15 @@ from benchmarks.swebench import generate_predictions, run_harness, write_predict
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, evaluate_tool_use
 from benchmarks.tooluse_problems import load_problems, rotation_subset
 from cluster.resources import evaluation_share
-from forge.ab_cycles import (A_SCORE_NAMES, ABResult, last_checkpoint_iteration, plot_trajectory, run_ab_cycles,
+from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, last_checkpoint_iteration, plot_trajectory, run_ab_cycles,
                              spec_strength)
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, state_dict_hash
 from forge.baking import NothingToBake, bake_prompt
 from forge.criteria import criterion, missed
 from forge.data.readers import read_swebench
-from forge.phases.base import PhaseContext, PhaseResult
+from forge.phases.base import PhaseContext, PhaseResult, single_input
 from forge.tracking import Tracker
-from forge.prompt_variants import HUMAN_PERSONAS, META_PROMPT, mutate_prompt, self_prompts
+from forge.abcycles.prompt_variants import HUMAN_PERSONAS, META_PROMPT, mutate_prompt, self_prompts
 
 OFFLINE_PERSONA_TASKS = {"synthetic_reasoning": 1.0}
 A_GAIN_REQUIRED = 0.10  # spec: SWE-Bench score improves by >= 10% from baseline
@@ -78,11 +78,10 @@ def tool_persona_criteria(converged: bool, a_gain: float | None, b_gain: float |
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
-    for name in ("model", "champion"):
-        if name in inputs:
-            return name
-    if len(inputs) == 1:
-        return next(iter(inputs))
+    """The previous phase's model (``single_input``)."""
+    name = single_input(inputs)
+    if name is not None:
+        return name
     raise ValueError(f"tool_persona optimizes one model; the previous phase wrote {sorted(inputs)}")
 
 
@@ -259,7 +258,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     after = work.validation_scores(work.model, final_prompts)
     tracker.log({**{f"final/{k}": v for k, v in after.items()}, **{f"final/input_{k}": v for k, v in before.items()}})
     tracker.finish()
-    plot_trajectory(result, ctx.phase_dir / "trajectory.svg")
+    plot_trajectory(result, ctx.phase_dir / "trajectory.png")
     atomic_write_json(ctx.phase_dir / "trajectory.json", result.to_dict())
     # Selection on a few rotating items can favour noise and each bake can cost skills, so the held-out
     # check decides what is handed on.

@@ -39,7 +39,7 @@ def add_lora(model: nn.Module, *, r: int = 8, lora_alpha: int = 16, lora_dropout
                                  if isinstance(m, TernaryLinear)})
         if not target_modules:
             raise ValueError("the model has no TernaryLinear layer: quantize and pack it first "
-                             "(python -m forge.quantize), or name target_modules explicitly")
+                             "(python -m forge.quant), or name target_modules explicitly")
     config = ternary_lora_config(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                  target_modules=target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, config)

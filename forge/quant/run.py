@@ -1,6 +1,6 @@
 """Phase 4 on one model directory: calibrate, quantize under the guard, pack, measure, save.
 
-``python -m forge.quantize`` and the pipeline's BitNet phase both call :func:`quantize_model_dir`. The guard is
+``python -m forge.quant`` and the pipeline's BitNet phase both call :func:`quantize_model_dir`. The guard is
 the caller's: a function building a :class:`forge.quant.staged.Guard` from the tokenizer, the held-out text and
 the job. The pipeline phase and the CLI pass ``benchmarks.guard.job_guard`` (the benchmark tasks' mean held-out
 score when ``guard_tasks`` and a data folder are there); the default is :func:`next_token_guard`, held-out

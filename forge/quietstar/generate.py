@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from forge.decoding import IncrementalDecoder, sample_next
+from forge.devices import model_device
 from forge.quietstar.api import answers_match
 from forge.quietstar.tokens import THINK_END, THINK_START, THINKING_TOKENS, thinking_token_ids
 
@@ -67,10 +68,6 @@ def _thinking_ids(tokenizer) -> dict[str, int]:
     return thinking_token_ids(tokenizer)
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def _generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, hide_thoughts: bool,
               allow_thinking: bool, temperature: float, seed: int,
@@ -83,7 +80,7 @@ def _generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, 
     start_id, end_id = ids_of.get(THINK_START), ids_of.get(THINK_END)
     banned = torch.tensor(sorted(ids_of.values()), dtype=torch.long)
     eos = tokenizer.eos_token_id
-    device = _device(model)
+    device = model_device(model)
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     was_training = model.training
     model.eval()

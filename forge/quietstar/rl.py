@@ -35,7 +35,7 @@ from torch import nn
 from forge.artifacts import atomic_write_bytes
 from forge.baking.hidden import final_hidden
 from forge.data.lm_dataset import pack_token_ids
-from forge.decoding import IncrementalDecoder, sample_next
+from forge.decoding import IncrementalDecoder, draw, sample_next
 from forge.optim import MuonGrokfastConfig, build_muon_grokfast
 from forge.quietstar.rewards import (ABLATION_THRESHOLD, CORRELATION_THRESHOLD, DIVERGENCE_THRESHOLD,
                                      AntiTheaterReport, MixingHead, ablation_drop, coherence_utility_correlation,
@@ -193,7 +193,7 @@ def sample_thoughts(model: nn.Module, context: torch.Tensor, think: ThinkIds, le
     decoder = IncrementalDecoder(model, torch.cat([context, start], dim=1))
     for _ in range(length):
         probs = thought_policy(decoder.logits(), think, temperature).exp()
-        decoder.append(torch.multinomial(probs, 1, generator=generator).squeeze(-1))
+        decoder.append(draw(probs, generator))
     return decoder.sequence[:, -length:]
 
 

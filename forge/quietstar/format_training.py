@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from forge.artifacts import atomic_write_bytes
 from forge.criteria import is_met
 from forge.data.replay import Replay
+from forge.devices import model_device
+from forge.modelinfo import pad_token_id
 from forge.optim import MuonGrokfastConfig, build_muon_grokfast
 from forge.quietstar.data import ReasoningExample
 from forge.quietstar.tokens import STRATEGY_TOKENS, THINK_END, thinking_token_ids, token_words
@@ -148,13 +150,6 @@ def encode_example(tokenizer, example: ReasoningExample, seq_len: int) -> Encode
     return EncodedExample(ids[:seq_len], target[:seq_len], strategy[:seq_len], truncated)
 
 
-def _pad_id(tokenizer) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return candidate
-    return 0
-
-
 def collate(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``/``attention_mask``, ``labels`` (-100 off target) and ``strategy``."""
     width = max(len(item.input_ids) for item in batch)
@@ -199,15 +194,11 @@ def split_examples(examples: Sequence[ReasoningExample], val_fraction: float,
             [example for example in examples if example.id in val_ids])
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def _accuracy_of_encoded(model, encoded: Sequence[EncodedExample], pad_id: int, batch_size: int) -> dict[str, Any]:
     if not encoded:
         raise ValueError("no validation examples to measure format accuracy on")
-    device = _device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     n_strategies = len(STRATEGY_TOKENS)
@@ -248,7 +239,7 @@ def format_accuracy(model, tokenizer, examples: Sequence[ReasoningExample], *, s
     """
     thinking_token_ids(tokenizer)
     encoded = [encode_example(tokenizer, example, seq_len) for example in examples]
-    return _accuracy_of_encoded(model, encoded, _pad_id(tokenizer), batch_size)
+    return _accuracy_of_encoded(model, encoded, pad_token_id(tokenizer), batch_size)
 
 
 def select_examples(examples: Sequence[ReasoningExample],
@@ -276,7 +267,7 @@ def _train_epoch(model, optimizer, encoded: Sequence[EncodedExample], pad_id: in
                  order_seed: int, replay: Replay | None, first_step: int) -> tuple[float, float | None]:
     """One pass over ``encoded`` in a seeded order, each step with its blocks of ``replay`` (steps numbered from
     ``first_step`` across epochs). Token-weighted mean format loss and mean replay loss."""
-    device = _device(model)
+    device = model_device(model)
     model.train()
     order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(order_seed)).tolist()
     loss_sum, tokens, replay_sum, replay_steps = 0.0, 0, 0.0, 0
@@ -372,7 +363,7 @@ def bake_reasoning_format(model, tokenizer, train: Sequence[ReasoningExample], v
         raise ValueError(f"format_bake.replay_sequences={config.replay_sequences} needs replay_texts (pretraining "
                          "documents, e.g. Phase 1's replay_texts.json); pass them or set replay_sequences=0")
     started = time.time()
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     replay = (Replay(tokenizer, replay_texts, config.seq_len, config.replay_sequences, seed=config.seed)
               if config.replay_sequences else None)
     train_encoded = [encode_example(tokenizer, example, config.seq_len) for example in train]

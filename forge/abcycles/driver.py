@@ -51,9 +51,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
-from xml.sax.saxutils import escape
 
-from forge.artifacts import atomic_write_bytes, atomic_write_json
+from forge.artifacts import atomic_write_json
+from forge.plots import pyplot, save_png
 from forge.configtools import config_hash
 
 CYCLES = ("A", "B")
@@ -599,80 +599,41 @@ def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dic
     return result
 
 
-# --- trajectory plot: a plain SVG (text, no plotting dependency) --------------------------------------
+# --- trajectory plot ------------------------------------------------------------------------------------
 
-_COLOURS = {"A": "#1f77b4", "B": "#d62728"}
-_WIDTH, _PANEL_H, _LEFT, _RIGHT, _TOP, _GAP = 720, 220, 70, 150, 40, 60
-
-
-def _polyline(points: list[tuple[float, float]], colour: str, dashed: bool, label: str) -> str:
-    coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    dash = ' stroke-dasharray="6,4"' if dashed else ""
-    return (f'<polyline data-series="{escape(label)}" points="{coords}" fill="none" stroke="{colour}" '
-            f'stroke-width="2"{dash}/>')
-
-
-def _panel(top: float, title: str, y_range: tuple[float, float], n_iter: int,
-           series: list[tuple[str, str, bool, list[tuple[int, float]]]]) -> list[str]:
-    """One chart: axes, ticks, a title and each series as a polyline with point markers."""
-    plot_w = _WIDTH - _LEFT - _RIGHT
-    lo, hi = y_range
-    x_of = lambda i: _LEFT + (plot_w * (i + 0.5) / max(n_iter, 1))  # noqa: E731
-    y_of = lambda v: top + _PANEL_H - (v - lo) / (hi - lo) * _PANEL_H  # noqa: E731
-    out = [f'<text x="{_LEFT}" y="{top - 10}" font-size="14" font-weight="bold">{escape(title)}</text>',
-           f'<rect x="{_LEFT}" y="{top}" width="{plot_w}" height="{_PANEL_H}" fill="none" stroke="#333"/>']
-    for k in range(5):
-        value = lo + (hi - lo) * k / 4
-        y = y_of(value)
-        out.append(f'<line x1="{_LEFT - 4}" y1="{y:.1f}" x2="{_LEFT + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{_LEFT - 8}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{value:.4g}</text>')
-    for i in range(n_iter):
-        out.append(f'<text x="{x_of(i):.1f}" y="{top + _PANEL_H + 16}" font-size="11" '
-                   f'text-anchor="middle">{i}</text>')
-    for row, (label, colour, dashed, points) in enumerate(series):
-        if not points:
+def trajectory_figure(history: list[dict[str, Any]], stop_reason: str):
+    """Both cycles' incumbent and best-proposal scores per iteration, and the baking strength (spec 1 - 0.5^N and
+    measured), from the history rows (``IterationRecord`` fields) of a result or a saved trajectory."""
+    if not history:
+        raise ValueError("the A/B result has no iterations to plot; run at least one iteration first")
+    fig, (ax, ax_strength) = pyplot().subplots(2, 1, figsize=(7, 6), sharex=True)
+    for cycle, colour, label in (("A", "C0", "A: tool use"), ("B", "C3", "B: persona")):
+        rows = [r for r in history if r["cycle"] == cycle]
+        if not rows:
             continue
-        xy = [(x_of(i), y_of(v)) for i, v in points]
-        out.append(_polyline(xy, colour, dashed, label))
-        out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in xy)
-        ly = top + 14 + 18 * row
-        dash = ' stroke-dasharray="6,4"' if dashed else ""
-        out.append(f'<line x1="{_WIDTH - _RIGHT + 12}" y1="{ly - 4}" x2="{_WIDTH - _RIGHT + 36}" y2="{ly - 4}" '
-                   f'stroke="{colour}" stroke-width="2"{dash}/>')
-        out.append(f'<text x="{_WIDTH - _RIGHT + 42}" y="{ly}" font-size="11">{escape(label)}</text>')
-    return out
+        ax.plot([r["iteration"] for r in rows], [r["best_score"] for r in rows], "-o", color=colour,
+                label=f"{label} incumbent")
+        ax.scatter([r["iteration"] for r in rows], [r["winner_score"] for r in rows], marker="x", color=colour,
+                   label=f"{label} best proposal")
+        ax_strength.plot([r["iteration"] for r in rows], [r["baking_strength_spec"] for r in rows], "--o",
+                         color=colour, label=f"{cycle} strength (spec 1-0.5^N)")
+        measured = [(r["iteration"], r["baking_strength_measured"]) for r in rows
+                    if r["baking_strength_measured"] is not None]
+        if measured:
+            ax_strength.plot(*zip(*measured), "-s", color=colour, label=f"{cycle} strength (measured)")
+    ax.set_ylabel("score on the iteration's items")
+    ax.set_title(f"Phase 6 A/B cycles (stop: {stop_reason})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax_strength.set_xlabel("iteration")
+    ax_strength.set_ylabel("baking strength")
+    ax_strength.set_ylim(-0.05, 1.05)
+    ax_strength.grid(alpha=0.3)
+    ax_strength.legend(fontsize=8)
+    ax_strength.set_xticks([r["iteration"] for r in history])
+    return fig
 
 
 def plot_trajectory(result: ABResult, path: Path) -> Path:
-    """Write an SVG of both cycles' incumbent scores and baking strengths per iteration (atomically)."""
-    history = result.history
-    if not history:
-        raise ValueError("the A/B result has no iterations to plot; run at least one iteration first")
-    n = len(history)
-    score_series, strength_series = [], []
-    for cycle in CYCLES:
-        rows = [r for r in history if r.cycle == cycle]
-        score_series.append((f"{cycle} best score", _COLOURS[cycle], False,
-                             [(r.iteration, r.best_score) for r in rows]))
-        strength_series.append((f"{cycle} strength (spec)", _COLOURS[cycle], True,
-                                [(r.iteration, r.baking_strength_spec) for r in rows]))
-        strength_series.append((f"{cycle} strength (measured)", _COLOURS[cycle], False,
-                                [(r.iteration, r.baking_strength_measured) for r in rows
-                                 if r.baking_strength_measured is not None]))
-    scores = [v for *_, pts in score_series for _, v in pts]
-    lo, hi = min(scores), max(scores)
-    pad = (hi - lo) * 0.1 or max(abs(hi) * 0.1, 1e-3)
-    measured = [v for *_, pts in strength_series for _, v in pts]
-    s_lo, s_hi = min(0.0, *measured), max(1.0, *measured)
-    height = _TOP + 2 * _PANEL_H + _GAP + 40
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
-             f'viewBox="0 0 {_WIDTH} {height}" font-family="sans-serif">',
-             f'<rect width="{_WIDTH}" height="{height}" fill="white"/>',
-             *_panel(_TOP, f"Phase 6 A/B cycles: incumbent score per iteration (stop: {result.stop_reason})",
-                     (lo - pad, hi + pad), n, score_series),
-             *_panel(_TOP + _PANEL_H + _GAP, "Baking strength: spec 1 - 0.5^N (dashed) and measured",
-                     (s_lo, s_hi), n, strength_series),
-             "</svg>"]
-    path = Path(path)
-    atomic_write_bytes(path, ("\n".join(parts) + "\n").encode())
-    return path
+    """Write the trajectory figure of ``result`` as a PNG (atomically)."""
+    return save_png(trajectory_figure(result.to_dict()["history"], result.stop_reason), path)

@@ -1,4 +1,5 @@
-"""The Cognate pretraining curriculum: three stages, each a seeded mix weighted by category.
+"""Phase 1's data stages (the spec's pretraining "curriculum"; Phase 5 is the curriculum phase): three stages,
+each a seeded mix weighted by category.
 
 Spec (Phase 1): Foundation (GSM8K, SVAMP, Mini-MBPP), Reasoning (ARC-Easy, ARC-Challenge, PIQA,
 WikiText), Advanced (HotpotQA, DROP, HellaSwag, FineWeb-Edu), with category weights
@@ -38,8 +39,8 @@ STAGES: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class CurriculumConfig:
-    """What each curriculum stage contains and how it is mixed."""
+class StageMixConfig:
+    """What each pretraining stage contains and how it is mixed."""
 
     # weight of each category in a stage's mix (renormalised over the categories the stage has)
     category_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_CATEGORY_WEIGHTS))
@@ -81,7 +82,7 @@ class DatasetDraw:
 
 @dataclass
 class StageMix:
-    """One curriculum stage: the shuffled training texts and the record of where they came from."""
+    """One pretraining stage: the shuffled training texts and the record of where they came from."""
 
     stage: str  # stage name
     texts: list[str]  # the mixed, shuffled documents
@@ -107,7 +108,7 @@ def _draw(texts: list[str], budget: int, rng: random.Random) -> list[str]:
     return drawn
 
 
-def build_stage(stage: str, config: CurriculumConfig = CurriculumConfig(),
+def build_stage(stage: str, config: StageMixConfig = StageMixConfig(),
                 loaded: Mapping[str, LoadedTexts] | None = None) -> StageMix:
     """The mix of one stage; ``loaded`` may supply datasets already loaded (by name)."""
     if stage not in config.stages:
@@ -147,7 +148,7 @@ def build_stage(stage: str, config: CurriculumConfig = CurriculumConfig(),
     return StageMix(stage=stage, texts=texts, draws=draws, category_weights=weights)
 
 
-def build_curriculum(config: CurriculumConfig = CurriculumConfig()) -> list[StageMix]:
+def build_stages(config: StageMixConfig = StageMixConfig()) -> list[StageMix]:
     """Every configured stage in order; each dataset is loaded once even if several stages use it."""
     loaded: dict[str, LoadedTexts] = {}
     for names in config.stages.values():

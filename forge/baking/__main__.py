@@ -1,4 +1,4 @@
-"""Bake a prompt into a model: ``python -m forge.bake --model DIR --prompt TEXT --out DIR``.
+"""Bake a prompt into a model: ``python -m forge.baking --model DIR --prompt TEXT --out DIR``.
 
 Writes the baked model (a plain model directory, or with ``--save adapter`` the LoRA adapter) and a
 JSON report with the held-out KL before and after and the measured strength.
@@ -16,7 +16,7 @@ from forge.configtools import ConfigError, apply_override, from_dict, load_yaml,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m forge.bake", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m forge.baking", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="model directory to bake into (with manifest.json)")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="the prompt text to bake in; it is placed directly before each input, "
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         export_merged(result, tokenizer, out)
     atomic_write_json(report_path, report)
-    print(f"[forge.bake] KL {result.kl_before:.4f} -> {result.kl_after:.4f}, strength {result.strength:.3f}; "
+    print(f"[forge.baking] KL {result.kl_before:.4f} -> {result.kl_after:.4f}, strength {result.strength:.3f}; "
           f"{args.save} written to {out}, report {report_path}", flush=True)
     return 0
 

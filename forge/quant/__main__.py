@@ -1,6 +1,6 @@
 """Quantize a model directory to BitNet b1.58 ternary weights.
 
-Usage: ``python -m forge.quantize --model DIR --out DIR [--data-dir PATH] [--seq-len N] ...``
+Usage: ``python -m forge.quant --model DIR --out DIR [--data-dir PATH] [--seq-len N] ...``
 
 Runs Phase 4 on any model directory (a finished one, with manifest): calibration on WikiText-2,
 staged block-by-block quantization under the accuracy guard, conservative restart or
@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from forge.quant.run import QuantizeJobConfig
 
     defaults = QuantizeJobConfig()
-    parser = argparse.ArgumentParser(prog="python -m forge.quantize", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m forge.quant", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="input model directory (with manifest.json)")
     parser.add_argument("--out", required=True, type=Path, help="output directory for the ternary model")
     parser.add_argument("--data-dir", default=defaults.data_dir,

@@ -4,7 +4,7 @@ Trains a byte-level BPE and a tiny Llama on train-side transcripts (``demonstrat
 calculator / sandbox outputs) in the benchmark's own context format, then evaluates the untrained and
 the trained model on held-out problems with the spec's initial tool prompt, and writes JSON.
 
-    python -m benchmarks.tooluse_measure --out /tmp/tooluse_tiny.json --steps 600 --sources easy,svamp
+    python -m benchmarks.scripts.tooluse_measure --out /tmp/tooluse_tiny.json --steps 600 --sources easy,svamp
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     train_s = time.perf_counter() - began
     trained, trained_s = evaluate()
     report = {
-        "command": "python -m benchmarks.tooluse_measure " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks.scripts.tooluse_measure " + " ".join(sys.argv[1:] if argv is None else argv),
         "prompt": prompt, "train_sources": sources, "eval_sources": eval_sources,
         "train_examples": len(examples), "mean_train_tokens": sum(lengths) / len(lengths),
         "model": {"arch": "llama", "hidden": args.hidden, "layers": args.layers, "vocab": len(tokenizer),

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from forge.artifacts import atomic_write_bytes
-from forge.config import CognateTrainConfig
+from forge.pretrain.config import CognateTrainConfig
 from forge.optim import build_muon_grokfast
 from forge.tracking import Tracker
 
@@ -376,7 +376,7 @@ OPTIMIZER_FLOATS_PER_PARAM = 3
 def trainer_memory_bytes(architecture: dict[str, Any], micro_batch: int, seq_len: int, device: str) -> int:
     """Memory a trainer needs at ``micro_batch``: weights, optimizer state, one step's peak (activations, logits,
     gradients; ``forge.models.size.estimate_step_memory_bytes``) and, on CUDA, the context."""
-    from cluster.resources import CUDA_CONTEXT_BYTES
+    from forge.devices import CUDA_CONTEXT_BYTES
     from forge.models import CognateConfig
     from forge.models.size import estimate_step_memory_bytes, sum_parameters
 
@@ -389,7 +389,7 @@ def trainer_memory_bytes(architecture: dict[str, Any], micro_batch: int, seq_len
 def pick_micro_batch(job: TrainJob) -> int:
     """The configured micro-batch, or the largest power of two dividing batch_size that fits this trainer's
     memory (its GPU share, or this machine's available memory divided by ``share``)."""
-    from cluster.resources import largest_micro_batch
+    from forge.devices import largest_micro_batch
 
     cfg = job.train
     if cfg.micro_batch_size:
@@ -414,7 +414,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     from forge.models import CognateConfig, CognateForCausalLM
     from forge.models.size import get_model_size
 
-    from cluster.resources import limit_gpu_memory
+    from forge.devices import limit_gpu_memory
 
     torch_threads(job.threads)
     set_seed(job.seed)

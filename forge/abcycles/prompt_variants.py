@@ -18,7 +18,8 @@ from typing import Sequence
 
 import torch
 
-from forge.ab_cycles import Proposal
+from forge.abcycles.driver import Proposal
+from forge.modelinfo import max_positions, pad_token_id
 
 __all__ = ["HUMAN_PERSONAS", "LIST_PRIMER", "META_PROMPT", "TOOL_INSTRUCTIONS", "Proposal", "coherence_problem",
            "mutate_prompt", "self_prompts", "split_candidates", "split_sentences"]
@@ -215,15 +216,6 @@ def coherence_problem(text: str, tokenizer, meta_prompt: str = META_PROMPT) -> s
     return None
 
 
-def _max_positions(model) -> int | None:
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
 @torch.no_grad()
 def _sample(model, tokenizer, context: str, *, n: int, temperature: float, max_new_tokens: int,
             seed: int) -> list[str]:
@@ -231,16 +223,15 @@ def _sample(model, tokenizer, context: str, *, n: int, temperature: float, max_n
     or top-p), reproducible for ``seed`` without touching the global RNG."""
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer.encode(context, add_special_tokens=False)], device=device)
-    limit = _max_positions(model)
+    limit = max_positions(model)
     if limit is not None and ids.shape[1] + max_new_tokens > limit:
         raise ValueError(f"the meta-prompt ({ids.shape[1]} tokens) plus max_new_tokens={max_new_tokens} exceeds "
                          f"the model's {limit} positions: lower max_new_tokens or shorten the meta-prompt")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         output = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
                                 top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                                pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+                                pad_token_id=pad_token_id(tokenizer), eos_token_id=tokenizer.eos_token_id)
     return tokenizer.batch_decode(output[:, ids.shape[1]:], skip_special_tokens=True)
 
 

@@ -16,6 +16,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -23,12 +24,12 @@ import torch
 import yaml
 
 from forge.baking.config import BakingConfig
-from forge.baking.trajectories import max_positions
 from forge.data.replay import Replay
+from forge.modelinfo import max_positions, pad_token_id
 from forge.quietstar.generate import answer_accuracy
 
 DATA_LEVEL_SOURCES = ("svamp", "gsm8k")  # word-problem sets a level can draw from, easiest first
-DEFAULT_VALUES_FILE = Path(__file__).resolve().parent.parent / "configs" / "prompts" / "values.yaml"
+DEFAULT_VALUES_FILE = Path(str(resources.files("forge") / "presets" / "prompts" / "values.yaml"))
 _GSM8K_ANNOTATION = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator notes "<<48/2=24>>"
 _WORDS = {"+": "Add {b}.", "-": "Subtract {b}.", "*": "Multiply by {b}."}
 
@@ -56,7 +57,7 @@ class CurriculumPhaseConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global gradient-norm clip; 0 disables it
     max_new_tokens: int = 32  # greedy tokens generated per held-out item when measuring accuracy
-    values_file: str | None = None  # YAML of the value prompts; None: configs/prompts/values.yaml of the project
+    values_file: str | None = None  # YAML of the value prompts; None: forge/presets/prompts/values.yaml of the project
     bake_inputs: int = 6  # training questions of the level that follow each prompt in the bake
     replay_sequences: int = 4  # Phase 1 training-text blocks replayed in every step (keeps the model's text
     # modelling while it learns the level); 0: off
@@ -235,11 +236,6 @@ def completion_text(item: LevelItem) -> str:
 
 # ------------------------------------------------------------------------------------ training
 
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return 0 if pad is None else pad
-
-
 def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int | None) -> list[tuple[list[int], int]]:
     """(token ids, prompt length) per (prompt, completion) text pair: prompt + completion + EOS; pairs longer
     than ``max_len`` dropped."""
@@ -289,7 +285,7 @@ def answer_loss(model, tokenizer, items: Sequence[LevelItem], batch_size: int = 
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
-        input_ids, mask, labels = collate(encoded[start:start + batch_size], _pad_id(tokenizer), device)
+        input_ids, mask, labels = collate(encoded[start:start + batch_size], pad_token_id(tokenizer), device)
         logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         target = labels[:, 1:]
         total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
@@ -338,7 +334,7 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
             rng.shuffle(refill)
             order.extend(refill)
         batch, order = order[:config.batch_size], order[config.batch_size:]
-        input_ids, mask, labels = collate([encoded[i] for i in batch], _pad_id(tokenizer), device)
+        input_ids, mask, labels = collate([encoded[i] for i in batch], pad_token_id(tokenizer), device)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / (config.warmup_steps + 1))
         optimizer.zero_grad(set_to_none=True)
@@ -376,18 +372,18 @@ def level_accuracy(model, tokenizer, items: Sequence[LevelItem], max_new_tokens:
 # ------------------------------------------------------------------------------------ value prompts
 
 def values_path(config: CurriculumPhaseConfig) -> Path:
-    """The value-prompt file the config names (the project's configs/prompts/values.yaml by default)."""
+    """The value-prompt file the config names (the project's forge/presets/prompts/values.yaml by default)."""
     return Path(config.values_file) if config.values_file is not None else DEFAULT_VALUES_FILE
 
 
 def load_value_prompts(path: str | os.PathLike) -> list[ValuePrompt]:
     """The prompts of a values file: ``prompts:`` a list of ``{name: ..., text: ...}``, names unique."""
     path = Path(path)
-    fix = (f"fix {path} (see configs/prompts/values.yaml in the project for the format) or point "
+    fix = (f"fix {path} (see forge/presets/prompts/values.yaml in the project for the format) or point "
            "curriculum.values_file at a valid file")
     if not path.is_file():
         raise FileNotFoundError(f"values file {path} does not exist: create it with a 'prompts:' list of "
-                                "{name, text} entries (copy configs/prompts/values.yaml) or set curriculum.values_file")
+                                "{name, text} entries (copy forge/presets/prompts/values.yaml) or set curriculum.values_file")
     try:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
