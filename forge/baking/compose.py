@@ -106,7 +106,9 @@ def bake_sequence(model: nn.Module, tokenizer, prompts: Sequence[str], inputs: S
         rows.append({
             "step": step,
             "prompt": prompt,
+            "kl_per_token": result.kl_reference,
             "bake_strength": result.strength,
+            "bake_target_reached": result.target_reached,
             "strength_vs_original": {
                 target.prompt: measured_strength(original, model, tokenizer, target, config) for target in targets
             },

@@ -22,7 +22,7 @@ class BakingConfig:
     learning_rate: float = 5e-4  # AdamW learning rate of the LoRA weights (spec: 5e-4)
     weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
     full_epochs: float = 3.0  # length of the full schedule the LR follows (spec: 3 epochs)
-    num_epochs: float = 3.0  # where to stop; 1.5 of 3 is the spec's half-bake
+    num_epochs: float = 3.0  # where to stop at the latest (epochs mode: 1.5 of 3 is the spec's half-bake)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine decays to 0 at full_epochs
     warmup_steps: int = 0  # linear LR warm-up steps
     batch_size: int = 8  # trajectories per optimizer step
