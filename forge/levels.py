@@ -82,8 +82,10 @@ class CurriculumPhaseConfig:
             raise ValueError("curriculum needs learning_rate > 0 and weight_decay, grad_clip, warmup_steps >= 0")
         if self.tool_use_items < 0:
             raise ValueError(f"curriculum.tool_use_items must be >= 0, got {self.tool_use_items}")
-        if self.bake_inputs < 2:
-            raise ValueError(f"curriculum.bake_inputs must be >= 2 (one is held out to measure strength), "
+        least = 3 if self.baking.mode == "target_strength" else 2  # target mode also keeps one to calibrate on
+        if self.bake_inputs < least:
+            raise ValueError(f"curriculum.bake_inputs must be >= {least} (one is held out to measure strength"
+                             f"{', one to calibrate the target strength on' if least == 3 else ''}), "
                              f"got {self.bake_inputs}")
 
 
