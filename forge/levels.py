@@ -62,7 +62,7 @@ class CurriculumPhaseConfig:
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
         lora_r=8, lora_alpha=16, learning_rate=5e-3, batch_size=8, samples_per_input=2, max_new_tokens=16,
         mode="target_strength"))
-    # how each value prompt is baked (a full bake: target strength 1, the whole 3 epochs, unscaled, reported as
+    # how each value prompt is baked (a full bake: target strength 1, the whole 3 epochs, reported as
     # reached when within strength_tolerance of 1); tiny: few samples, short
     # trajectories, and a 10x spec learning rate since a full bake is only a few steps
 

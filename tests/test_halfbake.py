@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from benchmarks.scripts.bake_behaviour import PROMPT, build_models, document, pretrain, questions
-from forge.baking import BakingConfig, NothingToBake, bake_prompt, stack_bakes, within_tolerance
+from forge.baking import BakingConfig, NothingToBake, bake_prompt, mean_kl, stack_bakes, within_tolerance
+from forge.baking.bake import _scale_to_target
+from forge.baking.kl import plain
 from forge.data.tokenizer import train_bpe_tokenizer
 
 # Small and fast; a large LR so that one epoch already passes a half-bake's target and the scale has to act.
@@ -45,7 +47,9 @@ def test_half_bake_measures_half_and_full_bake_is_the_whole_schedule(pirate):
     assert half.extra["calibration_tokens"] > 0 and half.extra["heldout_tokens"] > 0
 
     full = bake_prompt(copy.deepcopy(model), tokenizer, PROMPT, inputs, CONFIG.at_strength("full"))
-    assert full.lora_scale == 1.0 and [row.epoch for row in full.history] == [1.0, 2.0, 3.0]
+    assert [row.epoch for row in full.history] == [1.0, 2.0, 3.0]  # target 1 is never passed: the whole schedule
+    # The factor kept is the one closest to the target on the calibration inputs: here the strongest.
+    assert full.lora_scale == max(full.scale_search, key=lambda row: row["calibration_strength"])["scale"]
     assert full.strength > half.strength + 0.2
     assert full.target_reached == (full.strength >= 0.9)  # full: target 1.0, tolerance 0.1
 
@@ -62,6 +66,23 @@ def test_a_bake_just_outside_the_tolerance_is_reported_missed(pirate):
     assert not within_tolerance(0.6001, 0.5, 0.1) and not within_tolerance(0.3999, 0.5, 0.1)
     assert bake_prompt(copy.deepcopy(model), tokenizer, PROMPT, inputs,
                        dataclasses.replace(CONFIG, mode="epochs")).target_reached is None
+
+
+def test_an_update_that_makes_the_model_worse_is_not_applied(pirate):
+    model, tokenizer, inputs = pirate
+    baked = bake_prompt(copy.deepcopy(model), tokenizer, PROMPT, inputs, CONFIG.at_strength("full"))
+    student = baked.model
+    with torch.no_grad():  # the trained update, reversed: it moves away from the prompted model
+        for name, param in student.named_parameters():
+            if "lora_B" in name:
+                param.neg_()
+    teacher = (student, student.disable_adapter)
+    calibration = baked.trajectories.calibration
+    kl_start = mean_kl(teacher, teacher, calibration, tokenizer, baked.config)
+    scale, tries = _scale_to_target(student, teacher, calibration, tokenizer, baked.config, kl_start)
+    assert tries[0]["scale"] == 1.0 and tries[0]["calibration_strength"] < 0
+    assert scale == 0.0 and {row["scale"] for row in tries} == {1.0, 0.75, 0.5, 0.25, 0.0}
+    assert mean_kl(teacher, plain(student), calibration, tokenizer, baked.config) == pytest.approx(kl_start)
 
 
 def test_stacked_half_bakes_follow_the_spec(pirate):

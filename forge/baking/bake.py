@@ -48,6 +48,7 @@ ADAPTER_DIR_KIND = "agent-forge/lora-adapter"
 PHASE = "baking"
 SCALE_SEARCH_STEPS = 16  # bisection steps on the LoRA scale (2^-16 of the update at most between tries)
 SCALE_SEARCH_TOLERANCE = 0.002  # the search stops once the calibration strength is this close to the target
+COARSE_SCALES = (0.75, 0.5, 0.25, 0.0)  # tried when the trained update falls short of the target
 
 
 class BakingError(RuntimeError):
@@ -347,18 +348,22 @@ def _calibration_strength(student: PeftModel, teacher: ModelView, calibration: S
 def _scale_to_target(student: PeftModel, teacher: ModelView, calibration: Sequence[Trajectory], tokenizer,
                      config: BakingConfig, kl_calibration: float) -> tuple[float, list[dict[str, float]]]:
     """Multiply the LoRA update (every ``lora_B``) by the factor in [0, 1] whose calibration strength is
-    closest to the target, found by bisection; return it and every try.
+    closest to the target; return it and every try.
 
-    At scale 0 the strength is 0 and the trained scale's is at or above the target (else the scale stays 1),
-    so by continuity bisection closes in on a crossing; no monotonicity is assumed.
+    At scale 0 the strength is 0; when the trained scale's is above the target, bisection closes in on a
+    crossing by continuity (no monotonicity is assumed). When it is not, a coarse scan of [0, 1] keeps the
+    best factor, so an update that made the model worse on the calibration inputs is not applied (scale 0).
     """
     target = config.target_strength
     trained = {name: param.detach().clone() for name, param in student.named_parameters() if "lora_B" in name}
     params = dict(student.named_parameters())
 
-    def measure(scale: float) -> float:
+    def apply(scale: float) -> None:
         for name, weight in trained.items():
             params[name].copy_(weight * scale)
+
+    def measure(scale: float) -> float:
+        apply(scale)
         strength = _calibration_strength(student, teacher, calibration, tokenizer, config, kl_calibration)
         tries.append({"scale": scale, "calibration_strength": strength})
         return strength
@@ -372,9 +377,12 @@ def _scale_to_target(student: PeftModel, teacher: ModelView, calibration: Sequen
             if abs(strength - target) <= SCALE_SEARCH_TOLERANCE:
                 break
             low, high = (middle, high) if strength < target else (low, middle)
+    else:
+        for scale in COARSE_SCALES:
+            measure(scale)
     best = min(tries, key=lambda row: abs(row["calibration_strength"] - target))
     if best is not tries[-1]:
-        measure(best["scale"])
+        apply(best["scale"])
     return best["scale"], tries
 
 

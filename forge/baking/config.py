@@ -6,8 +6,9 @@ from typing import Literal
 
 # Named strengths accepted by the CLI. Mode "target_strength": the share of the held-out KL the bake removes
 # ("half" closes half the gap, so stacked half-bakes follow the spec's S_N = 1 - 0.5^N; "full" is the whole
-# schedule, unscaled). Mode "epochs": the fraction of the full schedule that is run (the spec's 1.5 of 3
-# epochs, which measured 96-99.8% strength on the benchmark models). What a bake achieves is always measured.
+# schedule, the update scaled down only where that comes closer to 1 on the calibration inputs). Mode "epochs":
+# the fraction of the full schedule that is run (the spec's 1.5 of 3 epochs, which measured 96-99.8% strength
+# on the benchmark models). What a bake achieves is always measured.
 STRENGTH_FRACTIONS = {"full": 1.0, "half": 0.5}
 
 
@@ -36,7 +37,7 @@ class BakingConfig:
     seed: int = 0  # seeds the split, the sampling, the LoRA init and the shuffling
     mode: Literal["target_strength", "epochs"] = "target_strength"  # target_strength: train until the
     # calibration strength reaches target_strength, then scale the LoRA update to hit it; epochs: stop at num_epochs
-    target_strength: float = 1.0  # target mode: share of the KL gap the bake closes (0.5 = half-bake; 1 = unscaled)
+    target_strength: float = 1.0  # target mode: share of the KL gap the bake closes (0.5 = half-bake; 1 = full)
     strength_tolerance: float = 0.1  # target mode: a held-out strength further than this from the target is missed
     calibration_fraction: float = 0.2  # target mode: share of inputs the LoRA scale is chosen on (not trained on,
     # not measured on)
