@@ -220,8 +220,9 @@ class ToolPersonaPhaseConfig:
     """Hand on the input model with the initial prompts when it beats the optimized one on the held-out
     validation (tool fitness + persona aggregate); the optimized model stays in work/ and the records say which."""
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
-        lora_r=16, learning_rate=5e-4, batch_size=8, samples_per_input=2, max_new_tokens=16))
-    """Half-bake = 1.5 of 3 epochs (spec: LoRA r=16, lr 5e-4)."""
+        lora_r=16, learning_rate=5e-4, batch_size=8, samples_per_input=2, max_new_tokens=16, mode="target_strength"))
+    """Spec: LoRA r=16, lr 5e-4. Target mode: a half-bake closes half the prompt's KL gap (the LoRA update scaled
+    to it), a lock-in runs the whole schedule; mode: epochs makes a half-bake 1.5 of 3 epochs."""
 
     def sources(self, with_data: bool) -> list[str]:
         """The tool-use problem sources of a run with (or without) a data folder."""

@@ -42,9 +42,10 @@ from forge.data.tokenizer import train_bpe_tokenizer
 
 PROMPT = "answer like a pirate, arr arr arr. "
 INPUTS = [f"question {i}: what is {i} plus {i + 1}?" for i in range(10)]
-# Small and fast; a large LR so a few steps move the tiny models measurably.
+# Small and fast; a large LR so a few steps move the tiny models measurably. Epochs mode: these tests
+# check the schedule itself (target-strength baking is tested in test_halfbake.py).
 CONFIG = BakingConfig(lora_r=4, lora_alpha=8, learning_rate=1e-2, max_new_tokens=8, samples_per_input=2,
-                      batch_size=4, heldout_fraction=0.2)
+                      batch_size=4, heldout_fraction=0.2, mode="epochs")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -247,7 +248,11 @@ def test_cli_writes_model_and_report(tokenizer, tmp_path):
             "--out", str(out), "--set", "max_new_tokens=6", "--set", "lora_r=4", "--set", "learning_rate=1e-2"]
     assert bake_main(args) == 0
     report = json.loads((tmp_path / "baked.bake_report.json").read_text())
-    assert report["kl_after"] < report["kl_before"] and report["config"]["num_epochs"] == 1.5
+    assert report["kl_after"] < report["kl_before"]
+    # The CLI bakes in target mode by default: "half" is a target strength of 0.5, reported as reached or not.
+    assert report["config"]["mode"] == "target_strength" and report["config"]["target_strength"] == 0.5
+    assert 0.0 < report["lora_scale"] <= 1.0
+    assert report["target_reached"] == (abs(report["gap_closed"] - 0.5) <= 0.1)
     assert verify_model_dir(out)
     assert isinstance(AutoModelForCausalLM.from_pretrained(out), LlamaForCausalLM)
 

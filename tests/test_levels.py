@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from forge.artifacts import load_model_dir, save_model_dir
+from forge.baking import BakingConfig
 from forge.data import splits
 from forge.data.arithmetic import calculate
 from forge.data.replay import Replay
@@ -167,6 +168,11 @@ def test_config_rejects_bad_values():
         CurriculumPhaseConfig(data_levels=["mmlu"])
     with pytest.raises(ValueError, match="bake_inputs"):
         CurriculumPhaseConfig(bake_inputs=1)
+    # Target-strength bakes (the default) keep one input to calibrate on besides the held-out one.
+    with pytest.raises(ValueError, match="bake_inputs must be >= 3"):
+        CurriculumPhaseConfig(bake_inputs=2)
+    assert CurriculumPhaseConfig(bake_inputs=3).bake_inputs == 3
+    assert CurriculumPhaseConfig(bake_inputs=2, baking=BakingConfig(mode="epochs")).bake_inputs == 2
     with pytest.raises(ValueError, match="tool_use_items"):
         CurriculumPhaseConfig(tool_use_items=-1)
     with pytest.raises(ValueError, match="distinct items"):

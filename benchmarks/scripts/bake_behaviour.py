@@ -154,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="gpt2,llama,cognate", help="comma-separated: gpt2, llama, cognate")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--pretrain-batch", type=int, default=32)
-    parser.add_argument("--stack-strength", default="half", help="schedule fraction of each stacked bake")
+    parser.add_argument("--stack-strength", default="half",
+                        help="strength of each stacked bake: a target strength, or with --set mode=epochs the "
+                             "fraction of the schedule (the figures in docs/BENCHMARKS.md before the half-bake "
+                             "section were measured in epochs mode)")
     parser.add_argument("--stack-rounds", type=int, default=3, help="number of stacked bakes")
     parser.add_argument("--work", help="folder for model directories (default: a temporary one)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "problem, prompt, input, text, ...)")
     parser.add_argument("--limit", type=int, help="use only the first N inputs")
     parser.add_argument("--strength", default="full",
-                        help="full | half | a number in (0, 1]: the fraction of the full schedule to run "
-                             "(the strength reached is measured and reported)")
+                        help="full | half | a number in (0, 1]: the target strength (share of the held-out KL "
+                             "gap the bake closes), or with --set mode=epochs the fraction of the full schedule "
+                             "to run (the strength reached is measured and reported)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--save", choices=("merged", "adapter"), default="merged",
                         help="merged: a plain model directory (merge_and_unload); adapter: the LoRA adapter")
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         export_merged(result, tokenizer, out)
     atomic_write_json(report_path, report)
-    print(f"[forge.baking] KL {result.kl_before:.4f} -> {result.kl_after:.4f}, strength {result.strength:.3f}; "
+    target = ("" if result.target_reached is None else f" (target {config.target_strength:g}: "
+              f"{'reached' if result.target_reached else 'missed'}, LoRA scale {result.lora_scale:.3f})")
+    print(f"[forge.baking] KL {result.kl_before:.4f} -> {result.kl_after:.4f}, strength {result.strength:.3f}{target}; "
           f"{args.save} written to {out}, report {report_path}", flush=True)
     return 0
 

@@ -5,6 +5,11 @@ same network with the adapter disabled (``with model.disable_adapter():``), so n
 weights is held. peft freezes every base weight and only the LoRA weights reach the optimizer; the
 base weights are hashed before wrapping and again after training, and the bake fails if they moved.
 A separate frozen ``teacher`` module can be given instead (stacking bakes towards a fixed target).
+
+Two modes (``BakingConfig.mode``). ``epochs`` stops after ``num_epochs`` of the schedule. ``target_strength``
+trains until the strength on a calibration split (inputs neither trained on nor measured on) reaches
+``target_strength``, then multiplies the LoRA update by the factor, found by bisection on that split, at
+which it equals the target; the strength reported is measured afterwards on the held-out split.
 """
 from __future__ import annotations
 
@@ -42,6 +47,9 @@ log = logging.getLogger(__name__)
 
 ADAPTER_DIR_KIND = "agent-forge/lora-adapter"
 PHASE = "baking"
+SCALE_SEARCH_STEPS = 16  # bisection steps on the LoRA scale (2^-16 of the update at most between tries)
+SCALE_SEARCH_TOLERANCE = 0.002  # the search stops once the calibration strength is this close to the target
+COARSE_SCALES = (0.75, 0.5, 0.25, 0.0)  # tried when the trained update falls short of the target
 
 
 class BakingError(RuntimeError):
@@ -104,6 +112,7 @@ class EpochReport:
     train_kl: float  # mean token KL of the training batches since the last report
     heldout_kl: float  # mean token KL(prompted teacher || baked) on held-out trajectories
     strength: float  # 1 - heldout_kl / kl_reference
+    calibration_strength: float | None = None  # target mode: share of the calibration KL gap closed so far
 
 
 @dataclass
@@ -112,6 +121,7 @@ class TrajectorySet:
 
     train: list[Trajectory]
     heldout: list[Trajectory]
+    calibration: list[Trajectory] = field(default_factory=list)  # target mode: the LoRA scale is chosen here
 
 
 @dataclass
@@ -133,6 +143,22 @@ class BakeResult:
     wall_time_s: float  # sampling + training + measuring
     peak_rss_mb: float  # process peak resident memory at the end of the bake
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the tokens counted
+    lora_scale: float = 1.0  # factor applied to the trained LoRA update (target mode: found by bisection)
+    scale_search: list[dict[str, float]] = field(default_factory=list)  # target mode: each scale tried and
+    # the calibration strength it gave
+
+    @property
+    def gap_closed(self) -> float:
+        """Share of the held-out KL this bake removed: ``1 - kl_after / kl_before`` (the target mode's measure;
+        equal to ``strength`` unless a separate reference is given, as in stacking)."""
+        return 1.0 - self.kl_after / self.kl_before
+
+    @property
+    def target_reached(self) -> bool | None:
+        """Target mode: the held-out ``gap_closed`` is within ``strength_tolerance`` of the target."""
+        if self.config.mode != "target_strength":
+            return None
+        return within_tolerance(self.gap_closed, self.config.target_strength, self.config.strength_tolerance)
 
     def report(self) -> dict[str, Any]:
         """JSON-ready summary (no weights, no trajectories)."""
@@ -147,6 +173,10 @@ class BakeResult:
             "kl_after": self.kl_after,
             "kl_reduction": 1.0 - self.kl_after / self.kl_before,
             "strength": self.strength,
+            "gap_closed": self.gap_closed,
+            "target_reached": self.target_reached,
+            "lora_scale": self.lora_scale,
+            "scale_search": self.scale_search,
             "history": [dataclasses.asdict(row) for row in self.history],
             "train_trajectories": len(self.trajectories.train),
             "heldout_trajectories": len(self.trajectories.heldout),
@@ -158,6 +188,11 @@ class BakeResult:
     def merge(self) -> nn.Module:
         """Fold the adapter into the base weights (``merge_and_unload``); ``self.model`` is used up."""
         return self.model.merge_and_unload()
+
+
+def within_tolerance(measured: float, target: float, tolerance: float) -> bool:
+    """``|measured - target| <= tolerance`` (a bake or a stack row that is further off is reported as missed)."""
+    return abs(measured - target) <= tolerance
 
 
 def mean_kl(teacher: ModelView, student: ModelView, trajectories: Sequence[Trajectory], tokenizer,
@@ -174,13 +209,23 @@ def mean_kl(teacher: ModelView, student: ModelView, trajectories: Sequence[Traje
 
 def sample_trajectory_set(teacher: ModelView, tokenizer, prompt: str, inputs: Sequence[str] | None,
                           config: BakingConfig, heldout_inputs: Sequence[str] | None = None) -> TrajectorySet:
-    """Split the inputs (unless held-out ones are given) and sample from the prompted teacher."""
+    """Split the inputs (unless held-out ones are given) and sample from the prompted teacher.
+
+    In target mode a further ``calibration_fraction`` of the inputs is split off the training side.
+    """
     if inputs is None:
         inputs = [""] * config.unconditional_inputs
     if heldout_inputs is None:
         train_inputs, heldout_inputs = split_inputs(inputs, config.heldout_fraction, config.seed)
     else:
         train_inputs = list(inputs)
+    calibration_inputs: list[str] = []
+    if config.mode == "target_strength":
+        if len(train_inputs) < 2:
+            raise ValueError(f"target-strength baking needs at least 3 inputs (training, calibration, held-out); "
+                             f"got {len(train_inputs)} besides the held-out ones: pass more inputs or use mode=epochs")
+        share = config.calibration_fraction * len(inputs) / len(train_inputs)
+        train_inputs, calibration_inputs = split_inputs(train_inputs, min(share, 0.5), config.seed + 1)
     if not train_inputs or not heldout_inputs:
         raise ValueError("need at least one training input and one held-out input")
     generator = torch.Generator().manual_seed(config.seed)
@@ -188,7 +233,8 @@ def sample_trajectory_set(teacher: ModelView, tokenizer, prompt: str, inputs: Se
     with context():
         train = sample_trajectories(model, tokenizer, prompt, train_inputs, config, generator)
         heldout = sample_trajectories(model, tokenizer, prompt, heldout_inputs, config, generator)
-    return TrajectorySet(train=train, heldout=heldout)
+        calibration = sample_trajectories(model, tokenizer, prompt, calibration_inputs, config, generator)
+    return TrajectorySet(train=train, heldout=heldout, calibration=calibration)
 
 
 def _lr_factor(step: int, total: int, config: BakingConfig) -> float:
@@ -246,9 +292,26 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
     if kl_reference <= 1e-9:
         student.unload()  # the model leaves as it came, without adapter layers (B is still zero)
         raise NothingToBake(kl_reference)
+    kl_calibration = None
+    if config.mode == "target_strength":
+        if not trajectories.calibration:
+            student.unload()
+            raise ValueError("target-strength baking needs calibration trajectories; sample the trajectory set "
+                             "with a target-mode config (sample_trajectory_set) or use mode=epochs")
+        kl_calibration = mean_kl(teacher_view, plain(student), trajectories.calibration, tokenizer, config)
+        if kl_calibration <= 1e-9:
+            student.unload()
+            raise NothingToBake(kl_calibration)
 
-    history = _train(student, teacher_view, trajectories, tokenizer, config, kl_reference)
+    history = _train(student, teacher_view, trajectories, tokenizer, config, kl_reference, kl_calibration)
     kl_after = history[-1].heldout_kl
+    scale, search = 1.0, []
+    if kl_calibration is not None:
+        scale, search = _scale_to_target(student, teacher_view, trajectories.calibration, tokenizer, config,
+                                         kl_calibration)
+        kl_after = mean_kl(teacher_view, plain(student), trajectories.heldout, tokenizer, config)
+        log.info("bake LoRA scale %.4f: held-out strength %.3f (target %.3f)", scale,
+                 1.0 - kl_after / kl_before, config.target_strength)
 
     teacher_after = base_weights_hash(student if teacher is None else teacher)
     if teacher_after != teacher_hash:
@@ -259,7 +322,9 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
         strength=1.0 - kl_after / kl_reference, history=history, trajectories=trajectories,
         wall_time_s=time.perf_counter() - started, peak_rss_mb=peak_rss_mb(),
         extra={"train_tokens": sum(len(t.generated) for t in trajectories.train),
-               "heldout_tokens": sum(len(t.generated) for t in trajectories.heldout)},
+               "heldout_tokens": sum(len(t.generated) for t in trajectories.heldout),
+               "calibration_tokens": sum(len(t.generated) for t in trajectories.calibration)},
+        lora_scale=scale, scale_search=search,
     )
 
 
@@ -270,8 +335,57 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model
 
 
+def _calibration_strength(student: PeftModel, teacher: ModelView, calibration: Sequence[Trajectory], tokenizer,
+                          config: BakingConfig, kl_calibration: float) -> float:
+    return 1.0 - mean_kl(teacher, plain(student), calibration, tokenizer, config) / kl_calibration
+
+
+@torch.no_grad()
+def _scale_to_target(student: PeftModel, teacher: ModelView, calibration: Sequence[Trajectory], tokenizer,
+                     config: BakingConfig, kl_calibration: float) -> tuple[float, list[dict[str, float]]]:
+    """Multiply the LoRA update (every ``lora_B``) by the factor in [0, 1] whose calibration strength is
+    closest to the target; return it and every try.
+
+    At scale 0 the strength is 0; when the trained scale's is above the target, bisection closes in on a
+    crossing by continuity (no monotonicity is assumed). When it is not, a coarse scan of [0, 1] keeps the
+    best factor, so an update that made the model worse on the calibration inputs is not applied (scale 0).
+    """
+    target = config.target_strength
+    trained = {name: param.detach().clone() for name, param in student.named_parameters() if "lora_B" in name}
+    params = dict(student.named_parameters())
+
+    def apply(scale: float) -> None:
+        for name, weight in trained.items():
+            params[name].copy_(weight * scale)
+
+    def measure(scale: float) -> float:
+        apply(scale)
+        strength = _calibration_strength(student, teacher, calibration, tokenizer, config, kl_calibration)
+        tries.append({"scale": scale, "calibration_strength": strength})
+        return strength
+
+    tries: list[dict[str, float]] = []
+    if measure(1.0) > target:
+        low, high = 0.0, 1.0
+        for _ in range(SCALE_SEARCH_STEPS):
+            middle = (low + high) / 2
+            strength = measure(middle)
+            if abs(strength - target) <= SCALE_SEARCH_TOLERANCE:
+                break
+            low, high = (middle, high) if strength < target else (low, middle)
+    else:
+        for scale in COARSE_SCALES:
+            measure(scale)
+    best = min(tries, key=lambda row: abs(row["calibration_strength"] - target))
+    if best is not tries[-1]:
+        apply(best["scale"])
+    return best["scale"], tries
+
+
 def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, tokenizer,
-           config: BakingConfig, kl_reference: float) -> list[EpochReport]:
+           config: BakingConfig, kl_reference: float, kl_calibration: float | None) -> list[EpochReport]:
+    """Train to ``num_epochs``; with ``kl_calibration`` (target mode) stop early at the first report whose
+    calibration strength reaches the target."""
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(trajectories.train) / config.batch_size)
@@ -296,12 +410,17 @@ def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, 
             step += 1
             if step % steps_per_epoch == 0 or step == stop_step:
                 heldout = mean_kl(teacher, plain(student), trajectories.heldout, tokenizer, config)
+                calibration = None if kl_calibration is None else _calibration_strength(
+                    student, teacher, trajectories.calibration, tokenizer, config, kl_calibration)
                 row = EpochReport(epoch=step / steps_per_epoch, step=step, train_kl=sum(losses) / len(losses),
-                                  heldout_kl=heldout, strength=1.0 - heldout / kl_reference)
+                                  heldout_kl=heldout, strength=1.0 - heldout / kl_reference,
+                                  calibration_strength=calibration)
                 history.append(row)
                 log.info("bake epoch %.2f step %d train_kl %.4f heldout_kl %.4f strength %.3f",
                          row.epoch, row.step, row.train_kl, row.heldout_kl, row.strength)
                 losses = []
+                if calibration is not None and calibration >= config.target_strength:
+                    return history
             if step == stop_step:
                 break
     return history

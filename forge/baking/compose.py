@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from forge.baking.bake import TrajectorySet, bake_prompt, mean_kl, sample_trajectory_set
+from forge.baking.bake import TrajectorySet, bake_prompt, mean_kl, sample_trajectory_set, within_tolerance
 from forge.baking.config import BakingConfig
 from forge.baking.kl import plain
 
@@ -54,8 +54,11 @@ def stack_bakes(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
     """Bake the same prompt ``rounds`` times, each time towards the ORIGINAL prompted model.
 
     Each round trains a fresh adapter on the previous round's merged model, against the same teacher
-    (the original with the prompt) and the same trajectories; the row records the measured strength
-    next to the spec's ``S_N = 1 - 0.5^N`` and to ``1 - (1 - S_1)^N`` compounded from round one.
+    (the original with the prompt) and the same trajectories; the row records the strength measured
+    against the original next to the spec's ``S_N = 1 - 0.5^N`` and to ``1 - (1 - S_1)^N`` compounded
+    from round one. In target mode each bake closes ``target_strength`` of the gap left by the rounds
+    before it, so the row's ``target`` is ``1 - (1 - target_strength)^N`` (the spec's S_N for a half-bake)
+    and ``within_tolerance`` says whether the measured strength is within ``strength_tolerance`` of it.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -67,11 +70,17 @@ def stack_bakes(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
                              trajectories=target.trajectories)
         model = result.merge()
         first = rows[0]["measured_strength"] if rows else result.strength
+        expected = 1.0 - (1.0 - config.target_strength) ** n if config.mode == "target_strength" else None
         rows.append({
             "round": n,
             "measured_strength": result.strength,
             "spec_prediction": 1.0 - 0.5 ** n,
+            "target": expected,
+            "within_tolerance": None if expected is None else within_tolerance(
+                result.strength, expected, config.strength_tolerance),
             "compounded_from_round_1": 1.0 - (1.0 - first) ** n,
+            "bake_gap_closed": result.gap_closed,
+            "lora_scale": result.lora_scale,
             "heldout_kl": result.kl_after,
             "kl_reference": result.kl_reference,
             "wall_time_s": result.wall_time_s,
@@ -97,7 +106,9 @@ def bake_sequence(model: nn.Module, tokenizer, prompts: Sequence[str], inputs: S
         rows.append({
             "step": step,
             "prompt": prompt,
+            "kl_per_token": result.kl_reference,
             "bake_strength": result.strength,
+            "bake_target_reached": result.target_reached,
             "strength_vs_original": {
                 target.prompt: measured_strength(original, model, tokenizer, target, config) for target in targets
             },

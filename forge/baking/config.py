@@ -4,8 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-# Named strengths accepted by the CLI: the fraction of the full schedule that is run.
-# "half" is the spec's half-bake (1.5 of 3 epochs); what it achieves is measured, never assumed.
+# Named strengths accepted by the CLI. Mode "target_strength": the share of the held-out KL the bake removes
+# ("half" closes half the gap, so stacked half-bakes follow the spec's S_N = 1 - 0.5^N; "full" is the whole
+# schedule, the update scaled down only where that comes closer to 1 on the calibration inputs). Mode "epochs":
+# the fraction of the full schedule that is run (the spec's 1.5 of 3 epochs, which measured 96-99.8% strength
+# on the benchmark models). What a bake achieves is always measured.
 STRENGTH_FRACTIONS = {"full": 1.0, "half": 0.5}
 
 
@@ -20,7 +23,7 @@ class BakingConfig:
     learning_rate: float = 5e-4  # AdamW learning rate of the LoRA weights (spec: 5e-4)
     weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
     full_epochs: float = 3.0  # length of the full schedule the LR follows (spec: 3 epochs)
-    num_epochs: float = 3.0  # where to stop; 1.5 of 3 is the spec's half-bake
+    num_epochs: float = 3.0  # where to stop at the latest (epochs mode: 1.5 of 3 is the spec's half-bake)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine decays to 0 at full_epochs
     warmup_steps: int = 0  # linear LR warm-up steps
     batch_size: int = 8  # trajectories per optimizer step
@@ -32,6 +35,12 @@ class BakingConfig:
     heldout_fraction: float = 0.2  # share of the inputs kept out of training to measure strength
     kl_chunk_tokens: int = 256  # generated tokens per chunk of full-vocabulary logits in the KL
     seed: int = 0  # seeds the split, the sampling, the LoRA init and the shuffling
+    mode: Literal["target_strength", "epochs"] = "target_strength"  # target_strength: train until the
+    # calibration strength reaches target_strength, then scale the LoRA update to hit it; epochs: stop at num_epochs
+    target_strength: float = 1.0  # target mode: share of the KL gap the bake closes (0.5 = half-bake; 1 = full)
+    strength_tolerance: float = 0.1  # target mode: a held-out strength further than this from the target is missed
+    calibration_fraction: float = 0.2  # target mode: share of inputs the LoRA scale is chosen on (not trained on,
+    # not measured on)
 
     def __post_init__(self) -> None:
         if self.lora_r < 1:
@@ -55,14 +64,27 @@ class BakingConfig:
             raise ValueError(f"kl_chunk_tokens must be >= 1, got {self.kl_chunk_tokens}")
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
+        if self.mode not in ("target_strength", "epochs"):
+            raise ValueError(f"mode must be 'target_strength' or 'epochs', got {self.mode!r}")
+        if not 0.0 < self.target_strength <= 1.0:
+            raise ValueError(f"target_strength must be in (0, 1], got {self.target_strength}")
+        if not 0.0 < self.strength_tolerance < 1.0:
+            raise ValueError(f"strength_tolerance must be in (0, 1), got {self.strength_tolerance}")
+        if not 0.0 < self.calibration_fraction < 1.0 or self.calibration_fraction + self.heldout_fraction >= 1.0:
+            raise ValueError(f"calibration_fraction must be in (0, 1) and leave inputs to train on beside "
+                             f"heldout_fraction={self.heldout_fraction}, got {self.calibration_fraction}")
 
     def at_strength(self, strength: str | float) -> "BakingConfig":
-        """A copy that stops at a fraction of the full schedule: "full", "half" or a float in (0, 1]."""
-        return replace(self, num_epochs=self.full_epochs * strength_fraction(strength))
+        """A copy for "full", "half" or a float in (0, 1]: the target strength (target mode) or the
+        fraction of the full schedule to run (epochs mode)."""
+        value = strength_fraction(strength)
+        if self.mode == "target_strength":
+            return replace(self, target_strength=value, num_epochs=self.full_epochs)
+        return replace(self, num_epochs=self.full_epochs * value)
 
 
 def strength_fraction(strength: str | float) -> float:
-    """Parse "full" | "half" | a number in (0, 1] into the fraction of the full schedule to run."""
+    """Parse "full" | "half" | a number in (0, 1]: a target strength or a fraction of the schedule."""
     if isinstance(strength, str):
         key = strength.strip().lower()
         if key in STRENGTH_FRACTIONS:
@@ -71,11 +93,12 @@ def strength_fraction(strength: str | float) -> float:
             value = float(key)
         except ValueError:
             raise ValueError(
-                f"strength {strength!r} is not 'full', 'half' or a number in (0, 1] (the fraction of the "
-                "full schedule to run, e.g. 0.25)"
+                f"strength {strength!r} is not 'full', 'half' or a number in (0, 1] (the target strength, or "
+                "in epochs mode the fraction of the full schedule to run, e.g. 0.25)"
             ) from None
     else:
         value = float(strength)
     if not 0.0 < value <= 1.0:
-        raise ValueError(f"strength {value} must be in (0, 1]: it is the fraction of the full schedule to run")
+        raise ValueError(f"strength {value} must be in (0, 1]: it is the target strength, or in epochs mode the "
+                         "fraction of the full schedule to run")
     return value

@@ -65,8 +65,10 @@ class CurriculumPhaseConfig:
     tool_use_items: int = 128  # train-side tool-use transcripts per source (Phase 6's sources, prompt and format)
     # shuffled into every level's training stage, so Phase 6's A-cycle starts from a model that calls tools; 0: none
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
-        lora_r=8, lora_alpha=16, learning_rate=5e-3, batch_size=8, samples_per_input=2, max_new_tokens=16))
-    # how each value prompt is baked (run at full strength, 3 epochs); tiny: few samples, short
+        lora_r=8, lora_alpha=16, learning_rate=5e-3, batch_size=8, samples_per_input=2, max_new_tokens=16,
+        mode="target_strength"))
+    # how each value prompt is baked (a full bake: target strength 1, the whole 3 epochs, reported as
+    # reached when within strength_tolerance of 1); tiny: few samples, short
     # trajectories, and a 10x spec learning rate since a full bake is only a few steps
 
     def __post_init__(self) -> None:
@@ -88,8 +90,10 @@ class CurriculumPhaseConfig:
                              f"{self.replay_sequences} and {self.replay_seq_len}")
         if self.tool_use_items < 0:
             raise ValueError(f"curriculum.tool_use_items must be >= 0, got {self.tool_use_items}")
-        if self.bake_inputs < 2:
-            raise ValueError(f"curriculum.bake_inputs must be >= 2 (one is held out to measure strength), "
+        least = 3 if self.baking.mode == "target_strength" else 2  # target mode also keeps one to calibrate on
+        if self.bake_inputs < least:
+            raise ValueError(f"curriculum.bake_inputs must be >= {least} (one is held out to measure strength"
+                             f"{', one to calibrate the target strength on' if least == 3 else ''}), "
                              f"got {self.bake_inputs}")
 
 

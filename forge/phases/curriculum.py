@@ -113,7 +113,8 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
     model, rows = bake_sequence(model, tokenizer, [prompt.text for prompt in prompts],
                                 bake_inputs(level, cfg.bake_inputs), cfg.baking.at_strength("full"))
     final = rows[-1]["strength_vs_original"]
-    record["bakes"] = [{"name": prompt.name, "bake_strength": row["bake_strength"],
+    record["bakes"] = [{"name": prompt.name, "kl_per_token": row["kl_per_token"], "bake_strength": row["bake_strength"],
+                        "bake_target_reached": row["bake_target_reached"],
                         "strength_vs_level_start": final[prompt.text]} for prompt, row in zip(prompts, rows)]
     record["bake_time_s"] = time.perf_counter() - started
     model.eval()

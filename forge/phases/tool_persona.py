@@ -15,7 +15,8 @@ The driver (``forge.abcycles.driver``) decides; this module does the work behind
 - Every prompt of an iteration is evaluated at the same time on ``eval_actors`` remote
   ``BenchmarkActor``s that hold the current weights (sent in memory, once per model change); their result
   cache makes a repeated prompt free.
-- Winners are half-baked (LoRA prompt baking, ``forge.baking``; 1.5 of 3 epochs), lock-in full-bakes.
+- Winners are half-baked (LoRA prompt baking, ``forge.baking``; in target mode the bake closes half the prompt's
+  KL gap), lock-in full-bakes; each bake's prompt KL per token, strength and target are kept in ``prompts.json``.
 - The held-out validation decides what is handed on: the optimized model with the final prompts, or (with
   ``keep_input_if_better``) the input with the initial prompts when that scores higher.
 
@@ -175,6 +176,10 @@ class ToolPersonaWork:
             print(f"[forge] tool_persona: {strength}-bake skipped: {err}", flush=True)
             self.prompts.setdefault("not_baked", []).append({"prompt": prompt, "strength": strength, "kl": err.kl})
             return 0.0
+        self.prompts.setdefault("bakes", []).append({
+            "prompt": prompt, "strength": strength, "kl_per_token": result.kl_reference,
+            "measured_strength": result.strength, "target_reached": result.target_reached,
+            "lora_scale": result.lora_scale})
         self.model = result.merge().eval()
         return result.strength
 
