@@ -352,9 +352,9 @@ def extract_answer(generation: str) -> str | None:
     return min(matches, key=lambda m: m.start()).group(1).strip()
 
 
-def is_correct(item: TaskItem, generation: str) -> bool:
-    """Exact match of the generation's final answer with the item's answer."""
-    return extract_answer(generation) == item.answer
+def is_correct(answer: str, generation: str) -> bool:
+    """Exact match of the generation's final answer with ``answer`` (an item's ``answer``)."""
+    return extract_answer(generation) == answer
 
 
 # ---------------------------------------------------------------- verification
