@@ -291,10 +291,18 @@ def generate_items(n: int, *, split: str = "train", seed: int = 0, families: Seq
 
 def heldout_set(per_cell: int, *, seed: int = 1234, families: Sequence[str] = FAMILIES,
                 levels: Sequence[int] = LEVELS) -> list[TaskItem]:
-    """A fixed evaluation set: up to ``per_cell`` distinct held-out problems per (family, level)."""
-    return [item for family in families for level in levels
+    """A fixed evaluation set: up to ``per_cell`` held-out problems per (family, level), no problem twice
+    (a level-2 sum may be a level-1 one, "3+4"; it counts in the first cell that drew it)."""
+    items: list[TaskItem] = []
+    seen: set[str] = set()
+    for family in families:
+        for level in levels:
             for item in generate_items(per_cell, split="heldout", seed=seed, families=[family], levels=[level],
-                                       unique=True)]
+                                       unique=True):
+                if item.canonical not in seen:
+                    seen.add(item.canonical)
+                    items.append(item)
+    return items
 
 
 # ---------------------------------------------------------------- text
