@@ -90,6 +90,11 @@ def test_every_trace_holds_and_composes_the_answer(train_items, heldout_items):
     assert taskworld.target(item, "work") == "Work: 7+5+0=12, 4+8+1=13, 3+0+1=4\nAnswer: 432\n"
     with pytest.raises(ValueError, match="compose 442"):  # every step holds, the digits do not make 432
         taskworld.check_item(taskworld.TaskItem(**{**item.__dict__, "steps": ("7+5+0=12", "4+8+2=14", "3+0+1=4")}))
+    compare = taskworld.TaskItem("cmp", 3, "Which is larger, 347 or 385?", "385",
+                                 ("3 digits vs 3 digits", "3=3", "4<8"), ("385-347",), "cmp:347,385")
+    taskworld.check_item(compare)
+    with pytest.raises(ValueError, match="digit comparisons"):  # "3<8" holds, but it is not 347 against 385
+        taskworld.check_item(taskworld.TaskItem(**{**compare.__dict__, "steps": ("3 digits vs 3 digits", "3<8")}))
 
 
 def test_modes_change_the_expected_output_and_calculator_transcripts_run():

@@ -391,6 +391,9 @@ def check_item(item: TaskItem) -> None:
         lengths = _LENGTHS.match(item.steps[0])
         if lengths is None or lengths.groups() != (str(len(str(a))), str(len(str(b)))):
             raise ValueError(f"{item.id}: the trace does not start with the digit counts")
+        pairs = [(step[0], step[2]) for step in item.steps[1:]]
+        if pairs != list(zip(str(a), str(b)))[:len(pairs)] or (pairs and pairs[-1][0] == pairs[-1][1]):
+            raise ValueError(f"{item.id}: the digit comparisons are not those of {a} and {b} up to the first difference")
         expected = str(max(a, b))
     else:
         expected = calculate(item.calls[-1])
