@@ -147,6 +147,7 @@ def test_the_curriculum_source_draws_the_train_side_only(heldout_items):
     heldout_texts = {taskworld.text(item, mode) for item in heldout_items for mode in taskworld.MODES}
     assert not heldout_texts & set(loaded.texts)
     assert any(text.startswith("Show your work.") for text in loaded.texts)
+    assert loaded.texts == taskworld.curriculum_texts(600, seed=sources._dataset_seed(0, "taskworld"))
 
 
 def test_benchmark_tasks_load_the_heldout_side_and_score_exactly():

@@ -2,7 +2,7 @@
 training from scratch on a token budget.
 
 The model is ``forge.models.CognateForCausalLM`` with the tiny preset's architecture (``--hidden``,
-``--layers``, ``--intermediate`` change its size), trained by Phase 1's own loop (``forge.training.train``:
+``--layers``, ``--intermediate`` change its size; ``--model gpt2``: a GPT-2 of those sizes instead), trained by Phase 1's own loop (``forge.training.train``:
 MuonGrokfast at the preset's settings, warm-up and cosine decay, packed 128-token blocks of documents
 each followed by end-of-text) on ``forge.data.taskworld.training_texts`` (train side only). The
 tokenizer is the preset's byte-level BPE (one token per digit) trained on those texts; the model's
@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=None, help="hidden size (default: the tiny preset's)")
     parser.add_argument("--layers", type=int, default=None, help="layers (default: the tiny preset's)")
     parser.add_argument("--intermediate", type=int, default=None, help="MLP width (default: 2.75 x hidden)")
+    parser.add_argument("--model", choices=("cognate", "gpt2"), default="cognate",
+                        help="gpt2: a transformers GPT-2 of the same width, layers and heads through the same loop "
+                             "(the baseline that tells Cognate's cost per token from the budget's size)")
     parser.add_argument("--families", nargs="+", default=list(taskworld.FAMILIES), choices=taskworld.FAMILIES)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3], choices=taskworld.LEVELS)
     parser.add_argument("--modes", nargs="+", default=["direct"], choices=taskworld.MODES,
@@ -182,7 +185,16 @@ def main(argv: list[str] | None = None) -> int:
                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     cfg.checkpoint_every = 10 ** 9  # the loop still writes its start and end-of-epoch checkpoints
     cfg.max_steps_per_epoch = steps_total
-    model = CognateForCausalLM(config)
+    if args.model == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        baseline = GPT2Config(n_embd=arch["hidden_size"], n_layer=arch["num_hidden_layers"],
+                              n_head=arch["num_attention_heads"], n_inner=arch["intermediate_size"], vocab_size=vocab,
+                              n_positions=arch["max_position_embeddings"], bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id)
+        model = GPT2LMHeadModel(baseline)
+    else:
+        model = CognateForCausalLM(config)
     stage = Stage(name="taskworld", blocks=blocks, epochs=1)
     eval_steps = {-(-budget // (cfg.batch_size * block)) for budget in args.tokens}
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     points[-1].update(val_loss=round(summary["val/loss"], 4), val_token_accuracy=round(summary["val/accuracy"], 4))
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "architecture": {**arch, "vocab_size": vocab}, "parameters": sum_parameters(config),
+        "model": args.model, "architecture": {**arch, "vocab_size": vocab},
+        "parameters": sum(p.numel() for p in model.parameters()) if args.model == "gpt2" else sum_parameters(config),
         "tokenizer_tokens": len(tokenizer), "batch_size": cfg.batch_size, "seq_len": block,
         "optimizer": {"muon_lr": cfg.optimizer.muon_lr, "adam_lr": cfg.optimizer.adam_lr},
         "families": args.families, "levels": args.levels, "modes": args.modes, "eval_modes": args.eval_modes,

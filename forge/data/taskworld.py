@@ -345,6 +345,15 @@ def training_texts(n: int, seed: int = 0, *, families: Sequence[str] = FAMILIES,
             for item in generate_items(n, split="train", seed=seed, families=families, levels=levels)]
 
 
+CURRICULUM_LEVELS = (1, 2)  # the levels a 0.9M Cognate model learned at all in 400k tokens (docs/BENCHMARKS.md)
+
+
+def curriculum_texts(n: int, seed: int = 0) -> list[str]:
+    """The curriculum dataset ``taskworld`` (forge.data.sources): train-side documents of every family at
+    ``CURRICULUM_LEVELS``, in all three modes, so that the instructions change what the model writes."""
+    return training_texts(n, seed, levels=CURRICULUM_LEVELS)
+
+
 # ---------------------------------------------------------------- scoring
 
 _ANSWER_LINE = re.compile(r"Answer:[ \t]*([^\n]*)")
@@ -393,7 +402,8 @@ def check_item(item: TaskItem) -> None:
             raise ValueError(f"{item.id}: the trace does not start with the digit counts")
         pairs = [(step[0], step[2]) for step in item.steps[1:]]
         if pairs != list(zip(str(a), str(b)))[:len(pairs)] or (pairs and pairs[-1][0] == pairs[-1][1]):
-            raise ValueError(f"{item.id}: the digit comparisons are not those of {a} and {b} up to the first difference")
+            raise ValueError(f"{item.id}: the digit comparisons are not those of {a} and {b} up to their first "
+                             "difference")
         expected = str(max(a, b))
     else:
         expected = calculate(item.calls[-1])
