@@ -10,7 +10,7 @@ are used, so generated or borrowed text is never mistaken for the dataset it sta
 - ``python_stdlib_code`` (code): functions, with their docstrings, from the running interpreter's
   standard-library source files.
 - ``python_stdlib_docstrings`` (language): the English prose of standard-library docstrings.
-- ``taskworld`` (math): the train side of ``forge.data.taskworld`` at its curriculum levels (generated, not a
+- ``taskworld`` (math): the train side of ``forge.data.taskworld``'s easy families and levels (generated, not a
   stand-in).
 There is no honest offline stand-in for commonsense sets (PIQA, HellaSwag, StrategyQA).
 """
