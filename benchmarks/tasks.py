@@ -229,6 +229,33 @@ def read_synthetic_reasoning(data_dir: Any = None) -> list[Doc]:
     return docs
 
 
+TASKWORLD_PER_CELL = 40  # held-out problems per (family, level) of the task world (level 1 has fewer)
+
+
+def read_taskworld(data_dir: Any = None, *, mode: str = "direct", easy: bool = False) -> list[Doc]:
+    """The task world's fixed held-out set (``forge.data.taskworld.heldout_set``), prompted in ``mode``;
+    no data folder needed. ``easy``: only its easy families and levels (``EASY_FAMILIES``, ``EASY_LEVELS``)."""
+    from forge.data import taskworld
+
+    cells = {"families": taskworld.EASY_FAMILIES, "levels": taskworld.EASY_LEVELS} if easy else {}
+    return [{"id": item.id, "prompt": taskworld.prompt(item, mode), "target": taskworld.target(item, mode),
+             "answer": item.answer, "family": item.family, "level": item.level, "cell": item.cell}
+            for item in taskworld.heldout_set(TASKWORLD_PER_CELL, **cells)]
+
+
+def _score_taskworld(doc: Doc, generation: str) -> dict[str, float]:
+    from forge.data.taskworld import is_correct
+
+    return {"exact_match": float(is_correct(doc["answer"], generation))}
+
+
+def _taskworld(name: str, mode: str, easy: bool, until: tuple[str, ...], max_new_tokens: int) -> Task:
+    return Task(name=name, kind="generate", read_local=partial(read_taskworld, mode=mode, easy=easy), hub=None,
+                from_hub=None, primary_metric="exact_match", doc_to_text=lambda doc: doc["prompt"],
+                doc_to_target=lambda doc: doc["target"], target_delimiter="", until=until,
+                max_new_tokens=max_new_tokens, score_generation=_score_taskworld, group_by=lambda doc: doc["cell"])
+
+
 # ---------------------------------------------------------------- the registry
 
 def _mc(name: str, read_local, hub, from_hub, doc_to_text, primary="acc_norm", **kwargs) -> Task:
@@ -286,6 +313,11 @@ TASKS: dict[str, Task] = {task.name: task for task in [
          from_hub=None, primary_metric="acc", doc_to_text=_question_answer,
          doc_to_target=lambda doc: doc["choices"][doc["label"]], doc_to_choice=lambda doc: list(doc["choices"]),
          group_by=lambda doc: doc["kind"]),
+    # The task world's held-out problems: answer only (stops at the answer line's end), with the worked
+    # trace ("Show your work."), and answer-only on the easy families and levels (what tiny models learn).
+    _taskworld("taskworld", "direct", False, ("\n",), 16),
+    _taskworld("taskworld_work", "work", False, ("\nQuestion:", "\n\n"), 192),
+    _taskworld("taskworld_easy", "direct", True, ("\n",), 16),
     Task(name="wikitext", kind="perplexity", read_local=partial(readers.read_wikitext, split="test"),
          hub=("Salesforce/wikitext", "wikitext-2-v1", "test"), from_hub=_hub_wikitext,
          primary_metric="perplexity", split_dataset="wikitext"),

@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
 from forge.data import splits
+from forge.data.tool_syntax import answer_text, call_text
 
 from benchmarks.sandbox import SandboxLimits, run_programs
 from benchmarks.tasks import select_docs
-from benchmarks.tooluse_tools import (ANSWER_CLOSE, ANSWER_OPEN, CLOSE_TAGS, OPEN_TAGS, RESULT_CLOSE, RESULT_OPEN,
-                                      CalculatorError, calculate, python_output, python_program)
+from benchmarks.tooluse_tools import CalculatorError, calculate, python_output, python_program
 
 SOURCES = ("easy", "svamp", "gsm8k", "mbpp")
 ProblemKind = Literal["arithmetic", "code"]
@@ -135,14 +135,6 @@ def rotation_subset(problems: Sequence[ToolProblem], iteration: int, size: int, 
 GSM8K_ANNOTATION = re.compile(r"<<([^=<>]*)=([^<>]*)>>")
 
 
-def _call(tool: str, argument: str, result: str) -> str:
-    return f"{OPEN_TAGS[tool]}{argument}{CLOSE_TAGS[tool]}\n{RESULT_OPEN}{result}{RESULT_CLOSE}\n"
-
-
-def _answer(text: str) -> str:
-    return f"{ANSWER_OPEN}{text}{ANSWER_CLOSE}"
-
-
 def demonstrations(problems: Sequence[ToolProblem], limits: SandboxLimits = SandboxLimits()) -> dict[str, str]:
     """A worked transcript per problem id, with real tool outputs: what a model should write after
     the question (few-shot examples, and training text for tool use).
@@ -156,20 +148,20 @@ def demonstrations(problems: Sequence[ToolProblem], limits: SandboxLimits = Sand
     programs = [python_program(problem.reference, problem.tests, problem.test_setup) for problem in code]
     for problem, outcome in zip(code, run_programs(programs, limits) if programs else []):
         code_block = f"\n{problem.reference}\n"
-        transcripts[problem.id] = _call("python", code_block, python_output(outcome, limits.timeout_s)) + \
-            _answer(code_block)
+        transcripts[problem.id] = call_text("python", code_block, python_output(outcome, limits.timeout_s)) + \
+            answer_text(code_block)
     for problem in problems:
         if problem.source in ("easy", "svamp"):
-            transcripts[problem.id] = _call("calc", problem.reference, calculate(problem.reference)) + \
-                _answer(problem.answer)
+            transcripts[problem.id] = call_text("calc", problem.reference, calculate(problem.reference)) + \
+                answer_text(problem.answer)
         elif problem.source == "gsm8k":
             steps = GSM8K_ANNOTATION.sub(_gsm8k_call, problem.reference)
-            transcripts[problem.id] = f"{steps}\n{_answer(problem.answer)}"
+            transcripts[problem.id] = f"{steps}\n{answer_text(problem.answer)}"
     return transcripts
 
 
 def _gsm8k_call(match: re.Match) -> str:
     try:
-        return _call("calc", match.group(1), calculate(match.group(1)))
+        return call_text("calc", match.group(1), calculate(match.group(1)))
     except CalculatorError:
         return ""

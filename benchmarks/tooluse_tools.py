@@ -1,8 +1,7 @@
 """The tools of the tool-use benchmark and the call syntax the model writes.
 
-A model turn is plain text that may open one tool call, ``<calc>EXPR`` or ``<python>CODE``, closed by
-``</calc>`` / ``</python>`` (generation stops there), or give the final answer ``<answer>TEXT``. The
-evaluator runs the call and appends ``<result>OUTPUT</result>`` as the tool's turn.
+The call syntax is ``forge.data.tool_syntax`` (generation stops where a call closes); the evaluator runs the
+call and appends ``<result>OUTPUT</result>`` as the tool's turn.
 
 - calculator: ``forge.data.arithmetic.calculate``: arithmetic only, over a whitelist of AST nodes;
   never ``eval``;
@@ -17,17 +16,8 @@ from typing import Literal, Sequence
 from benchmarks.sandbox import ExecutionResult, SandboxLimits, run_programs
 from forge.data.arithmetic import CalculatorError, NotArithmeticError, calculate  # noqa: F401  (the calc tool)
 
-ToolName = Literal["calc", "python"]
-TOOLS: tuple[ToolName, ...] = ("calc", "python")
-OPEN_TAGS = {"calc": "<calc>", "python": "<python>"}
-CLOSE_TAGS = {"calc": "</calc>", "python": "</python>"}
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-RESULT_OPEN, RESULT_CLOSE = "<result>", "</result>"
-NEXT_QUESTION = "\nQuestion:"
-# Generation of a turn stops at any of these: a call closes, the answer closes, or the model starts
-# another item (as it would after a few-shot example).
-STOP_SEQUENCES = (*CLOSE_TAGS.values(), ANSWER_CLOSE, NEXT_QUESTION)
-ALL_TAGS = (*OPEN_TAGS.values(), *CLOSE_TAGS.values(), ANSWER_OPEN, ANSWER_CLOSE, RESULT_OPEN, RESULT_CLOSE)
+from forge.data.tool_syntax import (ALL_TAGS, ANSWER_CLOSE, ANSWER_OPEN, CLOSE_TAGS, NEXT_QUESTION,  # noqa: F401
+                                     OPEN_TAGS, RESULT_CLOSE, RESULT_OPEN, STOP_SEQUENCES, TOOLS, ToolName)
 
 TESTS_PASSED = "All tests passed."
 MAX_RESULT_CHARS = 300  # a tool's output is cut to its last characters so contexts stay short

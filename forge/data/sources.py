@@ -176,7 +176,7 @@ class DatasetSource:
     display_name: str  # the spec's name
     category: str  # one of CATEGORIES
     format_text: Callable[[Record], str]  # record -> training text
-    hub: HubLocation  # online source
+    hub: HubLocation | None  # online source; None: generated here, nothing to download
     has_local: bool  # whether the reference data folder holds a copy (read via forge.data.splits)
     offline: str | None  # forge.data.offline generator standing in for it, labelled as such; None: none
 
@@ -217,6 +217,8 @@ DATASETS: dict[str, DatasetSource] = {source.name: source for source in (
     DatasetSource("fineweb_edu", "FineWeb-Edu", "language", format_plain,
                   HubLocation("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", _hub_text), False,
                   "python_stdlib_docstrings"),
+    # Generated problems (forge.data.taskworld), train side only; benchmarks' "taskworld" task holds out the rest.
+    DatasetSource("taskworld", "Task world", "math", format_plain, None, False, "taskworld"),
 )}
 
 
@@ -353,6 +355,8 @@ def load_texts(name: str, config: SourceConfig = SourceConfig()) -> LoadedTexts:
             if kind == "local":
                 label, records = _fetch_local(source, config)
             elif kind == "hub":
+                if source.hub is None:
+                    raise _SourceLacksDataset(f"{source.display_name} is generated, not on the hub")
                 protected = _heldout_keys(source, config)
                 label, rows = _fetch_hub(source, config, extra=len(protected))
             elif source.offline is None:

@@ -85,7 +85,7 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 4096, seed: int 
 
     ``max_texts`` caps the training corpus at a ``seed``-chosen sample of that many texts (training
     time grows with the corpus); ``<|endoftext|>`` is token 0. Any string round-trips, since all
-    256 bytes are in the base alphabet.
+    256 bytes are in the base alphabet. Every digit is its own token (no merge spans two digits).
     """
     if vocab_size < 256 + 1:
         raise ValueError(f"vocab_size={vocab_size} is too small: a byte-level BPE needs at least 257 "
@@ -96,7 +96,10 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 4096, seed: int 
     if max_texts is not None and len(corpus) > max_texts:
         corpus = random.Random(seed).sample(corpus, max_texts)
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # One token per digit (as LLaMA's tokenizer does): arithmetic is learnable digit by digit only when
+    # numbers are not merged into arbitrary multi-digit chunks.
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                   special_tokens=[END_OF_TEXT], show_progress=False,
