@@ -78,15 +78,16 @@ def test_run_writes_verified_models_and_a_manifest(tiny_run):
     for name in ("a", "b"):
         figures = summary["models"][name]
         assert figures["val/perplexity"] > 1 and figures["unigram_val_perplexity"] > 1
-        assert figures["steps"] == 2 * sum(1 for e in ([1, 1, 1] if name == "a" else [1, 0, 1]) if e)
-    # Weight-space diversity mostly measures the unrelated initialisations: the two models are about as far
-    # apart as untrained ones from the same seeds, so the spec's >= 0.3 says little (docs/SPEC.md, deviation
-    # 4); halting and speed spreads are the informative criteria.
+        # The trunk trained foundation once; each model trains only the stages after it.
+        assert figures["steps"] == 2 * sum(1 for e in ([1, 1, 1] if name == "a" else [1, 0, 1])[1:] if e)
+    assert summary["trunk"]["steps"] == 2
+    # Forked from one trunk, the two models are closer in weight space than untrained ones from their seeds
+    # (about 1 apart: unrelated initialisations), which is what lets weight-space merges combine them.
     initial = []
     for name, seed in (("a", 1), ("b", 2)):
         set_seed(seed)
         initial.append(CognateForCausalLM(AutoConfig.from_pretrained(run_dir / "cognate" / f"model_{name}")).state_dict())
-    assert summary["diversity"]["weight_space_diversity"] == pytest.approx(weight_space_diversity(initial), abs=0.05)
+    assert summary["diversity"]["weight_space_diversity"] < weight_space_diversity(initial) / 2
     assert summary["criteria"] == diversity_criteria(summary["diversity"])
     assert summary["validation"]["blocks"] >= 1
     metrics = read_metrics(run_dir / "cognate" / "metrics.jsonl")
