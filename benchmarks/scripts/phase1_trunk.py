@@ -62,7 +62,8 @@ def measure(runs: dict[str, Path], threshold: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", required=True, help="LABEL=RUN_DIR (the first gives the held-out set)")
+    parser.add_argument("--run", action="append", required=True,
+                        help="LABEL=RUN_DIR (the first gives the held-out set)")
     parser.add_argument("--threshold", type=float, default=0.3, help="cognate.diversity_threshold")
     parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
     args = parser.parse_args()

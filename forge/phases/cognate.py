@@ -282,7 +282,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
         else:
             print(f"[forge] cognate: trunk already trained and verified in {trunk_dir}; forking it", flush=True)
             trunk_record = {**read_manifest(trunk_dir)["training"], "reused": True}
-        trunk_record.update(stages=[m.summary() for m in trunk_mixes], train_blocks=[len(s.blocks) for s in trunk_stages],
+        trunk_record.update(stages=[m.summary() for m in trunk_mixes],
+                            train_blocks=[len(s.blocks) for s in trunk_stages],
                             act_threshold=trunk.act_threshold, ltm_slots=trunk.ltm_slots, seed=trunk.seed)
 
     # 3. One job per model (forked from the trunk when there is one), all at the same time.
