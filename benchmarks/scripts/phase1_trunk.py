@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 
+COMMON_BLOCKS = 128  # sequences of the common held-out set scored per model
+
+
 def measure(runs: dict[str, Path], threshold: float) -> dict:
     from forge.artifacts import load_model_dir, read_json
     from forge.config import load_pipeline_config
@@ -32,16 +35,17 @@ def measure(runs: dict[str, Path], threshold: float) -> dict:
     texts = read_json(first / "cognate" / "heldout_texts.json")["texts"]
     sources = _source_config(config)
     loaded = {name: load_texts(name, sources) for names in STAGES.values() for name in names}
-    out = {"common_heldout": {"run": str(first), "documents": len(texts)}, "runs": {}}
+    out = {"common_heldout": {"run": str(first), "documents": len(texts), "sequences": COMMON_BLOCKS}, "runs": {}}
     for label, run in runs.items():
         manifest = read_json(run / "cognate" / "manifest.json")
         summary = manifest["summary"]
         models = {name: load_model_dir(run / "cognate" / f"model_{name}")[0] for name in summary["models"]}
         tokenizer = load_model_dir(run / "cognate" / f"model_{next(iter(models))}")[1]
         probe = blocks_from_stream(_encode(tokenizer, texts), seq_len)
+        common_blocks = probe[:: max(1, len(probe) // COMMON_BLOCKS)][:COMMON_BLOCKS]  # evenly across the set
         report = diversity_report(models, heldout_blocks_by_dataset(tokenizer, texts, loaded, seq_len),
                                   probe[:4], threshold)
-        common = {name: evaluate_lm(model, probe, 4, torch.device("cpu"))["val/perplexity"]
+        common = {name: evaluate_lm(model, common_blocks, 4, torch.device("cpu"))["val/perplexity"]
                   for name, model in models.items()}
         trunk = summary.get("trunk")
         out["runs"][label] = {
@@ -73,6 +77,7 @@ def main() -> None:
         if not path or not (Path(path) / "cognate" / "manifest.json").is_file():
             parser.error(f"--run {item!r}: give LABEL=RUN_DIR of a run with a finished cognate phase")
         runs[label] = Path(path)
+    torch.set_num_threads(1)  # tiny models: more intra-op threads only wait on each other on a busy machine
     result = measure(runs, args.threshold)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
