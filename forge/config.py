@@ -77,6 +77,27 @@ def _spec_models() -> list[CognateModelSpec]:
 
 
 @dataclass
+class CognateTrunkConfig:
+    """The models' shared ancestor: the first curriculum stages trained once, then forked into every model."""
+
+    enabled: bool = True
+    """Train the trunk once and start every model from its weights (a common ancestor, which weight-space merges
+    need); False: each model starts from its own random init and trains every stage itself."""
+    stage_epochs: list[int] = field(default_factory=lambda: [1])
+    """Epochs of each leading curriculum stage the trunk trains ([1]: one epoch of foundation); the models skip
+    those stages (their first stage_epochs entries are then unused)."""
+    seed: int = 41
+    """Seed of the trunk's weights, data mix and order."""
+    act_threshold: float = 0.95
+    """ACT threshold the trunk trains with (the spec's default, the reasoning model's)."""
+    ltm_slots: int = 64
+    """Memory capacity the trunk trains with; a model with another capacity keeps every trunk weight
+    (capacity is not in the weights: forge/pretrain/trunk.py)."""
+    category_weights: dict[str, float] = field(default_factory=lambda: dict(SPEC_CATEGORY_WEIGHTS))
+    """Mix of dataset categories in the trunk's data (the spec's Foundation weights)."""
+
+
+@dataclass
 class CognateDataConfig:
     tokenizer: Literal["gpt2", "bpe"] = "bpe"
     """gpt2: the real 50257-token GPT-2 BPE; bpe: a byte-level BPE trained on the run's training text."""
@@ -145,8 +166,10 @@ class CognatePhaseConfig:
     """Training loop settings."""
     data: CognateDataConfig = field(default_factory=CognateDataConfig)
     """Tokenizer and corpus settings."""
+    trunk: CognateTrunkConfig = field(default_factory=CognateTrunkConfig)
+    """The shared trunk the models are forked from."""
     diversity_threshold: float = 0.3
-    """Minimum measured diversity of the three; below it the manifest records a warning."""
+    """Minimum behaviour diversity of the models (forge/pretrain/diversity.py); below it the criterion is missed."""
 
 
 @dataclass
@@ -392,6 +415,13 @@ def validate(config: PipelineConfig) -> None:
         if len(spec.stage_epochs) != 3 or min(spec.stage_epochs) < 0:
             raise ConfigError(f"cognate.models[{spec.name}].stage_epochs: three non-negative counts "
                               "(foundation, reasoning, advanced)")
+    trunk = cognate.trunk
+    if trunk.enabled and "trunk" in names:
+        raise ConfigError("cognate.models: 'trunk' names the shared trunk's trainer; rename the model")
+    if trunk.enabled and (not 1 <= len(trunk.stage_epochs) < 3 or min(trunk.stage_epochs) < 1
+                          or not 0.0 < trunk.act_threshold < 1.0 or trunk.ltm_slots < 1):
+        raise ConfigError("cognate.trunk: stage_epochs needs one or two counts >= 1 (the leading stages trained "
+                          "once; the models train the rest), act_threshold in (0, 1), ltm_slots >= 1")
     if config.device == "cuda" and not (config.ray.address or os.environ.get("RAY_ADDRESS")):
         import torch  # a local run: the GPU must be on this machine (a cluster's driver may have none)
 

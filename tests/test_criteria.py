@@ -50,16 +50,17 @@ def test_a_record_says_what_was_required_and_missed_lists_the_misses():
 # ---------------------------------------------------------------------------------------- Phase 1
 
 @pytest.mark.parametrize("name,field,threshold,direction", [
-    ("weight_space_diversity", "weight_space_diversity", 0.3, ">="),  # validate_diversity raises if < 0.3
+    ("behaviour_diversity", "behaviour_diversity", 0.3, ">="),  # validate_diversity raises if < 0.3
     ("halting_diversity", "halting_steps_spread", 2.0, ">"),
+    ("memory_diversity", "memory_spread", 0.3, ">"),
     ("speed_diversity_ms", "forward_ms_spread", 10.0, ">"),
 ])
 def test_cognate_diversity_criteria_at_the_spec_thresholds(name, field, threshold, direction):
     from forge.config import CognatePhaseConfig
     from forge.phases.cognate import diversity_criteria
 
-    report = {"weight_space_diversity": 1.0, "halting_steps_spread": 5.0, "forward_ms_spread": 50.0,
-              "threshold": CognatePhaseConfig().diversity_threshold}
+    report = {"behaviour_diversity": 1.0, "halting_steps_spread": 5.0, "memory_spread": 1.0,
+              "forward_ms_spread": 50.0, "threshold": CognatePhaseConfig().diversity_threshold}
     assert_boundary(lambda value: diversity_criteria({**report, field: value})[name]["met"], threshold, direction)
 
 

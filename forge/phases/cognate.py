@@ -1,15 +1,16 @@
 """Phase 1, Cognate: three diverse TRM x Titans-MAG models pretrained at the same time on Ray.
 
 Driver: load the curriculum once, hold out a common validation set (by document), build the tokenizer,
-pack each model's stage corpora, and start one ``CognateTrainer`` actor per model with the share
-``cluster.resources`` gives it. Afterwards: measure what makes the three different (weights, halting
-steps, memory, speed) and compare their validation perplexity with a unigram model of the same text.
+pack the stage corpora, train the trunk (``cognate.trunk``: the leading stages, once, on the whole machine),
+then start one ``CognateTrainer`` actor per model, forked from the trunk (``forge.pretrain.trunk``), with the share
+``cluster.resources`` gives it. Afterwards: measure what makes the three behave differently (``forge.pretrain.diversity``:
+per-dataset perplexity, halting steps, memory use, speed) and compare their validation perplexity with a
+unigram model of the same text.
 """
 from __future__ import annotations
 
 import logging
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ import ray
 import torch
 
 from cluster.resources import plan_devices, plan_trainers, share_for
-from forge.artifacts import atomic_dir, atomic_write_json, load_model_dir
-from forge.config import CognateModelSpec, PipelineConfig
+from forge.artifacts import (atomic_dir, atomic_write_json, load_model_dir, model_dir_problems,
+                             read_manifest)
+from forge.config import CognateModelSpec, CognateTrunkConfig, PipelineConfig
 from forge.criteria import criterion, missed
 from forge.pretrain.stages import STAGES, StageMixConfig, build_stage
 from forge.data.heldout import HELDOUT_TEXTS, REPLAY_TEXTS
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 VALIDATION_SEED = 1729  # fixed, so the held-out documents do not move when the run's seed changes
 HALTING_SPREAD_REQUIRED = 2.0  # spec: halting_diversity > 2.0 (steps)
 SPEED_SPREAD_MS_REQUIRED = 10.0  # spec: speed_diversity > 10.0 (ms)
+TRUNK_NAME = "trunk"  # the shared ancestor's trainer name: checkpoints in work/trunk, metrics as cognate-trunk
+TRUNK_DIR = "trunk_model"  # the finished trunk, a verified model directory in work/ (not a phase output)
 
 
 def _source_config(config: PipelineConfig) -> SourceConfig:
@@ -41,7 +45,7 @@ def _source_config(config: PipelineConfig) -> SourceConfig:
                         seed=config.seed)
 
 
-def _stage_mix(config: PipelineConfig, spec: CognateModelSpec) -> StageMixConfig:
+def _stage_mix(config: PipelineConfig, spec: CognateModelSpec | CognateTrunkConfig) -> StageMixConfig:
     return StageMixConfig(category_weights=spec.category_weights, chars_per_stage=config.cognate.data.chars_per_stage,
                             seed=spec.seed, sources=_source_config(config))
 
@@ -65,7 +69,7 @@ def _encode(tokenizer, texts: list[str]) -> list[int]:
     return token_stream(ids, tokenizer.eos_token_id)
 
 
-def _architecture(config: PipelineConfig, spec: CognateModelSpec, tokenizer) -> dict[str, Any]:
+def _architecture(config: PipelineConfig, spec: CognateModelSpec | CognateTrunkConfig, tokenizer) -> dict[str, Any]:
     arch = dict(config.cognate.architecture)
     arch.update(act_threshold=spec.act_threshold, ltm_slots=spec.ltm_slots, vocab_size=len(tokenizer),
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
@@ -73,76 +77,132 @@ def _architecture(config: PipelineConfig, spec: CognateModelSpec, tokenizer) -> 
     return arch
 
 
-@torch.no_grad()
-def measure_models(models: dict[str, Any], blocks: torch.Tensor, repeats: int = 5) -> dict[str, dict[str, float]]:
-    """Halting steps and forward latency of each model on the same validation batch.
-
-    Latency is the minimum over ``repeats`` rounds that time the models in turn, on one thread: timing them
-    one after another lets a burst of load on a shared machine land on a single model.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        figures = {}
-        for name, model in models.items():
-            model.eval()
-            out = model(input_ids=blocks)
-            figures[name] = {"halting_steps": float(out.halting_steps), "forward_ms": float("inf"),
-                             "ltm_slots": model.config.ltm_slots, "act_threshold": model.config.act_threshold}
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(input_ids=blocks)
-                figures[name]["forward_ms"] = min(figures[name]["forward_ms"],
-                                                  (time.perf_counter() - start) * 1000)
-    finally:
-        torch.set_num_threads(threads)
-    return figures
+MEMORY_SPREAD_REQUIRED = 0.3  # spec: memory_diversity > 0.3
+PROFILE_BLOCKS_PER_DATASET = 8  # held-out sequences per dataset in the perplexity profile
 
 
-def diversity_report(models: dict[str, Any], blocks: torch.Tensor, threshold: float) -> dict[str, Any]:
-    """What makes the models different, measured; ``warning`` is set when weight diversity is low."""
+def heldout_blocks_by_dataset(tokenizer, val_texts: list[str], loaded: dict[str, Any],
+                              seq_len: int) -> dict[str, torch.Tensor]:
+    """Each dataset's held-out documents as packed sequences (up to ``PROFILE_BLOCKS_PER_DATASET``); datasets
+    with less than one sequence of held-out text are left out."""
+    held_out = set(val_texts)
+    blocks = {}
+    for name, texts in sorted(loaded.items()):
+        mine = sorted(held_out.intersection(texts.texts))
+        packed = blocks_from_stream(_encode(tokenizer, mine), seq_len)[:PROFILE_BLOCKS_PER_DATASET] if mine else []
+        if len(packed):
+            blocks[name] = packed
+    return blocks
+
+
+def diversity_report(models: dict[str, Any], dataset_blocks: dict[str, torch.Tensor], probe: torch.Tensor,
+                     threshold: float) -> dict[str, Any]:
+    """What makes the models different, measured (``forge.pretrain.diversity``): each model's behaviour profile, the
+    spreads and the diversity, plus the weight-space distance (for the merge, not a criterion)."""
+    from forge.pretrain.diversity import behaviour_profiles, profile_diversity
     from forge.merge import weight_space_diversity
 
-    per_model = measure_models(models, blocks)
-    weight = weight_space_diversity([m.state_dict() for m in models.values()])
+    profiles, per_model = behaviour_profiles(models, dataset_blocks, probe)
+    spreads = profile_diversity(profiles)
     halting = [m["halting_steps"] for m in per_model.values()]
     speed = [m["forward_ms"] for m in per_model.values()]
     report = {
         "per_model": per_model,
-        "weight_space_diversity": weight,
+        "profiles": profiles,
+        "profile_spreads": spreads["groups"],
+        "behaviour_diversity": spreads["diversity"],
+        "memory_spread": spreads["groups"]["memory_use"]["spread"],
         "halting_steps_spread": max(halting) - min(halting),
         "forward_ms_spread": max(speed) - min(speed),
+        "weight_space_diversity": weight_space_diversity([m.state_dict() for m in models.values()]),
         "threshold": threshold,
-        "below_threshold": weight < threshold,
+        "below_threshold": spreads["diversity"] < threshold,
     }
-    if weight < threshold:
-        report["warning"] = (f"weight-space diversity {weight:.3f} is below {threshold}: the models may merge "
-                             "into little more than one of them; use more different seeds, data mixes or epochs")
+    if report["below_threshold"]:
+        report["warning"] = (f"behaviour diversity {spreads['diversity']:.3f} is below {threshold}: the models "
+                             "behave much alike; use more different data mixes, epochs, thresholds or capacities")
         log.warning(report["warning"])
     return report
 
 
 def diversity_criteria(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The spec's Phase 1 diversity criteria, recorded as measured (the spec asserts them). Weight-space
-    diversity stands for ``validate_diversity`` (>= 0.3); halting and speed spreads are the spec's
+    """The spec's Phase 1 diversity criteria, recorded as measured (the spec asserts them). Behaviour diversity
+    (``forge.pretrain.diversity``) stands for ``validate_diversity`` (raises below 0.3, so >= threshold is met); the
+    memory-use spread for ``memory_diversity > 0.3``; halting and forward-time spreads are the spec's
     ``halting_diversity > 2.0`` and ``speed_diversity > 10`` ms."""
-    return {"weight_space_diversity": criterion(report["weight_space_diversity"], ">=", report["threshold"]),
+    return {"behaviour_diversity": criterion(report["behaviour_diversity"], ">=", report["threshold"]),
             "halting_diversity": criterion(report["halting_steps_spread"], ">", HALTING_SPREAD_REQUIRED),
+            "memory_diversity": criterion(report["memory_spread"], ">", MEMORY_SPREAD_REQUIRED),
             "speed_diversity_ms": criterion(report["forward_ms_spread"], ">", SPEED_SPREAD_MS_REQUIRED)}
+
+
+def _train_jobs(jobs: list[TrainJob], config: PipelineConfig, plan, baselines: dict[str, float],
+                planned_for: int | None = None) -> tuple[dict[str, dict[str, Any]], Any]:
+    """Train ``jobs`` at the same time, each on the share the cluster layer gives one of ``planned_for``
+    trainers (default: ``len(jobs)``); returns their figures and the share. ``baselines``: each model's unigram
+    perplexity, for the progress line."""
+    from actors.cognate_trainer import CognateTrainer
+    from actors.restarts import ATTEMPTS_FILE, lost_error, restart_options
+
+    seq_len, train_cfg = config.cognate.train.seq_len, config.cognate.train
+    # One share size for all: planned on the largest memory (the models differ only in slots and thresholds).
+    largest = max(jobs, key=lambda job: job.architecture["ltm_slots"])
+
+    def need(micro: int) -> int:
+        return trainer_memory_bytes(largest.architecture, micro, seq_len, plan.device)
+
+    planned_for = planned_for or len(jobs)
+    if train_cfg.micro_batch_size:
+        share, concurrent = share_for(plan, need(train_cfg.micro_batch_size), planned_for), len(jobs)
+    else:
+        share, _, concurrent = plan_trainers(plan, need, planned_for, train_cfg.batch_size)
+        concurrent = min(concurrent, len(jobs))
+    for job in jobs:
+        job.device, job.threads, job.share = share.device, share.torch_threads, planned_for
+        job.free_memory_bytes = share.gpu_memory_bytes  # GPU: the share caps the trainer; CPU: None (its own share)
+    log.info("cognate: %d trainers (%d at a time), each %s", len(jobs), concurrent, share)
+    # A trainer whose process dies is restarted and resumes from its step checkpoint (ray.max_restarts).
+    max_restarts = config.ray.max_restarts
+    pending = {}
+    for job in jobs:
+        attempts = Path(job.checkpoint_dir) / ATTEMPTS_FILE
+        trainer = CognateTrainer.options(**share.ray_options(), **restart_options(max_restarts)).remote(str(attempts))
+        pending[trainer.train.remote(job)] = (job.name, trainer, attempts)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            name, trainer, attempts = pending.pop(done[0])
+            try:
+                results[name] = ray.get(done[0])
+            except ray.exceptions.RayActorError as err:
+                raise lost_error(f"cognate trainer '{name}'", attempts, max_restarts, err) from err
+            ray.kill(trainer)  # free its share at once: on a small node a waiting trainer needs it
+            print(f"[forge] cognate: model {name} done: val perplexity {results[name]['val/perplexity']:.2f} "
+                  f"(unigram {baselines[name]:.2f})", flush=True)
+    finally:
+        for _, trainer, _ in pending.values():
+            ray.kill(trainer)
+    return results, share
 
 
 def run(ctx: PhaseContext) -> PhaseResult:
     config = ctx.config
     cognate = config.cognate
     seq_len = cognate.train.seq_len
+    # With the trunk, its leading stages are trained once and every model is forked from it; without it each
+    # model trains every stage from its own random init.
+    trunk = cognate.trunk if cognate.trunk.enabled else None
+    shared = len(trunk.stage_epochs) if trunk else 0
+    stage_names = list(STAGES)
 
-    # 1. Data: each dataset loaded once; every model mixes its own stages from it.
+    # 1. Data: each dataset loaded once; the trunk and every model mix their own stages from it.
     sources = _source_config(config)
     loaded = {name: load_texts(name, sources) for names in STAGES.values() for name in names}
-    mixes = {spec.name: [build_stage(stage, _stage_mix(config, spec), loaded) for stage in STAGES]
+    mixes = {spec.name: [build_stage(stage, _stage_mix(config, spec), loaded) for stage in stage_names[shared:]]
              for spec in cognate.models}
-    all_texts = {text for stages in mixes.values() for mix in stages for text in mix.texts}
+    trunk_mixes = [build_stage(stage, _stage_mix(config, trunk), loaded) for stage in stage_names[:shared]]
+    all_texts = {text for stages in [*mixes.values(), trunk_mixes] for mix in stages for text in mix.texts}
     fraction = cognate.data.validation_fraction
     val_texts = sorted(t for t in all_texts if is_validation_text(t, fraction, VALIDATION_SEED))
     train_texts = sorted(all_texts.difference(val_texts))
@@ -165,74 +225,65 @@ def run(ctx: PhaseContext) -> PhaseResult:
         raise ValueError(f"the validation text ({len(val_stream)} tokens) is shorter than one sequence of "
                          f"{seq_len}: raise cognate.data.chars_per_stage or validation_fraction")
 
-    # 2. One training job per model.
-    plan = plan_devices(config.device)
-    jobs, data_record = [], {}
-    for spec in cognate.models:
-        stages, unigram_train = [], []
-        for mix, epochs in zip(mixes[spec.name], spec.stage_epochs):
+    def training_stages(stage_mixes, epochs) -> tuple[list[Stage], list[int]]:
+        stages, stream_all = [], []
+        for mix, count in zip(stage_mixes, epochs):
             texts = [t for t in mix.texts if not is_validation_text(t, fraction, VALIDATION_SEED)]
             stream = _encode(tokenizer, texts)
-            unigram_train.extend(stream)
-            stages.append(Stage(mix.stage, blocks_from_stream(stream, seq_len), epochs))
+            stream_all.extend(stream)
+            stages.append(Stage(mix.stage, blocks_from_stream(stream, seq_len), count))
+        return stages, stream_all
+
+    def job(name, spec, stages, init_from=None, out_dir=None) -> TrainJob:
+        return TrainJob(
+            name=name, architecture=_architecture(config, spec, tokenizer), seed=spec.seed, train=cognate.train,
+            stages=stages, val_blocks=val_blocks, tokenizer_dir=tokenizer_dir,
+            out_dir=out_dir or ctx.phase_dir / f"model_{name}", checkpoint_dir=ctx.work_dir / name,
+            metrics_dir=ctx.phase_dir, tracking=config.tracking, group=ctx.run_dir.name, init_from=init_from)
+
+    plan = plan_devices(config.device)
+
+    # 2. The trunk, once; a finished, verified trunk (a resumed phase) is not retrained. On a GPU it gets the
+    # whole device. On CPU it gets one model trainer's share: a tiny model's step with 2 intra-op threads on a
+    # busy 2-core machine ran 7.7x slower than with one (45 vs 346 tok/s, docs/BENCHMARKS.md).
+    trunk_record, trunk_dir, trunk_stream = None, None, []
+    if trunk:
+        trunk_stages, trunk_stream = training_stages(trunk_mixes, trunk.stage_epochs)
+        trunk_dir = ctx.work_dir / TRUNK_DIR
+        trunk_job = job(TRUNK_NAME, trunk, trunk_stages, out_dir=trunk_dir)
+        problems = model_dir_problems(trunk_dir)
+        if problems:
+            baseline = unigram_perplexity(trunk_stream, val_stream, len(tokenizer))
+            result, _ = _train_jobs([trunk_job], config, plan, {TRUNK_NAME: baseline},
+                                    planned_for=1 if plan.device.startswith("cuda") else len(cognate.models))
+            trunk_record = {**result[TRUNK_NAME], "reused": False}
+        else:
+            print(f"[forge] cognate: trunk already trained and verified in {trunk_dir}; forking it", flush=True)
+            trunk_record = {**read_manifest(trunk_dir)["training"], "reused": True}
+        trunk_record.update(stages=[m.summary() for m in trunk_mixes],
+                            train_blocks=[len(s.blocks) for s in trunk_stages],
+                            act_threshold=trunk.act_threshold, ltm_slots=trunk.ltm_slots, seed=trunk.seed)
+
+    # 3. One job per model (forked from the trunk when there is one), all at the same time.
+    jobs, data_record = [], {}
+    for spec in cognate.models:
+        stages, own_stream = training_stages(mixes[spec.name], spec.stage_epochs[shared:])
         data_record[spec.name] = {
             "stages": [m.summary() for m in mixes[spec.name]],
             "train_blocks": [len(s.blocks) for s in stages],
-            "unigram_val_perplexity": unigram_perplexity(unigram_train, val_stream, len(tokenizer)),
+            # what this model learned from: the trunk's text too
+            "unigram_val_perplexity": unigram_perplexity(trunk_stream + own_stream, val_stream, len(tokenizer)),
         }
-        arch = _architecture(config, spec, tokenizer)
-        jobs.append(TrainJob(
-            name=spec.name, architecture=arch, seed=spec.seed, train=cognate.train, stages=stages,
-            val_blocks=val_blocks, tokenizer_dir=tokenizer_dir, out_dir=ctx.phase_dir / f"model_{spec.name}",
-            checkpoint_dir=ctx.work_dir / spec.name, metrics_dir=ctx.phase_dir, tracking=config.tracking,
-            group=ctx.run_dir.name, device="cpu", share=len(cognate.models)))
+        jobs.append(job(spec.name, spec, stages, init_from=trunk_dir))
+    results, share = _train_jobs(jobs, config, plan,
+                                 {name: record["unigram_val_perplexity"] for name, record in data_record.items()})
 
-    # 3. Train the models at the same time, each on the share the cluster layer gives it.
-    from actors.cognate_trainer import CognateTrainer
-    from actors.restarts import ATTEMPTS_FILE, lost_error, restart_options
-
-    # One share size for all: planned on the largest memory (the models differ only in slots and thresholds).
-    largest = max(jobs, key=lambda job: job.architecture["ltm_slots"])
-    train_cfg = cognate.train
-
-    def need(micro: int) -> int:
-        return trainer_memory_bytes(largest.architecture, micro, seq_len, plan.device)
-
-    if train_cfg.micro_batch_size:
-        share, concurrent = share_for(plan, need(train_cfg.micro_batch_size), len(jobs)), len(jobs)
-    else:
-        share, _, concurrent = plan_trainers(plan, need, len(jobs), train_cfg.batch_size)
-    for job in jobs:
-        job.device, job.threads = share.device, share.torch_threads
-        job.free_memory_bytes = share.gpu_memory_bytes  # GPU: the share caps the trainer; CPU: None (its own share)
-    log.info("cognate: %d trainers (%d at a time), each %s", len(jobs), concurrent, share)
-    # A trainer whose process dies is restarted and resumes from its step checkpoint (ray.max_restarts).
-    max_restarts = config.ray.max_restarts
-    pending = {}
-    for job in jobs:
-        attempts = Path(job.checkpoint_dir) / ATTEMPTS_FILE
-        trainer = CognateTrainer.options(**share.ray_options(), **restart_options(max_restarts)).remote(str(attempts))
-        pending[trainer.train.remote(job)] = (job.name, trainer, attempts)
-    results: dict[str, dict[str, Any]] = {}
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            name, trainer, attempts = pending.pop(done[0])
-            try:
-                results[name] = ray.get(done[0])
-            except ray.exceptions.RayActorError as err:
-                raise lost_error(f"cognate trainer '{name}'", attempts, max_restarts, err) from err
-            ray.kill(trainer)  # free its share at once: on a small node a waiting trainer needs it
-            print(f"[forge] cognate: model {name} done: val perplexity {results[name]['val/perplexity']:.2f} "
-                  f"(unigram {data_record[name]['unigram_val_perplexity']:.2f})", flush=True)
-    finally:
-        for _, trainer, _ in pending.values():
-            ray.kill(trainer)
-
-    # 4. Measure the three side by side, from the saved directories.
+    # 4. Measure the models side by side, from the saved directories.
     outputs = {job.name: job.out_dir for job in jobs}
     models = {name: load_model_dir(path)[0] for name, path in outputs.items()}
-    diversity = diversity_report(models, val_blocks[: min(4, len(val_blocks))], cognate.diversity_threshold)
+    dataset_blocks = heldout_blocks_by_dataset(tokenizer, val_texts, loaded, seq_len)
+    diversity = diversity_report(models, dataset_blocks, val_blocks[: min(4, len(val_blocks))],
+                                 cognate.diversity_threshold)
     per_model = {}
     for name, result in results.items():
         unigram = data_record[name]["unigram_val_perplexity"]
@@ -247,6 +298,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     criteria = diversity_criteria(diversity)
     summary = {
         "models": per_model,
+        "trunk": trunk_record and {k: v for k, v in trunk_record.items() if k != "history"},
         "diversity": diversity,
         "criteria": criteria,
         "criteria_missed": missed(criteria),

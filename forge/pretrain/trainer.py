@@ -367,6 +367,9 @@ class TrainJob:
     """Memory this trainer may use (on a GPU: its share, which also caps its CUDA allocator); None: this machine's
     available memory divided by ``share``, or the GPU's free memory."""
     share: int = 1
+    init_from: Path | None = None
+    """Model directory whose weights this model starts from (the trunk, ``forge.pretrain.trunk``); None: a random init
+    from ``seed``. A resumed job continues from its own checkpoint instead."""
 
 
 OPTIMIZER_FLOATS_PER_PARAM = 3
@@ -421,6 +424,10 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     device = torch.device(job.device)
     limit_gpu_memory(job.device, job.free_memory_bytes)
     model = CognateForCausalLM(CognateConfig(**job.architecture))
+    if job.init_from is not None:
+        from forge.pretrain.trunk import fork_from_trunk
+
+        fork_from_trunk(model, job.init_from)
     tokenizer = AutoTokenizer.from_pretrained(job.tokenizer_dir)
     micro = pick_micro_batch(job)
     tracker = Tracker(job.metrics_dir, name=f"cognate-{job.name}", config=job.tracking,
