@@ -15,7 +15,7 @@ from forge.pipeline import run_pipeline
 from forge.tracking import read_metrics
 from test_pipeline import small_config
 
-COGNATE_ONLY = ["phases=[cognate]", "cognate.train.max_steps_per_epoch=6"]  # model a: 18 steps, b: 12
+COGNATE_ONLY = ["phases=[cognate]", "cognate.train.max_steps_per_epoch=6"]  # after the trunk: a 12 steps, b 6
 
 
 class KillAtStep(threading.Thread):
@@ -56,7 +56,7 @@ def test_killed_trainer_actor_is_restarted_and_resumes_from_its_checkpoint(tmp_p
 
     manifest = read_json(phase_dir / "manifest.json")
     assert manifest["status"] == "complete"
-    assert manifest["summary"]["models"]["a"]["steps"] == 18 and manifest["summary"]["models"]["b"]["steps"] == 12
+    assert manifest["summary"]["models"]["a"]["steps"] == 12 and manifest["summary"]["models"]["b"]["steps"] == 6
     attempts = read_attempts(phase_dir / "work" / "a" / ATTEMPTS_FILE)
     assert [a["restarted"] for a in attempts] == [False, True]
     assert attempts[0]["pid"] == killer.killed["pid"] != attempts[1]["pid"]
@@ -68,7 +68,7 @@ def test_killed_trainer_actor_is_restarted_and_resumes_from_its_checkpoint(tmp_p
     # the kill fell between logging a step and checkpointing it), not from step 0.
     assert len(resumed) == 1 and killer.killed["step"] - 1 <= resumed[0] <= killer.killed["step"]
     steps_after = [m["step"] for m in records if "train/loss" in m and m["time"] > attempts[1]["started_unix"]]
-    assert steps_after and min(steps_after) == resumed[0] + 1 and max(steps_after) == 18
+    assert steps_after and min(steps_after) == resumed[0] + 1 and max(steps_after) == 12
 
 
 def test_trainer_dying_past_max_restarts_fails_the_phase_naming_it(tmp_path, shared_data, ray_session):

@@ -26,12 +26,14 @@ from forge.tracking import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# Tiny and quick: two levels of a few items, short training stages, bakes of a few steps.
+# Tiny and quick: two levels of a few items, short training stages, bakes of a few steps. The bakes run the epoch
+# schedule: with 3 inputs, target mode chooses its LoRA scale on one calibration input, too noisy to check each
+# bake's strength here (target mode: tests/test_halfbake.py; the presets' target mode runs in tests/test_pipeline.py).
 CURRICULUM = CurriculumPhaseConfig(
     num_levels=2, train_items=24, heldout_items=4, steps_per_level=15, batch_size=8, learning_rate=3e-3,
     max_new_tokens=20, bake_inputs=3, tool_use_items=0, replay_sequences=2, replay_seq_len=32,
     baking=BakingConfig(lora_r=4, lora_alpha=8, learning_rate=1e-2, batch_size=4, samples_per_input=2,
-                        max_new_tokens=6))
+                        max_new_tokens=6, mode="epochs"))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +93,7 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
         assert level["training"]["loss_last"] < level["training"]["loss_first"]
         assert [bake["name"] for bake in level["bakes"]] == [p.name for p in prompts]
         # Full-strength bakes of a few steps at a high rate: each must take hold measurably.
-        assert all(bake["bake_strength"] > 0.05 for bake in level["bakes"])
+        assert all(bake["bake_strength"] > 0.05 for bake in level["bakes"]), [b["bake_strength"] for b in level["bakes"]]
     assert result.summary["resumed_after_level"] == 0
     metrics = read_metrics(ctx.phase_dir / "metrics.jsonl")
     assert [record["step"] for record in metrics] == [1, 2]

@@ -152,8 +152,14 @@ def test_a_model_that_writes_self_prompts_gets_them_accepted_then_filled_from_fa
     assert [run["temperature"] for run in log["sweep"]] == [0.8] and log["fallbacks_used"] == 0
 
     proposals, log = self_prompts(model, tokenizer, n=4, max_new_tokens=100, seed=0)
-    assert [p.prompt for p in proposals] == [*SPEC_SELF_PROMPTS[:2], *HUMAN_PERSONAS[:2]]
-    assert [p.origin for p in proposals[2:]] == ["fallback:human"] * 2 and log["fallbacks_used"] == 2
-    # only two distinct prompts exist, so the whole sweep ran; the repeats were rejected as duplicates
+    assert [p.prompt for p in proposals[:2]] == list(SPEC_SELF_PROMPTS[:2]) and len(proposals) == 4
+    # The model knows two prompts; a sample may splice them into a third that passes the filter (it did with the
+    # digit-splitting BPE), and whatever the sweep does not supply comes from the human personas, in order.
+    written = [p for p in proposals[2:] if p.origin.startswith("self:")]
+    fallbacks = [p for p in proposals[2:] if p.origin == "fallback:human"]
+    assert len(written) + len(fallbacks) == 2 and fallbacks and log["fallbacks_used"] == len(fallbacks)
+    assert [p.prompt for p in fallbacks] == list(HUMAN_PERSONAS[:len(fallbacks)])
+    assert all(coherence_problem(p.prompt, tokenizer) is None for p in written)
+    # too few distinct prompts exist, so the whole sweep ran; the repeats were rejected as duplicates
     assert [run["temperature"] for run in log["sweep"]] == [0.8, 0.6, 1.0]
     assert any(entry["reason"].startswith("duplicate") for entry in log["rejected"])
