@@ -3,7 +3,7 @@
 The caller decides resources: ``BenchmarkActor.options(num_cpus=1, num_gpus=0.25).remote(model_dir)``.
 New weights arrive in memory (``set_weights`` with a state dict put once in the object store), so a
 pool of actors evaluates a whole population without re-creating actors or re-reading files;
-``evaluate_candidates`` yields results as they finish (``ray.wait``), not in submission order;
+``evaluate_on_pool`` yields results as they finish (``ray.wait``), not in submission order;
 ``evaluate_prompts`` scores Phase 6 prompt proposals on a pool holding one set of weights.
 
 Evaluations name the weights they mean with a ``WeightsRef``: an actor restarted after its process died
@@ -144,7 +144,7 @@ class BenchmarkActor:
                 "torch_threads": torch.get_num_threads()}
 
 
-def evaluate_candidates(actors: Sequence, candidates: Sequence, tasks: Sequence[str],
+def evaluate_on_pool(actors: Sequence, candidates: Sequence, tasks: Sequence[str],
                         **kwargs: Any) -> Iterator[tuple[int, dict]]:
     """Evaluate every candidate (a state dict or its ObjectRef) on a pool of ``BenchmarkActor``s.
 
@@ -152,7 +152,7 @@ def evaluate_candidates(actors: Sequence, candidates: Sequence, tasks: Sequence[
     the next candidate as soon as it is free. State dicts not yet in the object store are put once.
     """
     if not actors:
-        raise ValueError("evaluate_candidates needs at least one BenchmarkActor")
+        raise ValueError("evaluate_on_pool needs at least one BenchmarkActor")
     refs = [c if isinstance(c, ray.ObjectRef) else ray.put(c) for c in candidates]
     pending: dict[ray.ObjectRef, tuple[int, Any]] = {}
     next_candidate = 0

@@ -22,7 +22,7 @@ from typing import Any
 
 from actors.restarts import ActorLost
 from forge.artifacts import (MANIFEST, StorageFull, atomic_write_json, model_dir_problems, read_json,
-                             read_manifest)
+                             read_manifest, sha256_file)
 from forge.config import RUN_VERSIONS_KEY, PipelineConfig, load_pipeline_config
 from forge.configtools import ConfigError, config_hash, to_dict
 from forge.criteria import describe
@@ -89,6 +89,44 @@ def _output_digests(phase_dir: Path, outputs: dict[str, Path]) -> dict[str, dict
                    "digest": read_manifest(path)["digest"]} for name, path in outputs.items()}
 
 
+def _text_digests(phase_dir: Path, texts: dict[str, Path]) -> dict[str, dict[str, str]]:
+    return {name: {"path": Path(path).relative_to(phase_dir).as_posix(), "digest": sha256_file(Path(path))}
+            for name, path in texts.items()}
+
+
+def _changed_texts(phase_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """The declared text outputs of a finished phase that are missing or differ from their recorded hash."""
+    return [name for name, entry in manifest.get("texts", {}).items()
+            if not (phase_dir / entry["path"]).is_file() or sha256_file(phase_dir / entry["path"]) != entry["digest"]]
+
+
+def declared_texts(run_dir: Path, before: str | None = None) -> dict[str, Path]:
+    """``{name: file}``: the text outputs declared by the finished phases of ``run_dir`` (those before phase
+    ``before``, else all), each verified against its manifest's hash. Later phases get these, not paths of
+    their own making."""
+    from forge.phases import PHASES
+
+    texts: dict[str, Path] = {}
+    for phase in PHASES[:PHASES.index(before)] if before else PHASES:
+        manifest_path = Path(run_dir) / phase / MANIFEST
+        if not manifest_path.is_file() or (manifest := read_json(manifest_path)).get("status") != "complete":
+            continue
+        changed = _changed_texts(manifest_path.parent, manifest)
+        if changed:
+            raise PipelineError(f"{manifest_path.parent}: the {', '.join(changed)} text output(s) are missing or "
+                                f"changed since the phase wrote them; run --phases {phase},... again to redo it")
+        texts.update({name: manifest_path.parent / entry["path"] for name, entry in manifest.get("texts", {}).items()})
+    return texts
+
+
+def read_run_texts(run_dir: Path, name: str, max_chars: int) -> list[str]:
+    """Up to ``max_chars`` characters of a finished run's declared text output ``name`` (for scripts)."""
+    from forge.data.heldout import read_texts
+    from forge.phases.base import declared_text
+
+    return read_texts(declared_text(declared_texts(run_dir), name, Path(run_dir)), max_chars)
+
+
 def finished_outputs(phase_dir: Path) -> dict[str, Path] | None:
     """The verified outputs of a finished phase, or None if it is unfinished, failed or altered."""
     manifest_path = phase_dir / MANIFEST
@@ -96,6 +134,11 @@ def finished_outputs(phase_dir: Path) -> dict[str, Path] | None:
         return None
     manifest = read_json(manifest_path)
     if manifest.get("status") != "complete":
+        return None
+    changed = _changed_texts(phase_dir, manifest)
+    if changed:
+        log.warning("%s: text output(s) %s missing or changed; the phase will be redone", phase_dir.name,
+                    ", ".join(changed))
         return None
     outputs = {}
     for name, entry in manifest["outputs"].items():
@@ -109,20 +152,23 @@ def finished_outputs(phase_dir: Path) -> dict[str, Path] | None:
     return outputs
 
 
-def _phase_is_current(phase_dir: Path, cfg_hash: str, input_digests: dict[str, str]) -> dict[str, Path] | None:
+def _phase_is_current(phase_dir: Path, cfg_hash: str, input_digests: dict[str, str],
+                      text_digests: dict[str, str]) -> dict[str, Path] | None:
     outputs = finished_outputs(phase_dir)
     if outputs is None:
         return None
     manifest = read_json(phase_dir / MANIFEST)
-    if manifest["config_hash"] != cfg_hash or manifest["inputs"] != input_digests:
+    if (manifest["config_hash"] != cfg_hash or manifest["inputs"] != input_digests
+            or manifest.get("input_texts", {}) != text_digests):
         return None
     return outputs
 
 
-def _prepare_phase_dir(phase_dir: Path, cfg_hash: str, input_digests: dict[str, str]) -> None:
+def _prepare_phase_dir(phase_dir: Path, cfg_hash: str, input_digests: dict[str, str],
+                       text_digests: dict[str, str]) -> None:
     """Keep checkpoints of an interrupted attempt with the same config and inputs; clear anything else."""
     attempt_path = phase_dir / "attempt.json"
-    attempt = {"config_hash": cfg_hash, "inputs": input_digests}
+    attempt = {"config_hash": cfg_hash, "inputs": input_digests, "input_texts": text_digests}
     if phase_dir.exists():
         previous = read_json(attempt_path) if attempt_path.is_file() else None
         if previous != attempt:
@@ -170,25 +216,29 @@ def run_pipeline(config: PipelineConfig) -> Path:
                 raise PipelineError(f"phase '{name}' needs the finished outputs of '{input_phase}' in {run_dir}; "
                                     f"run with --phases {input_phase},{name}")
             inputs = found
+        texts = declared_texts(run_dir, before=name)
         input_digests = {k: read_manifest(v)["digest"] for k, v in inputs.items()}
+        text_digests = {k: sha256_file(v) for k, v in texts.items()}
         cfg_hash = phase_config_hash(config, name)
-        if _phase_is_current(phase_dir, cfg_hash, input_digests) is not None:
+        if _phase_is_current(phase_dir, cfg_hash, input_digests, text_digests) is not None:
             print(f"[forge] {name}: already complete and verified in {phase_dir}; skipping", flush=True)
             if config.strict_criteria:
                 check_criteria(name, read_json(phase_dir / MANIFEST)["summary"])
             continue
-        _prepare_phase_dir(phase_dir, cfg_hash, input_digests)
+        _prepare_phase_dir(phase_dir, cfg_hash, input_digests, text_digests)
         print(f"[forge] {name}: starting: {PHASE_PURPOSE[name]}; input: "
               f"{', '.join(str(p) for p in inputs.values()) or 'none'}; writing to {phase_dir}", flush=True)
         started = time.time()
         manifest: dict[str, Any] = {"kind": PHASE_KIND, "phase": name, "config_hash": cfg_hash,
-                                    "input_phase": input_phase, "inputs": input_digests, "started_unix": started}
-        ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=phase_dir, inputs=inputs)
+                                    "input_phase": input_phase, "inputs": input_digests, "input_texts": text_digests,
+                                    "started_unix": started}
+        ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=phase_dir, inputs=inputs, texts=texts)
         try:
             result = load_phase(name)(ctx)
             if config.scoreboard.enabled:
                 scored = time.time()
-                outputs, board = score_phase(config, run_dir, name, phase_dir, result.outputs, inputs, ctx.data_dir)
+                outputs, board = score_phase(config, run_dir, name, phase_dir, result.outputs, inputs, ctx.data_dir,
+                                             {**texts, **result.texts})
                 board["wall_s"] = round(time.time() - scored, 2)
                 result = dataclasses.replace(result, outputs=outputs, summary={**result.summary, "scoreboard": board})
         except BaseException as err:
@@ -201,6 +251,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
                               f"{phase_dir / 'work'})") from err
             raise
         manifest.update(status="complete", outputs=_output_digests(phase_dir, result.outputs),
+                        texts=_text_digests(phase_dir, result.texts),
                         summary=result.summary, wall_time_s=round(time.time() - started, 2))
         atomic_write_json(phase_dir / MANIFEST, manifest)
         print(f"[forge] {name}: complete in {manifest['wall_time_s']:.0f} s; hands on: "

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from actors.benchmark_actor import BenchmarkActor, evaluate_candidates
+from actors.benchmark_actor import BenchmarkActor, evaluate_on_pool
 from benchmarks import evaluate
 from forge.artifacts import save_model_dir, state_dict_hash
 from forge.data.tokenizer import load_gpt2_tokenizer
@@ -44,7 +44,7 @@ def test_actor_pool_evaluates_candidates_with_weights_sent_in_memory(ray_session
     pids = sorted(info["pid"] for info in ray.get([actor.info.remote() for actor in actors]))
     refs = [ray.put(state) for state in candidates]  # put once, shared by every actor
     seen = {}
-    for index, results in evaluate_candidates(actors, refs, TASKS, **KWARGS):
+    for index, results in evaluate_on_pool(actors, refs, TASKS, **KWARGS):
         assert index not in seen
         seen[index] = {name: r.metrics for name, r in results.items()}
     assert seen == dict(enumerate(expected))
@@ -64,6 +64,6 @@ def test_actor_pool_evaluates_candidates_with_weights_sent_in_memory(ray_session
     broken.pop("lm_head.weight", None)
     broken.pop("transformer.wte.weight")
     with pytest.raises(ray.exceptions.RayTaskError, match="wte"):
-        list(evaluate_candidates(actors[:1], [broken], TASKS, **KWARGS))
+        list(evaluate_on_pool(actors[:1], [broken], TASKS, **KWARGS))
     for actor in actors:
         ray.kill(actor)

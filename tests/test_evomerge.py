@@ -10,6 +10,7 @@ import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, state_dict_hash
 from forge.config import load_pipeline_config
+from forge.data.heldout import HELDOUT, TEXT_FILES, read_texts
 from forge.merge.evolve import (EvoMergeConfig, Genome, Recipe, Scored, combine_fitness, fitness_scores,
                           initial_population, next_generation, population_diversity, stop_reason)
 from forge.merge import merge
@@ -55,7 +56,7 @@ def _tiny_parents(root):
             loss.backward()
             optimizer.step()
         dirs[name] = save_model_dir(model.eval(), tokenizer, root / "cognate" / f"model_{name}", phase="cognate")
-    atomic_write_json(root / "cognate" / "heldout_texts.json", {"texts": _texts(20, seed=99)})
+    atomic_write_json(root / "cognate" / TEXT_FILES[HELDOUT], {"texts": _texts(20, seed=99)})
     return dirs
 
 
@@ -69,7 +70,8 @@ def _context(root, dirs, extra=()):
     config = load_pipeline_config("tiny", overrides=[*SMALL_EVOMERGE, *extra], out_dir=str(root.parent))
     phase_dir = root / "evomerge"
     phase_dir.mkdir(exist_ok=True)
-    return PhaseContext(config=config, run_dir=root, phase_dir=phase_dir, inputs=dirs)
+    return PhaseContext(config=config, run_dir=root, phase_dir=phase_dir, inputs=dirs,
+                        texts={HELDOUT: root / "cognate" / TEXT_FILES[HELDOUT]})
 
 
 @pytest.fixture(scope="module")
@@ -193,14 +195,13 @@ def test_invalid_merge_is_replaced_by_a_linear_merge_and_recorded(parents):
 
 
 def test_fitness_is_deterministic_for_the_same_model(parents, shared_data):
-    from forge.data.heldout import read_heldout_texts
     from forge.phases.evomerge import measure_terms
 
     root, dirs = parents
     config = EvoMergeConfig(accuracy_limit=4, heldout_max_chars=1500, perplexity_window=64, speed_batch=2,
                             speed_seq_len=16, speed_repeats=1)
     model, tokenizer = load_model_dir(dirs["b"])
-    texts = read_heldout_texts(root / "cognate", config.heldout_max_chars)
+    texts = read_texts(root / "cognate" / TEXT_FILES[HELDOUT], config.heldout_max_chars)
     first = measure_terms(model, tokenizer, texts, config, data_dir=str(shared_data))
     second = measure_terms(model, tokenizer, texts, config, data_dir=str(shared_data))
     assert first["perplexity"] > 1 and 0.0 <= first["accuracy"] <= 1.0 and first["tokens_per_s"] > 0
@@ -212,15 +213,16 @@ def test_fitness_is_deterministic_for_the_same_model(parents, shared_data):
     assert combine_fitness(fitness_scores(first, reference), still) == combine_fitness(
         fitness_scores(second, reference), still)
     with pytest.raises(FileNotFoundError, match="run the cognate phase"):
-        read_heldout_texts(root / "missing", 100)
+        read_texts(root / "missing" / TEXT_FILES[HELDOUT], 100)
+    with pytest.raises(FileNotFoundError, match="no finished phase .* declares them"):
+        _context(root, dirs).read_texts("replay", 100)
 
 
 def test_heldout_texts_are_taken_across_the_whole_file(tmp_path):
-    from forge.data.heldout import HELDOUT_TEXTS, read_heldout_texts
-
-    atomic_write_json(tmp_path / HELDOUT_TEXTS, {"texts": [letter * 100 for letter in "abcdefghij"]})
-    assert [t[0] for t in read_heldout_texts(tmp_path, 300)] == ["a", "d", "g"]  # not the first three
-    assert len(read_heldout_texts(tmp_path, 10**9)) == 10
+    path = tmp_path / TEXT_FILES[HELDOUT]
+    atomic_write_json(path, {"texts": [letter * 100 for letter in "abcdefghij"]})
+    assert [t[0] for t in read_texts(path, 300)] == ["a", "d", "g"]  # not the first three
+    assert len(read_texts(path, 10**9)) == 10
 
 
 # ------------------------------------------------------------------------------------- the phase

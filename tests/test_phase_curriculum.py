@@ -17,7 +17,7 @@ from forge.data.tokenizer import train_bpe_tokenizer
 from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, build_levels, completion_text,
                           load_value_prompts, prompt_text)
 from forge.phases.base import PhaseContext
-from forge.data.heldout import HELDOUT_TEXTS, REPLAY_TEXTS
+from forge.data.heldout import HELDOUT, REPLAY, TEXT_FILES
 from forge.phases.curriculum import choose_input, resume_state, run, run_fingerprint, tool_demonstrations
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import int8_candidates, pack_model, quantizable_linears, to_bitlinear, to_int8
@@ -56,13 +56,15 @@ def ternary_dir(tmp_path_factory):
 
 def context(run_dir, inputs, curriculum=CURRICULUM) -> PhaseContext:
     """Phase 5's context, with the texts Phase 1 leaves in a run (replayed, and held out for perplexity)."""
-    for name, seed in ((HELDOUT_TEXTS, 1), (REPLAY_TEXTS, 2)):
+    files = {name: run_dir / "cognate" / TEXT_FILES[name] for name in (HELDOUT, REPLAY)}
+    for name, seed in ((HELDOUT, 1), (REPLAY, 2)):
         texts = [prompt_text(item) + completion_text(item) for item in build_levels(
             dataclasses.replace(curriculum, seed=seed), None)[0].train]
-        atomic_write_json(run_dir / "cognate" / name, {"texts": texts})
+        atomic_write_json(files[name], {"texts": texts})
     config = PipelineConfig()
     config.curriculum = curriculum
-    return PhaseContext(config=config, run_dir=run_dir, phase_dir=run_dir / "curriculum", inputs=inputs)
+    return PhaseContext(config=config, run_dir=run_dir, phase_dir=run_dir / "curriculum", inputs=inputs,
+                        texts=files)
 
 
 def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, ternary_dir):

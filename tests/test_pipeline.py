@@ -161,14 +161,14 @@ def test_bitnet_quantizes_the_champion_and_reports_the_spec_criteria(tiny_run):
 def test_bitnet_without_data_folder_takes_the_best_model_and_phase1_heldout_text(tiny_run, tmp_path, monkeypatch):
     from forge.phases import bitnet
     from forge.phases.base import PhaseContext
-    from forge.pipeline import finished_outputs
+    from forge.pipeline import declared_texts, finished_outputs
 
     out, run_dir = tiny_run
     monkeypatch.delenv("FORGE_DATA_DIR", raising=False)
     config = load_pipeline_config("tiny", overrides=[*SMALL, "bitnet.latency_repeats=1"], out_dir=str(out))
     assert config.data.data_dir is None
     ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=tmp_path,
-                       inputs=finished_outputs(run_dir / "cognate"))
+                       inputs=finished_outputs(run_dir / "cognate"), texts=declared_texts(run_dir, "bitnet"))
     result = bitnet.run(ctx)
     summary = result.summary
     perplexities = summary["input_perplexities"]
@@ -276,6 +276,32 @@ def test_outputs_load_with_auto_classes_and_are_causal_and_deterministic(tiny_ru
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     torch.testing.assert_close(first[:, :-3], third[:, :-3], rtol=0, atol=0)
     assert not torch.equal(first[:, -3:], third[:, -3:])
+
+
+def test_phase1_texts_are_declared_hashed_outputs_that_later_phases_receive(tiny_run, tmp_path):
+    from forge.artifacts import sha256_file
+    from forge.phases import PHASES
+    from forge.pipeline import PipelineError, declared_texts, finished_outputs
+
+    _, run_dir = tiny_run
+    cognate = read_json(run_dir / "cognate" / "manifest.json")
+    assert set(cognate["texts"]) == {"heldout", "replay"}
+    digests = {name: entry["digest"] for name, entry in cognate["texts"].items()}
+    assert digests == {name: sha256_file(run_dir / "cognate" / entry["path"]) for name, entry in cognate["texts"].items()}
+    assert declared_texts(run_dir, "cognate") == {}
+    assert declared_texts(run_dir, "evomerge") == {n: run_dir / "cognate" / e["path"] for n, e in cognate["texts"].items()}
+    for phase in PHASES[1:]:  # each later phase records the texts it was given, so a change to them redoes it
+        assert read_json(run_dir / phase / "manifest.json")["input_texts"] == digests
+
+    copy = tmp_path / "run" / "cognate"  # a copy of the finished phase, its replay texts then altered
+    copy.mkdir(parents=True)
+    for name in ("manifest.json", *(entry["path"] for entry in cognate["texts"].values())):
+        shutil.copy(run_dir / "cognate" / name, copy / name)
+    replay = copy / cognate["texts"]["replay"]["path"]
+    replay.write_text(replay.read_text().replace("e", "E", 1))
+    with pytest.raises(PipelineError, match="replay text output"):
+        declared_texts(tmp_path / "run")
+    assert finished_outputs(copy) is None
 
 
 def test_rerun_skips_and_altered_output_is_redone(tiny_run, shared_data, capsys):

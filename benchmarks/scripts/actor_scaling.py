@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from actors.benchmark_actor import BenchmarkActor, evaluate_candidates
+    from actors.benchmark_actor import BenchmarkActor, evaluate_on_pool
     from forge.artifacts import atomic_write_json, save_model_dir
     from forge.data.tokenizer import load_gpt2_tokenizer
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.get([actor.evaluate.remote(tasks, limit=2) for actor in actors])  # start-up and warm-up
         startup_s = time.perf_counter() - start
         start = time.perf_counter()
-        finish_order = [index for index, _ in evaluate_candidates(actors, refs, tasks, **kwargs)]
+        finish_order = [index for index, _ in evaluate_on_pool(actors, refs, tasks, **kwargs)]
         wall_s = time.perf_counter() - start
         rows.append({"actors": size, "num_cpus_per_actor": cpus, "startup_s": startup_s, "wall_s": wall_s,
                      "candidates_per_s": len(refs) / wall_s, "finish_order": finish_order})

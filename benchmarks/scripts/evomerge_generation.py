@@ -55,14 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     from forge.artifacts import atomic_write_json, load_model_dir
     from forge.merge.evolve import EvoMergeConfig, initial_population
     from forge.merge import infer_layer_layout
-    from forge.data.heldout import read_heldout_texts
+    from forge.data.heldout import HELDOUT
+    from forge.pipeline import read_run_texts
     from forge.phases.evomerge import PROBE_TOKENS, build_candidate, evaluate_candidates, heldout_token_ids
 
     config = EvoMergeConfig()
     loaded = [load_model_dir(path) for path in parents_dirs.values()]
     template, tokenizer = loaded[0]
     parents = [model.state_dict() for model, _ in loaded]
-    texts = read_heldout_texts(cognate_dir, config.heldout_max_chars)
+    texts = read_run_texts(args.run_dir, HELDOUT, config.heldout_max_chars)
     probe = heldout_token_ids(tokenizer, texts, PROBE_TOKENS)
     genomes = initial_population(len(parents), infer_layer_layout(parents[0].keys()).num_layers, seed=0)
     candidates = [build_candidate(f"g0_combo{i}", g, parents, template, probe) for i, g in enumerate(genomes)]

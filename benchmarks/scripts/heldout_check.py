@@ -4,7 +4,7 @@
 
 For each model in ``<run>/cognate``: how many of up to 40 consecutive windows of the held-out text give
 non-finite logits at each window length (the models train on 128-token sequences), and the sliding-window
-perplexity (128-token windows) on the held-out text that later phases read (``read_heldout_texts``, 20k
+perplexity (128-token windows) on the held-out text that later phases read (``read_run_texts``, 20k
 characters drawn evenly across the file) and on all of it.
 """
 from __future__ import annotations
@@ -29,9 +29,9 @@ def main() -> int:
     import torch
 
     from benchmarks.lm import perplexity
-    from forge.artifacts import load_model_dir, read_json
-    from forge.data.heldout import HELDOUT_TEXTS, read_heldout_texts
-    from forge.pipeline import finished_outputs
+    from forge.artifacts import load_model_dir
+    from forge.data.heldout import HELDOUT
+    from forge.pipeline import finished_outputs, read_run_texts
 
     torch.set_num_threads(2)
     cognate = args.run_dir / "cognate"
@@ -40,8 +40,8 @@ def main() -> int:
         print(f"error: {cognate} holds no finished cognate phase", file=sys.stderr)
         return 2
 
-    all_texts = read_json(cognate / HELDOUT_TEXTS)["texts"]
-    sampled = read_heldout_texts(cognate, 20_000)
+    all_texts = read_run_texts(args.run_dir, HELDOUT, 10**12)
+    sampled = read_run_texts(args.run_dir, HELDOUT, 20_000)
     result = {"command": " ".join(sys.argv), "run_dir": str(args.run_dir), "models": {}}
     for name, path in models.items():
         model, tokenizer = load_model_dir(path)

@@ -5,7 +5,7 @@ training figures, and every run's models measured on ONE common held-out set wit
     python -m forge.pipeline --phases cognate --out /tmp/runs --set run_name=after ...
     python benchmarks/scripts/phase1_trunk.py --run after=/tmp/runs/after --run before=/tmp/runs/before --json OUT
 
-The common held-out set is the first run's ``cognate/heldout_texts.json``: held-out documents are chosen by a
+The common held-out set is the first run's Phase 1 held-out texts: held-out documents are chosen by a
 hash of their text (``is_validation_text``, a fixed seed), so no run's models trained on another run's either.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ COMMON_BLOCKS = 128  # sequences of the common held-out set scored per model
 
 def measure(runs: dict[str, Path], threshold: float) -> dict:
     from forge.artifacts import load_model_dir, read_json
+    from forge.data.heldout import HELDOUT
+    from forge.pipeline import read_run_texts
     from forge.config import load_pipeline_config
     from forge.pretrain.stages import STAGES
     from forge.data.lm_dataset import blocks_from_stream
@@ -32,7 +34,7 @@ def measure(runs: dict[str, Path], threshold: float) -> dict:
     first = next(iter(runs.values()))
     config = load_pipeline_config(None, config_file=str(first / "config.json"))
     seq_len = config.cognate.train.seq_len
-    texts = read_json(first / "cognate" / "heldout_texts.json")["texts"]
+    texts = read_run_texts(first, HELDOUT, 10**12)
     sources = _source_config(config)
     loaded = {name: load_texts(name, sources) for names in STAGES.values() for name in names}
     out = {"common_heldout": {"run": str(first), "documents": len(texts), "sequences": COMMON_BLOCKS}, "runs": {}}

@@ -28,7 +28,8 @@ import forge.quant  # noqa: F401  (registers the ternary quantizer)
 from benchmarks.guard import job_guard
 from forge.artifacts import atomic_write_json, load_model_dir
 from forge.config import PipelineConfig
-from forge.data.heldout import read_heldout_texts
+from forge.data.heldout import HELDOUT
+from forge.pipeline import read_run_texts
 from forge.quant.convert import int8_candidates, pack_model, to_int4, to_int8
 from forge.quant.measure import saved_weight_bytes
 from forge.quant.run import next_token_scores, quantize_model_dir, text_token_ids
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     job = PipelineConfig().bitnet  # the tiny preset's Phase 4 settings (the embedded default)
-    documents = read_heldout_texts(args.run_dir / "cognate", max_chars=10**12)
+    documents = read_run_texts(args.run_dir, HELDOUT, max_chars=10**12)
     train_texts, heldout_texts = documents[0::2], documents[1::2]  # as forge.phases.bitnet does without data
     _, tokenizer = load_model_dir(args.model)
     eval_ids = text_token_ids(tokenizer, heldout_texts, job.eval_sequences, job.seq_len)

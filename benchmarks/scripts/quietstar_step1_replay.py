@@ -4,7 +4,7 @@
 
 Takes the model a finished evomerge phase handed on (``<run>/evomerge``), adds the thinking tokens and runs the
 tiny preset's Step 1 (``quietstar.format_bake``: 400 generated examples, its epochs and seq_len) once per setting
-``learning_rate:replay_sequences``, replaying ``<run>/cognate/replay_texts.json``. Perplexity: 128-token windows on
+``learning_rate:replay_sequences``, replaying Phase 1's declared replay texts. Perplexity: 128-token windows on
 6,000 characters of Phase 1's held-out text (the scoreboard's sample).
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ def main() -> int:
     from forge.artifacts import atomic_write_json, load_model_dir
     from forge.config import PipelineConfig
     from forge.optim import MuonGrokfastConfig
-    from forge.data.heldout import read_heldout_texts, read_replay_texts
+    from forge.data.heldout import HELDOUT, REPLAY
+    from forge.pipeline import read_run_texts
     from forge.pipeline import finished_outputs
     from forge.quietstar.format_training import bake_reasoning_format, select_examples
     from forge.quietstar.synthetic import SyntheticConfig, SyntheticReasoningGenerator
@@ -47,8 +48,8 @@ def main() -> int:
         return 2
     source = next(iter(outputs.values()))
     preset = PipelineConfig().quietstar
-    heldout = read_heldout_texts(args.run_dir / "cognate", 6000)
-    replay_texts = read_replay_texts(args.run_dir / "cognate", 10**12)
+    heldout = read_run_texts(args.run_dir, HELDOUT, 6000)
+    replay_texts = read_run_texts(args.run_dir, REPLAY, 10**12)
     examples = list(SyntheticReasoningGenerator(SyntheticConfig(seed=0)).generate(preset.num_examples))
     results = []
     for setting in args.settings.split(","):

@@ -25,12 +25,13 @@ def score_in_process(run_dir: Path, model_dir: Path) -> dict:
     from benchmarks.scoreboard import score_model
     from forge.artifacts import load_model_dir
     from forge.config import ScoreboardConfig
-    from forge.data.heldout import read_heldout_texts
+    from forge.data.heldout import HELDOUT
+    from forge.pipeline import read_run_texts
 
     torch.set_num_threads(1)
     config = ScoreboardConfig()
     model, tokenizer = load_model_dir(model_dir)
-    texts = read_heldout_texts(run_dir / "cognate", config.heldout_chars)
+    texts = read_run_texts(run_dir, HELDOUT, config.heldout_chars)
     return score_model(model, tokenizer, model_dir, config.settings(), heldout_texts=texts, wikitext_texts=[],
                        data_dir=None)
 

@@ -20,6 +20,15 @@ class PhaseContext:
     """The phase's own folder: outputs, checkpoints (under work/), metrics.jsonl."""
     inputs: dict[str, Path]
     """Model directories written by the previous phase (empty for the first phase)."""
+    texts: dict[str, Path] = field(default_factory=dict)
+    """Text files declared by earlier phases of this run (Phase 1: ``heldout``, ``replay``), verified against
+    the hashes in their manifests."""
+
+    def read_texts(self, name: str, max_chars: int) -> list[str]:
+        """Up to ``max_chars`` characters of the declared text output ``name`` (``forge.data.heldout``)."""
+        from forge.data.heldout import read_texts
+
+        return read_texts(declared_text(self.texts, name, self.run_dir), max_chars)
 
     def tracker(self, name: str, run_config: dict[str, Any] | None = None) -> Tracker:
         return Tracker(self.phase_dir, name=name, config=self.config.tracking, run_config=run_config,
@@ -40,12 +49,23 @@ class PhaseContext:
         return path
 
 
+def declared_text(texts: dict[str, Path], name: str, run_dir: Path) -> Path:
+    """The file of the declared text output ``name``, or a clear error if no finished phase declared it."""
+    if name not in texts:
+        raise FileNotFoundError(f"this phase reads Phase 1's '{name}' texts, but no finished phase of {run_dir} "
+                                "declares them: run the cognate phase in this run directory first "
+                                "(python -m forge.pipeline --phases cognate,...)")
+    return texts[name]
+
+
 @dataclass
 class PhaseResult:
     outputs: dict[str, Path]
     """Model directories the phase wrote (all under the phase folder); the next phase's inputs."""
     summary: dict[str, Any] = field(default_factory=dict)
     """Measured figures and checks, recorded in the phase manifest."""
+    texts: dict[str, Path] = field(default_factory=dict)
+    """Text files the phase writes for every later phase (under the phase folder); hashed in its manifest."""
 
 
 MODEL_NAMES = ("champion", "model")

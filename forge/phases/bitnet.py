@@ -18,7 +18,7 @@ from benchmarks.guard import job_guard
 from forge.artifacts import load_model_dir
 from forge.criteria import describe, missed
 from forge.phases.base import PhaseContext, PhaseResult, single_input
-from forge.data.heldout import read_heldout_texts
+from forge.data.heldout import HELDOUT
 from forge.quant.run import (QuantizeJobConfig, next_token_scores, quantize_model_dir, text_token_ids,
                              wikitext_texts)
 
@@ -30,7 +30,7 @@ def quantization_texts(ctx: PhaseContext, job: QuantizeJobConfig) -> tuple[list[
     if job.data_dir is not None:
         return (*wikitext_texts(job.data_dir),
                 f"WikiText-2 from {job.data_dir}: train side calibrates and fine-tunes, held-out side guards")
-    documents = read_heldout_texts(ctx.run_dir / "cognate", max_chars=10**12)
+    documents = ctx.read_texts(HELDOUT, max_chars=10**12)
     return (documents[0::2], documents[1::2],
             "Phase 1's held-out documents (no data folder): even ones calibrate and fine-tune, odd ones guard")
 

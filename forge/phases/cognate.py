@@ -23,7 +23,7 @@ from forge.artifacts import (atomic_dir, atomic_write_json, load_model_dir, mode
 from forge.config import CognateModelSpec, CognateTrunkConfig, PipelineConfig
 from forge.criteria import criterion, missed
 from forge.pretrain.stages import STAGES, StageMixConfig, build_stage
-from forge.data.heldout import HELDOUT_TEXTS, REPLAY_TEXTS
+from forge.data.heldout import HELDOUT, REPLAY, TEXT_FILES
 from forge.data.lm_dataset import blocks_from_stream, is_validation_text, token_stream, unigram_perplexity
 from forge.data.sources import SourceConfig, load_texts
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
@@ -209,15 +209,15 @@ def run(ctx: PhaseContext) -> PhaseResult:
     if not val_texts:
         raise ValueError("no validation documents: raise cognate.data.validation_fraction or give more data")
 
-    atomic_write_json(ctx.phase_dir / HELDOUT_TEXTS, {"seed": VALIDATION_SEED, "fraction": fraction,
-                                                      "texts": val_texts})
+    text_paths = {name: ctx.phase_dir / TEXT_FILES[name] for name in (HELDOUT, REPLAY)}
+    atomic_write_json(text_paths[HELDOUT], {"seed": VALIDATION_SEED, "fraction": fraction, "texts": val_texts})
     replay, replay_chars = [], 0
     for text in random.Random(config.seed).sample(train_texts, len(train_texts)):
         if replay_chars >= cognate.data.replay_chars:
             break
         replay.append(text)
         replay_chars += len(text)
-    atomic_write_json(ctx.phase_dir / REPLAY_TEXTS, {"seed": config.seed, "texts": replay})
+    atomic_write_json(text_paths[REPLAY], {"seed": config.seed, "texts": replay})
     tokenizer, tokenizer_dir = _tokenizer(ctx, train_texts)
     val_stream = _encode(tokenizer, val_texts)
     val_blocks = blocks_from_stream(val_stream, seq_len)
@@ -305,8 +305,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
         "datasets": sources_used,
         "skipped_datasets": sorted(name for name, texts in loaded.items() if texts.skipped),
         "validation": {"documents": len(val_texts), "tokens": len(val_stream), "blocks": len(val_blocks),
-                       "texts_file": HELDOUT_TEXTS},
+                       "texts_file": TEXT_FILES[HELDOUT]},
         "tokenizer": {"kind": cognate.data.tokenizer, "vocab_size": len(tokenizer)},
         "resources": {"device": share.device, "num_gpus": share.num_gpus, "num_cpus": share.num_cpus},
     }
-    return PhaseResult(outputs={name: Path(p) for name, p in outputs.items()}, summary=summary)
+    return PhaseResult(outputs={name: Path(p) for name, p in outputs.items()}, summary=summary, texts=text_paths)

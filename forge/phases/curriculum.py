@@ -28,7 +28,7 @@ from forge.baking import bake_sequence
 from forge.configtools import config_hash
 from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
                           count_tokens, level_accuracy, load_value_prompts, train_stage, values_path)
-from forge.data.heldout import read_heldout_texts, read_replay_texts
+from forge.data.heldout import HELDOUT, REPLAY
 from forge.data.replay import Replay
 from forge.phases.base import MODEL_NAMES, PhaseContext, PhaseResult, single_input
 from forge.quant.convert import dequantize_model
@@ -166,9 +166,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
     print(f"[forge] curriculum: {len(levels)} levels ({', '.join(level.spec.source for level in levels)}) on "
           f"{name} ({input_dir}); {len(prompts)} value prompts from {values_file}", flush=True)
 
-    replay = (Replay(tokenizer, read_replay_texts(ctx.run_dir / "cognate", 10**12), cfg.replay_seq_len,
+    replay = (Replay(tokenizer, ctx.read_texts(REPLAY, 10**12), cfg.replay_seq_len,
                      cfg.replay_sequences, seed=cfg.seed) if cfg.replay_sequences else None)
-    heldout_texts = read_heldout_texts(ctx.run_dir / "cognate", HELDOUT_PERPLEXITY_CHARS)
+    heldout_texts = ctx.read_texts(HELDOUT, HELDOUT_PERPLEXITY_CHARS)
 
     def heldout_perplexity(level_model: torch.nn.Module) -> float:
         from benchmarks.lm import perplexity

@@ -34,7 +34,7 @@ from forge.merge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, Next
 from forge.merge import check_compatible, infer_layer_layout, merge, weight_space_diversity
 from forge.plots import pyplot, save_png
 from forge.phases.base import PhaseContext, PhaseResult
-from forge.data.heldout import read_heldout_texts
+from forge.data.heldout import HELDOUT
 from actors.restarts import ATTEMPTS_FILE, record_attempt
 from cluster.resources import evaluation_share
 from forge.devices import limit_gpu_memory
@@ -305,7 +305,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         log.warning("evomerge: parents' weight-space diversity %.3f is below %.2f", parent_diversity,
                     config.min_parent_diversity)
     center = merge("linear", parents)
-    texts = read_heldout_texts(ctx.run_dir / "cognate", config.heldout_max_chars)
+    texts = ctx.read_texts(HELDOUT, config.heldout_max_chars)
     probe_ids = heldout_token_ids(tokenizer, texts, PROBE_TOKENS)
     data_dir = ctx.data_dir
     storage = (ctx.work_dir / "tune").resolve()

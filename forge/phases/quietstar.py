@@ -25,7 +25,7 @@ import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, verify_model_dir
 from forge.criteria import criterion, missed
-from forge.data.heldout import read_replay_texts
+from forge.data.heldout import REPLAY
 from forge.phases.base import PhaseContext, PhaseResult, single_input
 from forge.quietstar.data import dataset_metadata, read_dataset, validate_examples, write_dataset
 from forge.quietstar.format_training import bake_reasoning_format, select_examples
@@ -155,7 +155,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
                      "strategies": dataset_metadata(examples)["strategies"]}
         atomic_write_json(ctx.work_dir / "data_info.json", data_info)
         train, val = select_examples(examples, config.format_bake)
-        replay = (read_replay_texts(ctx.run_dir / "cognate", max_chars=10**12)
+        replay = (ctx.read_texts(REPLAY, max_chars=10**12)
                   if config.format_bake.replay_sequences else None)
         report = bake_reasoning_format(model, tokenizer, train, val, config.format_bake, replay_texts=replay,
                                        checkpoint_dir=ctx.work_dir / "step1", log=tracker.log)

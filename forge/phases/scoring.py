@@ -21,7 +21,8 @@ from benchmarks.cache import ResultCache
 from benchmarks.scoreboard import LOWER_IS_BETTER, gate_decision, row_key, wikitext_heldout
 from forge.artifacts import atomic_dir, atomic_write_json, read_json, read_manifest
 from forge.config import PipelineConfig
-from forge.data.heldout import read_heldout_texts
+from forge.data.heldout import HELDOUT, read_texts
+from forge.phases.base import declared_text
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,11 @@ def format_figure(figure: Mapping[str, Any]) -> str:
 class RunScorer:
     """Scores model directories of one run with one set of items, through the run's row cache."""
 
-    def __init__(self, config: PipelineConfig, run_dir: Path, data_dir: str | None):
+    def __init__(self, config: PipelineConfig, run_dir: Path, data_dir: str | None, heldout_path: Path):
         self.config, self.run_dir, self.data_dir = config, Path(run_dir), data_dir
         board = config.scoreboard
         self.settings = board.settings()
-        self.heldout_texts = read_heldout_texts(self.run_dir / "cognate", board.heldout_chars)
+        self.heldout_texts = read_texts(heldout_path, board.heldout_chars)
         self.wikitext_texts = wikitext_heldout(data_dir, self.settings)
         self.items = {"heldout": hashlib.sha256(json.dumps(self.heldout_texts).encode()).hexdigest(),
                       "wikitext": hashlib.sha256(json.dumps(self.wikitext_texts).encode()).hexdigest(),
@@ -89,13 +90,15 @@ def _hand_on_input(phase_dir: Path, output_name: str, source: Path) -> Path:
 
 
 def score_phase(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Path, outputs: dict[str, Path],
-                inputs: Mapping[str, Path], data_dir: str | None) -> tuple[dict[str, Path], dict[str, Any]]:
+                inputs: Mapping[str, Path], data_dir: str | None,
+                texts: Mapping[str, Path]) -> tuple[dict[str, Path], dict[str, Any]]:
     """Score the phase's outputs, apply the gate, record both in scoreboard.json.
 
+    ``texts``: the run's declared text outputs (Phase 1's held-out documents are the perplexity items).
     Returns the outputs to hand on (an input replaces a gated output) and the manifest's summary entry.
     """
     board = config.scoreboard
-    scorer = RunScorer(config, run_dir, data_dir)
+    scorer = RunScorer(config, run_dir, data_dir, declared_text(dict(texts), HELDOUT, run_dir))
     rows = scorer.rows(outputs)
     metric = board.primary_metric
     entry: dict[str, Any] = {"models": rows, "primary_metric": metric, "gate": None, "handed_on": {}}
