@@ -145,6 +145,12 @@ def write_manifest(directory: Path, *, kind: str, **fields: Any) -> dict[str, An
     return manifest
 
 
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity (a diverged or corrupted state)."""
+    return [name for name, tensor in tensors.items()
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
 def model_dir_problems(directory: Path) -> list[str]:
     """Reasons why ``directory`` is not a finished, unaltered model directory (empty list: it is)."""
     directory = Path(directory)

@@ -312,6 +312,79 @@ def test_nan_weights_fall_back_and_both_bad_restart_from_step_0(tmp_path, caplog
     assert _train(tmp_path)["steps"] == 4
 
 
+class CheckpointingHooks:
+    """A/B hooks that save a real model directory per iteration, as Phase 6 does; every variant wins."""
+
+    def __init__(self, model, tokenizer, work_dir):
+        self.model, self.tokenizer, self.work_dir = model, tokenizer, work_dir
+
+    def propose(self, cycle, incumbent, iteration, n):
+        from forge.abcycles.driver import Proposal
+
+        return [Proposal(f"{cycle}{iteration}-v{j}", f"mutation:{j}") for j in range(n)]
+
+    def evaluate(self, cycle, prompts, iteration):
+        return [0.5 + 0.1 * iteration] + [0.6 + 0.1 * iteration] * (len(prompts) - 1)
+
+    def half_bake(self, cycle, prompt, iteration):
+        return 0.5
+
+    def full_bake(self, cycle, prompt, iteration):
+        return 1.0
+
+    def checkpoint(self, iteration):
+        from forge.artifacts import save_model_dir
+
+        save_model_dir(self.model, self.tokenizer, self.work_dir / f"iter_{iteration:03d}", phase="test")
+
+
+def _phase6_after_two_iterations(tmp_path):
+    """A Phase 6 context whose A/B state and iteration checkpoints are those of two finished iterations."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from forge.abcycles.driver import ABCycleConfig, run_ab_cycles
+    from forge.config import PipelineConfig
+    from forge.data.tokenizer import train_bpe_tokenizer
+    from forge.phases.base import PhaseContext
+
+    ctx = PhaseContext(config=PipelineConfig(), run_dir=tmp_path, phase_dir=tmp_path / "tool_persona", inputs={})
+    tokenizer = train_bpe_tokenizer(["a small text to train on, twice."] * 8, vocab_size=300)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=len(tokenizer), n_positions=32))
+    state_path = ctx.work_dir / "ab_state.json"
+    run_ab_cycles(CheckpointingHooks(model, tokenizer, ctx.work_dir),
+                  ABCycleConfig(max_iterations=2, half_bake_initial_tool_prompt=False),
+                  initial_prompts={"A": "Use tools.", "B": "I check."}, state_path=state_path)
+    return ctx, state_path
+
+
+def test_phase6_resumes_after_a_sound_checkpoint_and_restarts_after_a_bad_one(tmp_path, capsys):
+    from forge.artifacts import save_model_dir
+    from forge.phases.tool_persona import resume_iteration
+
+    ctx, state_path = _phase6_after_two_iterations(tmp_path / "sound")
+    assert resume_iteration(ctx, state_path) == 1
+
+    ctx, state_path = _phase6_after_two_iterations(tmp_path / "nan")
+    model, tokenizer = load_model_dir(ctx.work_dir / "iter_001")
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    save_model_dir(model, tokenizer, ctx.work_dir / "iter_001", phase="test")  # consistent hashes, NaN weights
+    assert resume_iteration(ctx, state_path) is None
+    assert "non-finite weights in" in capsys.readouterr().out
+    assert not state_path.exists() and not list(ctx.work_dir.glob("iter_*"))  # the cycles start over
+
+    ctx, state_path = _phase6_after_two_iterations(tmp_path / "truncated")
+    weights = ctx.work_dir / "iter_001" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])
+    assert resume_iteration(ctx, state_path) is None
+    assert "does not match its SHA-256" in capsys.readouterr().out
+
+    ctx, state_path = _phase6_after_two_iterations(tmp_path / "garbled")
+    state_path.write_text("{not json")
+    assert resume_iteration(ctx, state_path) is None
+    assert "is not an A/B cycle state file" in capsys.readouterr().out and not state_path.exists()
+
+
 def test_disk_full_checkpoint_write_fails_clearly_and_keeps_the_last_good_one(tmp_path, monkeypatch):
     import errno
 

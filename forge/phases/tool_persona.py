@@ -28,6 +28,7 @@ with another seed from the same held-out pool (the harness selects by seed), so 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,9 +42,10 @@ from benchmarks.swebench import generate_predictions, run_harness, write_predict
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, evaluate_tool_use
 from benchmarks.tooluse_problems import load_problems, rotation_subset
 from cluster.resources import evaluation_share
-from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, last_checkpoint_iteration, plot_trajectory, run_ab_cycles,
-                             spec_strength)
-from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, state_dict_hash
+from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, ABStateMismatchError, last_checkpoint_iteration,
+                                   plot_trajectory, run_ab_cycles, spec_strength)
+from forge.artifacts import (atomic_write_json, load_model_dir, model_dir_problems, nonfinite_tensors, read_json,
+                             save_model_dir, state_dict_hash)
 from forge.baking import NothingToBake, bake_prompt
 from forge.criteria import criterion, missed
 from forge.data.readers import read_swebench
@@ -223,13 +225,37 @@ class ToolPersonaWork:
                 "tool_usage_rate": tool.metrics["tool_usage_rate"], "persona_aggregate": persona_aggregate}
 
 
+def resume_iteration(ctx: PhaseContext, state_path: Path) -> int | None:
+    """The iteration whose checkpoint the A/B cycles resume after, or None to start from the input. An unreadable
+    state file or an unusable last checkpoint (altered, truncated, non-finite weights) restarts the cycles, with
+    a message: the state records only the last iteration, so there is no earlier one to fall back to."""
+    if not state_path.is_file():
+        return None
+    try:
+        last = last_checkpoint_iteration(state_path)
+        checkpoint = ctx.work_dir / f"iter_{last:03d}" if last is not None else None
+        problems = model_dir_problems(checkpoint) if checkpoint else []
+        if checkpoint and not problems:
+            weights = load_model_dir(checkpoint)[0].state_dict()
+            problems = [f"non-finite weights in {name}" for name in nonfinite_tensors(weights)]
+    except ABStateMismatchError as err:
+        problems = [str(err)]
+    if not problems:
+        return last
+    print(f"[forge] tool_persona: cannot resume the A/B cycles ({'; '.join(problems[:2])}); restarting them from "
+          "the phase's input", flush=True)
+    for path in [state_path, ctx.phase_dir / "prompts.json", *ctx.work_dir.glob("iter_*")]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return None
+
+
 def run(ctx: PhaseContext) -> PhaseResult:
     config = ctx.config.tool_persona
     started = time.perf_counter()
     name = choose_input(ctx.inputs)
     input_model, tokenizer = load_model_dir(ctx.inputs[name])
     state_path = ctx.work_dir / "ab_state.json"
-    last = last_checkpoint_iteration(state_path) if state_path.is_file() else None
+    last = resume_iteration(ctx, state_path)
     model = load_model_dir(ctx.work_dir / f"iter_{last:03d}")[0] if last is not None else load_model_dir(ctx.inputs[name])[0]
 
     sources = config.sources(ctx.data_dir is not None)

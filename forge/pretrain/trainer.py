@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from forge.artifacts import atomic_write_bytes
+from forge.artifacts import atomic_write_bytes, nonfinite_tensors
 from forge.pretrain.config import CognateTrainConfig
 from forge.optim import build_muon_grokfast
 from forge.tracking import Tracker
@@ -183,13 +183,13 @@ def checkpoint_problem(state: dict[str, Any]) -> str | None:
     missing = {"model", "optimizer", "position", "rng"} - set(state)
     if missing:
         return f"it lacks {sorted(missing)}"
-    for name, tensor in state["model"].items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            return f"non-finite weights in {name}"
+    bad = nonfinite_tensors(state["model"])
+    if bad:
+        return f"non-finite weights in {bad[0]}"
     for slot in state["optimizer"].get("state", {}).values():
-        for key, value in slot.items():
-            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
-                return f"non-finite optimizer state ({key})"
+        bad = nonfinite_tensors(slot)
+        if bad:
+            return f"non-finite optimizer state ({bad[0]})"
     return None
 
 
