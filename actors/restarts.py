@@ -22,10 +22,15 @@ class ActorLost(RuntimeError):
 
 
 def restart_options(max_restarts: int) -> dict[str, int]:
-    """Ray options for an actor restarted up to ``max_restarts`` times, its running call retried as often."""
+    """Ray options for an actor restarted up to ``max_restarts`` times, its running call re-sent until the
+    actor is back or dead for good.
+
+    The retries are unbounded because ``max_restarts`` already bounds them: Ray spends a retry each time a call
+    finds the actor restarting, and an actor whose node was lost can wait minutes for a free CPU elsewhere (a
+    bounded count was used up in seconds in the two-node test, failing a phase whose actor came back)."""
     if max_restarts < 0:
         raise ValueError(f"ray.max_restarts must be >= 0, got {max_restarts}")
-    return {"max_restarts": max_restarts, "max_task_retries": max_restarts}
+    return {"max_restarts": max_restarts, "max_task_retries": -1 if max_restarts else 0}
 
 
 def _log_file(fd: int) -> str | None:

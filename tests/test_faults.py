@@ -498,3 +498,27 @@ def test_kill_resume_harness_survives_every_interruption_of_phase_1(tmp_path, sh
     assert result["final"]["exit_code"] == 0 and not result["final"]["problems"]
     # Phase 1 is deterministic: resumed from its checkpoints, it writes the reference run's models.
     assert result["outputs_equal_to_reference"] == {"cognate": True}
+
+
+@pytest.mark.slow
+def test_two_nodes_run_actors_on_both_and_survive_losing_the_worker_node(tmp_path, shared_data):
+    """benchmarks/scripts/two_node.py: a head and a second raylet on this machine (``ray start``), Phase 1 of the
+    shrunken pipeline through ``ray job submit`` twice: actors on both nodes, then the worker node lost mid-phase."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "two_node.json"
+    env = dict(os.environ, FORGE_DATA_DIR=str(shared_data))
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([sys.executable, "benchmarks/scripts/two_node.py", "--out", str(tmp_path / "runs"),
+                    "--json", str(out)], env=env, cwd=Path(__file__).resolve().parent.parent, check=False,
+                   timeout=3600)
+    result = json.loads(out.read_text())
+    assert result["undisturbed"]["job_succeeded"] and result["undisturbed"]["nodes_used"] == ["head", "worker"]
+    lost = result["node_lost"]
+    assert lost["trainer_on_lost_node"] is not None and lost["processes_killed"] >= 1
+    assert lost["job_succeeded"] and lost["phase_status"] == "complete"
+    # The trainer of the lost node came back on the head node and finished all its steps.
+    assert lost["actor_nodes"][lost["trainer_on_lost_node"]][-1] == "head"
+    assert lost["steps"] == result["undisturbed"]["steps"]
