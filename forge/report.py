@@ -106,10 +106,10 @@ def _previous_handed_on(run: Run, phase: str, metric: str) -> dict[str, Any] | N
 
 
 def model_label(run: Run, row: Mapping[str, Any]) -> str:
-    """The row's model name, saying when EvoMerge's "champion" directory holds a parent (no merge beat it)."""
-    output = run.summary(row["phase"]).get("output") or {}
-    if row["phase"] == "evomerge" and output.get("model", "").startswith("parent_"):
-        return f"{row['model']} (= {output['model']}: no merge beat it)"
+    """The row's model name, saying when the gate handed EvoMerge's best parent on (no merge beat it)."""
+    gate = row["gate"]
+    if row["phase"] == "evomerge" and gate and gate["worse"]:
+        return f"{row['model']} (parent {gate['best_input']} handed on: no merge beat it)"
     return row["model"]
 
 

@@ -393,14 +393,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     final = records[-1]
     champion = max(final["population"], key=lambda p: p["fitness"])
     best_parent = max(records[0]["parents"], key=lambda p: p["fitness"])
-    output = {"model": champion["label"], "fitness": champion["fitness"]}
-    if config.keep_best_parent and best_parent["fitness"] > champion["fitness"]:
-        # No merge beat the best parent: pass the parent on rather than hand the next phase a worse model.
-        output = {"model": best_parent["label"], "fitness": best_parent["fitness"],
-                  "reason": f"best parent fitness {best_parent['fitness']:.4f} > champion {champion['fitness']:.4f}"}
-        template.load_state_dict(parents[names.index(best_parent["label"].removeprefix("parent_"))], strict=True)
-    else:
-        template.load_state_dict(weights[champion["label"]], strict=True)
+    # The champion is always written; whether it or a parent goes on is the scoreboard gate's call (forge.pipeline).
+    template.load_state_dict(weights[champion["label"]], strict=True)
     initial_best = records[0]["stats"]["best"]
     gain = improvement(champion["fitness"], initial_best)
     gain_over_parent = improvement(champion["fitness"], best_parent["fitness"])
@@ -409,7 +403,6 @@ def run(ctx: PhaseContext) -> PhaseResult:
                      "terms": champion["terms"], "scores": champion["scores"]},
         "parents": {p["label"]: {"fitness": p["fitness"], "terms": p["terms"], "scores": p["scores"]}
                     for p in records[0]["parents"]},
-        "output": output,
         "generation0_best": {"fitness": initial_best, "label": records[0]["stats"]["champion_label"]},
         "improvement_over_generation0": gain,
         "best_parent": {"fitness": best_parent["fitness"], "label": best_parent["label"]},
@@ -430,7 +423,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     print(f"[forge] evomerge: champion {champion['label']} fitness {champion['fitness']:.4f} (generation 0 best "
           f"{initial_best:.4f}, best parent {best_parent['fitness']:.4f}: {gain_over_parent:+.1%}): {gain:+.1%} vs the spec's "
           f"{config.target_improvement:.0%} target: {'met' if target_met else 'missed'} "
-          f"({reason} after {final['generation']} generations); passed on: {output['model']}", flush=True)
+          f"({reason} after {final['generation']} generations); the scoreboard gate decides whether it goes on",
+          flush=True)
     summary = {
         **outcome,
         "criteria_missed": missed(outcome["criteria"]),
