@@ -436,3 +436,19 @@ def test_gate_hands_on_the_input_of_a_phase_made_worse_and_not_otherwise(tiny_ru
     assert manifest["outputs"]["model"]["path"] == "model"
     row = read_json(run_copy / "scoreboard.json")["phases"]["tool_persona"]["models"]["model"]
     assert row["cached"] and row["weights_sha256"] == curriculum["weights_sha256"]  # the same weights: the cached row
+
+
+def test_a_scoreboard_change_regates_a_finished_phase_without_redoing_it(tiny_run, shared_data, tmp_path):
+    _, run_dir = tiny_run
+    run_copy = tmp_path / "tiny"
+    shutil.copytree(run_dir, run_copy)
+    before = read_json(run_copy / "evomerge" / "manifest.json")
+    run_pipeline(small_config(tmp_path, shared_data, extra=["phases=[evomerge]", "scoreboard.tolerance=1000"]))
+    after = read_json(run_copy / "evomerge" / "manifest.json")
+    assert after["started_unix"] == before["started_unix"] and after["phase_outputs"] == before["phase_outputs"]
+    assert after["scoreboard_hash"] != before["scoreboard_hash"]
+    decision = after["summary"]["scoreboard"]["gate"]["champion"]
+    assert decision["tolerance"] == 1000 and not decision["worse"]  # a 1000x margin passes any finite champion
+    assert after["outputs"]["champion"] == before["phase_outputs"]["champion"]
+    assert not (run_copy / "evomerge" / "gated").exists()
+    assert read_json(run_copy / "scoreboard.json")["phases"]["evomerge"]["gate"] == after["summary"]["scoreboard"]["gate"]

@@ -95,6 +95,8 @@ def score_phase(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Pa
     Returns the outputs to hand on (an input replaces a gated output) and the manifest's summary entry.
     """
     board = config.scoreboard
+    if (phase_dir / GATED_DIR).exists():  # an earlier decision's copies (re-gating after a settings change)
+        shutil.rmtree(phase_dir / GATED_DIR)
     scorer = RunScorer(config, run_dir, data_dir)
     rows = scorer.rows(outputs)
     metric = board.primary_metric
