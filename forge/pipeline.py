@@ -177,6 +177,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     from cluster.runtime import connect
     from forge.phases import load_phase
     from forge.phases.base import PhaseContext, PhaseResult
+    from forge.phases.scoring import track_phase
     from forge.report import build_report
 
     run_dir = Path(config.out_dir) / (config.run_name or config.preset)
@@ -211,6 +212,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
                 manifest.update(outputs=_output_digests(phase_dir, result.outputs), summary=result.summary,
                                 scoreboard_hash=board_hash)
                 atomic_write_json(phase_dir / MANIFEST, manifest)
+                track_phase(config, run_dir, name, result.outputs)
                 build_report(run_dir)
             else:
                 print(f"[forge] {name}: already complete and verified in {phase_dir}; skipping", flush=True)
@@ -241,6 +243,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
         manifest.update(status="complete", outputs=_output_digests(phase_dir, result.outputs),
                         summary=result.summary, wall_time_s=round(time.time() - started, 2))
         atomic_write_json(phase_dir / MANIFEST, manifest)
+        track_phase(config, run_dir, name, result.outputs)
         print(f"[forge] {name}: complete in {manifest['wall_time_s']:.0f} s; hands on: "
               + ", ".join(str(p) for p in result.outputs.values()), flush=True)
         report, _ = build_report(run_dir)

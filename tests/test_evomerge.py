@@ -263,6 +263,10 @@ def test_phase_evolves_and_writes_a_loadable_champion(phase_run):
     assert [m["step"] for m in records] == [0, 1]
     for key in ("best", "mean", "worst", "diversity", "improvement", "champion_genome"):
         assert all(f"evomerge/{key}" in m for m in records)
+    # The spec's W&B names too.
+    assert [(m["generation"], m["best_fitness"], m["diversity"], m["improvement"]) for m in records] == [
+        (m["evomerge/generation"], m["evomerge/best"], m["evomerge/diversity"], m["evomerge/improvement"])
+        for m in records]
     assert records[0]["evomerge/diversity"] > 0
     assert (ctx.phase_dir / "fitness.png").stat().st_size > 1000
     trials = sorted((ctx.work_dir / "tune" / "gen_001").glob("*/params.json"))

@@ -87,6 +87,8 @@ def test_run_writes_verified_models_and_a_manifest(tiny_run):
     metrics = read_metrics(run_dir / "cognate" / "metrics.jsonl")
     assert {"train/loss", "train/perplexity"} <= set().union(*metrics)
     assert any("val/loss" in m for m in metrics)
+    [table] = [m["diversity/model_comparison"] for m in metrics if "diversity/model_comparison" in m]  # spec's W&B table
+    assert [row[0] for row in table["rows"]] == ["a", "b"] and "halting_steps" in table["columns"]
 
 
 def test_run_records_the_package_versions_and_its_config_reloads(tiny_run):

@@ -284,6 +284,11 @@ def run(ctx: PhaseContext) -> PhaseResult:
     dataset_blocks = heldout_blocks_by_dataset(tokenizer, val_texts, loaded, seq_len)
     diversity = diversity_report(models, dataset_blocks, val_blocks[: min(4, len(val_blocks))],
                                  cognate.diversity_threshold)
+    figures = sorted({k for m in diversity["per_model"].values() for k, v in m.items() if isinstance(v, (int, float))})
+    tracker = ctx.tracker("cognate-diversity")  # the spec's W&B summary table of the three models
+    tracker.log_table("diversity/model_comparison", ["model", *figures],
+                      [[name, *(m.get(k) for k in figures)] for name, m in diversity["per_model"].items()])
+    tracker.finish()
     per_model = {}
     for name, result in results.items():
         unigram = data_record[name]["unigram_val_perplexity"]

@@ -250,6 +250,13 @@ def _generation_stats(generation: int, population: Sequence[Mapping[str, Any]], 
             "champion_label": best["label"], "champion_genome": Genome.from_dict(best["genome"]).describe()}
 
 
+def logged_stats(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """A generation's stats as logged: ``evomerge/<stat>``, and the spec's W&B names (generation, best_fitness,
+    diversity, improvement)."""
+    return {**{f"evomerge/{k}": v for k, v in stats.items()}, "generation": stats["generation"],
+            "best_fitness": stats["best"], "diversity": stats["diversity"], "improvement": stats["improvement"]}
+
+
 def plot_history(history: Sequence[Mapping[str, Any]], parents: Sequence[Mapping[str, Any]], out: Path) -> Path:
     """Best, mean and worst fitness per generation against each parent's (the baselines a merge must beat), and
     the population's diversity, as a PNG written atomically."""
@@ -349,7 +356,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
                   "injected": False, "timings": evaluation.timings, "tune_restored": evaluation.restored}
         atomic_write_json(checkpoint_path(0), record)
         records.append(record)
-        tracker.log({f"evomerge/{k}": v for k, v in stats.items()}, step=0)
+        tracker.log(logged_stats(stats), step=0)
         parent_fitness = ", ".join(f"{p['label']} {p['fitness']:.4f}" for p in parents_record)
         print(f"[forge] evomerge: generation 0: best {stats['best']:.4f} ({stats['champion_genome']}) mean "
               f"{stats['mean']:.4f}; parents: {parent_fitness}; diversity {diversity:.3f}", flush=True)
@@ -384,7 +391,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
                   "timings": evaluation.timings, "tune_restored": evaluation.restored}
         atomic_write_json(checkpoint_path(generation), record)
         records.append(record)
-        tracker.log({f"evomerge/{k}": v for k, v in stats.items()}, step=generation)
+        tracker.log(logged_stats(stats), step=generation)
         print(f"[forge] evomerge: generation {generation}: best {stats['best']:.4f} mean {stats['mean']:.4f} "
               f"diversity {diversity:.3f} improvement {stats['improvement']:+.1%}"
               f"{' (random combo injected)' if plan.injected else ''}", flush=True)
