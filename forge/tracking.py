@@ -93,3 +93,19 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
                 records.append(json.loads(line))
     return records
 
+
+class MetricsTail:
+    """The records appended to a ``metrics.jsonl`` since the last call (another process may be writing it)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = Path(path), 0
+
+    def new_records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        complete = data[:data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line]

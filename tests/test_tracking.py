@@ -103,3 +103,15 @@ def test_a_finished_phase_logs_the_scoreboard_table_and_its_model_offline(tmp_pa
     assert local["scoreboard/phases"]["rows"] == table["data"]
     assert [m["artifact"] for m in read_metrics(run_dir / "metrics.jsonl") if "artifact" in m] == ["bitnet-model"]
 
+
+def test_metrics_tail_returns_each_complete_record_once(tmp_path):
+    from forge.tracking import MetricsTail
+
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.new_records() == []  # not written yet
+    path.write_text('{"step": 1}\n{"step": 2}\n{"st')  # another process is writing the third line
+    assert tail.new_records() == [{"step": 1}, {"step": 2}]
+    with open(path, "a") as handle:
+        handle.write('ep": 3}\n')
+    assert tail.new_records() == [{"step": 3}] and tail.new_records() == []

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir
+from forge.console import Progress
 from forge.criteria import criterion, missed
 from forge.merge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGeneration, Scored, combine_fitness,
                           fitness_scores, improvement, initial_population, linear_fallback, next_generation,
@@ -364,37 +365,42 @@ def run(ctx: PhaseContext) -> PhaseResult:
         weights = {p["label"]: Genome.from_dict(p["genome"]).build(parents) for p in records[-1]["population"]}
 
     reference = records[0]["reference"]
-    while True:
-        last = records[-1]
-        history = [r["stats"]["best"] for r in records]
-        reason = stop_reason(history, config)
-        if reason is not None:
-            break
-        generation = last["generation"] + 1
-        plan: NextGeneration = next_generation(_scored(last["population"]), last["stats"]["diversity"], generation,
-                                               len(parents), n_layers, config, seed)
-        kept = sorted(last["population"], key=lambda p: p["fitness"], reverse=True)[:len(plan.kept)]  # = plan.kept
-        candidates = [build_candidate(f"g{generation}_c{i}_{g.origin}", g, parents, template, probe_ids)
-                      for i, g in enumerate(plan.children)]
-        evaluation = evaluate_candidates(candidates, template, tokenizer, texts, config,
-                                         name=f"gen_{generation:03d}", **evaluate_kwargs)
-        children = [{"label": c.label, "genome": c.genome.to_dict(), "terms": t}
-                    for c, t in zip(candidates, evaluation.terms)]
-        score(children, reference)
-        population = kept + children
-        weights = {**{p["label"]: weights[p["label"]] for p in kept}, **{c.label: c.state_dict for c in candidates}}
-        diversity = population_diversity([weights[p["label"]] for p in population], center)
-        stats = _generation_stats(generation, population, diversity, records[0]["stats"]["best"])
-        stats["injected"] = plan.injected
-        record = {"generation": generation, "population": population, "stats": stats,
-                  "events": [c.event for c in candidates if c.event], "injected": plan.injected,
-                  "timings": evaluation.timings, "tune_restored": evaluation.restored}
-        atomic_write_json(checkpoint_path(generation), record)
-        records.append(record)
-        tracker.log(logged_stats(stats), step=generation)
-        print(f"[forge] evomerge: generation {generation}: best {stats['best']:.4f} mean {stats['mean']:.4f} "
-              f"diversity {diversity:.3f} improvement {stats['improvement']:+.1%}"
-              f"{' (random combo injected)' if plan.injected else ''}", flush=True)
+    # Generations after the first: the bar counts toward max_generations (a stop rule may end it sooner).
+    with Progress("evomerge: generations", config.max_generations, "generation", done=records[-1]["generation"]) \
+            as progress:
+        while True:
+            last = records[-1]
+            history = [r["stats"]["best"] for r in records]
+            reason = stop_reason(history, config)
+            if reason is not None:
+                break
+            generation = last["generation"] + 1
+            plan: NextGeneration = next_generation(_scored(last["population"]), last["stats"]["diversity"],
+                                                   generation, len(parents), n_layers, config, seed)
+            kept = sorted(last["population"], key=lambda p: p["fitness"], reverse=True)[:len(plan.kept)]  # = plan.kept
+            candidates = [build_candidate(f"g{generation}_c{i}_{g.origin}", g, parents, template, probe_ids)
+                          for i, g in enumerate(plan.children)]
+            evaluation = evaluate_candidates(candidates, template, tokenizer, texts, config,
+                                             name=f"gen_{generation:03d}", **evaluate_kwargs)
+            children = [{"label": c.label, "genome": c.genome.to_dict(), "terms": t}
+                        for c, t in zip(candidates, evaluation.terms)]
+            score(children, reference)
+            population = kept + children
+            weights = {**{p["label"]: weights[p["label"]] for p in kept},
+                       **{c.label: c.state_dict for c in candidates}}
+            diversity = population_diversity([weights[p["label"]] for p in population], center)
+            stats = _generation_stats(generation, population, diversity, records[0]["stats"]["best"])
+            stats["injected"] = plan.injected
+            record = {"generation": generation, "population": population, "stats": stats,
+                      "events": [c.event for c in candidates if c.event], "injected": plan.injected,
+                      "timings": evaluation.timings, "tune_restored": evaluation.restored}
+            atomic_write_json(checkpoint_path(generation), record)
+            records.append(record)
+            tracker.log(logged_stats(stats), step=generation)
+            print(f"[forge] evomerge: generation {generation}: best {stats['best']:.4f} mean {stats['mean']:.4f} "
+                  f"diversity {diversity:.3f} improvement {stats['improvement']:+.1%}"
+                  f"{' (random combo injected)' if plan.injected else ''}", flush=True)
+            progress.update()
 
     # The champion: the best of the last population.
     final = records[-1]

@@ -45,6 +45,7 @@ from cluster.resources import evaluation_share
 from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, last_checkpoint_iteration, plot_trajectory, run_ab_cycles,
                              spec_strength)
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, state_dict_hash
+from forge.console import Progress
 from forge.baking import NothingToBake, bake_prompt
 from forge.criteria import criterion, missed
 from forge.data.readers import read_swebench
@@ -252,10 +253,19 @@ def run(ctx: PhaseContext) -> PhaseResult:
     work = ToolPersonaWork(ctx, model, tokenizer, actors, tool_pool=tool_pool, tool_validation=tool_validation,
                            persona_tasks=persona_tasks, bake_inputs=bake_inputs, tracker=tracker)
     initial = {"A": INITIAL_TOOL_PROMPT, "B": config.initial_persona}
+    progress = Progress("tool_persona: A/B iterations", config.cycles.max_iterations, "iteration",
+                        done=0 if last is None else last + 1)
+
+    def iterations_done(metrics: dict[str, Any], _: int | None) -> int | None:
+        iteration = metrics.get("a_cycle/iteration", metrics.get("b_cycle/iteration"))
+        return None if iteration is None else iteration + 1
+
     try:
         result: ABResult = run_ab_cycles(work, config.cycles, initial_prompts=initial, state_path=state_path,
-                                         log=tracker.log, a_fitness=config.fitness)
+                                         log=progress.following(tracker.log, iterations_done),
+                                         a_fitness=config.fitness)
     finally:
+        progress.close()
         for actor in actors:
             ray.kill(actor)
 
