@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 from forge.abcycles.driver import ABCycleConfig
 from forge.baking.config import BakingConfig
@@ -207,6 +207,12 @@ class QuietStarPhaseConfig:
 
 @dataclass
 class ToolPersonaPhaseConfig:
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "keep_input_if_better": (
+            "the scoreboard gate replaced it (scoreboard.gate, scoreboard.primary_metric, scoreboard.tolerance: a "
+            "phase whose output scores worse than its best input hands that input on)")}
+    """Keys an older config may still set, with what replaced them (the config loader refuses them so)."""
+
     cycles: ABCycleConfig = field(default_factory=ABCycleConfig)
     """The A/B driver: plateau threshold, iteration and time budget, oscillation, lock-in."""
     eval_actors: int = 4
@@ -239,9 +245,6 @@ class ToolPersonaPhaseConfig:
     """Held-out items of the final check (A: disjoint from every iteration's subset)."""
     bake_inputs: int = 12
     """Train-side questions that follow the prompt in the bake's trajectories."""
-    keep_input_if_better: bool = True
-    """Hand on the input model with the initial prompts when it beats the optimized one on the held-out
-    validation (tool fitness + persona aggregate); the optimized model stays in work/ and the records say which."""
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
         lora_r=16, learning_rate=5e-4, batch_size=8, samples_per_input=2, max_new_tokens=16, mode="target_strength"))
     """Spec: LoRA r=16, lr 5e-4. Target mode: a half-bake closes half the prompt's KL gap (the LoRA update scaled

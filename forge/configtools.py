@@ -101,6 +101,10 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    removed = [key for key in unknown if key in getattr(cls, "REMOVED_KEYS", {})]
+    if removed:
+        raise ConfigError(f"config key '{prefix}{removed[0]}' was removed: {cls.REMOVED_KEYS[removed[0]]}; "
+                          "delete it from your config")
     if unknown:
         raise ConfigError(
             f"unknown config key '{prefix}{unknown[0]}'; valid keys under "

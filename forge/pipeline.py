@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.restarts import ActorLost
 from forge.artifacts import (MANIFEST, StorageFull, atomic_write_json, model_dir_problems, read_json,
@@ -27,6 +27,9 @@ from forge.config import RUN_VERSIONS_KEY, PipelineConfig, load_pipeline_config
 from forge.configtools import ConfigError, config_hash, to_dict
 from forge.criteria import describe
 from forge.versions import package_versions, versions_line
+
+if TYPE_CHECKING:
+    from forge.phases.base import PhaseResult
 
 log = logging.getLogger("forge.pipeline")
 
@@ -82,6 +85,13 @@ def phase_config_hash(config: PipelineConfig, phase: str) -> str:
     """What a phase's result depends on besides its inputs: its own section, data sources, seed."""
     return config_hash({"phase": getattr(config, phase, None) and to_dict(getattr(config, phase)),
                         "data": to_dict(config.data), "seed": config.seed, "device": config.device})
+
+
+def scoreboard_hash(config: PipelineConfig) -> str:
+    """What a finished phase's scoreboard rows and gate decision depend on besides its outputs: the scoreboard
+    section. Kept apart from :func:`phase_config_hash`, so a change re-scores and re-gates a finished phase
+    without redoing it."""
+    return config_hash({"scoreboard": to_dict(config.scoreboard)})
 
 
 def _output_digests(phase_dir: Path, outputs: dict[str, Path]) -> dict[str, dict[str, str]]:
@@ -140,8 +150,13 @@ def finished_outputs(phase_dir: Path) -> dict[str, Path] | None:
         log.warning("%s: text output(s) %s missing or changed; the phase will be redone", phase_dir.name,
                     ", ".join(changed))
         return None
+    return _verified(phase_dir, manifest["outputs"])
+
+
+def _verified(phase_dir: Path, entries: dict[str, dict[str, str]]) -> dict[str, Path] | None:
+    """The model directories of manifest ``entries`` (name: path and digest), or None if any is missing or altered."""
     outputs = {}
-    for name, entry in manifest["outputs"].items():
+    for name, entry in entries.items():
         path = phase_dir / entry["path"]
         problems = model_dir_problems(path)
         if problems or read_manifest(path)["digest"] != entry["digest"]:
@@ -154,14 +169,29 @@ def finished_outputs(phase_dir: Path) -> dict[str, Path] | None:
 
 def _phase_is_current(phase_dir: Path, cfg_hash: str, input_digests: dict[str, str],
                       text_digests: dict[str, str]) -> dict[str, Path] | None:
-    outputs = finished_outputs(phase_dir)
-    if outputs is None:
+    """The verified models the finished phase itself wrote (before the gate), or None if it must be redone."""
+    if finished_outputs(phase_dir) is None:
         return None
     manifest = read_json(phase_dir / MANIFEST)
     if (manifest["config_hash"] != cfg_hash or manifest["inputs"] != input_digests
-            or manifest.get("input_texts", {}) != text_digests):
+            or manifest.get("input_texts", {}) != text_digests or "phase_outputs" not in manifest):
         return None
-    return outputs
+    return _verified(phase_dir, manifest["phase_outputs"])
+
+
+def _scored(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Path, result: PhaseResult,
+            inputs: dict[str, Path], data_dir: str | None, texts: dict[str, Path]) -> PhaseResult:
+    """The phase's result after the scoreboard and the gate (unchanged with the scoreboard off); ``texts``: the
+    declared texts of earlier phases (the phase's own are in ``result``)."""
+    from forge.phases.scoring import score_phase
+
+    if not config.scoreboard.enabled:
+        return result
+    scored = time.time()
+    outputs, board = score_phase(config, run_dir, phase, phase_dir, result.outputs, inputs, data_dir,
+                                 {**texts, **result.texts})
+    board["wall_s"] = round(time.time() - scored, 2)
+    return dataclasses.replace(result, outputs=outputs, summary={**result.summary, "scoreboard": board})
 
 
 def _prepare_phase_dir(phase_dir: Path, cfg_hash: str, input_digests: dict[str, str],
@@ -194,8 +224,8 @@ def run_pipeline(config: PipelineConfig) -> Path:
     """Run ``config.phases`` in order inside one run directory; returns the run directory."""
     from cluster.runtime import connect
     from forge.phases import load_phase
-    from forge.phases.base import PhaseContext
-    from forge.phases.scoring import score_phase
+    from forge.phases.base import PhaseContext, PhaseResult
+    from forge.phases.scoring import track_phase
     from forge.report import build_report
 
     run_dir = Path(config.out_dir) / (config.run_name or config.preset)
@@ -219,28 +249,40 @@ def run_pipeline(config: PipelineConfig) -> Path:
         texts = declared_texts(run_dir, before=name)
         input_digests = {k: read_manifest(v)["digest"] for k, v in inputs.items()}
         text_digests = {k: sha256_file(v) for k, v in texts.items()}
-        cfg_hash = phase_config_hash(config, name)
-        if _phase_is_current(phase_dir, cfg_hash, input_digests, text_digests) is not None:
-            print(f"[forge] {name}: already complete and verified in {phase_dir}; skipping", flush=True)
+        cfg_hash, board_hash = phase_config_hash(config, name), scoreboard_hash(config)
+        own_outputs = _phase_is_current(phase_dir, cfg_hash, input_digests, text_digests)
+        if own_outputs is not None:
+            manifest = read_json(phase_dir / MANIFEST)
+            if manifest.get("scoreboard_hash") != board_hash:
+                print(f"[forge] {name}: the scoreboard settings changed since it finished; re-scoring and re-gating "
+                      f"its outputs (the phase itself is not redone)", flush=True)
+                summary = {k: v for k, v in manifest["summary"].items() if k != "scoreboard"}
+                own_texts = {n: phase_dir / e["path"] for n, e in manifest.get("texts", {}).items()}
+                data_dir = PhaseContext(config=config, run_dir=run_dir, phase_dir=phase_dir, inputs=inputs).data_dir
+                result = _scored(config, run_dir, name, phase_dir, PhaseResult(own_outputs, summary, own_texts),
+                                 inputs, data_dir, texts)
+                manifest.update(outputs=_output_digests(phase_dir, result.outputs), summary=result.summary,
+                                scoreboard_hash=board_hash)
+                atomic_write_json(phase_dir / MANIFEST, manifest)
+                track_phase(config, run_dir, name, result.outputs)
+                build_report(run_dir)
+            else:
+                print(f"[forge] {name}: already complete and verified in {phase_dir}; skipping", flush=True)
             if config.strict_criteria:
-                check_criteria(name, read_json(phase_dir / MANIFEST)["summary"])
+                check_criteria(name, manifest["summary"])
             continue
         _prepare_phase_dir(phase_dir, cfg_hash, input_digests, text_digests)
         print(f"[forge] {name}: starting: {PHASE_PURPOSE[name]}; input: "
               f"{', '.join(str(p) for p in inputs.values()) or 'none'}; writing to {phase_dir}", flush=True)
         started = time.time()
         manifest: dict[str, Any] = {"kind": PHASE_KIND, "phase": name, "config_hash": cfg_hash,
-                                    "input_phase": input_phase, "inputs": input_digests, "input_texts": text_digests,
-                                    "started_unix": started}
+                                    "scoreboard_hash": board_hash, "input_phase": input_phase,
+                                    "inputs": input_digests, "input_texts": text_digests, "started_unix": started}
         ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=phase_dir, inputs=inputs, texts=texts)
         try:
             result = load_phase(name)(ctx)
-            if config.scoreboard.enabled:
-                scored = time.time()
-                outputs, board = score_phase(config, run_dir, name, phase_dir, result.outputs, inputs, ctx.data_dir,
-                                             {**texts, **result.texts})
-                board["wall_s"] = round(time.time() - scored, 2)
-                result = dataclasses.replace(result, outputs=outputs, summary={**result.summary, "scoreboard": board})
+            manifest["phase_outputs"] = _output_digests(phase_dir, result.outputs)
+            result = _scored(config, run_dir, name, phase_dir, result, inputs, ctx.data_dir, texts)
         except BaseException as err:
             stopped = isinstance(err, KeyboardInterrupt)
             manifest.update(status="stopped" if stopped else "failed", error=f"{type(err).__name__}: {err}",
@@ -254,6 +296,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
                         texts=_text_digests(phase_dir, result.texts),
                         summary=result.summary, wall_time_s=round(time.time() - started, 2))
         atomic_write_json(phase_dir / MANIFEST, manifest)
+        track_phase(config, run_dir, name, result.outputs)
         print(f"[forge] {name}: complete in {manifest['wall_time_s']:.0f} s; hands on: "
               + ", ".join(str(p) for p in result.outputs.values()), flush=True)
         report, _ = build_report(run_dir)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Sequence
 
 from forge.artifacts import atomic_write_bytes
 
@@ -25,3 +26,19 @@ def save_png(fig, path: Path) -> Path:
     pyplot().close(fig)
     atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)
+
+
+def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], *, ylabel: str,
+                 title: str) -> None:
+    """Shares (0..1) of several series side by side in each group, each bar labelled with its value; a value that
+    was not measured (None) gets no bar and the label n/a. The caller adds any lines, then the legend."""
+    width = 0.8 / max(len(series), 1)
+    for index, (label, values) in enumerate(series):
+        positions = [i + (index - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        bars = ax.bar(positions, [0.0 if v is None else v for v in values], width, label=label)
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=8)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")

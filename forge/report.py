@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 from forge.abcycles.driver import trajectory_figure
 from forge.artifacts import atomic_write_bytes, read_json
 from forge.phases import PHASES
-from forge.plots import pyplot, save_png
+from forge.plots import grouped_bars, pyplot, save_png
 
 PLOT_DIR = "report"
 METRIC_ORDER = ("heldout_perplexity", "wikitext_perplexity", "task_accuracy", "tool_accuracy", "thinking_usage",
@@ -106,10 +106,10 @@ def _previous_handed_on(run: Run, phase: str, metric: str) -> dict[str, Any] | N
 
 
 def model_label(run: Run, row: Mapping[str, Any]) -> str:
-    """The row's model name, saying when EvoMerge's "champion" directory holds a parent (no merge beat it)."""
-    output = run.summary(row["phase"]).get("output") or {}
-    if row["phase"] == "evomerge" and output.get("model", "").startswith("parent_"):
-        return f"{row['model']} (= {output['model']}: no merge beat it)"
+    """The row's model name, saying when the gate handed EvoMerge's best parent on (no merge beat it)."""
+    gate = row["gate"]
+    if row["phase"] == "evomerge" and gate and gate["worse"]:
+        return f"{row['model']} (parent {gate['best_input']} handed on: no merge beat it)"
     return row["model"]
 
 
@@ -250,22 +250,15 @@ def plot_quietstar(run: Run, out: Path) -> Path | None:
                    if k.endswith("_accuracy") and v is not None})
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / max(len(sets), 1)
     names = [s for s in ("before", "step1", "step2") if s in stages]
-    for index, name in enumerate(sets):
-        values = [stages[s].get(f"{name}_accuracy") or 0.0 for s in names]
-        positions = [i + (index - (len(sets) - 1) / 2) * width for i in range(len(names))]
-        bars = ax.bar(positions, values, width, label=f"{name} accuracy")
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    grouped_bars(ax, [labels[s] for s in names],
+                 [(f"{name} accuracy", [stages[s].get(f"{name}_accuracy") for s in names]) for name in sets],
+                 ylabel="share of held-out problems",
+                 title="Phase 3 Quiet-STaR: held-out accuracy without and with thoughts")
     usage = [stages[s].get("synthetic_thinking_usage") for s in names]
     if any(u is not None for u in usage):
         ax.plot(range(len(names)), [u if u is not None else float("nan") for u in usage], "k--o",
                 label="thinking usage (share of answers)")
-    ax.set_xticks(range(len(names)), [labels[s] for s in names])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("share of held-out problems")
-    ax.set_title("Phase 3 Quiet-STaR: held-out accuracy without and with thoughts")
-    ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     return save_png(fig, out)
 
@@ -317,16 +310,9 @@ def plot_curriculum(run: Run, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     keys = (("accuracy_before", "before the level"), ("accuracy_after_training", "after training"),
             ("accuracy_after_baking", "after value baking"))
-    width = 0.8 / len(keys)
-    for index, (key, label) in enumerate(keys):
-        positions = [i + (index - 1) * width for i in range(len(levels))]
-        bars = ax.bar(positions, [level[key] for level in levels], width, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks(range(len(levels)), [f"level {level['level']}" for level in levels])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("held-out accuracy of the level")
-    ax.set_title("Phase 5 curriculum: accuracy per level")
-    ax.grid(alpha=0.3, axis="y")
+    grouped_bars(ax, [f"level {level['level']}" for level in levels],
+                 [(label, [level[key] for level in levels]) for key, label in keys],
+                 ylabel="held-out accuracy of the level", title="Phase 5 curriculum: accuracy per level")
     ax.legend(fontsize=8)
     return save_png(fig, out)
 

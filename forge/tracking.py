@@ -42,11 +42,14 @@ class Tracker:
                 config=run_config or {}, reinit="create_new",
             )
 
-    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+    def _append(self, metrics: dict[str, Any], step: int | None = None) -> None:
         record = {"time": time.time(), "source": self.name, **({"step": step} if step is not None else {}),
                   **{k: _clean(v) for k, v in metrics.items()}}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=str) + "\n")
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self._append(metrics, step)
         if self._wandb_run is not None:
             self._wandb_run.log(metrics, step=step)
 
@@ -67,6 +70,14 @@ class Tracker:
                 artifact.add_file(str(path))
             self._wandb_run.log_artifact(artifact)
 
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """A table under ``key``: a wandb.Table when wandb is on, and always a line in metrics.jsonl."""
+        self._append({key: {"columns": columns, "rows": [[_clean(v) for v in row] for row in rows]}})
+        if self._wandb_run is not None:
+            import wandb
+
+            self._wandb_run.log({key: wandb.Table(columns=columns, data=rows)})
+
     def finish(self) -> None:
         if self._wandb_run is not None:
             self._wandb_run.finish()
@@ -81,3 +92,20 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             if line.endswith("\n"):
                 records.append(json.loads(line))
     return records
+
+
+class MetricsTail:
+    """The records appended to a ``metrics.jsonl`` since the last call (another process may be writing it)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = Path(path), 0
+
+    def new_records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        complete = data[:data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line]

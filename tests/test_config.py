@@ -61,6 +61,11 @@ def test_config_hash_changes_with_any_value():
     (["--phases", "cognate,bogus"], "unknown phase 'bogus'"),
     (["--preset", "nothere"], "unknown preset 'nothere'"),
     (["--set", "novalue"], "expected key=value"),
+    # The per-phase keep-the-input rules gave way to the scoreboard gate: an old config is told so.
+    (["--set", "evomerge.keep_best_parent=true"],
+     "config key 'evomerge.keep_best_parent' was removed: the scoreboard gate replaced it"),
+    (["--set", "tool_persona.keep_input_if_better=false"],
+     "config key 'tool_persona.keep_input_if_better' was removed: the scoreboard gate replaced it"),
 ])
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "runs"

@@ -91,3 +91,17 @@ def test_rows_are_fixed_per_model_and_change_with_the_model(two_models, ray_sess
     items = {"heldout": "x"}
     assert row_key(read_manifest(dirs[0]), SETTINGS, items) != row_key(read_manifest(dirs[1]), SETTINGS, items)
     assert row_key(read_manifest(dirs[0]), SETTINGS, items) != row_key(read_manifest(dirs[0]), SETTINGS, {"heldout": "y"})
+
+
+@pytest.mark.parametrize("override", ["scoreboard.tolerance=0.1", "scoreboard.heldout_chars=3000",
+                                      "scoreboard.primary_metric=task_accuracy", "scoreboard.gate=false"])
+def test_scoreboard_settings_are_in_a_finished_phases_fingerprint(override):
+    from forge.config import load_pipeline_config
+    from forge.pipeline import phase_config_hash, scoreboard_hash
+
+    base, changed = load_pipeline_config("tiny"), load_pipeline_config("tiny", overrides=[override])
+    unrelated = load_pipeline_config("tiny", overrides=["cognate.train.grad_clip=0.5", "tracking.wandb_mode=online"])
+    # A scoreboard change re-scores and re-gates finished phases (forge.pipeline) but does not redo them.
+    assert scoreboard_hash(changed) != scoreboard_hash(base)
+    assert all(phase_config_hash(changed, p) == phase_config_hash(base, p) for p in base.phases)
+    assert scoreboard_hash(unrelated) == scoreboard_hash(base)

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from forge.baking.config import BakingConfig
+from forge.console import Progress
 from forge.data.replay import Replay
 from forge.modelinfo import max_positions, pad_token_id
 from forge.quietstar.generate import answer_accuracy
@@ -332,7 +333,8 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
     order: list[int] = []
     losses, replay_losses = [], []
     model.train()
-    for step in range(config.steps_per_level):
+    progress = Progress("curriculum: level training", config.steps_per_level, "step")
+    for step in progress.steps(range(config.steps_per_level)):
         if len(order) < config.batch_size:
             refill = list(range(len(encoded)))
             rng.shuffle(refill)

@@ -16,7 +16,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -28,6 +28,12 @@ from forge.merge.methods import StateDict
 @dataclass
 class EvoMergeConfig:
     """Phase 2: evolutionary merging of the Cognate models (defaults: the tiny preset)."""
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "keep_best_parent": (
+            "the scoreboard gate replaced it (scoreboard.gate, scoreboard.primary_metric, scoreboard.tolerance: a "
+            "phase whose output scores worse than its best input hands that input on)")}
+    """Keys an older config may still set, with what replaced them (the config loader refuses them so)."""
 
     population_size: int = 8
     """Candidates per generation (spec: 8, the number of combos)."""
@@ -81,8 +87,6 @@ class EvoMergeConfig:
     """Fitness weight of measured tokens/s relative to the parents."""
     weight_size: float = 0.05
     """Fitness weight of the parameter bytes relative to the parents (smaller is better)."""
-    keep_best_parent: bool = True
-    """Pass on the best parent instead of the champion when no merge beat it (recorded as the output)."""
     eval_actors: int = 2
     """Candidates evaluated at the same time (Tune trials running at once, each with its resource share)."""
 

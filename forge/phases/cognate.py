@@ -21,6 +21,7 @@ from cluster.resources import plan_devices, plan_trainers, share_for
 from forge.artifacts import (atomic_dir, atomic_write_json, load_model_dir, model_dir_problems,
                              read_manifest)
 from forge.config import CognateModelSpec, CognateTrunkConfig, PipelineConfig
+from forge.console import Progress
 from forge.criteria import criterion, missed
 from forge.pretrain.stages import STAGES, StageMixConfig, build_stage
 from forge.data.heldout import HELDOUT, REPLAY, TEXT_FILES
@@ -28,7 +29,8 @@ from forge.data.lm_dataset import blocks_from_stream, is_validation_text, token_
 from forge.data.sources import SourceConfig, load_texts
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
 from forge.phases.base import PhaseContext, PhaseResult
-from forge.pretrain.trainer import Stage, TrainJob, trainer_memory_bytes
+from forge.pretrain.trainer import Stage, TrainJob, steps_in_epoch, trainer_memory_bytes
+from forge.tracking import MetricsTail
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ HALTING_SPREAD_REQUIRED = 2.0  # spec: halting_diversity > 2.0 (steps)
 SPEED_SPREAD_MS_REQUIRED = 10.0  # spec: speed_diversity > 10.0 (ms)
 TRUNK_NAME = "trunk"  # the shared ancestor's trainer name: checkpoints in work/trunk, metrics as cognate-trunk
 TRUNK_DIR = "trunk_model"  # the finished trunk, a verified model directory in work/ (not a phase output)
+PROGRESS_POLL_S = 2.0  # how often the driver reads the trainers' metrics for the progress bar
 
 
 def _source_config(config: PipelineConfig) -> SourceConfig:
@@ -169,9 +172,20 @@ def _train_jobs(jobs: list[TrainJob], config: PipelineConfig, plan, baselines: d
         trainer = CognateTrainer.options(**share.ray_options(), **restart_options(max_restarts)).remote(str(attempts))
         pending[trainer.train.remote(job)] = (job.name, trainer, attempts)
     results: dict[str, dict[str, Any]] = {}
+    # The trainers' steps, followed from the driver through their metrics (see forge.console on actors' output).
+    totals = {f"cognate-{job.name}": sum(steps_in_epoch(s, train_cfg) * s.epochs for s in job.stages) for job in jobs}
+    steps = dict.fromkeys(totals, 0)
+    tails = [MetricsTail(path) for path in sorted({Path(job.metrics_dir) / "metrics.jsonl" for job in jobs})]
+    progress = Progress(f"cognate: training {', '.join(job.name for job in jobs)}", sum(totals.values()), "step")
     try:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_POLL_S)
+            for record in (r for tail in tails for r in tail.new_records()):
+                if record.get("source") in steps and "train/loss" in record:
+                    steps[record["source"]] = max(steps[record["source"]], record["step"])
+            progress.set(sum(steps.values()))
+            if not done:
+                continue
             name, trainer, attempts = pending.pop(done[0])
             try:
                 results[name] = ray.get(done[0])
@@ -181,6 +195,7 @@ def _train_jobs(jobs: list[TrainJob], config: PipelineConfig, plan, baselines: d
             print(f"[forge] cognate: model {name} done: val perplexity {results[name]['val/perplexity']:.2f} "
                   f"(unigram {baselines[name]:.2f})", flush=True)
     finally:
+        progress.close()
         for _, trainer, _ in pending.values():
             ray.kill(trainer)
     return results, share
@@ -284,6 +299,11 @@ def run(ctx: PhaseContext) -> PhaseResult:
     dataset_blocks = heldout_blocks_by_dataset(tokenizer, val_texts, loaded, seq_len)
     diversity = diversity_report(models, dataset_blocks, val_blocks[: min(4, len(val_blocks))],
                                  cognate.diversity_threshold)
+    figures = sorted({k for m in diversity["per_model"].values() for k, v in m.items() if isinstance(v, (int, float))})
+    tracker = ctx.tracker("cognate-diversity")  # the spec's W&B summary table of the three models
+    tracker.log_table("diversity/model_comparison", ["model", *figures],
+                      [[name, *(m.get(k) for k in figures)] for name, m in diversity["per_model"].items()])
+    tracker.finish()
     per_model = {}
     for name, result in results.items():
         unigram = data_record[name]["unigram_val_perplexity"]

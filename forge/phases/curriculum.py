@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_examples
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
+from forge.console import Progress
 from forge.baking import bake_sequence
 from forge.configtools import config_hash
 from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
@@ -176,6 +177,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         return perplexity(level_model, tokenizer, heldout_texts, max_length=cfg.replay_seq_len)
 
     tracker = ctx.tracker(PHASE, run_config=dataclasses.asdict(cfg))
+    progress = Progress("curriculum: levels", len(levels), "level", done=resumed_after)
     try:
         for level in levels[resumed_after:]:
             model, record = run_level(model, tokenizer, level, prompts, cfg, tool_pairs, replay, heldout_perplexity)
@@ -189,7 +191,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
                   f"{record['heldout_perplexity_before']:.1f} -> {record['heldout_perplexity_after_training']:.1f} -> "
                   f"{record['heldout_perplexity_after_baking']:.1f}; strengths "
                   + ", ".join(f"{b['name']} {b['strength_vs_level_start']:.3f}" for b in record["bakes"]), flush=True)
+            progress.update()
     finally:
+        progress.close()
         tracker.finish()
 
     records = state["records"]

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir
+from forge.console import Progress
 from forge.criteria import criterion, missed
 from forge.merge.evolve import (FITNESS_DEFINITION, EvoMergeConfig, Genome, NextGeneration, Scored, combine_fitness,
                           fitness_scores, improvement, initial_population, linear_fallback, next_generation,
@@ -250,6 +251,13 @@ def _generation_stats(generation: int, population: Sequence[Mapping[str, Any]], 
             "champion_label": best["label"], "champion_genome": Genome.from_dict(best["genome"]).describe()}
 
 
+def logged_stats(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """A generation's stats as logged: ``evomerge/<stat>``, and the spec's W&B names (generation, best_fitness,
+    diversity, improvement)."""
+    return {**{f"evomerge/{k}": v for k, v in stats.items()}, "generation": stats["generation"],
+            "best_fitness": stats["best"], "diversity": stats["diversity"], "improvement": stats["improvement"]}
+
+
 def plot_history(history: Sequence[Mapping[str, Any]], parents: Sequence[Mapping[str, Any]], out: Path) -> Path:
     """Best, mean and worst fitness per generation against each parent's (the baselines a merge must beat), and
     the population's diversity, as a PNG written atomically."""
@@ -349,7 +357,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
                   "injected": False, "timings": evaluation.timings, "tune_restored": evaluation.restored}
         atomic_write_json(checkpoint_path(0), record)
         records.append(record)
-        tracker.log({f"evomerge/{k}": v for k, v in stats.items()}, step=0)
+        tracker.log(logged_stats(stats), step=0)
         parent_fitness = ", ".join(f"{p['label']} {p['fitness']:.4f}" for p in parents_record)
         print(f"[forge] evomerge: generation 0: best {stats['best']:.4f} ({stats['champion_genome']}) mean "
               f"{stats['mean']:.4f}; parents: {parent_fitness}; diversity {diversity:.3f}", flush=True)
@@ -357,50 +365,49 @@ def run(ctx: PhaseContext) -> PhaseResult:
         weights = {p["label"]: Genome.from_dict(p["genome"]).build(parents) for p in records[-1]["population"]}
 
     reference = records[0]["reference"]
-    while True:
-        last = records[-1]
-        history = [r["stats"]["best"] for r in records]
-        reason = stop_reason(history, config)
-        if reason is not None:
-            break
-        generation = last["generation"] + 1
-        plan: NextGeneration = next_generation(_scored(last["population"]), last["stats"]["diversity"], generation,
-                                               len(parents), n_layers, config, seed)
-        kept = sorted(last["population"], key=lambda p: p["fitness"], reverse=True)[:len(plan.kept)]  # = plan.kept
-        candidates = [build_candidate(f"g{generation}_c{i}_{g.origin}", g, parents, template, probe_ids)
-                      for i, g in enumerate(plan.children)]
-        evaluation = evaluate_candidates(candidates, template, tokenizer, texts, config,
-                                         name=f"gen_{generation:03d}", **evaluate_kwargs)
-        children = [{"label": c.label, "genome": c.genome.to_dict(), "terms": t}
-                    for c, t in zip(candidates, evaluation.terms)]
-        score(children, reference)
-        population = kept + children
-        weights = {**{p["label"]: weights[p["label"]] for p in kept}, **{c.label: c.state_dict for c in candidates}}
-        diversity = population_diversity([weights[p["label"]] for p in population], center)
-        stats = _generation_stats(generation, population, diversity, records[0]["stats"]["best"])
-        stats["injected"] = plan.injected
-        record = {"generation": generation, "population": population, "stats": stats,
-                  "events": [c.event for c in candidates if c.event], "injected": plan.injected,
-                  "timings": evaluation.timings, "tune_restored": evaluation.restored}
-        atomic_write_json(checkpoint_path(generation), record)
-        records.append(record)
-        tracker.log({f"evomerge/{k}": v for k, v in stats.items()}, step=generation)
-        print(f"[forge] evomerge: generation {generation}: best {stats['best']:.4f} mean {stats['mean']:.4f} "
-              f"diversity {diversity:.3f} improvement {stats['improvement']:+.1%}"
-              f"{' (random combo injected)' if plan.injected else ''}", flush=True)
+    # Generations after the first: the bar counts toward max_generations (a stop rule may end it sooner).
+    with Progress("evomerge: generations", config.max_generations, "generation", done=records[-1]["generation"]) \
+            as progress:
+        while True:
+            last = records[-1]
+            history = [r["stats"]["best"] for r in records]
+            reason = stop_reason(history, config)
+            if reason is not None:
+                break
+            generation = last["generation"] + 1
+            plan: NextGeneration = next_generation(_scored(last["population"]), last["stats"]["diversity"],
+                                                   generation, len(parents), n_layers, config, seed)
+            kept = sorted(last["population"], key=lambda p: p["fitness"], reverse=True)[:len(plan.kept)]  # = plan.kept
+            candidates = [build_candidate(f"g{generation}_c{i}_{g.origin}", g, parents, template, probe_ids)
+                          for i, g in enumerate(plan.children)]
+            evaluation = evaluate_candidates(candidates, template, tokenizer, texts, config,
+                                             name=f"gen_{generation:03d}", **evaluate_kwargs)
+            children = [{"label": c.label, "genome": c.genome.to_dict(), "terms": t}
+                        for c, t in zip(candidates, evaluation.terms)]
+            score(children, reference)
+            population = kept + children
+            weights = {**{p["label"]: weights[p["label"]] for p in kept},
+                       **{c.label: c.state_dict for c in candidates}}
+            diversity = population_diversity([weights[p["label"]] for p in population], center)
+            stats = _generation_stats(generation, population, diversity, records[0]["stats"]["best"])
+            stats["injected"] = plan.injected
+            record = {"generation": generation, "population": population, "stats": stats,
+                      "events": [c.event for c in candidates if c.event], "injected": plan.injected,
+                      "timings": evaluation.timings, "tune_restored": evaluation.restored}
+            atomic_write_json(checkpoint_path(generation), record)
+            records.append(record)
+            tracker.log(logged_stats(stats), step=generation)
+            print(f"[forge] evomerge: generation {generation}: best {stats['best']:.4f} mean {stats['mean']:.4f} "
+                  f"diversity {diversity:.3f} improvement {stats['improvement']:+.1%}"
+                  f"{' (random combo injected)' if plan.injected else ''}", flush=True)
+            progress.update()
 
     # The champion: the best of the last population.
     final = records[-1]
     champion = max(final["population"], key=lambda p: p["fitness"])
     best_parent = max(records[0]["parents"], key=lambda p: p["fitness"])
-    output = {"model": champion["label"], "fitness": champion["fitness"]}
-    if config.keep_best_parent and best_parent["fitness"] > champion["fitness"]:
-        # No merge beat the best parent: pass the parent on rather than hand the next phase a worse model.
-        output = {"model": best_parent["label"], "fitness": best_parent["fitness"],
-                  "reason": f"best parent fitness {best_parent['fitness']:.4f} > champion {champion['fitness']:.4f}"}
-        template.load_state_dict(parents[names.index(best_parent["label"].removeprefix("parent_"))], strict=True)
-    else:
-        template.load_state_dict(weights[champion["label"]], strict=True)
+    # The champion is always written; whether it or a parent goes on is the scoreboard gate's call (forge.pipeline).
+    template.load_state_dict(weights[champion["label"]], strict=True)
     initial_best = records[0]["stats"]["best"]
     gain = improvement(champion["fitness"], initial_best)
     gain_over_parent = improvement(champion["fitness"], best_parent["fitness"])
@@ -409,7 +416,6 @@ def run(ctx: PhaseContext) -> PhaseResult:
                      "terms": champion["terms"], "scores": champion["scores"]},
         "parents": {p["label"]: {"fitness": p["fitness"], "terms": p["terms"], "scores": p["scores"]}
                     for p in records[0]["parents"]},
-        "output": output,
         "generation0_best": {"fitness": initial_best, "label": records[0]["stats"]["champion_label"]},
         "improvement_over_generation0": gain,
         "best_parent": {"fitness": best_parent["fitness"], "label": best_parent["label"]},
@@ -430,7 +436,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     print(f"[forge] evomerge: champion {champion['label']} fitness {champion['fitness']:.4f} (generation 0 best "
           f"{initial_best:.4f}, best parent {best_parent['fitness']:.4f}: {gain_over_parent:+.1%}): {gain:+.1%} vs the spec's "
           f"{config.target_improvement:.0%} target: {'met' if target_met else 'missed'} "
-          f"({reason} after {final['generation']} generations); passed on: {output['model']}", flush=True)
+          f"({reason} after {final['generation']} generations); the scoreboard gate decides whether it goes on",
+          flush=True)
     summary = {
         **outcome,
         "criteria_missed": missed(outcome["criteria"]),

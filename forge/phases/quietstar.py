@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, verify_model_dir
+from forge.console import Progress
 from forge.criteria import criterion, missed
 from forge.data.heldout import REPLAY
 from forge.phases.base import PhaseContext, PhaseResult, single_input
@@ -157,8 +158,10 @@ def run(ctx: PhaseContext) -> PhaseResult:
         train, val = select_examples(examples, config.format_bake)
         replay = (ctx.read_texts(REPLAY, max_chars=10**12)
                   if config.format_bake.replay_sequences else None)
-        report = bake_reasoning_format(model, tokenizer, train, val, config.format_bake, replay_texts=replay,
-                                       checkpoint_dir=ctx.work_dir / "step1", log=tracker.log)
+        with Progress("quietstar: Step 1 format bake", config.format_bake.epochs, "epoch") as progress:
+            report = bake_reasoning_format(model, tokenizer, train, val, config.format_bake, replay_texts=replay,
+                                           checkpoint_dir=ctx.work_dir / "step1",
+                                           log=progress.following(tracker.log, lambda m, _: m.get("baking/epoch")))
         step1_report = report.to_dict()
         save_model_dir(model, tokenizer, step1_dir, phase="quietstar-step1")
         atomic_write_json(ctx.work_dir / "step1_report.json", step1_report)
@@ -169,9 +172,11 @@ def run(ctx: PhaseContext) -> PhaseResult:
     examples, _ = read_dataset(dataset_path)
     rl_texts = [f"Question: {e.question}\nAnswer: {e.answer}" for e in examples]
     rl_heldout = [f"Question: {q}\nAnswer: {a}" for q, a in problems["synthetic"]]
-    rl_report = train_thoughts(model, tokenizer, rl_texts, rl_heldout, config.rl,
-                               reference=load_model_dir(step1_dir, device=device)[0],
-                               checkpoint_dir=ctx.work_dir / "step2", log=tracker.log)
+    with Progress("quietstar: Step 2 RL on thoughts", config.rl.episodes, "episode") as progress:
+        rl_report = train_thoughts(model, tokenizer, rl_texts, rl_heldout, config.rl,
+                                   reference=load_model_dir(step1_dir, device=device)[0],
+                                   checkpoint_dir=ctx.work_dir / "step2",
+                                   log=progress.following(tracker.log, lambda m, _: m.get("rl/episode")))
     rl = rl_report.to_dict()
     reference = load_model_dir(step1_dir, device=device)[0]
     coherence = mean_coherence(model, reference, heldout_check_items(tokenizer, rl_heldout, config.rl),

@@ -20,9 +20,10 @@ from typing import Any, Mapping
 from benchmarks.cache import ResultCache
 from benchmarks.scoreboard import LOWER_IS_BETTER, gate_decision, row_key, wikitext_heldout
 from forge.artifacts import atomic_dir, atomic_write_json, read_json, read_manifest
-from forge.config import PipelineConfig
+from forge.config import PHASES, PipelineConfig
 from forge.data.heldout import HELDOUT, read_texts
 from forge.phases.base import declared_text
+from forge.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ def score_phase(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Pa
     Returns the outputs to hand on (an input replaces a gated output) and the manifest's summary entry.
     """
     board = config.scoreboard
+    if (phase_dir / GATED_DIR).exists():  # an earlier decision's copies (re-gating after a settings change)
+        shutil.rmtree(phase_dir / GATED_DIR)
     scorer = RunScorer(config, run_dir, data_dir, declared_text(dict(texts), HELDOUT, run_dir))
     rows = scorer.rows(outputs)
     metric = board.primary_metric
@@ -149,3 +152,35 @@ def console_lines(phase: str, entry: Mapping[str, Any], metric: str) -> list[str
             lines.append(f"[forge] {phase}: gate passed: {name} not worse than input {decision['best_input']} on "
                          f"{metric} ({format_figure(decision['output'])} vs {format_figure(decision['input'])})")
     return lines
+
+
+def scoreboard_table(scoreboard: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The scoreboard as columns and rows: one row per scored model, each figure with its interval, and the gate."""
+    phases = scoreboard["phases"]  # stored with sorted keys: shown in pipeline order
+    entries = [(phase, name, row, (phases[phase].get("gate") or {}).get(name),
+                phases[phase].get("handed_on", {}).get(name))
+               for phase in PHASES if phase in phases for name, row in phases[phase]["models"].items()]
+    metrics = sorted({key for _, _, row, _, _ in entries for key in row["metrics"]})
+    columns = ["phase", "model", *(f"{m}{part}" for m in metrics for part in ("", "_low", "_high")),
+               "gate", "handed_on"]
+    rows = []
+    for phase, name, row, gate, handed_on in entries:
+        figures = [row["metrics"][m][part] if m in row["metrics"] else None
+                   for m in metrics for part in ("value", "low", "high")]
+        verdict = "-" if gate is None else f"worse: input {gate['best_input']} handed on" if gate["worse"] else "passed"
+        rows.append([phase, name, *figures, verdict, handed_on])
+    return columns, rows
+
+
+def track_phase(config: PipelineConfig, run_dir: Path, phase: str, outputs: Mapping[str, Path]) -> None:
+    """Log a finished phase to the run's tracking (``runs/<name>/metrics.jsonl``, and an offline wandb run unless
+    tracking is off): the scoreboard so far as a table, and each model the phase hands on as a model artifact."""
+    tracker = Tracker(run_dir, name=f"{phase}-outputs", config=config.tracking, group=Path(run_dir).name,
+                      run_config={"phase": phase})
+    scoreboard = read_scoreboard(run_dir)
+    if config.scoreboard.enabled and phase in scoreboard["phases"]:
+        tracker.log_table("scoreboard/phases", *scoreboard_table(scoreboard))
+    for name, path in outputs.items():
+        metadata = {"phase": phase, "output": name, "weights_sha256": read_manifest(path)["weights_sha256"]}
+        tracker.log_artifact(f"{phase}-{name}", "model", path, metadata)
+    tracker.finish()

@@ -17,8 +17,9 @@ The driver (``forge.abcycles.driver``) decides; this module does the work behind
   cache makes a repeated prompt free.
 - Winners are half-baked (LoRA prompt baking, ``forge.baking``; in target mode the bake closes half the prompt's
   KL gap), lock-in full-bakes; each bake's prompt KL per token, strength and target are kept in ``prompts.json``.
-- The held-out validation decides what is handed on: the optimized model with the final prompts, or (with
-  ``keep_input_if_better``) the input with the initial prompts when that scores higher.
+- The held-out validation is recorded before and after; the optimized model with the final prompts is handed on
+  (when the time budget stops the cycles, the best iteration's by that validation: the spec's cost cap). Whether
+  the input goes on instead is the scoreboard gate's call (``forge.phases.scoring``), as for every phase.
 
 Records: ``prompts.json`` and ``work/iter_NNN/`` (the model after each iteration), ``trajectory.json``,
 ``trajectory.png``, the final model in ``model/`` with the Phase 7 handoff in its manifest. The A-cycle's
@@ -46,6 +47,7 @@ from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, ABStateMismatchError
                                    plot_trajectory, run_ab_cycles, spec_strength)
 from forge.artifacts import (atomic_write_json, load_model_dir, model_dir_problems, nonfinite_tensors, read_json,
                              save_model_dir, state_dict_hash)
+from forge.console import Progress
 from forge.baking import NothingToBake, bake_prompt
 from forge.criteria import criterion, missed
 from forge.data.readers import read_swebench
@@ -277,10 +279,19 @@ def run(ctx: PhaseContext) -> PhaseResult:
     work = ToolPersonaWork(ctx, model, tokenizer, actors, tool_pool=tool_pool, tool_validation=tool_validation,
                            persona_tasks=persona_tasks, bake_inputs=bake_inputs, tracker=tracker)
     initial = {"A": INITIAL_TOOL_PROMPT, "B": config.initial_persona}
+    progress = Progress("tool_persona: A/B iterations", config.cycles.max_iterations, "iteration",
+                        done=0 if last is None else last + 1)
+
+    def iterations_done(metrics: dict[str, Any], _: int | None) -> int | None:
+        iteration = metrics.get("a_cycle/iteration", metrics.get("b_cycle/iteration"))
+        return None if iteration is None else iteration + 1
+
     try:
         result: ABResult = run_ab_cycles(work, config.cycles, initial_prompts=initial, state_path=state_path,
-                                         log=tracker.log, a_fitness=config.fitness)
+                                         log=progress.following(tracker.log, iterations_done),
+                                         a_fitness=config.fitness)
     finally:
+        progress.close()
         for actor in actors:
             ray.kill(actor)
 
@@ -291,8 +302,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     tracker.finish()
     plot_trajectory(result, ctx.phase_dir / "trajectory.png")
     atomic_write_json(ctx.phase_dir / "trajectory.json", result.to_dict())
-    # Selection on a few rotating items can favour noise and each bake can cost skills, so the held-out
-    # check decides what is handed on.
+    # When the time budget stopped the cycles, the held-out check picks the best iteration's model; the input
+    # competes at the scoreboard gate, like every phase's.
     final_iteration = last_checkpoint_iteration(state_path)
     candidates = {"optimized": (work.model, final_prompts, after)}
     if result.stop_reason == "budget":
@@ -302,8 +313,6 @@ def run(ctx: PhaseContext) -> PhaseResult:
             prompts = result.prompts_after(record.iteration)
             candidates[f"iter_{record.iteration:03d}"] = (checkpoint_model, prompts,
                                                           work.validation_scores(checkpoint_model, prompts))
-    if config.keep_input_if_better:
-        candidates["input"] = (input_model, initial, before)
     totals = {key: validation_total(scores) for key, (_, _, scores) in candidates.items()}
     handed_on = max(totals, key=totals.get)  # the optimized model on ties (it comes first)
     model_out, prompts_out, _ = candidates[handed_on]

@@ -1,0 +1,35 @@
+"""The report's plots from a run's files (the whole report on a real run: tests/test_pipeline.py)."""
+import json
+
+import pytest
+
+from forge.plots import grouped_bars, pyplot
+
+
+def test_grouped_bars_label_each_value_and_say_when_one_was_not_measured():
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    grouped_bars(ax, ["before", "after"], [("synthetic", [0.25, None]), ("gsm8k", [0.5, 1.0])],
+                 ylabel="share", title="accuracy")
+    assert [t.get_text() for t in ax.texts] == ["0.25", "n/a", "0.50", "1.00"]
+    assert [p.get_height() for p in ax.patches] == [0.25, 0.0, 0.5, 1.0]
+    assert [p.get_x() + p.get_width() / 2 for p in ax.patches] == pytest.approx([-0.2, 0.8, 0.2, 1.2])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["before", "after"] and ax.get_ylim() == (0, 1.05)
+    plt.close(fig)
+
+
+def test_quietstar_and_curriculum_plots_come_from_the_run_files(tmp_path):
+    from forge.report import build_report
+
+    (tmp_path / "quietstar").mkdir()
+    (tmp_path / "curriculum" / "model").mkdir(parents=True)
+    (tmp_path / "config.json").write_text("{}")
+    stages = {"before": {"synthetic_accuracy": 0.1, "gsm8k_accuracy": 0.0},
+              "step2": {"synthetic_accuracy": 0.3, "gsm8k_accuracy": None, "synthetic_thinking_usage": 0.8}}
+    (tmp_path / "quietstar" / "quietstar_report.json").write_text(json.dumps({"stages": stages}))
+    levels = [{"level": 1, "accuracy_before": 0.1, "accuracy_after_training": 0.4, "accuracy_after_baking": 0.5}]
+    (tmp_path / "curriculum" / "model" / "manifest.json").write_text(json.dumps({"levels": levels}))
+    markdown, _ = build_report(tmp_path)
+    for name in ("quietstar_accuracy.png", "curriculum_levels.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 10_000
+        assert f"(report/{name})" in markdown.read_text()
