@@ -25,7 +25,7 @@ from forge.artifacts import (MANIFEST, StorageFull, atomic_write_json, model_dir
                              read_manifest, sha256_file)
 from forge.config import RUN_VERSIONS_KEY, PipelineConfig, load_pipeline_config
 from forge.configtools import ConfigError, config_hash, to_dict
-from forge.criteria import describe
+from forge.criteria import describe, missed
 from forge.versions import package_versions, versions_line
 
 if TYPE_CHECKING:
@@ -183,6 +183,7 @@ def _scored(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Path, 
             inputs: dict[str, Path], data_dir: str | None, texts: dict[str, Path]) -> PhaseResult:
     """The phase's result after the scoreboard and the gate (unchanged with the scoreboard off); ``texts``: the
     declared texts of earlier phases (the phase's own are in ``result``)."""
+    from forge.phases import load_scored_criteria
     from forge.phases.scoring import score_phase
 
     if not config.scoreboard.enabled:
@@ -191,7 +192,12 @@ def _scored(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Path, 
     outputs, board = score_phase(config, run_dir, phase, phase_dir, result.outputs, inputs, data_dir,
                                  {**texts, **result.texts})
     board["wall_s"] = round(time.time() - scored, 2)
-    return dataclasses.replace(result, outputs=outputs, summary={**result.summary, "scoreboard": board})
+    summary = {**result.summary, "scoreboard": board}
+    scored_criteria = load_scored_criteria(phase)
+    if scored_criteria is not None:
+        criteria = {**summary.get("criteria", {}), **scored_criteria(config, board["rows"])}
+        summary.update(criteria=criteria, criteria_missed=missed(criteria))
+    return dataclasses.replace(result, outputs=outputs, summary=summary)
 
 
 def _prepare_phase_dir(phase_dir: Path, cfg_hash: str, input_digests: dict[str, str],

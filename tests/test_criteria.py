@@ -64,6 +64,20 @@ def test_cognate_diversity_criteria_at_the_spec_thresholds(name, field, threshol
     assert_boundary(lambda value: diversity_criteria({**report, field: value})[name]["met"], threshold, direction)
 
 
+def test_cognate_gsm8k_criterion_is_model_1s_scoreboard_accuracy_at_the_spec_threshold():
+    from forge.config import PipelineConfig
+    from forge.phases.cognate import scored_criteria
+
+    config = PipelineConfig()
+    first, second = (spec.name for spec in config.cognate.models[:2])
+    met_of = lambda value: scored_criteria(config, {first: {"task_accuracy/gsm8k": value},  # noqa: E731
+                                                    second: {"task_accuracy/gsm8k": 1.0}})["gsm8k_acc"]["met"]
+    assert_boundary(met_of, 0.10, ">")  # assert final_metrics["gsm8k_acc"] > 0.10 (Model 1's)
+    # Not measured (no data folder: no GSM8K row): missed, with no value.
+    assert scored_criteria(config, {first: {"task_accuracy/synthetic_reasoning": 1.0}})["gsm8k_acc"] == {
+        "value": None, "direction": ">", "threshold": 0.1, "required": "> 0.1", "met": False}
+
+
 # ---------------------------------------------------------------------------------------- Phase 2
 
 @pytest.mark.parametrize("name,threshold,direction", [

@@ -14,7 +14,7 @@ import torch
 from forge.artifacts import read_json, read_manifest, verify_model_dir
 from forge.config import load_pipeline_config
 from forge.configtools import to_dict
-from forge.criteria import missed
+from forge.criteria import criterion, missed
 from forge.pretrain.diversity import profile_diversity
 from forge.phases.cognate import diversity_criteria
 from forge.phases.quietstar import quietstar_criteria
@@ -82,7 +82,9 @@ def test_run_writes_verified_models_and_a_manifest(tiny_run):
     # The diversity criterion is the behaviour profiles' (forge/pretrain/diversity.py), recomputable from the record.
     assert summary["diversity"]["behaviour_diversity"] == pytest.approx(
         profile_diversity(summary["diversity"]["profiles"])["diversity"])
-    assert summary["criteria"] == diversity_criteria(summary["diversity"])
+    board = summary["scoreboard"]["rows"]
+    assert summary["criteria"] == {**diversity_criteria(summary["diversity"]),
+                                   "gsm8k_acc": criterion(board["a"]["task_accuracy/gsm8k"], ">", 0.10)}
     assert summary["validation"]["blocks"] >= 1
     metrics = read_metrics(run_dir / "cognate" / "metrics.jsonl")
     assert {"train/loss", "train/perplexity"} <= set().union(*metrics)

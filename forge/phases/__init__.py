@@ -11,3 +11,10 @@ def load_phase(name: str):
     if name not in PHASES:
         raise KeyError(f"unknown phase '{name}'; valid phases: {', '.join(PHASES)}")
     return importlib.import_module(f"forge.phases.{name}").run
+
+
+def load_scored_criteria(name: str):
+    """Phase ``name``'s ``scored_criteria(config, rows) -> criteria``, for spec criteria measured on its scoreboard
+    rows (``{model: {metric: value}}``), or None when it has none."""
+    load_phase(name)
+    return getattr(importlib.import_module(f"forge.phases.{name}"), "scored_criteria", None)
