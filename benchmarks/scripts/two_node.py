@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from actors.restarts import ATTEMPTS_FILE, read_attempts  # noqa: E402
 from forge.tracking import read_metrics  # noqa: E402
+from test_faults import COGNATE_ONLY  # noqa: E402  (Phase 1 alone, 6 steps per epoch, as the fault tests run it)
 from test_pipeline import SMALL  # noqa: E402  (the shrunken config the pipeline tests use)
 
 RAY = str(Path(sys.executable).with_name("ray"))
-PHASE1 = ["phases=[cognate]", "cognate.train.max_steps_per_epoch=6"]  # after the trunk: a 12 steps, b 6
 
 
 def free_port() -> int:
@@ -110,7 +110,7 @@ class TwoNodeCluster:
                json.dumps({"env_vars": {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
                                         "FORGE_DATA_DIR": data_dir}}),
                "--", sys.executable, "-m", "forge.pipeline", "--out", str(run_parent)]
-        for item in [*SMALL, *PHASE1, f"data.data_dir={data_dir}"]:
+        for item in [*SMALL, *COGNATE_ONLY, f"data.data_dir={data_dir}"]:
             cmd += ["--set", item]
         return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
