@@ -223,6 +223,16 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tokenizer, tmp_path,
                        checkpoint_dir=tmp_path / "split")
 
 
+def test_the_same_seed_gives_the_same_mixing_head_whatever_the_process_drew_before(tokenizer):
+    config = ThoughtRLConfig(episodes=1, check_every=2, **SMALL, **LENIENT)
+    heads = []
+    for earlier in (1, 2):  # the global RNG in two different states, as after different earlier work
+        model = tiny_llama(tokenizer)
+        torch.manual_seed(earlier)
+        heads.append(train_thoughts(model, tokenizer, TRAIN, HELDOUT, config).mixing_head.state_dict())
+    assert states_equal(*heads)
+
+
 def test_heldout_items_split_pairs_at_the_prompt_and_texts_inside(tokenizer):
     config = ThoughtRLConfig(**SMALL)
     pair, text = heldout_check_items(tokenizer, [("what is 2 plus 6? the answer is", " 8, so 8 it is."),

@@ -495,7 +495,9 @@ def train_thoughts(model: nn.Module, tokenizer, train_texts: list[str],
     reference = copy.deepcopy(model) if reference is None else reference
     reference.eval().requires_grad_(False)
     hidden_size = model.get_output_embeddings().weight.shape[1]
-    head = MixingHead(hidden_size, init_weight=config.mixing_init_weight)
+    with torch.random.fork_rng(devices=[]):  # the head's first layer is drawn from config.seed, not from whatever
+        torch.manual_seed(config.seed)          # the process did before (two same-seed runs differed there)
+        head = MixingHead(hidden_size, init_weight=config.mixing_init_weight)
     optimizer = build_muon_grokfast(model, config.optimizer)
     opt = config.optimizer
     head_optimizer = torch.optim.AdamW(head.parameters(), lr=opt.adam_lr, betas=tuple(opt.adam_betas),
