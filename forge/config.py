@@ -339,6 +339,9 @@ class PipelineConfig:
     """Run directory name; None: the preset's name, so re-running the same command resumes."""
     strict_criteria: bool = False
     """Stop the run (exit code 3) at the first missed spec criterion; False: record it as missed and go on."""
+    min_free_disk_gb: float = 1.0
+    """Free disk space (GiB) required where the run writes before it starts (the spec's storage check: 15 at
+    full size; a tiny run writes about 0.2); 0 turns the check off."""
     data: DataConfig = field(default_factory=DataConfig)
     """Where datasets come from."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -406,6 +409,8 @@ def validate(config: PipelineConfig) -> None:
         raise ConfigError(f"phases must be in pipeline order: {', '.join(order)}")
     if len(set(config.phases)) != len(config.phases):
         raise ConfigError("phases: a phase is listed twice")
+    if not config.min_free_disk_gb >= 0:
+        raise ConfigError(f"min_free_disk_gb must be >= 0 (0: no storage check), got {config.min_free_disk_gb}")
     cognate = config.cognate
     if len(cognate.models) < 2:
         raise ConfigError("cognate.models: at least two models are needed (the spec trains three)")

@@ -329,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def free_disk_problem(config: PipelineConfig) -> str | None:
+    """Why the run cannot start for lack of disk space where it writes (``min_free_disk_gb``), or None."""
+    target = Path(config.out_dir).resolve()
+    existing = next(path for path in (target, *target.parents) if path.exists())
+    free_gib = shutil.disk_usage(existing).free / 2**30
+    if free_gib >= config.min_free_disk_gb:
+        return None
+    return (f"only {free_gib:.1f} GiB free on the disk of {target}, and this preset needs {config.min_free_disk_gb:g} "
+            f"GiB (min_free_disk_gb); free some space, write elsewhere with --out, or lower it with "
+            f"--set min_free_disk_gb=N")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -345,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         return 0
+    problem = free_disk_problem(config)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from cluster.runtime import connect
 
     previous_handler = signal.getsignal(signal.SIGTERM)

@@ -66,6 +66,9 @@ def test_config_hash_changes_with_any_value():
      "config key 'evomerge.keep_best_parent' was removed: the scoreboard gate replaced it"),
     (["--set", "tool_persona.keep_input_if_better=false"],
      "config key 'tool_persona.keep_input_if_better' was removed: the scoreboard gate replaced it"),
+    (["--set", "min_free_disk_gb=-1"], "min_free_disk_gb must be >= 0"),
+    # The spec's storage check: more free space asked for than any disk has.
+    (["--set", "min_free_disk_gb=1e9"], "GiB (min_free_disk_gb); free some space, write elsewhere with --out"),
 ])
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "runs"
@@ -170,3 +173,18 @@ def test_presets_and_value_prompts_are_package_data():
     presets = {path.resolve() for path in CONFIG_DIR.glob("*.yaml")}
     assert presets and DEFAULT_VALUES_FILE.is_file()
     assert presets | {DEFAULT_VALUES_FILE.resolve(), package / "py.typed"} <= {path.resolve() for path in data}
+
+
+def test_storage_check_compares_free_space_with_the_setting_at_its_boundary(tmp_path):
+    import shutil
+
+    from forge.pipeline import free_disk_problem
+
+    free = shutil.disk_usage(tmp_path).free / 2**30
+    config = load_pipeline_config("tiny", out_dir=str(tmp_path / "not" / "yet"), overrides=["min_free_disk_gb=0"])
+    assert free_disk_problem(config) is None  # measured on the nearest existing folder
+    config.min_free_disk_gb = free * 0.99  # margins: other jobs write meanwhile
+    assert free_disk_problem(config) is None
+    config.min_free_disk_gb = free * 1.01 + 0.01
+    assert "GiB free on the disk of" in free_disk_problem(config)
+    assert load_pipeline_config("gtx1660").min_free_disk_gb == 15  # the spec's 15 GB at full size
