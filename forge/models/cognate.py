@@ -130,6 +130,11 @@ class CognateModel(CognatePreTrainedModel):
         self.layers = nn.ModuleList(CognateDecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = CognateRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.halt_head = HaltingHead(config.hidden_size)
+        if config.compile_layers:
+            # Fuses the memory write's many small kernels; compiled lazily at the first call (the incremental
+            # decoding path, ``forward_cached``, stays eager).
+            for layer in self.layers:
+                layer.compile()
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:

@@ -43,6 +43,7 @@ class CognateConfig(PreTrainedConfig):
     deep_supervision_weight: float = 0.5  # weight of the mean per-step CE in the loss
     ponder_cost_weight: float = 0.01  # weight of the ACT ponder cost (N + R) in the loss
     activation_checkpointing: str = "none"  # recompute in backward instead of storing: "none", "layer" or "stack" (pass of f)
+    compile_layers: bool = False  # torch.compile each decoder layer's pass (attention, memory read/write, MLP); off: eager
     tie_word_embeddings: bool = True  # lm_head shares the token embedding matrix
     use_cache: bool = True  # generate() decodes with a CognateCache (forward makes one only when use_cache=True)
     pad_token_id: int | None = GPT2_EOS_ID  # padding id (GPT-2 has none; EOS doubles as pad)

@@ -59,7 +59,16 @@ class SlidingWindowAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.o_proj = nn.Linear(width, config.hidden_size, bias=False)
-        self.max_attn_logit: float = float("-inf")
+        self._max_logit: torch.Tensor | None = None  # on the device; read (one sync) only via max_attn_logit
+
+    @property
+    def max_attn_logit(self) -> float:
+        """The largest pre-softmax q.k/sqrt(d) recorded since the last reset (-inf: none)."""
+        return float("-inf") if self._max_logit is None else float(self._max_logit)
+
+    @max_attn_logit.setter
+    def max_attn_logit(self, value: float) -> None:
+        self._max_logit = None if value == float("-inf") else torch.tensor(float(value))
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
         """hidden (B, n, d), positions (B, n) int, key_valid (B, n) bool or None (False = padding key)."""
@@ -104,10 +113,12 @@ class SlidingWindowAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(bsz, m, self.num_heads * self.head_dim))
 
     @torch.no_grad()
+    @torch.compiler.disable  # a statistic kept on the module: runs eagerly between the compiled graphs
     def _record_max_logit(self, qb: torch.Tensor, kb: torch.Tensor, mask: torch.Tensor) -> None:
         scores = torch.matmul(qb, kb.transpose(-1, -2)).masked_fill_(~mask, float("-inf"))
-        value = scores.max().item() / math.sqrt(self.head_dim)
-        self.max_attn_logit = max(self.max_attn_logit, value)
+        value = scores.amax().float() / math.sqrt(self.head_dim)
+        # kept as a tensor: no host sync per layer call; the optimizer reads it once per step
+        self._max_logit = value if self._max_logit is None else torch.maximum(self._max_logit.to(value), value)
 
 
 def _window_blocks(q, k, v, key_valid, window: int):
