@@ -20,7 +20,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .cache import CognateCache, decode
+from .cache import CognateCache, act_update, decode
 from .config import CognateConfig
 from .layers import CognateRMSNorm, SlidingWindowAttention, SwiGLU, WindowCache
 from .memory import ChunkPlan, MemoryCache, NeuralMemory
@@ -210,11 +210,8 @@ class CognateModel(CognatePreTrainedModel):
         x = self.embed_norm(embeds)
         y, z = x, torch.zeros_like(x)
         real = torch.ones(bsz, n, dtype=torch.bool, device=x.device) if valid is None else valid
-        running = real.clone()
-        cum_prob = x.new_zeros(bsz, n)
-        counts = x.new_zeros(bsz, n)
-        ponder = x.new_zeros(bsz, n)
-        mixed = torch.zeros_like(x)
+        act = {"running": real.clone(), "cum_prob": x.new_zeros(bsz, n), "counts": x.new_zeros(bsz, n),
+               "ponder": x.new_zeros(bsz, n), "mixed": torch.zeros_like(x)}
         states, weights = [], []
         for step in range(1, cfg.act_max_steps + 1):
             with torch.no_grad():
@@ -222,19 +219,12 @@ class CognateModel(CognatePreTrainedModel):
                     y, z = self.refine(x, y, z, position_ids, valid)
             y, z = self.refine(x, y, z, position_ids, valid)
             halt_prob = torch.sigmoid(self.halt_head(y).squeeze(-1).float())
-            halts_now = running & ((cum_prob + halt_prob >= cfg.act_threshold) | (step == cfg.act_max_steps))
-            remainder = 1.0 - cum_prob
-            weight = torch.where(halts_now, remainder, torch.where(running, halt_prob, 0.0))
-            ponder = torch.where(halts_now, step + remainder, ponder)
-            cum_prob = cum_prob + torch.where(running, halt_prob, 0.0)
-            counts = counts + running.to(counts.dtype)
-            running = running & ~halts_now
-            mixed = mixed + weight.to(y.dtype)[..., None] * y
+            weights.append(act_update(act, y, halt_prob, step, cfg))
             states.append(y)
-            weights.append(weight)
             y, z = y.detach(), z.detach()
-            if not bool(running.any()):
+            if not bool(act["running"].any()):
                 break
+        mixed, counts, ponder = act["mixed"], act["counts"], act["ponder"]
         n_real = real.sum().clamp(min=1)
         step_weights = torch.stack(weights)
         if restore is not None:
