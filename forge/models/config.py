@@ -6,7 +6,8 @@ from transformers import PreTrainedConfig
 GPT2_EOS_ID = 50256  # "<|endoftext|>" in the GPT-2 BPE the project trains with
 # What a training forward keeps for backward: everything ("none", fastest), or only each decoder layer's input
 # ("layer") or each pass of the layer stack's input ("stack"), recomputing the rest during backward; both also
-# recompute the memory's per-chunk (batch, chunk, slots) intermediates and the deep-supervision logits.
+# recompute the memory's per-chunk (batch, chunk, slots) intermediates and the CE blocks' logits (deep supervision, and
+# the mixed answer's when the forward returns no logits).
 ACTIVATION_CHECKPOINTING = ("none", "layer", "stack")
 
 
