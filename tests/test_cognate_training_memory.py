@@ -29,10 +29,10 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def train_step(model: CognateForCausalLM):
+def train_step(model: CognateForCausalLM, **kwargs):
     ids, mask = batch()
     labels = ids.masked_fill(mask == 0, -100)
-    out = model(ids, attention_mask=mask, labels=labels)
+    out = model(ids, attention_mask=mask, labels=labels, **kwargs)
     out.loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     return out, grads
@@ -58,6 +58,42 @@ def test_checkpointed_training_step_equals_plain(mode, monkeypatch):
         torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
     for layer_got, layer_expected in zip(checkpointed.attention_modules(), plain.attention_modules()):
         assert layer_got.max_attn_logit == pytest.approx(layer_expected.max_attn_logit)
+
+
+@pytest.mark.parametrize("mode", ["none", "layer", "stack"])
+def test_loss_without_logits_equals_the_plain_loss_and_gradients(mode, monkeypatch):
+    """return_logits=False (the trainer's call): the main CE in blocks of 5 tokens, recomputed in backward under
+    checkpointing, gives the loss terms and every gradient of the plain forward that returns logits."""
+    monkeypatch.setattr(cognate_module, "LOGITS_BLOCK_ELEMENTS", 5 * VOCAB)
+    torch.manual_seed(0)
+    plain = CognateForCausalLM(config()).train()
+    blocked = CognateForCausalLM(config(activation_checkpointing=mode)).train()
+    blocked.load_state_dict(plain.state_dict())
+    expected, expected_grads = train_step(plain)
+    got, got_grads = train_step(blocked, return_logits=False)
+    assert got.logits is None
+    for term in ("loss", "ce_loss", "deep_supervision_loss", "ponder_cost"):
+        torch.testing.assert_close(getattr(got, term), getattr(expected, term), rtol=1e-5, atol=1e-6)
+    for name, grad in expected_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_checkpointed_loss_without_logits_keeps_no_vocabulary_wide_tensor():
+    ids, mask = batch()
+    torch.manual_seed(0)
+    model = CognateForCausalLM(config(activation_checkpointing="layer")).train()
+    with_logits = saved_for_backward(model, ids, attention_mask=mask, labels=ids)
+    assert any(len(s) and s[-1] == VOCAB and s.numel() >= ids.numel() * VOCAB for s in with_logits)
+    without = saved_for_backward(model, ids, attention_mask=mask, labels=ids, return_logits=False)
+    # only the tied (vocab, d) weight itself, no (tokens, vocab) logits
+    assert all(s.numel() <= VOCAB * 32 for s in without if VOCAB in s), without
+
+
+def test_return_logits_false_needs_labels():
+    ids, _ = batch()
+    with pytest.raises(ValueError, match="return_logits=False returns only the loss; pass labels"):
+        CognateForCausalLM(config())(ids, return_logits=False)
 
 
 def test_memory_chunk_recompute_gives_the_gradients_of_the_stored_graph():

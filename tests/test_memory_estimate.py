@@ -42,4 +42,7 @@ def test_estimate_follows_checkpointing_and_size():
 
     assert estimate(activation_checkpointing="layer") < estimate(activation_checkpointing="none") / 2
     assert estimate(activation_checkpointing="none", ltm_slots=2048) > 2 * estimate(activation_checkpointing="none")
-    assert estimate(activation_checkpointing="layer", ltm_slots=2048) < 1.5 * estimate(activation_checkpointing="layer")
+    # what more slots add: every layer of every pass without checkpointing (8 here), about one layer with it
+    growth = {mode: estimate(activation_checkpointing=mode, ltm_slots=2048) - estimate(activation_checkpointing=mode)
+              for mode in ("none", "layer")}
+    assert growth["layer"] < growth["none"] / 8

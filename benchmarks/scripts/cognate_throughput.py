@@ -46,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trm-refinements", type=int, default=2, help="Cognate refinements per step (T)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and token batches")
+    parser.add_argument("--compile-layers", action="store_true",
+                        help="CognateConfig.compile_layers (torch.compile each Cognate decoder layer)")
+    parser.add_argument("--profile-ops", type=int, default=0,
+                        help="after timing, profile one more Cognate step (torch.profiler) and report its N ops with "
+                             "the most self CPU time")
     parser.add_argument("--json", type=Path, default=None, help="write the results here (atomically)")
     args = parser.parse_args(argv)
     for name in ("hidden", "layers", "heads", "vocab", "seq_len", "batch", "steps", "window"):
@@ -81,29 +86,49 @@ def cognate_config(args: argparse.Namespace) -> CognateConfig:
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
                          sliding_window=args.window, max_position_embeddings=args.seq_len,
                          ltm_slots=args.ltm_slots, memory_dim=args.memory_dim, memory_chunk_size=args.memory_chunk,
-                         act_max_steps=args.act_max_steps, trm_refinements=args.trm_refinements)
+                         act_max_steps=args.act_max_steps, trm_refinements=args.trm_refinements,
+                         compile_layers=args.compile_layers)
 
 
-def train(model: torch.nn.Module, batches: list[torch.Tensor], warmup: int) -> dict:
-    """AdamW steps over ``batches``; the first ``warmup`` are not timed."""
+def train(model: torch.nn.Module, batches: list[torch.Tensor], warmup: int, profile_ops: int = 0) -> dict:
+    """AdamW steps over ``batches``; the first ``warmup`` are not timed. ``profile_ops``: profile one more step on
+    the last batch and return its top ops by self CPU time."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    times, losses, computed_steps, halting_steps = [], [], [], []
-    for index, batch in enumerate(batches):
-        start = time.perf_counter()
+    times, cpu_times, losses, computed_steps, halting_steps = [], [], [], [], []
+
+    def step(batch):
         out = model(batch, labels=batch)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        elapsed = time.perf_counter() - start
+        return out
+
+    for index, batch in enumerate(batches):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        out = step(batch)
+        elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
         losses.append(out.loss.item())
         if index >= warmup:
             times.append(elapsed)
+            cpu_times.append(cpu_elapsed)
             if hasattr(out, "computed_steps"):
                 computed_steps.append(out.computed_steps)
                 halting_steps.append(out.halting_steps)
     tokens = sum(b.numel() for b in batches[warmup:])
-    result = {"tokens_per_s": tokens / sum(times), "step_s": times, "loss_first": losses[0], "loss_last": losses[-1]}
+    # process CPU time: on a shared machine wall time includes waiting for a core, CPU time does not
+    result = {"tokens_per_s": tokens / sum(times), "step_s": times, "step_cpu_s": cpu_times,
+              "tokens_per_cpu_s": tokens / sum(cpu_times), "loss_first": losses[0], "loss_last": losses[-1]}
+    if profile_ops:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(batches[-1])
+        ops = sorted(prof.key_averages(), key=lambda op: op.self_cpu_time_total, reverse=True)
+        total = sum(op.self_cpu_time_total for op in ops)
+        result["profile"] = {"self_cpu_s": total / 1e6, "top_ops": [
+            {"op": op.key, "self_cpu_s": op.self_cpu_time_total / 1e6, "share": op.self_cpu_time_total / total,
+             "calls": op.count} for op in ops[:profile_ops]]}
     if computed_steps:
         result["computed_steps_mean"] = sum(computed_steps) / len(computed_steps)
         result["halting_steps_mean"] = sum(halting_steps) / len(halting_steps)
@@ -129,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
 
     config = cognate_config(args)
     cognate = CognateForCausalLM(config)
-    cognate_run = train(cognate, batches, args.warmup)
+    cognate_run = train(cognate, batches, args.warmup, args.profile_ops)
     cognate_run.update(params=get_model_size(cognate)["params"],
                        flops_per_token=estimate_flops_per_token(config, args.seq_len,
                                                                 steps=cognate_run["computed_steps_mean"]))
     for run in (gpt2_run, cognate_run):
         run["flops_per_s"] = run["flops_per_token"] * run["tokens_per_s"]
         run["mfu"] = run["flops_per_s"] / peak
+        run["mfu_cpu_time"] = run["flops_per_token"] * run["tokens_per_cpu_s"] / peak
     payload = {
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
@@ -149,14 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         "gpt2": gpt2_run,
         "cognate": cognate_run,
         "mfu_ratio_cognate_over_gpt2": cognate_run["mfu"] / gpt2_run["mfu"],
+        "mfu_cpu_time_ratio_cognate_over_gpt2": cognate_run["mfu_cpu_time"] / gpt2_run["mfu_cpu_time"],
         "goal_mfu_ratio": 0.8,
     }
     if args.json:
         atomic_write_json(args.json, payload)
-    summary = {name: {k: payload[name][k] for k in ("params", "tokens_per_s", "flops_per_token", "mfu")}
+    summary = {name: {k: payload[name][k] for k in ("params", "tokens_per_s", "flops_per_token", "mfu",
+                                                    "mfu_cpu_time")}
                for name in ("gpt2", "cognate")}
     print(json.dumps({"matmul_fp32_flops_per_s": peak, **summary,
-                      "mfu_ratio_cognate_over_gpt2": payload["mfu_ratio_cognate_over_gpt2"]}, indent=2))
+                      "mfu_ratio_cognate_over_gpt2": payload["mfu_ratio_cognate_over_gpt2"],
+                      "mfu_cpu_time_ratio_cognate_over_gpt2": payload["mfu_cpu_time_ratio_cognate_over_gpt2"]},
+                     indent=2))
     return 0
 
 

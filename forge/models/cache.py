@@ -138,8 +138,8 @@ class CognateCache:
 
 def act_update(state: dict[str, torch.Tensor], y: torch.Tensor, halt_prob: torch.Tensor, step: int,
                config: CognateConfig) -> torch.Tensor:
-    """One ACT step's bookkeeping on ``state`` (running, cum_prob, counts, ponder, mixed), as
-    ``CognateModel.forward`` does it; returns the step's per-token weights."""
+    """One ACT step's bookkeeping on ``state`` (running, cum_prob, counts, ponder, mixed), for
+    ``CognateModel.forward`` and ``decode``; returns the step's per-token weights."""
     running, cum_prob = state["running"], state["cum_prob"]
     halts_now = running & ((cum_prob + halt_prob >= config.act_threshold) | (step == config.act_max_steps))
     remainder = 1.0 - cum_prob

@@ -20,12 +20,12 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .cache import CognateCache, decode
+from .cache import CognateCache, act_update, decode
 from .config import CognateConfig
 from .layers import CognateRMSNorm, SlidingWindowAttention, SwiGLU, WindowCache
 from .memory import ChunkPlan, MemoryCache, NeuralMemory
 
-LOGITS_BLOCK_ELEMENTS = 2**24  # logits per deep-supervision CE block under activation checkpointing (64 MiB fp32)
+LOGITS_BLOCK_ELEMENTS = 2**24  # logits per CE block under activation checkpointing (64 MiB fp32)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class CognateCausalLMOutput(ModelOutput):
     """Causal-LM output: loss terms, logits and the ACT statistics of this forward.
 
     loss: total loss (see ``CognateForCausalLM.forward``); ce_loss, deep_supervision_loss: its CE terms.
-    logits: next-token logits from the ACT-mixed answer (B, n, vocab).
+    logits: next-token logits from the ACT-mixed answer (B, n, vocab); None when called with return_logits=False.
     ponder_cost, halting_steps, computed_steps, cache: as in ``CognateModelOutput``.
     """
 
@@ -130,6 +130,11 @@ class CognateModel(CognatePreTrainedModel):
         self.layers = nn.ModuleList(CognateDecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = CognateRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.halt_head = HaltingHead(config.hidden_size)
+        if config.compile_layers:
+            # Fuses the memory write's many small kernels; compiled lazily at the first call (the incremental
+            # decoding path, ``forward_cached``, stays eager).
+            for layer in self.layers:
+                layer.compile()
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -205,11 +210,8 @@ class CognateModel(CognatePreTrainedModel):
         x = self.embed_norm(embeds)
         y, z = x, torch.zeros_like(x)
         real = torch.ones(bsz, n, dtype=torch.bool, device=x.device) if valid is None else valid
-        running = real.clone()
-        cum_prob = x.new_zeros(bsz, n)
-        counts = x.new_zeros(bsz, n)
-        ponder = x.new_zeros(bsz, n)
-        mixed = torch.zeros_like(x)
+        act = {"running": real.clone(), "cum_prob": x.new_zeros(bsz, n), "counts": x.new_zeros(bsz, n),
+               "ponder": x.new_zeros(bsz, n), "mixed": torch.zeros_like(x)}
         states, weights = [], []
         for step in range(1, cfg.act_max_steps + 1):
             with torch.no_grad():
@@ -217,19 +219,12 @@ class CognateModel(CognatePreTrainedModel):
                     y, z = self.refine(x, y, z, position_ids, valid)
             y, z = self.refine(x, y, z, position_ids, valid)
             halt_prob = torch.sigmoid(self.halt_head(y).squeeze(-1).float())
-            halts_now = running & ((cum_prob + halt_prob >= cfg.act_threshold) | (step == cfg.act_max_steps))
-            remainder = 1.0 - cum_prob
-            weight = torch.where(halts_now, remainder, torch.where(running, halt_prob, 0.0))
-            ponder = torch.where(halts_now, step + remainder, ponder)
-            cum_prob = cum_prob + torch.where(running, halt_prob, 0.0)
-            counts = counts + running.to(counts.dtype)
-            running = running & ~halts_now
-            mixed = mixed + weight.to(y.dtype)[..., None] * y
+            weights.append(act_update(act, y, halt_prob, step, cfg))
             states.append(y)
-            weights.append(weight)
             y, z = y.detach(), z.detach()
-            if not bool(running.any()):
+            if not bool(act["running"].any()):
                 break
+        mixed, counts, ponder = act["mixed"], act["counts"], act["ponder"]
         n_real = real.sum().clamp(min=1)
         step_weights = torch.stack(weights)
         if restore is not None:
@@ -296,7 +291,7 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, cache: CognateCache | None = None,
                 past_key_values: CognateCache | None = None, use_cache: bool | None = None,
-                **kwargs) -> CognateCausalLMOutput:
+                return_logits: bool = True, **kwargs) -> CognateCausalLMOutput:
         """Logits, and with ``labels`` the loss (decoding with a cache: see ``CognateModel.forward``)
 
             loss = CE(mix) + deep_supervision_weight * DS + ponder_cost_weight * P
@@ -304,20 +299,31 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         CE(mix): next-token cross-entropy of the ACT-mixed answer (labels shifted inside, -100 ignored).
         DS = sum_t sum_{s <= N(t)} CE_s(t) / sum_t N(t): per-step CE over the steps each labelled token ran.
         P = mean over real tokens of N(t) + R(t), the ACT ponder cost (R = 1 - sum of earlier halting probs).
+
+        ``return_logits=False`` (training with ``labels``; the trainer's call) returns no logits, so CE(mix) never
+        holds the (B, n, vocab) logits at once: under activation checkpointing it is taken a block of tokens at a
+        time and each block's logits are recomputed in backward, like the deep-supervision terms.
         """
         decoding = use_cache or cache is not None or past_key_values is not None
         if decoding and labels is not None:
             raise ValueError("CognateForCausalLM.forward: labels need the training forward; pass use_cache=False "
                              "and no cache")
+        if not return_logits and labels is None:
+            raise ValueError("CognateForCausalLM.forward: return_logits=False returns only the loss; pass labels")
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          inputs_embeds=inputs_embeds, cache=cache, past_key_values=past_key_values,
                          use_cache=use_cache)
-        logits = self.lm_head(out.last_hidden_state)
+        logits = self.lm_head(out.last_hidden_state) if return_logits else None
         loss = ce = ds = None
         if labels is not None:
             # position t predicts labels[t + 1]; shifting the labels (not the logits) avoids copying logits
             target = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)
-            ce = F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), target, ignore_index=-100)
+            if logits is not None:
+                ce = F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), target, ignore_index=-100)
+            else:
+                labelled = target != -100
+                hidden = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])[labelled]
+                ce = self._summed_ce_in_blocks(hidden, target[labelled]) / labelled.sum()
             loss = ce + self.config.ponder_cost_weight * out.ponder_cost
             if self.config.deep_supervision_weight > 0:
                 ds = self._deep_supervision(out, target)
@@ -338,14 +344,19 @@ class CognateForCausalLM(CognatePreTrainedModel, GenerationMixin):
         hidden, target = torch.cat(rows), torch.cat(targets)
         if not len(target):
             return hidden.new_zeros(())
+        return self._summed_ce_in_blocks(hidden, target) / len(target)
+
+    def _summed_ce_in_blocks(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Summed CE of the lm_head's logits of ``hidden`` (rows, d) against ``target`` (rows,).
+
+        Under activation checkpointing (with grad) the (rows, vocab) logits would outweigh every checkpointed
+        activation: the CE is taken a block of rows at a time and each block's logits are recomputed in backward.
+        """
         if self.config.activation_checkpointing == "none" or not torch.is_grad_enabled():
-            return F.cross_entropy(self.lm_head(hidden).float(), target)
-        # The steps' (rows, vocab) logits would outweigh every checkpointed activation: take the CE a block of
-        # rows at a time and recompute each block's logits in backward.
+            return self._summed_ce(hidden, target)
         block = max(1, LOGITS_BLOCK_ELEMENTS // self.config.vocab_size)
-        total = sum(checkpoint(self._summed_ce, rows, targets, use_reentrant=False)
-                    for rows, targets in zip(hidden.split(block), target.split(block)))
-        return total / len(target)
+        return sum(checkpoint(self._summed_ce, rows, targets, use_reentrant=False)
+                   for rows, targets in zip(hidden.split(block), target.split(block)))
 
     def _summed_ce(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.lm_head(hidden).float(), target, reduction="sum")

@@ -6,7 +6,8 @@ from transformers import PreTrainedConfig
 GPT2_EOS_ID = 50256  # "<|endoftext|>" in the GPT-2 BPE the project trains with
 # What a training forward keeps for backward: everything ("none", fastest), or only each decoder layer's input
 # ("layer") or each pass of the layer stack's input ("stack"), recomputing the rest during backward; both also
-# recompute the memory's per-chunk (batch, chunk, slots) intermediates and the deep-supervision logits.
+# recompute the memory's per-chunk (batch, chunk, slots) intermediates and the CE blocks' logits (deep supervision, and
+# the mixed answer's when the forward returns no logits).
 ACTIVATION_CHECKPOINTING = ("none", "layer", "stack")
 
 
@@ -43,6 +44,7 @@ class CognateConfig(PreTrainedConfig):
     deep_supervision_weight: float = 0.5  # weight of the mean per-step CE in the loss
     ponder_cost_weight: float = 0.01  # weight of the ACT ponder cost (N + R) in the loss
     activation_checkpointing: str = "none"  # recompute in backward instead of storing: "none", "layer" or "stack" (pass of f)
+    compile_layers: bool = False  # torch.compile each decoder layer's pass (attention, memory read/write, MLP); off: eager
     tie_word_embeddings: bool = True  # lm_head shares the token embedding matrix
     use_cache: bool = True  # generate() decodes with a CognateCache (forward makes one only when use_cache=True)
     pad_token_id: int | None = GPT2_EOS_ID  # padding id (GPT-2 has none; EOS doubles as pad)

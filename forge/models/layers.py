@@ -1,12 +1,14 @@
 """Building blocks of the Cognate decoder layer: RMSNorm, RoPE, sliding-window attention, SwiGLU MLP."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from .config import CognateConfig
 
@@ -43,8 +45,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class SlidingWindowAttention(nn.Module):
     """Causal multi-head attention over a window of ``w`` tokens, computed in blocks: O(n*w) memory.
 
-    The sequence is cut into blocks of w queries; each block attends to its own block and the previous one
-    (2w keys) under a causal+window mask, through ``scaled_dot_product_attention``. ``max_attn_logit`` holds
+    On CPU the sequence is cut into blocks of w queries; each block attends to its own block and the previous one
+    (2w keys) under a causal+window mask, through ``scaled_dot_product_attention``. On CUDA one compiled
+    FlexAttention kernel skips the blocks outside the window instead (same mask, same result). ``max_attn_logit`` holds
     the largest pre-softmax q.k/sqrt(d) seen since the model's forward began (for the optimizer's QK-clip).
     """
 
@@ -59,7 +62,16 @@ class SlidingWindowAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.o_proj = nn.Linear(width, config.hidden_size, bias=False)
-        self.max_attn_logit: float = float("-inf")
+        self._max_logit: torch.Tensor | None = None  # on the device; read (one sync) only via max_attn_logit
+
+    @property
+    def max_attn_logit(self) -> float:
+        """The largest pre-softmax q.k/sqrt(d) recorded since the last reset (-inf: none)."""
+        return float("-inf") if self._max_logit is None else float(self._max_logit)
+
+    @max_attn_logit.setter
+    def max_attn_logit(self, value: float) -> None:
+        self._max_logit = None if value == float("-inf") else torch.tensor(float(value))
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
         """hidden (B, n, d), positions (B, n) int, key_valid (B, n) bool or None (False = padding key)."""
@@ -70,6 +82,9 @@ class SlidingWindowAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         qb, kb, vb, mask = _window_blocks(q, k, v, key_valid, self.window)
         self._record_max_logit(qb, kb, mask)
+        if _attention_kernel(q.device) == "flex":
+            out = _flex_window_attention(q, k, v, key_valid, self.window)  # (B, H, n, hd)
+            return self.o_proj(out.transpose(1, 2).reshape(bsz, n, self.num_heads * self.head_dim))
         out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # (B*nb, H, bs, hd)
         nb, bs = out.shape[0] // bsz, out.shape[2]
         out = out.view(bsz, nb, self.num_heads, bs, self.head_dim).permute(0, 1, 3, 2, 4)
@@ -104,10 +119,37 @@ class SlidingWindowAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(bsz, m, self.num_heads * self.head_dim))
 
     @torch.no_grad()
+    @torch.compiler.disable  # a statistic kept on the module: runs eagerly between the compiled graphs
     def _record_max_logit(self, qb: torch.Tensor, kb: torch.Tensor, mask: torch.Tensor) -> None:
         scores = torch.matmul(qb, kb.transpose(-1, -2)).masked_fill_(~mask, float("-inf"))
-        value = scores.max().item() / math.sqrt(self.head_dim)
-        self.max_attn_logit = max(self.max_attn_logit, value)
+        value = scores.amax().float() / math.sqrt(self.head_dim)
+        # kept as a tensor: no host sync per layer call; the optimizer reads it once per step
+        self._max_logit = value if self._max_logit is None else torch.maximum(self._max_logit.to(value), value)
+
+
+def _attention_kernel(device: torch.device) -> str:
+    """"flex" (block-sparse FlexAttention, compiled) on CUDA; "blocked" (SDPA over 2w-key blocks) elsewhere,
+    where compiled FlexAttention would need a C++ toolchain and its eager form materialises all n x n scores."""
+    return "flex" if device.type == "cuda" else "blocked"
+
+
+@functools.cache
+def _flex_attention():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_window_attention(q, k, v, key_valid, window: int) -> torch.Tensor:
+    """FlexAttention of (B, H, n, hd) tensors under the mask of ``_window_blocks``: query i sees keys
+    i-w+1 .. i that are valid, and always itself."""
+    bsz, _, n, _ = q.shape
+    if key_valid is None:
+        key_valid = torch.ones(bsz, n, dtype=torch.bool, device=q.device)
+
+    def in_window(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx - kv_idx < window) & (key_valid[b, kv_idx] | (kv_idx == q_idx))
+
+    block_mask = create_block_mask(in_window, bsz, None, n, n, device=q.device)
+    return _flex_attention()(q, k, v, block_mask=block_mask)
 
 
 def _window_blocks(q, k, v, key_valid, window: int):

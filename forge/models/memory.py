@@ -80,13 +80,7 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
     def forward(self, hidden: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """hidden (B, n, d) normalised layer input, valid (B, n) bool or None -> memory read (B, n, d)."""
         bsz, n, _ = hidden.shape
-        q = F.normalize(self.query_proj(hidden), dim=-1)
-        k = F.normalize(self.key_proj(hidden), dim=-1)
-        v = self.value_proj(hidden)
-        lr_logit, eta_logit, forget_logit = self.gates(hidden).float().unbind(-1)
-        lr = torch.sigmoid(lr_logit) * self.lr
-        log_eta = F.logsigmoid(eta_logit)  # log momentum
-        log_keep = F.logsigmoid(-forget_logit)  # log(1 - forget)
+        q, k, v, lr, log_eta, log_keep = self._project(hidden)
         if valid is not None:  # padding neither writes, decays nor dampens momentum
             lr = lr * valid
             log_eta = log_eta * valid
@@ -127,17 +121,10 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         Each row's tokens read the fast weights its completed chunks left; a row's chunk is written when
         its ``chunk``-th token arrives. Padding columns neither read for anyone nor enter a chunk.
         """
-        q = F.normalize(self.query_proj(hidden), dim=-1)
-        k = F.normalize(self.key_proj(hidden), dim=-1)
-        v = self.value_proj(hidden)
-        lr_logit, eta_logit, forget_logit = self.gates(hidden).float().unbind(-1)
-        lr = torch.sigmoid(lr_logit) * self.lr
-        log_eta = F.logsigmoid(eta_logit)
-        log_keep = F.logsigmoid(-forget_logit)
+        q, k, v, lr, log_eta, log_keep = self._project(hidden)
         reads = []
         for start, end, written in plan.segments:
-            qs = q[:, start:end]
-            reads.append(qs + F.silu(qs @ cache.w1.transpose(1, 2)) @ cache.w2.transpose(1, 2))
+            reads.append(_read(q[:, start:end], cache.w1, cache.w2))
             slots = plan.slots[:, start:end]
             for buffer, new in ((cache.keys, k), (cache.values, v)):
                 buffer.scatter_(1, slots[..., None].expand(-1, -1, self.dim), new[:, start:end])
@@ -151,6 +138,15 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
                 for name, new in zip(("w1", "w2", "s1", "s2"), state):
                     getattr(cache, name)[written] = new
         return self.out_proj(torch.cat(reads, dim=1))
+
+    def _project(self, hidden: torch.Tensor):
+        """Per token: normalised query and key, value, and the float32 gates (learning rate, log momentum,
+        log(1 - forget))."""
+        q = F.normalize(self.query_proj(hidden), dim=-1)
+        k = F.normalize(self.key_proj(hidden), dim=-1)
+        v = self.value_proj(hidden)
+        lr_logit, eta_logit, forget_logit = self.gates(hidden).float().unbind(-1)
+        return q, k, v, torch.sigmoid(lr_logit) * self.lr, F.logsigmoid(eta_logit), F.logsigmoid(-forget_logit)
 
     def _write(self, w1, w2, s1, s2, k, v, lr, log_eta, log_keep):
         """One chunk of surprise-driven updates, closed form of the momentum and forgetting recurrences."""

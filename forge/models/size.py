@@ -76,7 +76,8 @@ def estimate_step_memory_bytes(config: CognateConfig, batch: int, seq_len: int, 
     write's per-chunk (chunk, slots) intermediates) + 8sm/C (its fast-weight states between chunks); the lm_head
     needs 4V for the mixed answer (logits, log-softmax and their gradients) and 2V per deep-supervision step. ``activation_checkpointing`` keeps d per layer
     ("layer") or per stack pass ("stack") instead, plus, transiently in backward, one layer (or one stack pass)
-    recomputed with one chunk's intermediates at a time, and one 2**24-logit deep-supervision block. Backward adds
+    recomputed with one chunk's intermediates at a time, and one 2**24-logit CE block (the trainer's forward
+    returns no logits, so the mixed answer's CE is blocked like the deep-supervision terms). Backward adds
     the parameter gradients. Weights and optimizer state are not included. Checked against measured CPU peaks
     (tests/test_memory_estimate.py).
     """
@@ -101,7 +102,7 @@ def estimate_step_memory_bytes(config: CognateConfig, batch: int, seq_len: int, 
             kept, transient = grad_passes * d * tokens, (layers + 1) * per_layer
         from .cognate import LOGITS_BLOCK_ELEMENTS
 
-        heads = 4 * vocab * tokens + 2 * min(LOGITS_BLOCK_ELEMENTS, config.act_max_steps * tokens * vocab)
+        heads = 2 * min(LOGITS_BLOCK_ELEMENTS, config.act_max_steps * tokens * vocab)
     passes_floats = grad_passes * 4 * d * tokens + config.act_max_steps * 2 * d * tokens  # pass inputs, answers y
     floats = kept + transient + heads + passes_floats + sum_parameters(config)  # + the parameter gradients
     return int(floats * bytes_per_float)

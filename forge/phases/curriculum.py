@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_examples
+from cluster.resources import gpu_memory_cap_bytes
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
 from forge.console import Progress
 from forge.baking import bake_sequence
@@ -31,6 +32,7 @@ from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, 
                           count_tokens, level_accuracy, load_value_prompts, train_stage, values_path)
 from forge.data.heldout import HELDOUT, REPLAY
 from forge.data.replay import Replay
+from forge.devices import limit_gpu_memory
 from forge.phases.base import MODEL_NAMES, PhaseContext, PhaseResult, single_input
 from forge.quant.convert import dequantize_model
 
@@ -151,6 +153,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     tool_pairs = tool_demonstrations(ctx, cfg, data_dir)
     fingerprint = run_fingerprint(cfg, data_dir, input_dir, prompts, tool_pairs)
     device = "cuda" if ctx.config.device != "cpu" and torch.cuda.is_available() else "cpu"
+    limit_gpu_memory(device, gpu_memory_cap_bytes())  # ray.gpu_memory_gib: the phase has the GPU, up to the cap
 
     state = resume_state(ctx, len(levels), fingerprint)
     if state is None:

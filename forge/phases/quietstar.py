@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 
+from cluster.resources import gpu_memory_cap_bytes
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, verify_model_dir
 from forge.console import Progress
 from forge.criteria import criterion, missed
 from forge.data.heldout import REPLAY
+from forge.devices import limit_gpu_memory
 from forge.phases.base import PhaseContext, PhaseResult, single_input
 from forge.quietstar.data import dataset_metadata, read_dataset, validate_examples, write_dataset
 from forge.quietstar.format_training import bake_reasoning_format, select_examples
@@ -133,6 +135,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     started = time.perf_counter()
     name = choose_input(ctx.inputs)
     device = torch.device("cuda" if ctx.config.device != "cpu" and torch.cuda.is_available() else "cpu")
+    limit_gpu_memory(str(device), gpu_memory_cap_bytes())  # ray.gpu_memory_gib: the phase has the GPU, up to the cap
     model, tokenizer = load_model_dir(ctx.inputs[name], device=device)
     tracker = ctx.tracker("quietstar", run_config={"quietstar": config.__dict__, "input": name})
     problems = heldout_problems(ctx)

@@ -279,12 +279,11 @@ def train(model, stages: list[Stage], val_blocks: torch.Tensor, cfg: CognateTrai
                 idx = order[first:first + micro_batch]
                 batch = stage.blocks[idx].to(device)
                 with precision.autocast():
-                    out = model(input_ids=batch, labels=batch)
+                    # no logits: the loss's CE is taken in blocks of tokens (the logits dominate step memory)
+                    out = model(input_ids=batch, labels=batch, return_logits=False)
                 scaler.scale(out.loss / accumulation).backward()
                 step_loss += out.loss.item() / accumulation
-                with torch.no_grad():
-                    ce, _ = next_token_metrics(out.logits, batch)
-                step_ce += ce.item() / batch[:, 1:].numel() / accumulation
+                step_ce += out.ce_loss.item() / accumulation  # mean next-token CE over batch[:, 1:]
             if _diverged(step_loss, pos.recent_losses, cfg):
                 pos = _rollback(checkpoint, model, optimizer, scaler, pos, step_loss, cfg, tracker)
                 break  # restart the epoch loop from the restored position
