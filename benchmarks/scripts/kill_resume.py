@@ -3,7 +3,7 @@ survives: JSON out.
 
 Usage:
     python benchmarks/scripts/kill_resume.py --out /tmp/kill-resume --json kill_resume.json \
-        [--phases cognate,evomerge] [--signals KILL,TERM] [--seed 0]
+        [--phases cognate,evomerge] [--interrupt quietstar,bitnet] [--signals KILL,TERM] [--seed 0]
 
 The command is the shrunken pipeline of tests/test_pipeline.py (``SMALL``, with the reference data folder)
 in a private local Ray, as a user runs it. First an uninterrupted reference run gives each phase's wall time
@@ -144,13 +144,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="parent folder for the two run directories (emptied first)")
     parser.add_argument("--json", required=True, help="where to write the results")
-    parser.add_argument("--phases", default=",".join(PHASES), help="phases to run and interrupt, in order")
+    parser.add_argument("--phases", default=",".join(PHASES), help="phases to run, in order")
+    parser.add_argument("--interrupt", default=None, help="the phases to interrupt (default: every one run)")
     parser.add_argument("--signals", default="TERM,KILL", help="signals sent in each phase, in order")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random moments")
     parser.add_argument("--data-dir", default=os.environ.get("FORGE_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one start may take")
     args = parser.parse_args()
     phases = [p for p in args.phases.split(",") if p]
+    interrupted = [p for p in args.interrupt.split(",") if p] if args.interrupt else phases
+    if not set(interrupted) <= set(phases):
+        parser.error(f"--interrupt {args.interrupt}: only phases that run can be interrupted ({args.phases})")
     signals = [getattr(signal, f"SIG{name.strip().upper()}") for name in args.signals.split(",") if name.strip()]
     rng = random.Random(args.seed)
     out = Path(args.out)
@@ -182,7 +186,7 @@ def main() -> int:
     run_dir = killed_parent / "tiny"
     cmd = command(killed_parent)
     rounds: list[dict] = []
-    for phase in phases:
+    for phase in interrupted:
         for sig in signals:
             before = phase_states(run_dir)
             launch = Launch(cmd, env)
@@ -236,7 +240,7 @@ def main() -> int:
         entry["survived"] += int(record["survived"])
     result = {
         "command": " ".join(cmd), "harness": " ".join(sys.argv), "seed": args.seed,
-        "signals": [s.name for s in signals], "phases": phases,
+        "signals": [s.name for s in signals], "phases": phases, "interrupted_phases": interrupted,
         "reference": {"wall_s": round(reference_s, 1), "phase_wall_s": reference_wall},
         "rounds": rounds,
         "final": {"exit_code": final_code, "problems": final_problems, "incomplete": incomplete,
