@@ -87,8 +87,9 @@ def run_record(run_dir: Path) -> dict:
     return {
         "phase1_wall_s": manifest.get("wall_time_s"),
         "trunk": {k: trunk.get(k) for k in ("steps", "tokens", "corpus_tokens", "taskworld_corpus_tokens",
-                                            "val/perplexity")},
+                                            "val/perplexity", "tokens_per_s_this_session")},
         "models": {name: {"steps": m.get("steps"), "tokens": m.get("tokens"), "val_perplexity": m.get("val/perplexity"),
+                          "tokens_per_s": m.get("tokens_per_s_this_session"),
                           "taskworld_corpus_tokens": m["data"].get("taskworld_corpus_tokens"),
                           "corpus_tokens": m["data"].get("corpus_tokens")}
                    for name, m in summary["models"].items()},
