@@ -104,12 +104,15 @@ class CognateTrunkConfig:
     """Share of the trunk's characters from the task world's train side (forge.data.taskworld, easy families and
     levels), outside the category weights, which divide the rest: a 0.94M model needs ~400k task tokens to answer
     above chance (docs/BENCHMARKS.md); 0: none."""
-    chars_per_stage: int = 1_200_000
+    chars_per_stage: int = 1_400_000
     """Characters in each of the trunk's stages (cognate.data.chars_per_stage is the models'): enough text for
     max_steps_per_epoch full batches."""
-    max_steps_per_epoch: int | None = 400
+    max_steps_per_epoch: int | None = 520
     """Cap on the trunk's optimizer steps per epoch (cognate.train.max_steps_per_epoch is the models'); None: its
     whole corpus."""
+    fork_lr_scale: float = 0.3
+    """Peak learning rates of the forked models as a fraction of cognate.train.optimizer's: forks that restarted
+    at the full rate lost most of the trunk's task-world answers (docs/BENCHMARKS.md); 1: the full rate."""
 
 
 @dataclass
@@ -442,8 +445,10 @@ def validate(config: PipelineConfig) -> None:
                           or not 0.0 < trunk.act_threshold < 1.0 or trunk.ltm_slots < 1):
         raise ConfigError("cognate.trunk: stage_epochs needs one or two counts >= 1 (the leading stages trained "
                           "once; the models train the rest), act_threshold in (0, 1), ltm_slots >= 1")
-    if trunk.enabled and (trunk.chars_per_stage < 1 or (trunk.max_steps_per_epoch or 1) < 1):
-        raise ConfigError("cognate.trunk: chars_per_stage must be >= 1 and max_steps_per_epoch >= 1 (or null)")
+    if trunk.enabled and (trunk.chars_per_stage < 1 or (trunk.max_steps_per_epoch or 1) < 1
+                          or not 0.0 < trunk.fork_lr_scale <= 1.0):
+        raise ConfigError("cognate.trunk: chars_per_stage must be >= 1, max_steps_per_epoch >= 1 (or null) and "
+                          "fork_lr_scale in (0, 1]")
     for name, share in [("trunk", trunk.taskworld_share), *((f"models[{m.name}]", m.taskworld_share)
                                                            for m in cognate.models)]:
         if not 0.0 <= share < 1.0:
