@@ -60,6 +60,9 @@ class CognateModelSpec:
     """Epochs for each pretraining stage (foundation, reasoning, advanced)."""
     category_weights: dict[str, float] = field(default_factory=lambda: dict(SPEC_CATEGORY_WEIGHTS))
     """Mix of dataset categories in this model's training data."""
+    taskworld_share: float = 0.0
+    """Share of each of this model's stages (characters) from the task world's train side (forge.data.taskworld,
+    easy families and levels), outside the category weights, which divide the rest; 0: none."""
 
 
 def _spec_models() -> list[CognateModelSpec]:
@@ -68,11 +71,13 @@ def _spec_models() -> list[CognateModelSpec]:
     # and the memory scaled by 1/32 (64 and 256 slots, the same 1:4 ratio): at 2048+ slots the memory alone
     # costs several times the rest of a hidden-128 model.
     return [
-        CognateModelSpec("reasoning", 0.95, 64, 42, [1, 1, 1]),
+        CognateModelSpec("reasoning", 0.95, 64, 42, [1, 1, 1], taskworld_share=0.3),
         CognateModelSpec("memory", 0.85, 256, 43, [1, 1, 2],
-                         {"math": 0.2, "qa": 0.2, "code": 0.1, "commonsense": 0.1, "language": 0.4}),
+                         {"math": 0.2, "qa": 0.2, "code": 0.1, "commonsense": 0.1, "language": 0.4},
+                         taskworld_share=0.15),
         CognateModelSpec("speed", 0.99, 64, 44, [1, 1, 1],
-                         {"math": 0.2, "qa": 0.2, "code": 0.1, "commonsense": 0.4, "language": 0.1}),
+                         {"math": 0.2, "qa": 0.2, "code": 0.1, "commonsense": 0.4, "language": 0.1},
+                         taskworld_share=0.15),
     ]
 
 
@@ -95,6 +100,19 @@ class CognateTrunkConfig:
     (capacity is not in the weights: forge/pretrain/trunk.py)."""
     category_weights: dict[str, float] = field(default_factory=lambda: dict(SPEC_CATEGORY_WEIGHTS))
     """Mix of dataset categories in the trunk's data (the spec's Foundation weights)."""
+    taskworld_share: float = 0.8
+    """Share of the trunk's characters from the task world's train side (forge.data.taskworld, easy families and
+    levels), outside the category weights, which divide the rest: a 0.94M model needs ~400k task tokens to answer
+    above chance (docs/BENCHMARKS.md); 0: none."""
+    chars_per_stage: int = 1_400_000
+    """Characters in each of the trunk's stages (cognate.data.chars_per_stage is the models'): enough text for
+    max_steps_per_epoch full batches."""
+    max_steps_per_epoch: int | None = 520
+    """Cap on the trunk's optimizer steps per epoch (cognate.train.max_steps_per_epoch is the models'); None: its
+    whole corpus."""
+    fork_lr_scale: float = 0.3
+    """Peak learning rates of the forked models as a fraction of cognate.train.optimizer's: forks that restarted
+    at the full rate lost most of the trunk's task-world answers (docs/BENCHMARKS.md); 1: the full rate."""
 
 
 @dataclass
@@ -111,6 +129,9 @@ class CognateDataConfig:
     """Share of documents held out for validation loss and perplexity."""
     replay_chars: int = 200_000
     """Characters of training documents written to replay_texts.json for later phases' replay."""
+    taskworld_items: int = 20_000
+    """Task-world train problems generated for the mixes with a taskworld_share (add and cmp at levels 1-2 have
+    ~8,000 train problems: 20,000 draws cover nearly all of them, in several modes)."""
 
 
 @dataclass
@@ -285,7 +306,9 @@ class ScoreboardConfig:
     wikitext_chars: int = 6000
     """Characters of WikiText-2 scored in all, split evenly over the documents (each is a whole article)."""
     task_items: int = 24
-    """Held-out items per task (synthetic_reasoning offline; ARC-E/C, PIQA, HellaSwag, GSM8K, MMLU with data)."""
+    """Held-out items per task with a data folder (ARC-E/C, PIQA, HellaSwag, GSM8K, MMLU)."""
+    offline_task_items: int = 100
+    """Held-out items of the task without a data folder (taskworld_easy, which has 90: all of them)."""
     max_new_tokens: int = 16
     """Generation budget of generated answers (GSM8K, tool-use turns, thinking usage)."""
     tool_items: int = 4
@@ -430,6 +453,17 @@ def validate(config: PipelineConfig) -> None:
                           or not 0.0 < trunk.act_threshold < 1.0 or trunk.ltm_slots < 1):
         raise ConfigError("cognate.trunk: stage_epochs needs one or two counts >= 1 (the leading stages trained "
                           "once; the models train the rest), act_threshold in (0, 1), ltm_slots >= 1")
+    if trunk.enabled and (trunk.chars_per_stage < 1 or (trunk.max_steps_per_epoch or 1) < 1
+                          or not 0.0 < trunk.fork_lr_scale <= 1.0):
+        raise ConfigError("cognate.trunk: chars_per_stage must be >= 1, max_steps_per_epoch >= 1 (or null) and "
+                          "fork_lr_scale in (0, 1]")
+    for name, share in [("trunk", trunk.taskworld_share), *((f"models[{m.name}]", m.taskworld_share)
+                                                           for m in cognate.models)]:
+        if not 0.0 <= share < 1.0:
+            raise ConfigError(f"cognate.{name}.taskworld_share={share} must be in [0, 1): the share of each stage's "
+                              "characters from the task world, the category weights dividing the rest")
+    if cognate.data.taskworld_items < 1:
+        raise ConfigError("cognate.data.taskworld_items must be >= 1")
     if config.device == "cuda" and not (config.ray.address or os.environ.get("RAY_ADDRESS")):
         import torch  # a local run: the GPU must be on this machine (a cluster's driver may have none)
 
@@ -445,7 +479,7 @@ def validate(config: PipelineConfig) -> None:
         raise ConfigError("scoreboard: confidence must be in (0, 1), tolerance >= 0, bootstrap_resamples >= 1")
     if min(board.heldout_chars, board.task_items, board.tool_items, board.speed_prompts, board.speed_tokens,
            board.max_new_tokens, board.thinking_items, board.wikitext_docs, board.wikitext_chars,
-           board.tool_max_turns) < 1:
+           board.tool_max_turns, board.offline_task_items) < 1:
         raise ConfigError("scoreboard: item counts, token budgets and turns must be >= 1")
     if not 0.0 < cognate.data.validation_fraction < 0.5:
         raise ConfigError("cognate.data.validation_fraction must be in (0, 0.5)")

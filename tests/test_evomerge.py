@@ -78,7 +78,7 @@ def phase_run(parents, ray_session):
     from forge.phases import evomerge
 
     root, dirs = parents
-    saved = os.environ.pop("FORGE_DATA_DIR", None)  # perplexity/speed/size only: keeps this run short
+    saved = os.environ.pop("FORGE_DATA_DIR", None)  # no data folder: accuracy on generated items, keeps it short
     try:
         ctx = _context(root, dirs)
         result = evomerge.run(ctx)
@@ -256,7 +256,9 @@ def test_phase_evolves_and_writes_a_loadable_champion(phase_run):
     generation0 = summary["generation0_best"]["fitness"]
     assert summary["criteria"]["improvement_over_generation0"]["value"] == pytest.approx(
         (summary["champion"]["fitness"] - generation0) / abs(generation0))
-    assert summary["fitness_terms"] == ["perplexity", "size", "speed"]  # no data folder: no accuracy term
+    # No data folder: the accuracy term is the task world's held-out problems (accuracy_tasks_offline).
+    assert summary["fitness_terms"] == ["accuracy", "perplexity", "size", "speed"]
+    assert set(summary["champion"]["terms"]) >= {"accuracy", "accuracy/taskworld_easy"}
     # The champion is written whatever the parents scored: whether it goes on is the scoreboard gate's call.
     rebuilt = Genome.from_dict(summary["champion"]["genome"]).build(_state_dicts(ctx.inputs))
     assert all(torch.equal(model.state_dict()[k], rebuilt[k]) for k in rebuilt)

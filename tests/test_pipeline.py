@@ -29,7 +29,8 @@ SMALL = [
     "cognate.train.max_steps_per_epoch=2", "cognate.train.checkpoint_every=1", "cognate.train.batch_size=4",
     "cognate.train.micro_batch_size=4", "cognate.train.seq_len=64", "cognate.train.eval_max_batches=2",
     "cognate.data.items_per_dataset=60", "cognate.data.chars_per_stage=40000", "cognate.data.bpe_vocab_size=512",
-    "cognate.data.validation_fraction=0.2", "tracking.wandb_mode=disabled",
+    "cognate.data.validation_fraction=0.2", "tracking.wandb_mode=disabled", "cognate.trunk.max_steps_per_epoch=2",
+    "cognate.trunk.chars_per_stage=40000", "cognate.data.taskworld_items=200", "scoreboard.offline_task_items=3",
     "cognate.models=[{name: a, act_threshold: 0.9, ltm_slots: 32, seed: 1, stage_epochs: [1, 1, 1]},"
     " {name: b, act_threshold: 0.99, ltm_slots: 64, seed: 2, stage_epochs: [1, 0, 1]}]",
     "evomerge.max_generations=1", "evomerge.heldout_max_chars=1500", "evomerge.perplexity_window=64",

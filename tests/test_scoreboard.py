@@ -12,8 +12,8 @@ from forge.artifacts import read_manifest, save_model_dir
 from forge.config import ScoreboardConfig
 from forge.data.tokenizer import load_gpt2_tokenizer
 
-SETTINGS = ScoreboardConfig(heldout_chars=600, task_items=6, max_new_tokens=4, tool_items=2, thinking_items=2,
-                            speed_prompts=2, speed_tokens=4, bootstrap_resamples=200).settings()
+SETTINGS = ScoreboardConfig(heldout_chars=600, task_items=6, offline_task_items=5, max_new_tokens=4, tool_items=2,
+                            thinking_items=2, speed_prompts=2, speed_tokens=4, bootstrap_resamples=200).settings()
 TEXTS = ["The river runs past the old mill and into the valley below the town.",
          "A library keeps books, maps and letters; readers borrow them for two weeks.",
          "Seven plus five is twelve, and twelve minus three is nine.",
@@ -74,13 +74,15 @@ def test_rows_are_fixed_per_model_and_change_with_the_model(two_models, ray_sess
     model, tokenizer = load_model_dir(dirs[0])
     row = score_model(model, tokenizer, dirs[0], SETTINGS, heldout_texts=TEXTS, wikitext_texts=[], data_dir=None)
     figures = row["metrics"]
-    assert {"heldout_perplexity", "task_accuracy", "task_accuracy/synthetic_reasoning", "tool_accuracy",
+    assert {"heldout_perplexity", "task_accuracy", "task_accuracy/taskworld_easy", "tool_accuracy",
             "tokens_per_s", "size_mb"} <= set(figures)
     assert "thinking_usage" not in figures  # the GPT-2 tokenizer has no thinking tokens
     for figure in figures.values():
         assert figure["low"] <= figure["value"] <= figure["high"]
     assert figures["heldout_perplexity"]["n"] == len(TEXTS)
-    assert figures["task_accuracy"]["n"] == SETTINGS.task_items
+    # No data folder: the task world's easy held-out problems, offline_task_items of them (task_items is for data).
+    assert figures["task_accuracy"]["tasks"] == ["taskworld_easy"]
+    assert figures["task_accuracy"]["n"] == SETTINGS.offline_task_items
     # The same model on a Ray benchmark actor gives the same item figures; another model does not.
     remote = score_model_dirs({"same": dirs[0], "other": dirs[1]}, SETTINGS, heldout_texts=TEXTS, wikitext_texts=[],
                               data_dir=None, device="cpu")

@@ -1,17 +1,22 @@
 """Phase 1's trunk and forks: the models start from the trunk's exact weights whatever their memory capacity and
 ACT threshold, the trunk is trained once (not once per model), a resumed phase does not retrain a finished
-trunk, and with the trunk off each model trains every stage from its own initialisation as before."""
+trunk, and with the trunk off each model trains every stage from its own initialisation as before. The trunk's
+mix holds the task world at its configured share (the stage's documents), and the held-out text never does."""
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 
 from forge.artifacts import load_model_dir, read_json, read_manifest
 from forge.config import CognateTrainConfig, load_pipeline_config
+from forge.data import sources, taskworld
+from forge.data.heldout import HELDOUT_TEXTS
 from forge.data.tokenizer import train_bpe_tokenizer
 from forge.phases.cognate import TRUNK_DIR, TRUNK_NAME
 from forge.pipeline import run_pipeline
 from forge.tracking import TrackingConfig, read_metrics
+from forge.pretrain.stages import StageMixConfig, build_stage
 from forge.pretrain.trainer import Stage, TrainJob, run_train_job
 from forge.pretrain.trunk import ForkError, fork_from_trunk
 
@@ -85,7 +90,8 @@ SMALL = ["phases=[cognate]", "scoreboard.enabled=false", "tracking.wandb_mode=di
          "cognate.data.validation_fraction=0.2",
          "cognate.models=[{name: a, act_threshold: 0.9, ltm_slots: 32, seed: 1, stage_epochs: [1, 1, 1]},"
          " {name: b, act_threshold: 0.99, ltm_slots: 64, seed: 2, stage_epochs: [1, 0, 1]}]",
-         "cognate.trunk.ltm_slots=32"]
+         "cognate.trunk.ltm_slots=32", "cognate.trunk.max_steps_per_epoch=2", "cognate.trunk.chars_per_stage=40000",
+         "cognate.data.taskworld_items=200"]
 
 
 def _steps(metrics, source):
@@ -102,6 +108,15 @@ def test_the_trunk_trains_once_and_a_resumed_phase_forks_it_without_retraining(t
     summary = read_json(phase / "manifest.json")["summary"]
     assert summary["trunk"]["reused"] is False and summary["trunk"]["steps"] == 2
     assert [s["stage"] for s in summary["models"]["a"]["data"]["stages"]] == ["reasoning", "advanced"]
+    # The task world is in the trunk's mix at the tiny preset's share, not in the models' (their share is 0 here),
+    # and none of its documents is in the held-out text.
+    trunk_draws = {d["dataset"]: d for d in summary["trunk"]["stages"][0]["datasets"]}
+    assert trunk_draws["taskworld"]["weight"] == 0.8 and trunk_draws["taskworld"]["drawn"] > 0
+    assert 0 < summary["trunk"]["taskworld_corpus_tokens"] < summary["trunk"]["corpus_tokens"]
+    model_draws = [d["dataset"] for stage in summary["models"]["a"]["data"]["stages"] for d in stage["datasets"]]
+    assert "taskworld" not in model_draws and summary["models"]["a"]["data"]["taskworld_corpus_tokens"] == 0
+    generated = sources.load_texts("taskworld", sources.SourceConfig(max_items=200)).texts
+    assert not set(generated) & set(read_json(phase / HELDOUT_TEXTS)["texts"])
     trunk_digest = read_manifest(phase / "work" / TRUNK_DIR)["digest"]
     diversity = summary["diversity"]
     assert set(diversity["profiles"]["a"]) == {"heldout_perplexity", "halting_steps", "memory_use", "speed"}
@@ -132,3 +147,26 @@ def test_with_the_trunk_off_each_model_trains_every_stage_from_its_own_init(tmp_
     summary = read_json(phase / "manifest.json")["summary"]
     assert summary["trunk"] is None
     assert [s["stage"] for s in summary["models"]["b"]["data"]["stages"]] == ["foundation", "reasoning", "advanced"]
+
+
+def test_a_fixed_share_puts_train_side_task_world_documents_into_the_stage():
+    src = sources.SourceConfig(order=("offline",), max_items=400, allow_skip=True)
+    config = StageMixConfig(chars_per_stage=30_000, sources=src, fixed_shares={"taskworld": 0.8})
+    mix = build_stage("foundation", config)
+    draws = {draw.dataset: draw for draw in mix.draws}
+    world = draws["taskworld"]
+    assert world.source == "offline:taskworld" and world.weight == 0.8
+    assert 0.8 * 30_000 <= world.drawn_chars < 0.8 * 30_000 + max(map(len, mix.texts))
+    # The categories share the rest (foundation offline: math 0.4 and code 0.1 of the spec's weights).
+    assert mix.category_weights == pytest.approx({"math": 0.2 * 0.8, "code": 0.2 * 0.2})
+    assert sum(draw.weight for draw in mix.draws) == pytest.approx(1.0)
+    # The stage's documents: that many task-world problems, none held out, mostly answer-only (direct mode).
+    generated = set(sources.load_texts("taskworld", src).texts)
+    documents = [text for text in mix.texts if text in generated]
+    assert len(documents) == world.drawn and len(mix.texts) == sum(draw.drawn for draw in mix.draws)
+    heldout = taskworld.heldout_set(40, families=taskworld.EASY_FAMILIES, levels=taskworld.EASY_LEVELS)
+    assert not {taskworld.text(item, mode) for item in heldout for mode in taskworld.MODES} & set(documents)
+    assert sum(text.startswith("Question: ") for text in documents) > 0.6 * len(documents)
+    assert not generated & set(build_stage("foundation", replace(config, fixed_shares={})).texts)
+    with pytest.raises(ValueError, match="fixed shares"):
+        StageMixConfig(fixed_shares={"taskworld": 1.0})

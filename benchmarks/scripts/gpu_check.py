@@ -37,6 +37,7 @@ MODELS = ("cognate-reasoning", "cognate-memory", "gpt2")
 PIPELINE_SHRINK = [
     "cognate.train.max_steps_per_epoch=2", "cognate.train.batch_size=8", "cognate.train.eval_max_batches=2",
     "cognate.train.checkpoint_every=1", "cognate.data.items_per_dataset=200", "cognate.data.chars_per_stage=400000",
+    "cognate.trunk.max_steps_per_epoch=2", "cognate.trunk.chars_per_stage=400000",
     "cognate.models=[{name: reasoning, act_threshold: 0.95, ltm_slots: 2048, seed: 42, stage_epochs: [1, 0, 1]},"
     " {name: memory, act_threshold: 0.85, ltm_slots: 8192, seed: 43, stage_epochs: [1, 0, 1]},"
     " {name: speed, act_threshold: 0.99, ltm_slots: 2048, seed: 44, stage_epochs: [1, 0, 1]}]",

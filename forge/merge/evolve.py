@@ -69,6 +69,8 @@ class EvoMergeConfig:
     """Tokens per perplexity window (sliding, half overlap); the tiny models train on 128-token sequences."""
     accuracy_tasks: list[str] = field(default_factory=lambda: ["arc_easy"])
     """Harness tasks (held-out items only) for the accuracy term; used when a data folder is configured."""
+    accuracy_tasks_offline: list[str] = field(default_factory=lambda: ["taskworld_easy"])
+    """Accuracy tasks without a data folder: generated held-out items (the task world's easy problems); []: none."""
     accuracy_limit: int = 20
     """Items per accuracy task, drawn with accuracy_seed."""
     accuracy_seed: int = 1234
@@ -82,7 +84,7 @@ class EvoMergeConfig:
     weight_perplexity: float = 0.6
     """Fitness weight of the held-out perplexity score."""
     weight_accuracy: float = 0.3
-    """Fitness weight of the held-out reasoning accuracy (dropped, and the rest renormalised, without data)."""
+    """Fitness weight of the held-out accuracy (dropped, and the rest renormalised, without accuracy tasks)."""
     weight_speed: float = 0.05
     """Fitness weight of measured tokens/s relative to the parents."""
     weight_size: float = 0.05
@@ -277,8 +279,8 @@ def population_diversity(state_dicts: Sequence[Mapping[str, torch.Tensor]],
 
 FITNESS_DEFINITION = (
     "weighted mean of: perplexity score 1 - ln(ppl)/ln(vocab) on Phase 1's held-out texts (0 = uniform "
-    "guessing, 1 = perfect); held-out accuracy (harness primary metric, mean over accuracy_tasks; only with a "
-    "data folder); speed min(tokens/s / parents' median tokens/s, 2); size min(parents' bytes / bytes, 2)")
+    "guessing, 1 = perfect); held-out accuracy (harness primary metric, mean over accuracy_tasks; without a "
+    "data folder accuracy_tasks_offline); speed min(tokens/s / parents' median tokens/s, 2); size min(parents' bytes / bytes, 2)")
 
 
 def fitness_scores(terms: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:

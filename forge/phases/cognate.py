@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ SPEED_SPREAD_MS_REQUIRED = 10.0  # spec: speed_diversity > 10.0 (ms)
 TRUNK_NAME = "trunk"  # the shared ancestor's trainer name: checkpoints in work/trunk, metrics as cognate-trunk
 TRUNK_DIR = "trunk_model"  # the finished trunk, a verified model directory in work/ (not a phase output)
 PROGRESS_POLL_S = 2.0  # how often the driver reads the trainers' metrics for the progress bar
+TASKWORLD = "taskworld"  # the generated task world's curriculum dataset (forge.data.sources), mixed in by share
 
 
 def _source_config(config: PipelineConfig) -> SourceConfig:
@@ -49,8 +51,10 @@ def _source_config(config: PipelineConfig) -> SourceConfig:
 
 
 def _stage_mix(config: PipelineConfig, spec: CognateModelSpec | CognateTrunkConfig) -> StageMixConfig:
-    return StageMixConfig(category_weights=spec.category_weights, chars_per_stage=config.cognate.data.chars_per_stage,
-                            seed=spec.seed, sources=_source_config(config))
+    chars = spec.chars_per_stage if isinstance(spec, CognateTrunkConfig) else config.cognate.data.chars_per_stage
+    return StageMixConfig(category_weights=spec.category_weights, chars_per_stage=chars, seed=spec.seed,
+                          sources=_source_config(config),
+                          fixed_shares={TASKWORLD: spec.taskworld_share} if spec.taskworld_share else {})
 
 
 def _tokenizer(ctx: PhaseContext, train_texts: list[str]):
@@ -226,13 +230,19 @@ def run(ctx: PhaseContext) -> PhaseResult:
     # 1. Data: each dataset loaded once; the trunk and every model mix their own stages from it.
     sources = _source_config(config)
     loaded = {name: load_texts(name, sources) for names in STAGES.values() for name in names}
+    if any(spec.taskworld_share for spec in [*cognate.models, *([trunk] if trunk else [])]):
+        loaded[TASKWORLD] = load_texts(TASKWORLD, replace(sources, max_items=cognate.data.taskworld_items))
     mixes = {spec.name: [build_stage(stage, _stage_mix(config, spec), loaded) for stage in stage_names[shared:]]
              for spec in cognate.models}
     trunk_mixes = [build_stage(stage, _stage_mix(config, trunk), loaded) for stage in stage_names[:shared]]
     all_texts = {text for stages in [*mixes.values(), trunk_mixes] for mix in stages for text in mix.texts}
     fraction = cognate.data.validation_fraction
-    val_texts = sorted(t for t in all_texts if is_validation_text(t, fraction, VALIDATION_SEED))
-    train_texts = sorted(all_texts.difference(val_texts))
+    # Task-world problems are all trained on: their held-out side is the benchmark tasks' (taskworld_easy), and the
+    # held-out documents stay text, comparable with and without them.
+    generated = set(loaded[TASKWORLD].texts) if TASKWORLD in loaded else set()
+    val_texts = sorted(t for t in all_texts - generated if is_validation_text(t, fraction, VALIDATION_SEED))
+    held_out = set(val_texts)
+    train_texts = sorted(all_texts.difference(held_out))
     if not val_texts:
         raise ValueError("no validation documents: raise cognate.data.validation_fraction or give more data")
 
@@ -252,18 +262,20 @@ def run(ctx: PhaseContext) -> PhaseResult:
         raise ValueError(f"the validation text ({len(val_stream)} tokens) is shorter than one sequence of "
                          f"{seq_len}: raise cognate.data.chars_per_stage or validation_fraction")
 
-    def training_stages(stage_mixes, epochs) -> tuple[list[Stage], list[int]]:
-        stages, stream_all = [], []
+    def training_stages(stage_mixes, epochs) -> tuple[list[Stage], list[int], int]:
+        """The stages' packed blocks, their token stream and how many of its tokens are task-world documents."""
+        stages, stream_all, task_tokens = [], [], 0
         for mix, count in zip(stage_mixes, epochs):
-            texts = [t for t in mix.texts if not is_validation_text(t, fraction, VALIDATION_SEED)]
+            texts = [t for t in mix.texts if t not in held_out]
             stream = _encode(tokenizer, texts)
             stream_all.extend(stream)
+            task_tokens += len(_encode(tokenizer, [t for t in texts if t in generated]))
             stages.append(Stage(mix.stage, blocks_from_stream(stream, seq_len), count))
-        return stages, stream_all
+        return stages, stream_all, task_tokens
 
-    def job(name, spec, stages, init_from=None, out_dir=None) -> TrainJob:
+    def job(name, spec, stages, init_from=None, out_dir=None, train=cognate.train) -> TrainJob:
         return TrainJob(
-            name=name, architecture=_architecture(config, spec, tokenizer), seed=spec.seed, train=cognate.train,
+            name=name, architecture=_architecture(config, spec, tokenizer), seed=spec.seed, train=train,
             stages=stages, val_blocks=val_blocks, tokenizer_dir=tokenizer_dir,
             out_dir=out_dir or ctx.phase_dir / f"model_{name}", checkpoint_dir=ctx.work_dir / name,
             metrics_dir=ctx.phase_dir, tracking=config.tracking, group=ctx.run_dir.name, init_from=init_from)
@@ -275,9 +287,10 @@ def run(ctx: PhaseContext) -> PhaseResult:
     # busy 2-core machine ran 7.7x slower than with one (45 vs 346 tok/s, docs/BENCHMARKS.md).
     trunk_record, trunk_dir, trunk_stream = None, None, []
     if trunk:
-        trunk_stages, trunk_stream = training_stages(trunk_mixes, trunk.stage_epochs)
+        trunk_stages, trunk_stream, trunk_task_tokens = training_stages(trunk_mixes, trunk.stage_epochs)
         trunk_dir = ctx.work_dir / TRUNK_DIR
-        trunk_job = job(TRUNK_NAME, trunk, trunk_stages, out_dir=trunk_dir)
+        trunk_job = job(TRUNK_NAME, trunk, trunk_stages, out_dir=trunk_dir,
+                        train=replace(cognate.train, max_steps_per_epoch=trunk.max_steps_per_epoch))
         problems = model_dir_problems(trunk_dir)
         if problems:
             baseline = unigram_perplexity(trunk_stream, val_stream, len(tokenizer))
@@ -289,19 +302,25 @@ def run(ctx: PhaseContext) -> PhaseResult:
             trunk_record = {**read_manifest(trunk_dir)["training"], "reused": True}
         trunk_record.update(stages=[m.summary() for m in trunk_mixes],
                             train_blocks=[len(s.blocks) for s in trunk_stages],
+                            corpus_tokens=len(trunk_stream), taskworld_corpus_tokens=trunk_task_tokens,
                             act_threshold=trunk.act_threshold, ltm_slots=trunk.ltm_slots, seed=trunk.seed)
 
     # 3. One job per model (forked from the trunk when there is one), all at the same time.
     jobs, data_record = [], {}
     for spec in cognate.models:
-        stages, own_stream = training_stages(mixes[spec.name], spec.stage_epochs[shared:])
+        stages, own_stream, own_task_tokens = training_stages(mixes[spec.name], spec.stage_epochs[shared:])
         data_record[spec.name] = {
             "stages": [m.summary() for m in mixes[spec.name]],
             "train_blocks": [len(s.blocks) for s in stages],
+            "corpus_tokens": len(own_stream), "taskworld_corpus_tokens": own_task_tokens,
             # what this model learned from: the trunk's text too
             "unigram_val_perplexity": unigram_perplexity(trunk_stream + own_stream, val_stream, len(tokenizer)),
         }
-        jobs.append(job(spec.name, spec, stages, init_from=trunk_dir))
+        # A fork refines the trunk at a lower peak rate; at the full rate it overwrote the trunk's task answers.
+        fork_train = cognate.train if not trunk else replace(cognate.train, optimizer=replace(
+            cognate.train.optimizer, muon_lr=cognate.train.optimizer.muon_lr * trunk.fork_lr_scale,
+            adam_lr=cognate.train.optimizer.adam_lr * trunk.fork_lr_scale))
+        jobs.append(job(spec.name, spec, stages, init_from=trunk_dir, train=fork_train))
     results, share = _train_jobs(jobs, config, plan,
                                  {name: record["unigram_val_perplexity"] for name, record in data_record.items()})
 

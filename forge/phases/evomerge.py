@@ -3,7 +3,7 @@
 Driver: load the parents, build each generation's candidates from their genomes (``forge.merge.evolve``),
 replace an invalid merge (non-finite weights or logits, broken greedy generation) by a linear merge and
 record it, put the weights in the object store once, and run one Tune experiment per generation: each
-trial is one candidate genome, evaluated (held-out perplexity, held-out accuracy with a data folder,
+trial is one candidate genome, evaluated (held-out perplexity, held-out accuracy: the task world's without data,
 tokens/s, size) inside the trial on the resource share ``cluster.resources`` gives it, ``eval_actors``
 trials at a time. The experiment directory (``work/tune/gen_NNN``) holds every trial's genome and measured
 terms; ``work/generations/gen_NNN.json`` is the driver's checkpoint of each finished generation. An
@@ -75,8 +75,8 @@ def invalid_reason(model, probe_ids: torch.Tensor) -> str | None:
 
 def measure_terms(model, tokenizer, texts: Sequence[str], config: EvoMergeConfig, *,
                   data_dir: str | None) -> dict[str, float]:
-    """Every fitness term of ``model``, measured: held-out perplexity, accuracy (with ``data_dir``),
-    tokens/s, parameter count and bytes."""
+    """Every fitness term of ``model``, measured: held-out perplexity, accuracy (``accuracy_tasks`` with
+    ``data_dir``, ``accuracy_tasks_offline`` without), tokens/s, parameter count and bytes."""
     from benchmarks.harness import evaluate
     from benchmarks.lm import model_max_length, perplexity
 
@@ -88,8 +88,9 @@ def measure_terms(model, tokenizer, texts: Sequence[str], config: EvoMergeConfig
         "params": float(sum(p.numel() for p in model.parameters())),
         "bytes": float(sum(p.numel() * p.element_size() for p in model.parameters())),
     }
-    if data_dir is not None and config.accuracy_tasks:
-        results = evaluate(model, tokenizer, config.accuracy_tasks, limit=config.accuracy_limit,
+    tasks = config.accuracy_tasks if data_dir is not None else config.accuracy_tasks_offline
+    if tasks:
+        results = evaluate(model, tokenizer, tasks, limit=config.accuracy_limit,
                            seed=config.accuracy_seed, heldout_only=True, data_dir=data_dir)
         for name, result in results.items():
             terms[f"accuracy/{name}"] = result.score

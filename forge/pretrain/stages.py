@@ -10,6 +10,8 @@ times over to match GSM8K). Shares are of characters, not documents (a WikiText 
 times longer than an ARC question, and the model trains on tokens). A dataset is drawn in seeded
 passes without replacement until its character budget is met, so a small set is repeated and a large
 one sampled; every stage records, per dataset, the source used and what was available and drawn.
+Datasets with a fixed share (``StageMixConfig.fixed_shares``, e.g. the generated task world) join every stage
+at that share of its characters, whatever their category; the category weights divide the rest.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ class StageMixConfig:
     chars_per_stage: int = 2_000_000  # characters of text in each stage's mix (about 4 per GPT-2 token)
     seed: int = 0  # mixing seed (sources.seed drives sampling and offline generation)
     sources: SourceConfig = field(default_factory=SourceConfig)  # how datasets are loaded
+    # datasets in every stage at a fixed share of its characters, outside the category weights ({"taskworld": 0.8})
+    fixed_shares: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.category_weights if name not in CATEGORIES]
@@ -63,6 +67,11 @@ class StageMixConfig:
                 get_source(name)  # raises for an unknown dataset name
         if self.chars_per_stage < 1:
             raise ValueError(f"chars_per_stage={self.chars_per_stage} must be >= 1")
+        for name in self.fixed_shares:
+            get_source(name)
+        if any(share < 0 for share in self.fixed_shares.values()) or sum(self.fixed_shares.values()) >= 1:
+            raise ValueError(f"fixed shares {dict(self.fixed_shares)} must be >= 0 and sum to less than 1 (the "
+                             "category weights divide the rest of each stage)")
 
 
 @dataclass
@@ -87,7 +96,7 @@ class StageMix:
     stage: str  # stage name
     texts: list[str]  # the mixed, shuffled documents
     draws: list[DatasetDraw]  # one entry per dataset of the stage, skipped ones included
-    category_weights: dict[str, float]  # the renormalised weights actually used
+    category_weights: dict[str, float]  # the renormalised weights actually used (summing to 1 - the fixed shares)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready record of the stage (without the texts)."""
@@ -113,9 +122,11 @@ def build_stage(stage: str, config: StageMixConfig = StageMixConfig(),
     """The mix of one stage; ``loaded`` may supply datasets already loaded (by name)."""
     if stage not in config.stages:
         raise ValueError(f"unknown stage {stage!r}; configured: {', '.join(config.stages)}")
-    names = config.stages[stage]
+    fixed = {name: share for name, share in config.fixed_shares.items() if share > 0}
+    names = [name for name in config.stages[stage] if name not in fixed] + list(fixed)
     results = {name: (loaded or {}).get(name) or load_texts(name, config.sources) for name in names}
-    present = {name: result for name, result in results.items() if not result.skipped}
+    fixed = {name: share for name, share in fixed.items() if not results[name].skipped}
+    present = {name: result for name, result in results.items() if not result.skipped and name not in fixed}
     by_category: dict[str, list[str]] = {}
     for name, result in present.items():
         by_category.setdefault(result.category, []).append(name)
@@ -124,7 +135,7 @@ def build_stage(stage: str, config: StageMixConfig = StageMixConfig(),
     if not weights:
         raise ValueError(f"stage {stage!r} has no loaded dataset in a category with positive weight "
                          f"(loaded: {sorted(present)}, weights: {dict(config.category_weights)})")
-    total_weight = sum(weights.values())
+    total_weight = sum(weights.values()) / (1.0 - sum(fixed.values()))  # the categories share what is not fixed
     weights = {category: weight / total_weight for category, weight in weights.items()}
     sizes = {name: sum(map(len, result.texts)) for name, result in present.items()}
     dataset_weights = {}
@@ -132,6 +143,7 @@ def build_stage(stage: str, config: StageMixConfig = StageMixConfig(),
         if category in weights:
             category_size = sum(sizes[name] for name in members)
             dataset_weights.update({name: weights[category] * sizes[name] / category_size for name in members})
+    dataset_weights.update(fixed)
     rng = random.Random(f"{stage}/{config.seed}")
     texts: list[str] = []
     draws = []
@@ -151,7 +163,7 @@ def build_stage(stage: str, config: StageMixConfig = StageMixConfig(),
 def build_stages(config: StageMixConfig = StageMixConfig()) -> list[StageMix]:
     """Every configured stage in order; each dataset is loaded once even if several stages use it."""
     loaded: dict[str, LoadedTexts] = {}
-    for names in config.stages.values():
+    for names in [*config.stages.values(), config.fixed_shares]:
         for name in names:
             if name not in loaded:
                 loaded[name] = load_texts(name, config.sources)
