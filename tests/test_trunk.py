@@ -11,7 +11,7 @@ import torch
 from forge.artifacts import load_model_dir, read_json, read_manifest
 from forge.config import CognateTrainConfig, load_pipeline_config
 from forge.data import sources, taskworld
-from forge.data.heldout import HELDOUT_TEXTS
+from forge.data.heldout import HELDOUT, TEXT_FILES
 from forge.data.tokenizer import train_bpe_tokenizer
 from forge.phases.cognate import TRUNK_DIR, TRUNK_NAME
 from forge.pipeline import run_pipeline
@@ -116,7 +116,7 @@ def test_the_trunk_trains_once_and_a_resumed_phase_forks_it_without_retraining(t
     model_draws = [d["dataset"] for stage in summary["models"]["a"]["data"]["stages"] for d in stage["datasets"]]
     assert "taskworld" not in model_draws and summary["models"]["a"]["data"]["taskworld_corpus_tokens"] == 0
     generated = sources.load_texts("taskworld", sources.SourceConfig(max_items=200)).texts
-    assert not set(generated) & set(read_json(phase / HELDOUT_TEXTS)["texts"])
+    assert not set(generated) & set(read_json(phase / TEXT_FILES[HELDOUT])["texts"])
     trunk_digest = read_manifest(phase / "work" / TRUNK_DIR)["digest"]
     diversity = summary["diversity"]
     assert set(diversity["profiles"]["a"]) == {"heldout_perplexity", "halting_steps", "memory_use", "speed"}

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from forge.artifacts import atomic_write_json
     from forge.config import ScoreboardConfig
-    from forge.data.heldout import read_heldout_texts
+    from forge.data.heldout import HELDOUT
+    from forge.pipeline import read_run_texts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=RUN_DIR (a run with Phase 1 done)")
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = Path(path)
     torch.set_num_threads(args.threads)
     common = next(iter(runs.values())) / "cognate"
-    texts = read_heldout_texts(common, ScoreboardConfig().heldout_chars)
+    texts = read_run_texts(common.parent, HELDOUT, ScoreboardConfig().heldout_chars)
     result = {"task": TASK, "common_heldout_from": str(common), "runs": {}}
     for name, run_dir in runs.items():
         record = run_record(run_dir)
