@@ -189,7 +189,7 @@ def _train_jobs(jobs: list[TrainJob], config: PipelineConfig, plan, baselines: d
         pending[trainer.train.remote(job)] = (job.name, trainer, attempts)
     results: dict[str, dict[str, Any]] = {}
     # The trainers' steps, followed from the driver through their metrics (see forge.console on actors' output).
-    totals = {f"cognate-{job.name}": sum(steps_in_epoch(s, train_cfg) * s.epochs for s in job.stages) for job in jobs}
+    totals = {f"cognate-{job.name}": sum(steps_in_epoch(s, job.train) * s.epochs for s in job.stages) for job in jobs}
     steps = dict.fromkeys(totals, 0)
     tails = [MetricsTail(path) for path in sorted({Path(job.metrics_dir) / "metrics.jsonl" for job in jobs})]
     progress = Progress(f"cognate: training {', '.join(job.name for job in jobs)}", sum(totals.values()), "step")
