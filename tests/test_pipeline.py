@@ -323,6 +323,9 @@ def test_rerun_skips_and_altered_output_is_redone(tiny_run, shared_data, capsys)
     weights = run_dir / "cognate" / "model_b" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-16])  # truncated
     run_pipeline(small_config(out, shared_data))
+    # The kill-resume harness finds a phase's start by this console line.
+    from benchmarks.scripts.kill_resume import phase_started_line
+    assert any(line.startswith(phase_started_line("cognate")) for line in capsys.readouterr().out.splitlines())
     after = read_json(manifest_path)
     assert after["status"] == "complete" and after["started_unix"] != before["started_unix"]
     assert after["outputs"] == before["outputs"]  # redone from the last checkpoint: the same weights

@@ -42,6 +42,11 @@ from forge.pipeline import finished_outputs  # noqa: E402
 from test_pipeline import SMALL  # noqa: E402  (the shrunken config the pipeline tests use)
 
 
+def phase_started_line(phase: str) -> str:
+    """How the pipeline's console line that starts ``phase`` begins (forge.pipeline.run_pipeline)."""
+    return f"[forge] {phase}: starting: "
+
+
 class Launch:
     """One start of the pipeline command, its output lines timestamped as they arrive."""
 
@@ -74,7 +79,7 @@ class Launch:
         current = None
         for _, line in self.lines:
             for phase in PHASES:
-                if line.startswith(f"[forge] {phase}: running in"):
+                if line.startswith(phase_started_line(phase)):
                     current = phase
                 elif line.startswith(f"[forge] {phase}: complete") and current == phase:
                     current = None
@@ -193,7 +198,7 @@ def main() -> int:
             record: dict = {"phase": phase, "signal": sig.name}
             rounds.append(record)
             # The previous round's phase, resumed, is checked when this start has passed it.
-            phase_started = launch.wait_for(f"[forge] {phase}: running in", args.timeout)
+            phase_started = launch.wait_for(phase_started_line(phase), args.timeout)
             if phase_started is None:
                 record.update(error=f"{phase} never started", exit_code=launch.finish(60), output=launch.text()[-3000:])
                 continue
