@@ -114,9 +114,14 @@ def declared_texts(run_dir: Path, before: str | None = None) -> dict[str, Path]:
     """``{name: file}``: the text outputs declared by the finished phases of ``run_dir`` (those before phase
     ``before``, else all), each verified against its manifest's hash. Later phases get these, not paths of
     their own making."""
+    return {name: path for name, (path, _) in _declared_text_entries(run_dir, before).items()}
+
+
+def _declared_text_entries(run_dir: Path, before: str | None) -> dict[str, tuple[Path, str]]:
+    """``{name: (file, verified SHA-256)}`` of :func:`declared_texts`."""
     from forge.phases import PHASES
 
-    texts: dict[str, Path] = {}
+    texts: dict[str, tuple[Path, str]] = {}
     for phase in PHASES[:PHASES.index(before)] if before else PHASES:
         manifest_path = Path(run_dir) / phase / MANIFEST
         if not manifest_path.is_file() or (manifest := read_json(manifest_path)).get("status") != "complete":
@@ -125,7 +130,8 @@ def declared_texts(run_dir: Path, before: str | None = None) -> dict[str, Path]:
         if changed:
             raise PipelineError(f"{manifest_path.parent}: the {', '.join(changed)} text output(s) are missing or "
                                 f"changed since the phase wrote them; run --phases {phase},... again to redo it")
-        texts.update({name: manifest_path.parent / entry["path"] for name, entry in manifest.get("texts", {}).items()})
+        texts.update({name: (manifest_path.parent / entry["path"], entry["digest"])
+                      for name, entry in manifest.get("texts", {}).items()})
     return texts
 
 
@@ -252,9 +258,10 @@ def run_pipeline(config: PipelineConfig) -> Path:
                 raise PipelineError(f"phase '{name}' needs the finished outputs of '{input_phase}' in {run_dir}; "
                                     f"run with --phases {input_phase},{name}")
             inputs = found
-        texts = declared_texts(run_dir, before=name)
+        text_entries = _declared_text_entries(run_dir, before=name)
+        texts = {k: path for k, (path, _) in text_entries.items()}
+        text_digests = {k: digest for k, (_, digest) in text_entries.items()}
         input_digests = {k: read_manifest(v)["digest"] for k, v in inputs.items()}
-        text_digests = {k: sha256_file(v) for k, v in texts.items()}
         cfg_hash, board_hash = phase_config_hash(config, name), scoreboard_hash(config)
         own_outputs = _phase_is_current(phase_dir, cfg_hash, input_digests, text_digests)
         if own_outputs is not None:
