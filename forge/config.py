@@ -63,6 +63,9 @@ class CognateModelSpec:
     taskworld_share: float = 0.0
     """Share of each of this model's stages (characters) from the task world's train side (forge.data.taskworld,
     easy families and levels), outside the category weights, which divide the rest; 0: none."""
+    taskworld_dataset: Literal["taskworld", "taskworld_direct"] = "taskworld"
+    """Which task-world dataset the share draws: taskworld (mostly direct answers, some worked and calculator
+    transcripts, so the instructions change what the model writes) or taskworld_direct (direct answers only)."""
 
 
 def _spec_models() -> list[CognateModelSpec]:
@@ -104,10 +107,16 @@ class CognateTrunkConfig:
     """Share of the trunk's characters from the task world's train side (forge.data.taskworld, easy families and
     levels), outside the category weights, which divide the rest: a 0.94M model needs ~400k task tokens to answer
     above chance (docs/BENCHMARKS.md); 0: none."""
-    chars_per_stage: int = 1_400_000
+    taskworld_dataset: Literal["taskworld", "taskworld_direct"] = "taskworld_direct"
+    """Which task-world dataset the share draws: taskworld_direct (direct answers only: a tiny model learns to
+    answer from these about twice as fast per token as from the mixed modes, docs/BENCHMARKS.md) or taskworld."""
+    spike_factor: float = 10.0
+    """The trunk's divergence rule (cognate.train.spike_factor is the models'): a batch of mostly text after
+    mostly task-world batches (loss ~1) measured 4.8x the recent mean without diverging."""
+    chars_per_stage: int = 2_000_000
     """Characters in each of the trunk's stages (cognate.data.chars_per_stage is the models'): enough text for
     max_steps_per_epoch full batches."""
-    max_steps_per_epoch: int | None = 520
+    max_steps_per_epoch: int | None = 800
     """Cap on the trunk's optimizer steps per epoch (cognate.train.max_steps_per_epoch is the models'); None: its
     whole corpus."""
     fork_lr_scale: float = 0.3
@@ -454,9 +463,9 @@ def validate(config: PipelineConfig) -> None:
         raise ConfigError("cognate.trunk: stage_epochs needs one or two counts >= 1 (the leading stages trained "
                           "once; the models train the rest), act_threshold in (0, 1), ltm_slots >= 1")
     if trunk.enabled and (trunk.chars_per_stage < 1 or (trunk.max_steps_per_epoch or 1) < 1
-                          or not 0.0 < trunk.fork_lr_scale <= 1.0):
-        raise ConfigError("cognate.trunk: chars_per_stage must be >= 1, max_steps_per_epoch >= 1 (or null) and "
-                          "fork_lr_scale in (0, 1]")
+                          or not 0.0 < trunk.fork_lr_scale <= 1.0 or trunk.spike_factor <= 1.0):
+        raise ConfigError("cognate.trunk: chars_per_stage must be >= 1, max_steps_per_epoch >= 1 (or null), "
+                          "fork_lr_scale in (0, 1] and spike_factor > 1")
     for name, share in [("trunk", trunk.taskworld_share), *((f"models[{m.name}]", m.taskworld_share)
                                                            for m in cognate.models)]:
         if not 0.0 <= share < 1.0:

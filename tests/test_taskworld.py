@@ -148,6 +148,10 @@ def test_the_curriculum_source_draws_the_train_side_only(heldout_items):
     assert not heldout_texts & set(loaded.texts)
     assert any(text.startswith("Show your work.") for text in loaded.texts)
     assert loaded.texts == taskworld.curriculum_texts(600, seed=sources._dataset_seed(0, "taskworld"))
+    direct = sources.load_texts("taskworld_direct", sources.SourceConfig(max_items=600))
+    assert direct.source == "offline:taskworld_direct" and not heldout_texts & set(direct.texts)
+    assert all(text.startswith("Question: ") and text.count("\n") == 2 and "\nAnswer: " in text
+               for text in direct.texts)
 
 
 def test_benchmark_tasks_load_the_heldout_side_and_score_exactly():

@@ -108,14 +108,16 @@ def test_the_trunk_trains_once_and_a_resumed_phase_forks_it_without_retraining(t
     summary = read_json(phase / "manifest.json")["summary"]
     assert summary["trunk"]["reused"] is False and summary["trunk"]["steps"] == 2
     assert [s["stage"] for s in summary["models"]["a"]["data"]["stages"]] == ["reasoning", "advanced"]
-    # The task world is in the trunk's mix at the tiny preset's share, not in the models' (their share is 0 here),
-    # and none of its documents is in the held-out text.
+    # The task world is in the trunk's mix at the tiny preset's share, with direct answers only, not in the models'
+    # (their share is 0 here), and none of its documents is in the held-out text.
     trunk_draws = {d["dataset"]: d for d in summary["trunk"]["stages"][0]["datasets"]}
-    assert trunk_draws["taskworld"]["weight"] == 0.8 and trunk_draws["taskworld"]["drawn"] > 0
+    assert trunk_draws["taskworld_direct"]["weight"] == 0.8 and trunk_draws["taskworld_direct"]["drawn"] > 0
+    assert "taskworld" not in trunk_draws
     assert 0 < summary["trunk"]["taskworld_corpus_tokens"] < summary["trunk"]["corpus_tokens"]
     model_draws = [d["dataset"] for stage in summary["models"]["a"]["data"]["stages"] for d in stage["datasets"]]
-    assert "taskworld" not in model_draws and summary["models"]["a"]["data"]["taskworld_corpus_tokens"] == 0
-    generated = sources.load_texts("taskworld", sources.SourceConfig(max_items=200)).texts
+    assert not {"taskworld", "taskworld_direct"} & set(model_draws)
+    assert summary["models"]["a"]["data"]["taskworld_corpus_tokens"] == 0
+    generated = sources.load_texts("taskworld_direct", sources.SourceConfig(max_items=200)).texts
     assert not set(generated) & set(read_json(phase / TEXT_FILES[HELDOUT])["texts"])
     trunk_digest = read_manifest(phase / "work" / TRUNK_DIR)["digest"]
     diversity = summary["diversity"]

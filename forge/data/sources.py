@@ -219,6 +219,8 @@ DATASETS: dict[str, DatasetSource] = {source.name: source for source in (
                   "python_stdlib_docstrings"),
     # Generated problems (forge.data.taskworld), train side only; benchmarks' "taskworld" task holds out the rest.
     DatasetSource("taskworld", "Task world", "math", format_plain, None, False, "taskworld"),
+    DatasetSource("taskworld_direct", "Task world (direct answers)", "math", format_plain, None, False,
+                  "taskworld_direct"),
 )}
 
 

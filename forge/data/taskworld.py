@@ -361,6 +361,12 @@ def curriculum_texts(n: int, seed: int = 0) -> list[str]:
     return training_texts(n, seed, families=EASY_FAMILIES, levels=EASY_LEVELS, modes=CURRICULUM_MODES)
 
 
+def direct_curriculum_texts(n: int, seed: int = 0) -> list[str]:
+    """The curriculum dataset ``taskworld_direct``: the same problems as ``curriculum_texts``, all in direct mode
+    (question, then the answer), the setting of the learning curve in docs/BENCHMARKS.md."""
+    return training_texts(n, seed, families=EASY_FAMILIES, levels=EASY_LEVELS, modes=("direct",))
+
+
 # ---------------------------------------------------------------- scoring
 
 _ANSWER_LINE = re.compile(r"Answer:[ \t]*([^\n]*)")

@@ -41,7 +41,6 @@ SPEED_SPREAD_MS_REQUIRED = 10.0  # spec: speed_diversity > 10.0 (ms)
 TRUNK_NAME = "trunk"  # the shared ancestor's trainer name: checkpoints in work/trunk, metrics as cognate-trunk
 TRUNK_DIR = "trunk_model"  # the finished trunk, a verified model directory in work/ (not a phase output)
 PROGRESS_POLL_S = 2.0  # how often the driver reads the trainers' metrics for the progress bar
-TASKWORLD = "taskworld"  # the generated task world's curriculum dataset (forge.data.sources), mixed in by share
 
 
 def _source_config(config: PipelineConfig) -> SourceConfig:
@@ -54,7 +53,7 @@ def _stage_mix(config: PipelineConfig, spec: CognateModelSpec | CognateTrunkConf
     chars = spec.chars_per_stage if isinstance(spec, CognateTrunkConfig) else config.cognate.data.chars_per_stage
     return StageMixConfig(category_weights=spec.category_weights, chars_per_stage=chars, seed=spec.seed,
                           sources=_source_config(config),
-                          fixed_shares={TASKWORLD: spec.taskworld_share} if spec.taskworld_share else {})
+                          fixed_shares={spec.taskworld_dataset: spec.taskworld_share} if spec.taskworld_share else {})
 
 
 def _tokenizer(ctx: PhaseContext, train_texts: list[str]):
@@ -230,8 +229,11 @@ def run(ctx: PhaseContext) -> PhaseResult:
     # 1. Data: each dataset loaded once; the trunk and every model mix their own stages from it.
     sources = _source_config(config)
     loaded = {name: load_texts(name, sources) for names in STAGES.values() for name in names}
-    if any(spec.taskworld_share for spec in [*cognate.models, *([trunk] if trunk else [])]):
-        loaded[TASKWORLD] = load_texts(TASKWORLD, replace(sources, max_items=cognate.data.taskworld_items))
+    # The generated task world's curriculum datasets (forge.data.sources), mixed in by share.
+    task_datasets = {spec.taskworld_dataset for spec in [*cognate.models, *([trunk] if trunk else [])]
+                     if spec.taskworld_share}
+    for name in sorted(task_datasets):
+        loaded[name] = load_texts(name, replace(sources, max_items=cognate.data.taskworld_items))
     mixes = {spec.name: [build_stage(stage, _stage_mix(config, spec), loaded) for stage in stage_names[shared:]]
              for spec in cognate.models}
     trunk_mixes = [build_stage(stage, _stage_mix(config, trunk), loaded) for stage in stage_names[:shared]]
@@ -239,7 +241,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     fraction = cognate.data.validation_fraction
     # Task-world problems are all trained on: their held-out side is the benchmark tasks' (taskworld_easy), and the
     # held-out documents stay text, comparable with and without them.
-    generated = set(loaded[TASKWORLD].texts) if TASKWORLD in loaded else set()
+    generated = {text for name in task_datasets for text in loaded[name].texts}
     val_texts = sorted(t for t in all_texts - generated if is_validation_text(t, fraction, VALIDATION_SEED))
     held_out = set(val_texts)
     train_texts = sorted(all_texts.difference(held_out))
@@ -290,7 +292,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
         trunk_stages, trunk_stream, trunk_task_tokens = training_stages(trunk_mixes, trunk.stage_epochs)
         trunk_dir = ctx.work_dir / TRUNK_DIR
         trunk_job = job(TRUNK_NAME, trunk, trunk_stages, out_dir=trunk_dir,
-                        train=replace(cognate.train, max_steps_per_epoch=trunk.max_steps_per_epoch))
+                        train=replace(cognate.train, max_steps_per_epoch=trunk.max_steps_per_epoch,
+                                      spike_factor=trunk.spike_factor))
         problems = model_dir_problems(trunk_dir)
         if problems:
             baseline = unigram_perplexity(trunk_stream, val_stream, len(tokenizer))
