@@ -15,7 +15,7 @@ from forge.quant.staged import Guard
 
 
 def task_guard(tokenizer, tasks: Sequence[str], *, limit: int, seed: int,
-               data_dir: str | os.PathLike) -> Guard:
+               data_dir: str | os.PathLike | None) -> Guard:
     """The mean score of ``tasks`` on a fixed sample of ``limit`` of their held-out items each (the items no
     phase trains on), drawn with ``seed``: the same items before and after every staged step."""
     from benchmarks.harness import evaluate as run_tasks
@@ -31,13 +31,28 @@ def task_guard(tokenizer, tasks: Sequence[str], *, limit: int, seed: int,
     return Guard(evaluate, f"mean score of {', '.join(tasks)} ({limit} held-out items each)")
 
 
-def job_guard(tokenizer, heldout_texts: Sequence[str], job: QuantizeJobConfig) -> Guard:
-    """The guard ``job`` asks for: :func:`task_guard` on ``job.guard_tasks`` when there are some and a data
-    folder (``job.data_dir``, else $FORGE_DATA_DIR), else next-token ``job.metric`` on ``heldout_texts``."""
+def job_guard(model, tokenizer, heldout_texts: Sequence[str], job: QuantizeJobConfig) -> Guard:
+    """The guard ``job`` asks for. With guard tasks (``job.guard_tasks`` and a data folder, ``job.data_dir``
+    else $FORGE_DATA_DIR; without one ``job.guard_tasks_offline``) on which the float ``model`` scores at least
+    ``job.guard_task_floor``: the lower of the tasks' and the held-out text's scores, each as a fraction of the
+    float model's, so a block is kept only if neither drops past the limit. Otherwise :func:`next_token_guard`
+    alone."""
     from forge.data.readers import default_data_dir
 
     data_dir = job.data_dir or default_data_dir()
-    if job.guard_tasks and data_dir is not None:
-        return task_guard(tokenizer, job.guard_tasks, limit=job.guard_limit, seed=job.guard_seed,
-                          data_dir=str(data_dir))
-    return next_token_guard(tokenizer, heldout_texts, job)
+    text = next_token_guard(model, tokenizer, heldout_texts, job)
+    tasks = job.guard_tasks if data_dir is not None else job.guard_tasks_offline
+    if not tasks:
+        return text
+    task = task_guard(tokenizer, tasks, limit=job.guard_limit, seed=job.guard_seed,
+                      data_dir=str(data_dir) if data_dir is not None else None)
+    task_before = task.evaluate(model)
+    if task_before < job.guard_task_floor or task_before <= 0:
+        return Guard(text.evaluate, f"{text.description} (the float model's {task.description} is "
+                                    f"{task_before:.3f}, under guard_task_floor {job.guard_task_floor})")
+    text_before = text.evaluate(model)
+    if text_before <= 0:  # nothing to lose on the text (a next-token accuracy of 0): the tasks guard alone
+        return task
+    return Guard(lambda quantized: min(task.evaluate(quantized) / task_before, text.evaluate(quantized) / text_before),
+                 f"the lower of {task.description} ({task_before:.3f} on the float model) and "
+                 f"{text.description} ({text_before:.4f}), each as a fraction of the float model's")

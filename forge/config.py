@@ -387,9 +387,10 @@ class PipelineConfig:
     quietstar: QuietStarPhaseConfig = field(default_factory=QuietStarPhaseConfig)
     """Phase 3: thinking tokens, the reasoning format baked, RL on thoughts."""
     bitnet: QuantizeJobConfig = field(default_factory=lambda: QuantizeJobConfig(
-        seq_len=32, eval_sequences=64, finetune_sequences=32))
-    """Phase 4: BitNet 1.58 ternary compression under the accuracy guard. The tiny preset's short sequences
-    let Phase 1's ~50k held-out characters feed calibration, fine-tuning and the guard without a data folder."""
+        seq_len=32, eval_sequences=64, finetune_sequences=400, guard_tasks_offline=("taskworld_easy",),
+        guard_task_floor=0.2, heal_steps=50))
+    """Phase 4: BitNet 1.58 ternary compression under the accuracy guard. Without a data folder Phase 1's replay
+    documents calibrate and heal, its held-out documents and the task world's easy held-out problems guard."""
     curriculum: CurriculumPhaseConfig = field(default_factory=CurriculumPhaseConfig)
     """Phase 5: curriculum levels with the value prompts baked after each."""
     tool_persona: ToolPersonaPhaseConfig = field(default_factory=ToolPersonaPhaseConfig)

@@ -36,6 +36,7 @@ SMALL = [
     "evomerge.max_generations=1", "evomerge.heldout_max_chars=1500", "evomerge.perplexity_window=64",
     "evomerge.speed_batch=2", "evomerge.speed_seq_len=16", "evomerge.speed_repeats=1", "evomerge.accuracy_limit=4",
     "bitnet.seq_len=16", "bitnet.eval_sequences=32", "bitnet.finetune_sequences=16", "bitnet.latency_repeats=1",
+    "bitnet.heal_steps=2", "bitnet.guard_limit=4",
     "quietstar.num_examples=120", "quietstar.min_examples=100", "quietstar.eval_problems=3",
     "quietstar.eval_max_new_tokens=12", "quietstar.format_bake.epochs=1", "quietstar.format_bake.mitigation_epochs=1",
     "quietstar.format_bake.seq_len=80", "quietstar.rl.episodes=2", "quietstar.rl.check_every=2",
@@ -183,7 +184,9 @@ def test_bitnet_without_data_folder_takes_the_best_model_and_phase1_heldout_text
     summary = result.summary
     perplexities = summary["input_perplexities"]
     assert set(perplexities) == {"a", "b"} and summary["input"] == min(perplexities, key=perplexities.get)
-    assert summary["text_source"].startswith("Phase 1's held-out documents")
+    assert summary["text_source"].startswith("no data folder: Phase 1's replay documents")
+    # Without a data folder the task world's easy problems guard with the text, if the model answers enough.
+    assert "taskworld_easy" in summary["guard_metric"]
     assert read_json(result.outputs["model"] / "manifest.json")["input"] == summary["input"]
 
 

@@ -11,7 +11,7 @@ import forge.quant as fq
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
 from forge.quant import kernels
 from forge.quant.bitlinear import BitLinear, TernaryLinear, absmean_ternarize
-from forge.quant.config import compression_config, config_for_model, conservative_config
+from forge.quant.config import QuantConfig, compression_config, config_for_model, conservative_config
 from forge.quant.convert import (dequantize_model, int8_candidates, pack_model, quantizable_linears, ternary_stats,
                                  to_bitlinear, to_int8)
 from forge.quant.lora import add_lora, load_lora
@@ -345,6 +345,56 @@ def test_staged_quantization_finetunes_with_ste_above_the_threshold():
     assert ternary_stats(model)["only_ternary_values"]
 
 
+def test_healing_gives_back_what_ternarising_a_block_cost_before_the_guard_judges_it():
+    # A model that has memorised a random 128-token sequence; ternarising a block costs it next-token accuracy.
+    pattern = torch.randint(0, VOCAB, (128,), generator=torch.Generator().manual_seed(0)).repeat(3)
+    ids = torch.stack([pattern.roll(-shift)[:48] for shift in range(0, 128, 16)])
+    model = tiny_llama(seed=1).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = model(input_ids=ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def accuracy(m):
+        with torch.no_grad():
+            return float((m.eval()(input_ids=ids).logits[:, :-1].argmax(-1) == ids[:, 1:]).float().mean())
+    assert accuracy(model) > 0.95
+    plain = QuantConfig(layer_revert_drop=1.0, max_total_drop=1.0, finetune_above_drop=1.0, float_layers="float")
+    judged = {}
+    for heal_steps in (0, 20):
+        copy = tiny_llama(seed=1)
+        copy.load_state_dict(model.state_dict())
+        config = dataclasses.replace(plain, heal_steps=heal_steps, heal_lr=1e-2)
+        judged[heal_steps] = staged_quantize(copy, accuracy, config, finetune_ids=ids).steps[0].accuracy
+    assert judged[0] < 0.9 and judged[20] > judged[0] + 0.1
+
+
+def test_the_tasks_guard_with_the_text_only_from_the_floor_up(shared_data):
+    from benchmarks.guard import job_guard
+    from benchmarks.harness import evaluate
+    from forge.data.readers import read_wikitext
+    from forge.data.tokenizer import train_bpe_tokenizer
+
+    texts = [r["text"] for r in read_wikitext(shared_data, "valid")[:20]]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=len(tokenizer)))
+    score = evaluate(model, tokenizer, ["arc_easy"], limit=20, seed=1234, heldout_only=True,
+                     data_dir=shared_data)["arc_easy"].score
+    assert score > 0
+    at_floor = QuantizeJobConfig(data_dir=str(shared_data), seq_len=16, eval_sequences=4, guard_tasks=("arc_easy",),
+                                 guard_limit=20, guard_task_floor=score, metric="likelihood")
+    both = job_guard(model, tokenizer, texts, at_floor)
+    assert both.description.startswith(f"the lower of mean score of arc_easy (20 held-out items each) ({score:.3f}")
+    assert both.evaluate(model) == 1.0  # each score as a fraction of the float model's
+    text_only = job_guard(model, tokenizer, texts, dataclasses.replace(at_floor, guard_task_floor=score + 0.01))
+    assert text_only.description.startswith("next-token likelihood on the held-out text (the float model's mean score")
+    assert f"under guard_task_floor {score + 0.01}" in text_only.description
+
+
 def test_staged_quantization_needs_a_positive_baseline():
     model = tiny_llama()
     with pytest.raises(ValueError, match="positive"):
@@ -453,11 +503,14 @@ def test_quantize_cli_writes_a_smaller_loadable_model(tmp_path, shared_data, mon
                  "--guard-limit", "20", "--latency-repeats", "1"])
     assert code == 0
     guarded = read_manifest(tmp_path / "guarded")["quantization"]
-    assert "arc_easy, piqa" in guarded["guard_metric"]
+    # Tasks and text guard together: each as a fraction of the float model's score, the lower one counts.
     float_model, _ = load_model_dir(tmp_path / "float")
     scores = evaluate(float_model, tokenizer, ["arc_easy", "piqa"], limit=20, seed=1234, heldout_only=True,
                       data_dir=shared_data)
-    assert guarded["accuracy_before"] == pytest.approx((scores["arc_easy"].score + scores["piqa"].score) / 2)
+    task_before = (scores["arc_easy"].score + scores["piqa"].score) / 2
+    assert guarded["guard_metric"].startswith("the lower of mean score of arc_easy, piqa (20 held-out items each) "
+                                              f"({task_before:.3f} on the float model) and next-token accuracy")
+    assert guarded["accuracy_before"] == 1.0 and 0 < guarded["accuracy_packed"] <= 1.0
 
 
 def test_quantize_cli_usage_errors_exit_2(tmp_path, capsys):
@@ -610,8 +663,8 @@ def test_quantize_model_dir_judges_with_the_guard_passed_in(tmp_path):
                    tokenizer, tmp_path / "float", phase="test")
     calls, scores = [], iter([1.0, 0.99, 0.5, 0.96, 0.96, 0.96])  # before, block 0, block 1 (reverted), int4, ...
 
-    def guard(tok, heldout, job):
-        assert tok is not None and list(heldout) == texts[1::2]
+    def guard(float_model, tok, heldout, job):
+        assert tok is not None and list(heldout) == texts[1::2] and isinstance(float_model, LlamaForCausalLM)
 
         def evaluate(model):
             calls.append(sum(isinstance(m, (BitLinear, TernaryLinear)) for m in model.modules()))

@@ -3,8 +3,8 @@
 Input: the previous phase's ``champion`` (EvoMerge); when it wrote several models instead (a run of
 ``--phases cognate,bitnet``), the one with the lowest perplexity on the guard's held-out text. Text: with a
 data folder, WikiText-2's one partition (train side: calibration and straight-through fine-tuning; held-out
-side: the guard); without one, Phase 1's held-out documents, which no model trained on, split alternately
-into the two roles. The work is ``forge.quant.run.quantize_model_dir``, run on the driver: one model at
+side: the guard); without one, Phase 1's replay documents (its train side, task-world problems and text) and
+its held-out documents, which no model trained on. The work is ``forge.quant.run.quantize_model_dir``, run on the driver: one model at
 a time, and its int8 kernels are CPU kernels. The phase passes the guard in (``benchmarks.guard.job_guard``). The summary records every spec criterion as met or missed.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from benchmarks.guard import job_guard
 from forge.artifacts import load_model_dir
 from forge.criteria import describe, missed
 from forge.phases.base import PhaseContext, PhaseResult, single_input
-from forge.data.heldout import HELDOUT
+from forge.data.heldout import HELDOUT, REPLAY
 from forge.quant.run import (QuantizeJobConfig, next_token_scores, quantize_model_dir, text_token_ids,
                              wikitext_texts)
 
@@ -30,9 +30,9 @@ def quantization_texts(ctx: PhaseContext, job: QuantizeJobConfig) -> tuple[list[
     if job.data_dir is not None:
         return (*wikitext_texts(job.data_dir),
                 f"WikiText-2 from {job.data_dir}: train side calibrates and fine-tunes, held-out side guards")
-    documents = ctx.read_texts(HELDOUT, max_chars=10**12)
-    return (documents[0::2], documents[1::2],
-            "Phase 1's held-out documents (no data folder): even ones calibrate and fine-tune, odd ones guard")
+    return (ctx.read_texts(REPLAY, max_chars=10**12), ctx.read_texts(HELDOUT, max_chars=10**12),
+            "no data folder: Phase 1's replay documents (train side) calibrate, heal and fine-tune, its held-out "
+            "documents guard")
 
 
 def choose_input(inputs: dict[str, Path], heldout: Sequence[str], job: QuantizeJobConfig) -> tuple[str, dict]:

@@ -42,6 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="storage of the embedding, the head and the linears left in float (default: %(default)s)")
     parser.add_argument("--int4-group-size", type=int, default=defaults.int4_group_size,
                         help="weights per float16 scale in int4 storage (default: %(default)s)")
+    parser.add_argument("--heal-steps", type=int, default=defaults.heal_steps,
+                        help="straight-through fine-tuning steps after each quantized block, before the guard "
+                             "judges it (default: %(default)s)")
+    parser.add_argument("--heal-lr", type=float, default=defaults.heal_lr, help="their learning rate")
     parser.add_argument("--size-category", choices=("tiny", "small", "medium", "large"), default=None,
                         help="override the size category read from the model")
     parser.add_argument("--latency-batch", type=int, default=defaults.latency_batch)
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                                 guard_tasks=tuple(t for t in args.guard_tasks.split(",") if t),
                                 guard_limit=args.guard_limit, size_category=args.size_category,
                                 float_layers=args.float_layers, int4_group_size=args.int4_group_size,
+                                heal_steps=args.heal_steps, heal_lr=args.heal_lr,
                                 latency_batch=args.latency_batch, latency_repeats=args.latency_repeats)
         metrics = quantize_model_dir(args.model, args.out, job, job_guard)
     except (ArtifactError, FileNotFoundError, ValueError) as err:

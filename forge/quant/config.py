@@ -22,6 +22,9 @@ class QuantConfig:
     finetune_above_drop: float = 0.05  # fine-tune with the straight-through estimator above this drop
     finetune_epochs: int = 2  # epochs of straight-through fine-tuning
     finetune_lr: float = 1e-5  # learning rate of straight-through fine-tuning
+    heal_steps: int = 0  # straight-through fine-tuning steps after each block is quantized, before the guard
+    # judges it (cycling over the fine-tuning text); 0: the guard judges the block as quantized
+    heal_lr: float = 1e-3  # learning rate of those healing steps
 
     def __post_init__(self):
         if not 0.0 <= self.zero_threshold < 1.5:
@@ -32,8 +35,8 @@ class QuantConfig:
                              "refuses them), int8 (rows) or float (kept as they are)")
         if self.int4_group_size < 2 or self.int4_group_size % 2:
             raise ValueError(f"int4_group_size={self.int4_group_size}: give an even number >= 2, e.g. 32 or 64")
-        if self.calibration_samples < 0 or self.finetune_epochs < 0:
-            raise ValueError("calibration_samples and finetune_epochs must be >= 0")
+        if self.calibration_samples < 0 or self.finetune_epochs < 0 or self.heal_steps < 0 or self.heal_lr <= 0:
+            raise ValueError("calibration_samples, finetune_epochs and heal_steps must be >= 0, heal_lr > 0")
         for name in ("layer_revert_drop", "max_total_drop", "finetune_above_drop"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} is a relative drop: give a value in [0, 1]")

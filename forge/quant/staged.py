@@ -5,7 +5,8 @@ Block by block, linear layers become BitLinear; after each block the caller's ``
 compared with the float model's score. A block whose quantization makes the relative drop exceed
 ``layer_revert_drop`` is put back in float. A last guarded step stores what is left in float (embedding,
 head, preserved and reverted linears) as int4 groups or int8 rows (``QuantConfig.float_layers``; when the
-guard reverts int4, int8 is tried next). If the whole model still loses more than ``max_total_drop``, the
+guard reverts int4, int8 is tried next). With ``heal_steps``, each quantized block is first fine-tuned
+through the straight-through estimator on the fine-tuning text, then judged. If the whole model still loses more than ``max_total_drop``, the
 run starts again with the conservative config; above ``finetune_above_drop`` the model is fine-tuned with
 the straight-through estimator.
 """
@@ -142,11 +143,24 @@ def finetune_ste(model: nn.Module, batches: Sequence[torch.Tensor], epochs: int,
     return losses
 
 
-def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
-             calibration_batches: Sequence[torch.Tensor]
-             ) -> tuple[list[GroupStep], dict[str, nn.Module], dict[str, float]]:
+def heal(model: nn.Module, batches: Sequence[torch.Tensor], steps: int, lr: float) -> list[float]:
+    """``steps`` straight-through fine-tuning steps, cycling over ``batches`` (none: no step)."""
+    if not steps or not batches:
+        return []
+    return finetune_ste(model, [batches[i % len(batches)] for i in range(steps)], 1, lr)
+
+
+def _quantizable(model, config: QuantConfig) -> list[str]:
+    """The linears ``config`` would ternarise (a conservative config keeping the edge blocks of a two-block
+    model in float leaves none: then the first attempt stands)."""
     preserve = tuple(config.preserve_layers) + (edge_block_patterns(model) if config.preserve_edge_blocks else ())
-    names = quantizable_linears(model, preserve, config.min_out_features)
+    return quantizable_linears(model, preserve, config.min_out_features)
+
+
+def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
+             calibration_batches: Sequence[torch.Tensor], heal_batches: Sequence[torch.Tensor] = ()
+             ) -> tuple[list[GroupStep], dict[str, nn.Module], dict[str, float]]:
+    names = _quantizable(model, config)
     if not names:
         raise ValueError("no linear layer left to quantize: the preserve rules cover every nn.Linear "
                          "(or the model has none); loosen preserve_layers / preserve_edge_blocks")
@@ -155,7 +169,9 @@ def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
     steps, kept = [], {}
 
     def guarded(group: str, layers: list[str], originals: dict[str, nn.Module]) -> bool:
-        """Judge the model with ``layers`` quantized; revert them above the drop limit. True when kept."""
+        """Judge the model with ``layers`` quantized (and healed); revert them above the drop limit. True when
+        kept. A reverted block's layers get their float weights back; what healing changed elsewhere stays."""
+        heal(model, heal_batches, config.heal_steps, config.heal_lr)
         with torch.no_grad():
             accuracy = float(evaluate(model))
         drop = relative_drop(before, accuracy)
@@ -205,10 +221,14 @@ def staged_quantize(model: nn.Module, evaluate: Evaluate, config: QuantConfig, *
     def attempt(cfg: QuantConfig):
         calibration = (batches(calibration_ids[:cfg.calibration_samples], batch_size)
                        if calibration_ids is not None and cfg.calibration_samples else [])
-        steps, kept, corrections = _attempt(model, evaluate, cfg, before, calibration)
+        healing = batches(finetune_ids, batch_size) if finetune_ids is not None and cfg.heal_steps else []
+        steps, kept, corrections = _attempt(model, evaluate, cfg, before, calibration, healing)
         with torch.no_grad():
             return steps, kept, corrections, float(evaluate(model))
 
+    float_state = {key: value.clone() for key, value in model.state_dict().items()} if config.heal_steps else None
+    # Judged on the float model: a conservative config keeping a two-block model's edge blocks leaves nothing.
+    conservative = conservative if conservative is not None and _quantizable(model, conservative) else None
     steps, kept, corrections, quantized_accuracy = attempt(config)
     first_drop, used_conservative = None, False
     if relative_drop(before, quantized_accuracy) > config.max_total_drop and conservative is not None:
@@ -216,6 +236,8 @@ def staged_quantize(model: nn.Module, evaluate: Evaluate, config: QuantConfig, *
         log.info("drop %.1f%% exceeds %.0f%%: starting again with the conservative config",
                  100 * first_drop, 100 * config.max_total_drop)
         restore(model, kept)
+        if float_state is not None:  # healing also moved the weights that stayed float
+            model.load_state_dict(float_state)
         config, used_conservative = conservative, True
         steps, kept, corrections, quantized_accuracy = attempt(config)
     final_accuracy, finetuned = quantized_accuracy, False
