@@ -87,16 +87,23 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
         assert len(strengths) == 2 and all(math.isfinite(s) and s < 1.0 for s in strengths)
     levels = manifest["levels"]
     assert [level["level"] for level in levels] == [1, 2]
-    assert levels[1]["operations"] > levels[0]["operations"]
+    # The default ladder: task-world levels, add and cmp, then sub joins.
+    assert [(level["source"], level["families"], level["taskworld_level"]) for level in levels] == \
+        [("taskworld", ["add", "cmp"], 2), ("taskworld", ["add", "sub", "cmp"], 2)]
     for level in levels:
         for key in ("accuracy_before", "accuracy_after_training", "accuracy_after_baking"):
-            assert 0.0 <= level[key] <= 1.0
+            low, high = level[f"{key}_interval"]
+            assert 0.0 <= low <= level[key] <= high <= 1.0
+        assert level["passed"] == (level["accuracy_after_training"] >= CURRICULUM.pass_accuracy)
+        assert level["pass_accuracy"] == CURRICULUM.pass_accuracy
         assert level["heldout_answer_loss_after"] < level["heldout_answer_loss_before"]
         assert level["training"]["loss_last"] < level["training"]["loss_first"]
         assert [bake["name"] for bake in level["bakes"]] == [p.name for p in prompts]
         # Full-strength bakes of a few steps at a high rate: each must take hold measurably.
         assert all(bake["bake_strength"] > 0.05 for bake in level["bakes"]), [b["bake_strength"] for b in level["bakes"]]
     assert result.summary["resumed_after_level"] == 0
+    assert result.summary["levels_passed"] == [level["level"] for level in levels if level["passed"]]
+    assert result.summary["accuracy"][2]["passed"] == levels[1]["passed"]
     metrics = read_metrics(ctx.phase_dir / "metrics.jsonl")
     assert [record["step"] for record in metrics] == [1, 2]
     assert metrics[0]["accuracy_before"] == levels[0]["accuracy_before"]
