@@ -189,19 +189,20 @@ class ValuePrompt:
 def level_specs(config: CurriculumPhaseConfig, with_data: bool) -> list[LevelSpec]:
     """The levels in order: the task-world or synthetic ladder, then (with data) the word-problem sets on top."""
     data = list(config.data_levels) if with_data and config.num_levels - len(config.data_levels) >= 2 else []
-    synthetic = config.num_levels - len(data)
-    specs = []
+    below = config.num_levels - len(data)  # levels of the ladder under the word problems
     if config.level_source == "taskworld":
         specs = [LevelSpec(level=index + 1, source="taskworld", operations=0, max_operand=0,
                            families=tuple(entry.families), taskworld_level=entry.level)
-                 for index, entry in enumerate(config.taskworld_ladder[:synthetic])]
-    for index in range(synthetic if config.level_source == "synthetic" else 0):
-        progress = index / (synthetic - 1) if synthetic > 1 else 0.0
-        specs.append(LevelSpec(
-            level=index + 1, source="synthetic",
-            operations=1 + round(progress * (config.max_operations - 1)),
-            max_operand=round(config.operand_start * (config.operand_end / config.operand_start) ** progress)))
-    specs.extend(LevelSpec(level=synthetic + offset + 1, source=name, operations=0, max_operand=0)
+                 for index, entry in enumerate(config.taskworld_ladder[:below])]
+    else:
+        specs = []
+        for index in range(below):
+            progress = index / (below - 1) if below > 1 else 0.0
+            specs.append(LevelSpec(
+                level=index + 1, source="synthetic",
+                operations=1 + round(progress * (config.max_operations - 1)),
+                max_operand=round(config.operand_start * (config.operand_end / config.operand_start) ** progress)))
+    specs.extend(LevelSpec(level=below + offset + 1, source=name, operations=0, max_operand=0)
                  for offset, name in enumerate(data))
     return specs
 
