@@ -77,27 +77,31 @@ def main(argv: list[str] | None = None) -> int:
     stages = []
     for level in levels:
         stage_started = time.perf_counter()
+        record = {}
         if args.bake:
             model, record = run_level(model, tokenizer, level, prompts, cfg, tool_pairs, replay)
-            training, baked = record["training"], record["accuracy_after_baking"]
+            training = record["training"]
         else:
             training = dataclasses.asdict(train_stage(model, tokenizer, level.train, cfg, extra_pairs=tool_pairs,
                                                       replay=replay,
                                                       replay_first_step=(level.spec.level - 1) * cfg.steps_per_level))
-            baked = None
-        after_all = measure_all()
-        after = after_all[level.spec.level - 1]
+        after_all = measure_all()  # every level after this level's stage (and, with --bake, its bakes)
+        after = ({"accuracy": record["accuracy_after_training"], "interval": record["accuracy_after_training_interval"]}
+                 if args.bake else after_all[level.spec.level - 1])
         before = (stages[-1]["after_all"] if stages else before_all)[level.spec.level - 1]
         stages.append({
             "level": level.spec.level, "name": level_name(level), "train_items": len(level.train),
             "heldout_items": len(level.heldout), "accuracy_before": before["accuracy"],
             "accuracy_before_interval": before["interval"], "accuracy_after_training": after["accuracy"],
-            "accuracy_after_training_interval": after["interval"],
-            "passed": level_passed(after["accuracy"], cfg), "accuracy_after_baking": baked, "training": training,
-            "after_all": after_all, "wall_s": time.perf_counter() - stage_started})
+            "accuracy_after_training_interval": after["interval"], "passed": level_passed(after["accuracy"], cfg),
+            "accuracy_after_baking": record.get("accuracy_after_baking"),
+            "accuracy_after_baking_interval": record.get("accuracy_after_baking_interval"),
+            "bakes": record.get("bakes"), "training": training, "after_all": after_all,
+            "wall_s": time.perf_counter() - stage_started})
         print(f"level {level.spec.level} ({level_name(level)}): {before['accuracy']:.3f} {before['interval']} -> "
               f"{after['accuracy']:.3f} {after['interval']}, passed={stages[-1]['passed']}, "
-              f"loss {training['loss_first']:.3f} -> {training['loss_last']:.3f}, "
+              + (f"after baking {record['accuracy_after_baking']:.3f}, " if args.bake else "")
+              + f"loss {training['loss_first']:.3f} -> {training['loss_last']:.3f}, "
               f"{stages[-1]['wall_s']:.0f} s", flush=True)
     result = {"model": args.model, "preset": args.preset, "overrides": args.set, "run_dir": args.run_dir,
               "dequantized_layers": len(dequantized), "tool_use_pairs": len(tool_pairs),
