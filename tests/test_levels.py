@@ -14,9 +14,12 @@ from forge.data import splits
 from forge.data.arithmetic import calculate
 from forge.data.replay import Replay
 from forge.data.tokenizer import load_gpt2_tokenizer, train_bpe_tokenizer
-from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, LevelItem, answer_loss, build_levels,
-                          completion_text, level_accuracy, level_specs, load_value_prompts, prompt_text,
-                          train_stage)
+from forge.configtools import ConfigError
+from forge.config import load_pipeline_config
+from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, LevelItem, TaskWorldLevel, answer_loss,
+                          build_levels, completion_text, level_accuracy, level_passed, level_specs,
+                          load_value_prompts, prompt_text, train_stage)
+from forge.data import taskworld
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import dequantize_model, pack_model, quantizable_linears, to_bitlinear
 from forge.quant.kernels import fake_quantize_activations
@@ -24,6 +27,7 @@ from forge.quant.kernels import fake_quantize_activations
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
+SYNTHETIC = CurriculumPhaseConfig(level_source="synthetic")
 
 
 def operations_and_operands(item: LevelItem) -> tuple[int, int]:
@@ -33,7 +37,7 @@ def operations_and_operands(item: LevelItem) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    levels = build_levels(CurriculumPhaseConfig(), None)
+    levels = build_levels(CurriculumPhaseConfig(), None) + build_levels(SYNTHETIC, None)
     texts = [prompt_text(item) + completion_text(item) for level in levels for item in level.train]
     return train_bpe_tokenizer(texts, vocab_size=400)
 
@@ -50,7 +54,7 @@ def tiny_llama(tokenizer, seed: int = 0, hidden: int = 64) -> LlamaForCausalLM:
 
 def test_difficulty_rises_level_by_level():
     for num_levels in (2, 5, 10):
-        specs = level_specs(CurriculumPhaseConfig(num_levels=num_levels), with_data=False)
+        specs = level_specs(dataclasses.replace(SYNTHETIC, num_levels=num_levels), with_data=False)
         assert [spec.level for spec in specs] == list(range(1, num_levels + 1))
         assert all(spec.source == "synthetic" for spec in specs)
         assert specs[0].operations == 1 and specs[0].max_operand == 20
@@ -58,7 +62,7 @@ def test_difficulty_rises_level_by_level():
         for lower, higher in zip(specs, specs[1:]):
             assert higher.operations >= lower.operations and higher.max_operand > lower.max_operand
 
-    level_1, level_2 = build_levels(CurriculumPhaseConfig(num_levels=2, train_items=64, heldout_items=8), None)
+    level_1, level_2 = build_levels(dataclasses.replace(SYNTHETIC, train_items=64, heldout_items=8), None)
     ops_1, operands_1 = zip(*map(operations_and_operands, level_1.train + level_1.heldout))
     ops_2, operands_2 = zip(*map(operations_and_operands, level_2.train + level_2.heldout))
     assert set(ops_1) == {1} and set(ops_2) == {3}
@@ -67,15 +71,16 @@ def test_difficulty_rises_level_by_level():
 
 
 def test_word_problem_levels_sit_on_top_only_with_data_and_room():
-    ten = level_specs(CurriculumPhaseConfig(num_levels=10), with_data=True)
+    ten = level_specs(dataclasses.replace(SYNTHETIC, num_levels=10), with_data=True)
     assert [spec.source for spec in ten] == ["synthetic"] * 8 + ["svamp", "gsm8k"]
     assert [spec.operations for spec in ten[:8]] == sorted(spec.operations for spec in ten[:8])
-    # Two levels with data: no room for two synthetic levels below the word problems, so none are added.
-    assert [spec.source for spec in level_specs(CurriculumPhaseConfig(), with_data=True)] == ["synthetic"] * 2
+    # Two levels with data: no room for two levels below the word problems, so none are added.
+    assert [spec.source for spec in level_specs(CurriculumPhaseConfig(), with_data=True)] == ["taskworld"] * 2
+    assert [spec.source for spec in level_specs(SYNTHETIC, with_data=True)] == ["synthetic"] * 2
 
 
 def test_items_are_correct_deterministic_and_heldout_is_disjoint():
-    config = CurriculumPhaseConfig(num_levels=3, train_items=100, heldout_items=20)
+    config = dataclasses.replace(SYNTHETIC, num_levels=3, train_items=100, heldout_items=20)
     levels = build_levels(config, None)
     assert levels == build_levels(config, None)
     other_seed = build_levels(dataclasses.replace(config, seed=1), None)
@@ -93,9 +98,13 @@ def test_items_are_correct_deterministic_and_heldout_is_disjoint():
 
 
 def test_data_levels_draw_train_and_heldout_sides(shared_data):
-    config = CurriculumPhaseConfig(num_levels=4, train_items=40, heldout_items=10)
+    ladder = [TaskWorldLevel(["add"], 2), TaskWorldLevel(["cmp"], 2), TaskWorldLevel(["mul"], 4),
+              TaskWorldLevel(["word"], 5)]
+    config = CurriculumPhaseConfig(num_levels=4, train_items=40, heldout_items=10, taskworld_ladder=ladder)
     levels = build_levels(config, shared_data)
-    assert [level.spec.source for level in levels] == ["synthetic", "synthetic", "svamp", "gsm8k"]
+    # The word problems replace the ladder's top entries.
+    assert [level.spec.source for level in levels] == ["taskworld", "taskworld", "svamp", "gsm8k"]
+    assert [level.spec.families for level in levels[:2]] == [("add",), ("cmp",)]
     for level in levels[2:]:
         source = level.spec.source
         train_side = {record["question"] for record in splits.train_items(source, shared_data)}
@@ -108,10 +117,81 @@ def test_data_levels_draw_train_and_heldout_sides(shared_data):
             assert len(item.question) + len(item.solution) <= config.max_item_chars
 
 
+def test_taskworld_levels_are_disjoint_deterministic_and_at_their_cells():
+    ladder = [TaskWorldLevel(["add", "cmp"], 2), TaskWorldLevel(["sub"], 3)]
+    config = CurriculumPhaseConfig(num_levels=2, taskworld_ladder=ladder, train_items=120, heldout_items=40)
+    levels = build_levels(config, None)
+    assert levels == build_levels(config, None)
+    assert build_levels(dataclasses.replace(config, seed=1), None)[0].train != levels[0].train
+    assert [(level.spec.source, level.spec.families, level.spec.taskworld_level) for level in levels] == \
+        [("taskworld", ("add", "cmp"), 2), ("taskworld", ("sub",), 3)]
+    every_train, every_heldout = [], []
+    for level, entry in zip(levels, ladder):
+        train = [item.task for item in level.train]
+        heldout = [item.task for item in level.heldout]
+        assert len(train) == 120 and len(heldout) == 40
+        assert {task.family for task in train + heldout} == set(entry.families)
+        assert {task.level for task in train + heldout} == {entry.level}
+        assert len({task.canonical for task in train}) == 120  # distinct problems
+        taskworld.check_disjoint(train, heldout)
+        assert not any(taskworld.is_heldout(task.canonical) for task in train)
+        assert all(taskworld.is_heldout(task.canonical) for task in heldout)
+        every_train += train
+        every_heldout += heldout
+        for item in level.train + level.heldout:
+            taskworld.check_item(item.task)
+            assert (item.question, item.answer) == (item.task.question, item.task.answer)
+            # The world's own direct-mode texts: no solution line before the answer.
+            assert prompt_text(item) == taskworld.prompt(item.task, "direct") == f"Question: {item.question}\n"
+            assert completion_text(item) == taskworld.target(item.task, "direct") == f"Answer: {item.answer}\n"
+    taskworld.check_disjoint(every_train, every_heldout)  # no level trains on another level's held-out problem
+
+
+def test_taskworld_level_too_small_for_its_items_says_so():
+    config = CurriculumPhaseConfig(num_levels=1, taskworld_ladder=[TaskWorldLevel(["add"], 1)], train_items=40,
+                                   heldout_items=30)
+    with pytest.raises(ValueError, match=r"add at level 1\) has only \d+ distinct heldout problems, 30 wanted"):
+        build_levels(config, None)
+
+
+def test_pass_rule_at_its_boundary():
+    config = CurriculumPhaseConfig(pass_accuracy=0.75)
+    assert level_passed(0.75, config) and level_passed(1.0, config)
+    assert not level_passed(0.75 - 1e-9, config) and not level_passed(23 / 32, config)
+    assert level_passed(24 / 32, config)
+
+
+def test_bad_ladder_config_names_the_problem():
+    with pytest.raises(ValueError, match="taskworld_ladder has 2 entries but num_levels is 3"):
+        CurriculumPhaseConfig(num_levels=3)
+    with pytest.raises(ValueError, match=r"levels \[3, 2\] fall"):
+        CurriculumPhaseConfig(taskworld_ladder=[TaskWorldLevel(["add"], 3), TaskWorldLevel(["add"], 2)])
+    with pytest.raises(ValueError, match=r"families \['add', 'div'\]: give distinct names from add, sub"):
+        TaskWorldLevel(["add", "div"], 2)
+    with pytest.raises(ValueError, match="distinct names"):
+        TaskWorldLevel(["add", "add"], 2)
+    with pytest.raises(ValueError, match="level 6"):
+        TaskWorldLevel(["add"], 6)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="pass_accuracy"):
+            CurriculumPhaseConfig(pass_accuracy=bad)
+    # The synthetic source ignores the ladder, so the full-size presets' 10 levels need none.
+    assert CurriculumPhaseConfig(num_levels=10, level_source="synthetic").num_levels == 10
+    # From YAML / --set: a ConfigError naming the key.
+    with pytest.raises(ConfigError, match="curriculum.*taskworld_ladder has 1 entries but num_levels is 2"):
+        load_pipeline_config("tiny", overrides=["curriculum.taskworld_ladder=[{families: [add], level: 2}]"])
+    with pytest.raises(ConfigError, match=r"curriculum.taskworld_ladder\[0\]: .*level 9"):
+        load_pipeline_config("tiny", overrides=["curriculum.num_levels=1",
+                                                "curriculum.taskworld_ladder=[{families: [add], level: 9}]"])
+    with pytest.raises(ConfigError, match="level_source.*'tasks'"):
+        load_pipeline_config("tiny", overrides=["curriculum.level_source=tasks"])
+
+
 # ------------------------------------------------------------------------------------ accuracy and training
 
-def test_training_stage_lowers_loss_and_raises_accuracy(tokenizer):
-    level = build_levels(CurriculumPhaseConfig(train_items=4, heldout_items=4), None)[0]
+@pytest.mark.parametrize("source", ["taskworld", "synthetic"])
+def test_training_stage_lowers_loss_and_raises_accuracy(tokenizer, source):
+    level = build_levels(CurriculumPhaseConfig(level_source=source, train_items=4, heldout_items=4), None)[0]
     model = tiny_llama(tokenizer)
     items = level.train
     loss_before = answer_loss(model, tokenizer, items)
@@ -128,10 +208,13 @@ def test_training_stage_lowers_loss_and_raises_accuracy(tokenizer):
     altered = [dataclasses.replace(item, answer=str(int(item.answer) + 1)) if index % 2 else item
                for index, item in enumerate(items)]
     assert level_accuracy(model, tokenizer, altered, max_new_tokens=24) == 0.5
+    if source == "taskworld":  # exact match: the same number written differently is wrong
+        padded = [dataclasses.replace(item, answer="0" + item.answer) for item in items]
+        assert level_accuracy(model, tokenizer, padded, max_new_tokens=24) == 0.0
 
 
 def test_training_stage_replays_pretraining_text(tokenizer):
-    level = build_levels(CurriculumPhaseConfig(train_items=4, heldout_items=4), None)[0]
+    level = build_levels(dataclasses.replace(SYNTHETIC, train_items=4, heldout_items=4), None)[0]
     text = ["Level one adds numbers and level two multiplies them, one step at a time. " * 6] * 4
     ids = torch.tensor([tokenizer(text[0], add_special_tokens=False)["input_ids"][:64]])
     config = CurriculumPhaseConfig(steps_per_level=40, batch_size=4, learning_rate=3e-3, replay_sequences=2,
@@ -148,7 +231,7 @@ def test_training_stage_replays_pretraining_text(tokenizer):
 
 
 def test_training_stage_learns_the_extra_pairs_too(tokenizer):
-    level = build_levels(CurriculumPhaseConfig(train_items=4, heldout_items=4), None)[0]
+    level = build_levels(dataclasses.replace(SYNTHETIC, train_items=4, heldout_items=4), None)[0]
     model = tiny_llama(tokenizer)
     pairs = [(f"Call {n}:\n", f"<calc>{n}*2</calc>") for n in range(4)] + [("x" * 400, "too long")]
     config = CurriculumPhaseConfig(steps_per_level=80, batch_size=4, learning_rate=3e-3)
@@ -176,7 +259,8 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="tool_use_items"):
         CurriculumPhaseConfig(tool_use_items=-1)
     with pytest.raises(ValueError, match="distinct items"):
-        build_levels(CurriculumPhaseConfig(operand_start=2, operand_end=2, max_operations=1), None)
+        build_levels(CurriculumPhaseConfig(level_source="synthetic", operand_start=2, operand_end=2,
+                                           max_operations=1), None)
 
 
 # ------------------------------------------------------------------------------------ value prompts

@@ -14,8 +14,8 @@ from forge.artifacts import atomic_write_json, load_model_dir, read_manifest, sa
 from forge.baking import BakingConfig
 from forge.config import PipelineConfig
 from forge.data.tokenizer import train_bpe_tokenizer
-from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, build_levels, completion_text,
-                          load_value_prompts, prompt_text)
+from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, TaskWorldLevel, build_levels,
+                          completion_text, load_value_prompts, prompt_text)
 from forge.phases.base import PhaseContext
 from forge.data.heldout import HELDOUT, REPLAY, TEXT_FILES
 from forge.phases.curriculum import choose_input, resume_state, run, run_fingerprint, tool_demonstrations
@@ -27,11 +27,15 @@ from forge.tracking import read_metrics
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Tiny and quick: two levels of a few items, short training stages, bakes of a few steps. The bakes run the epoch
-# schedule: with 3 inputs, target mode chooses its LoRA scale on one calibration input, too noisy to check each
+# schedule: with this few inputs, target mode chooses its LoRA scale on one calibration input, too noisy to check each
 # bake's strength here (target mode: tests/test_halfbake.py; the presets' target mode runs in tests/test_pipeline.py).
+# Task-world levels of mixed families and five bake inputs: on this random model a bake's held-out strength on the
+# short task-world questions is noisy (three inputs: one bake at 0.024; the tiny default's cmp-only level 1 with
+# ten inputs: two bakes at 0.017 and 0.030).
+LADDER = [TaskWorldLevel(["add", "cmp"], 2), TaskWorldLevel(["add", "sub", "cmp"], 2)]
 CURRICULUM = CurriculumPhaseConfig(
-    num_levels=2, train_items=24, heldout_items=4, steps_per_level=15, batch_size=8, learning_rate=3e-3,
-    max_new_tokens=20, bake_inputs=3, tool_use_items=0, replay_sequences=2, replay_seq_len=32,
+    num_levels=2, taskworld_ladder=LADDER, train_items=24, heldout_items=4, steps_per_level=15, batch_size=8,
+    learning_rate=3e-3, max_new_tokens=20, bake_inputs=5, tool_use_items=0, replay_sequences=2, replay_seq_len=32,
     baking=BakingConfig(lora_r=4, lora_alpha=8, learning_rate=1e-2, batch_size=4, samples_per_input=2,
                         max_new_tokens=6, mode="epochs"))
 
@@ -87,16 +91,22 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
         assert len(strengths) == 2 and all(math.isfinite(s) and s < 1.0 for s in strengths)
     levels = manifest["levels"]
     assert [level["level"] for level in levels] == [1, 2]
-    assert levels[1]["operations"] > levels[0]["operations"]
+    assert [(level["source"], level["families"], level["taskworld_level"]) for level in levels] == \
+        [("taskworld", ["add", "cmp"], 2), ("taskworld", ["add", "sub", "cmp"], 2)]
     for level in levels:
         for key in ("accuracy_before", "accuracy_after_training", "accuracy_after_baking"):
-            assert 0.0 <= level[key] <= 1.0
+            low, high = level[f"{key}_interval"]
+            assert 0.0 <= low <= level[key] <= high <= 1.0
+        assert level["passed"] == (level["accuracy_after_training"] >= CURRICULUM.pass_accuracy)
+        assert level["pass_accuracy"] == CURRICULUM.pass_accuracy
         assert level["heldout_answer_loss_after"] < level["heldout_answer_loss_before"]
         assert level["training"]["loss_last"] < level["training"]["loss_first"]
         assert [bake["name"] for bake in level["bakes"]] == [p.name for p in prompts]
         # Full-strength bakes of a few steps at a high rate: each must take hold measurably.
         assert all(bake["bake_strength"] > 0.05 for bake in level["bakes"]), [b["bake_strength"] for b in level["bakes"]]
     assert result.summary["resumed_after_level"] == 0
+    assert result.summary["levels_passed"] == [level["level"] for level in levels if level["passed"]]
+    assert result.summary["accuracy"][2]["passed"] == levels[1]["passed"]
     metrics = read_metrics(ctx.phase_dir / "metrics.jsonl")
     assert [record["step"] for record in metrics] == [1, 2]
     assert metrics[0]["accuracy_before"] == levels[0]["accuracy_before"]

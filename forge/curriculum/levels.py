@@ -1,12 +1,20 @@
 """Phase 5's curriculum: levels of arithmetic of rising difficulty, a short training stage per level,
 greedy-answer accuracy on each level's held-out items, and the value prompts baked after each level.
 
-Levels are built deterministically from a seed. The synthetic ladder climbs from one operation on small
-numbers to several operations on large ones (``Start with 12. Add 7. Multiply by 3. What is the
-result?``); with a data folder the top levels are SVAMP and then GSM8K word problems, drawn from the
-train side of ``forge.data.splits`` for training and from the held-out side for accuracy. An item is
-(question, answer, worked solution); the model reads ``Question: ...\\n`` and is trained to write
-``<solution>\\nAnswer: <answer>\\n``, the format ``forge.quietstar.generate.answer_accuracy`` reads.
+Levels are built deterministically from a seed, from one of two sources (``level_source``):
+
+- ``taskworld``: each level is some task-world families at one task-world level (``taskworld_ladder``;
+  ``forge.data.taskworld``, the problems Phase 1 trains on), in direct mode: the model reads
+  ``taskworld.prompt`` and is trained to write ``taskworld.target`` (``Answer: N``); training items come
+  from the world's train side, accuracy items from its held-out side (split by canonical form, so they
+  never share a problem), scored with ``taskworld.is_correct`` (exact match);
+- ``synthetic``: a ladder from one operation on small numbers to several on large ones (``Start with 12.
+  Add 7. Multiply by 3. What is the result?``); the model reads ``Question: ...\\n`` and is trained to write
+  ``<solution>\\nAnswer: <answer>\\n``, the format ``forge.quietstar.generate.answer_accuracy`` reads.
+
+With a data folder the top levels are SVAMP and then GSM8K word problems (synthetic format), drawn from the
+train side of ``forge.data.splits`` for training and from the held-out side for accuracy. A level is passed
+when its held-out accuracy after training reaches ``pass_accuracy``.
 Everything here is plain PyTorch; ``forge/phases/curriculum.py`` runs it as a phase.
 """
 from __future__ import annotations
@@ -18,31 +26,57 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import yaml
 
 from forge.baking.config import BakingConfig
 from forge.console import Progress
+from forge.data import taskworld
 from forge.data.replay import Replay
 from forge.modelinfo import max_positions, pad_token_id
-from forge.quietstar.generate import answer_accuracy
+from forge.quietstar.generate import answer_accuracy, generate
 
 DATA_LEVEL_SOURCES = ("svamp", "gsm8k")  # word-problem sets a level can draw from, easiest first
 DEFAULT_VALUES_FILE = Path(str(resources.files("forge") / "presets" / "prompts" / "values.yaml"))
 _GSM8K_ANNOTATION = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator notes "<<48/2=24>>"
 _WORDS = {"+": "Add {b}.", "-": "Subtract {b}.", "*": "Multiply by {b}."}
+TASKWORLD_MODE = "direct"  # question -> "Answer: N", the format Phase 1's task-world trunk trains
+
+
+@dataclass
+class TaskWorldLevel:
+    """One curriculum level drawn from the task world."""
+
+    families: list[str]  # task-world families of the level's items (forge.data.taskworld.FAMILIES)
+    level: int  # the task-world difficulty level of every item (1..forge.data.taskworld.MAX_LEVEL)
+
+    def __post_init__(self) -> None:
+        unknown = [family for family in self.families if family not in taskworld.FAMILIES]
+        if not self.families or unknown or len(set(self.families)) != len(self.families):
+            raise ValueError(f"a taskworld_ladder entry has families {self.families}: give distinct names from "
+                             f"{', '.join(taskworld.FAMILIES)}")
+        if self.level not in taskworld.LEVELS:
+            raise ValueError(f"a taskworld_ladder entry has level {self.level}: choose one of {list(taskworld.LEVELS)}")
 
 
 @dataclass
 class CurriculumPhaseConfig:
     """Phase 5: curriculum levels, each trained and measured, with the value prompts baked after each."""
 
-    num_levels: int = 2  # levels of rising difficulty (spec: 10; tiny: 2)
+    num_levels: int = 2  # levels of rising difficulty (spec: 10; tiny: 2); taskworld: one per taskworld_ladder entry
+    level_source: Literal["taskworld", "synthetic"] = "taskworld"  # where the levels below the data levels
+    # come from: the task world Phase 1 trains on, or synthetic operation chains
+    taskworld_ladder: list[TaskWorldLevel] = field(default_factory=lambda: [
+        TaskWorldLevel(families=["cmp"], level=2), TaskWorldLevel(families=["add", "cmp"], level=2)])
+    # taskworld: each level's families and task-world level, task-world levels non-decreasing (tiny: cmp, then
+    # add joins, at the level 2 Phase 1 trains on; chosen by measurement, docs/BENCHMARKS.md)
+    pass_accuracy: float = 0.5  # a level is passed when its held-out accuracy after training reaches this
     seed: int = 0  # seeds item generation, data sampling and training order
     train_items: int = 256  # training items per level (data levels: at most what the train side has)
-    heldout_items: int = 16  # held-out items per level on which accuracy is measured
+    heldout_items: int = 128  # held-out items per level on which accuracy is measured (128: a 95% interval
+    # about +-0.05 at the tiny model's accuracies)
     max_operations: int = 3  # operations per item at the top synthetic level (the first has one)
     operand_start: int = 20  # largest operand at the first level
     operand_end: int = 999  # largest operand at the top synthetic level (geometric climb in between)
@@ -57,7 +91,8 @@ class CurriculumPhaseConfig:
     warmup_steps: int = 5  # linear learning-rate warm-up at the start of each stage
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global gradient-norm clip; 0 disables it
-    max_new_tokens: int = 32  # greedy tokens generated per held-out item when measuring accuracy
+    max_new_tokens: int = 16  # greedy tokens generated per held-out item when measuring accuracy (a direct
+    # task-world answer takes about 6; word problems and synthetic solutions need more)
     values_file: str | None = None  # YAML of the value prompts; None: forge/presets/prompts/values.yaml of the project
     bake_inputs: int = 6  # training questions of the level that follow each prompt in the bake
     replay_sequences: int = 4  # Phase 1 training-text blocks replayed in every step (keeps the model's text
@@ -81,6 +116,17 @@ class CurriculumPhaseConfig:
         if not 2 <= self.operand_start <= self.operand_end:
             raise ValueError(f"curriculum needs 2 <= operand_start <= operand_end, got {self.operand_start} and "
                              f"{self.operand_end}")
+        if self.level_source == "taskworld":
+            if len(self.taskworld_ladder) != self.num_levels:
+                raise ValueError(f"curriculum.taskworld_ladder has {len(self.taskworld_ladder)} entries but "
+                                 f"num_levels is {self.num_levels}: give one entry per level (data levels replace "
+                                 "the top entries) or set num_levels to the ladder's length")
+            ladder = [entry.level for entry in self.taskworld_ladder]
+            if ladder != sorted(ladder):
+                raise ValueError(f"curriculum.taskworld_ladder levels {ladder} fall: order the entries by "
+                                 "task-world level, easiest first")
+        if not 0.0 < self.pass_accuracy <= 1.0:
+            raise ValueError(f"curriculum.pass_accuracy must be in (0, 1], got {self.pass_accuracy}")
         unknown = [name for name in self.data_levels if name not in DATA_LEVEL_SOURCES]
         if unknown:
             raise ValueError(f"curriculum.data_levels: unknown {unknown}; choose from {', '.join(DATA_LEVEL_SOURCES)}")
@@ -104,7 +150,9 @@ class LevelItem:
 
     question: str  # what the model is asked
     answer: str  # the final answer (a number)
-    solution: str  # worked steps leading to the answer
+    solution: str  # worked steps leading to the answer ("" for a task-world item: direct mode has none)
+    task: taskworld.TaskItem | None = None  # the task-world problem, whose own prompt, target and is_correct
+    # the level uses; None for synthetic items and word problems
 
 
 @dataclass(frozen=True)
@@ -112,9 +160,11 @@ class LevelSpec:
     """What a level is made of."""
 
     level: int  # 1-based position in the curriculum
-    source: str  # "synthetic" or a word-problem set of DATA_LEVEL_SOURCES
-    operations: int  # arithmetic operations per synthetic item (0 for word problems)
-    max_operand: int  # largest operand of a synthetic item (0 for word problems)
+    source: str  # "taskworld", "synthetic" or a word-problem set of DATA_LEVEL_SOURCES
+    operations: int  # arithmetic operations per synthetic item (0 otherwise)
+    max_operand: int  # largest operand of a synthetic item (0 otherwise)
+    families: tuple[str, ...] = ()  # task-world families of the items (taskworld only)
+    taskworld_level: int = 0  # task-world level of the items (taskworld only; 0 otherwise)
 
 
 @dataclass
@@ -137,17 +187,22 @@ class ValuePrompt:
 # ------------------------------------------------------------------------------------ levels
 
 def level_specs(config: CurriculumPhaseConfig, with_data: bool) -> list[LevelSpec]:
-    """The levels in order: the synthetic ladder, then (with data) the word-problem sets on top."""
+    """The levels in order: the task-world or synthetic ladder, then (with data) the word-problem sets on top."""
     data = list(config.data_levels) if with_data and config.num_levels - len(config.data_levels) >= 2 else []
-    synthetic = config.num_levels - len(data)
-    specs = []
-    for index in range(synthetic):
-        progress = index / (synthetic - 1) if synthetic > 1 else 0.0
-        specs.append(LevelSpec(
-            level=index + 1, source="synthetic",
-            operations=1 + round(progress * (config.max_operations - 1)),
-            max_operand=round(config.operand_start * (config.operand_end / config.operand_start) ** progress)))
-    specs.extend(LevelSpec(level=synthetic + offset + 1, source=name, operations=0, max_operand=0)
+    below = config.num_levels - len(data)  # levels of the ladder under the word problems
+    if config.level_source == "taskworld":
+        specs = [LevelSpec(level=index + 1, source="taskworld", operations=0, max_operand=0,
+                           families=tuple(entry.families), taskworld_level=entry.level)
+                 for index, entry in enumerate(config.taskworld_ladder[:below])]
+    else:
+        specs = []
+        for index in range(below):
+            progress = index / (below - 1) if below > 1 else 0.0
+            specs.append(LevelSpec(
+                level=index + 1, source="synthetic",
+                operations=1 + round(progress * (config.max_operations - 1)),
+                max_operand=round(config.operand_start * (config.operand_end / config.operand_start) ** progress)))
+    specs.extend(LevelSpec(level=below + offset + 1, source=name, operations=0, max_operand=0)
                  for offset, name in enumerate(data))
     return specs
 
@@ -189,6 +244,23 @@ def synthetic_level(spec: LevelSpec, train_count: int, heldout_count: int, seed:
     return Level(spec=spec, train=items[heldout_count:], heldout=items[:heldout_count])
 
 
+def taskworld_level(spec: LevelSpec, train_count: int, heldout_count: int, seed: int) -> Level:
+    """Distinct problems of the level's families at its task-world level: training items from the world's
+    train side, accuracy items from its held-out side (``taskworld.generate_items``: never the same problem)."""
+    sides = []
+    for split, count in (("train", train_count), ("heldout", heldout_count)):
+        # A draw of its own per level (seed * 1000 + level), so two ladder entries alike still differ.
+        items = taskworld.generate_items(count, split=split, seed=seed * 1000 + spec.level, families=spec.families,
+                                         levels=[spec.taskworld_level], unique=True)
+        if len(items) < count:
+            raise ValueError(
+                f"level {spec.level} (task world {'+'.join(spec.families)} at level {spec.taskworld_level}) has only "
+                f"{len(items)} distinct {split} problems, {count} wanted: lower curriculum.train_items/heldout_items "
+                "or raise that taskworld_ladder entry's level")
+        sides.append([LevelItem(question=item.question, answer=item.answer, solution="", task=item) for item in items])
+    return Level(spec=spec, train=sides[0], heldout=sides[1])
+
+
 def word_problem(source: str, record: dict) -> LevelItem:
     """A SVAMP or GSM8K record (forge.data.readers schema) as an item with its worked solution."""
     if source == "svamp":
@@ -221,7 +293,9 @@ def build_levels(config: CurriculumPhaseConfig, data_dir: str | os.PathLike | No
     """Every level of the curriculum (word-problem levels only when ``data_dir`` is given)."""
     levels = []
     for spec in level_specs(config, with_data=data_dir is not None):
-        if spec.source == "synthetic":
+        if spec.source == "taskworld":
+            levels.append(taskworld_level(spec, config.train_items, config.heldout_items, config.seed))
+        elif spec.source == "synthetic":
             levels.append(synthetic_level(spec, config.train_items, config.heldout_items, config.seed))
         else:
             levels.append(data_level(spec, config.train_items, config.heldout_items, config.seed, data_dir,
@@ -230,12 +304,18 @@ def build_levels(config: CurriculumPhaseConfig, data_dir: str | os.PathLike | No
 
 
 def prompt_text(item: LevelItem) -> str:
-    """What the model reads before writing its solution (the format ``answer_accuracy`` prompts with)."""
+    """What the model reads before writing its solution: the task world's prompt, else the format
+    ``answer_accuracy`` prompts with."""
+    if item.task is not None:
+        return taskworld.prompt(item.task, TASKWORLD_MODE)
     return f"Question: {item.question}\n"
 
 
 def completion_text(item: LevelItem) -> str:
-    """What the model is trained to write after :func:`prompt_text`: the worked steps, then the answer line."""
+    """What the model is trained to write after :func:`prompt_text`: the task world's target, else the worked
+    steps, then the answer line."""
+    if item.task is not None:
+        return taskworld.target(item.task, TASKWORLD_MODE)
     return f"{item.solution}\nAnswer: {item.answer}\n"
 
 
@@ -368,11 +448,30 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
 
 # ------------------------------------------------------------------------------------ accuracy
 
-def level_accuracy(model, tokenizer, items: Sequence[LevelItem], max_new_tokens: int) -> float:
-    """Greedy-answer accuracy on ``items``: ``forge.quietstar.generate.answer_accuracy`` (the answer line,
-    thoughts stripped, compared as numbers), whose ``Question: ...\n`` prompt :func:`prompt_text` matches."""
+def level_correct(model, tokenizer, items: Sequence[LevelItem], max_new_tokens: int) -> list[bool]:
+    """Whether each item's greedy answer (thoughts stripped) is right: task-world items by ``taskworld.is_correct``
+    (exact match), the others by ``forge.quietstar.generate.answer_accuracy`` (the answer line compared as
+    numbers), whose ``Question: ...\n`` prompt :func:`prompt_text` matches."""
+    if not items:
+        raise ValueError("level accuracy needs at least one item")
+    if all(item.task is not None for item in items):
+        outputs = generate(model, tokenizer, [prompt_text(item) for item in items], max_new_tokens=max_new_tokens)
+        return [taskworld.is_correct(item.answer, output.visible_text) for item, output in zip(items, outputs)]
+    if any(item.task is not None for item in items):
+        raise ValueError("a level's items are all task-world problems or none: build them with build_levels")
     problems = [(item.question, item.answer) for item in items]
-    return answer_accuracy(model, tokenizer, problems, max_new_tokens=max_new_tokens)["accuracy"]
+    return [row["correct"] for row in answer_accuracy(model, tokenizer, problems, max_new_tokens=max_new_tokens)["items"]]
+
+
+def level_accuracy(model, tokenizer, items: Sequence[LevelItem], max_new_tokens: int) -> float:
+    """Share of :func:`level_correct` items."""
+    correct = level_correct(model, tokenizer, items, max_new_tokens)
+    return sum(correct) / len(correct)
+
+
+def level_passed(accuracy: float, config: CurriculumPhaseConfig) -> bool:
+    """The pass rule: a level is passed when its held-out accuracy reaches ``pass_accuracy``."""
+    return accuracy >= config.pass_accuracy
 
 
 # ------------------------------------------------------------------------------------ value prompts

@@ -6,7 +6,9 @@ Input: the previous phase's model (``model`` from BitNet, ``champion`` from EvoM
 weights, so the output is a float model and the manifest says so. Per level (``forge.curriculum.levels``): held-out
 accuracy before, a short AdamW training stage on the level's items, accuracy after, then every value
 prompt baked in turn (``forge.baking.bake_sequence``), each prompt's strength measured against the model
-the level's bakes started from, and the accuracy once more. With ``tool_use_items`` set, every training stage
+the level's bakes started from, and the accuracy once more. A level is passed when its accuracy after training
+reaches ``pass_accuracy``; each accuracy is recorded with a 95% bootstrap interval over the held-out items
+(``benchmarks.scoreboard.bootstrap_interval``). With ``tool_use_items`` set, every training stage
 also sees train-side tool-use transcripts in Phase 6's format (``benchmarks.tooluse.training_examples``),
 so the A-cycle starts from a model that has seen tool calls. Each finished level is saved to
 ``work/level_<k>`` with its records in the manifest; a rerun with the same config, input and prompts
@@ -20,8 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
+from benchmarks.scoreboard import bootstrap_interval
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_examples
 from cluster.resources import gpu_memory_cap_bytes
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
@@ -29,7 +33,7 @@ from forge.console import Progress
 from forge.baking import bake_sequence
 from forge.configtools import config_hash
 from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
-                          count_tokens, level_accuracy, load_value_prompts, train_stage, values_path)
+                          count_tokens, level_correct, level_passed, load_value_prompts, train_stage, values_path)
 from forge.data.heldout import HELDOUT, REPLAY
 from forge.data.replay import Replay
 from forge.devices import limit_gpu_memory
@@ -41,6 +45,8 @@ log = logging.getLogger(__name__)
 PHASE = "curriculum"
 HELDOUT_PERPLEXITY_CHARS = 6000  # Phase 1's held-out text measured before and after each level's steps
 RESUME_KEY = "curriculum_resume"  # manifest entry of a level checkpoint: fingerprint and records so far
+INTERVAL_RESAMPLES = 1000  # bootstrap resamples of each accuracy's interval (a few ms for a level's items)
+INTERVAL_CONFIDENCE = 0.95
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
@@ -92,6 +98,14 @@ def resume_state(ctx: PhaseContext, num_levels: int, fingerprint: str) -> dict[s
     return None
 
 
+def accuracy_figures(model, tokenizer, level: Level, cfg: CurriculumPhaseConfig) -> tuple[float, list[float]]:
+    """Held-out accuracy of the level and its 95% bootstrap interval over the items."""
+    correct = np.array(level_correct(model, tokenizer, level.heldout, cfg.max_new_tokens), dtype=float)
+    interval = bootstrap_interval([correct], np.mean, resamples=INTERVAL_RESAMPLES, seed=cfg.seed,
+                                  confidence=INTERVAL_CONFIDENCE)
+    return float(correct.mean()), list(interval)
+
+
 def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cfg: CurriculumPhaseConfig,
               tool_pairs: Sequence[tuple[str, str]] = (), replay: Replay | None = None,
               perplexity: Callable[[torch.nn.Module], float] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -100,14 +114,17 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
     heldout = level.heldout
     record: dict[str, Any] = {**dataclasses.asdict(level.spec), "train_items": len(level.train),
                               "heldout_items": len(heldout)}
-    record["accuracy_before"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
+    record["accuracy_before"], record["accuracy_before_interval"] = accuracy_figures(model, tokenizer, level, cfg)
     record["heldout_answer_loss_before"] = answer_loss(model, tokenizer, heldout)
     if perplexity is not None:
         record["heldout_perplexity_before"] = perplexity(model)
     stage = train_stage(model, tokenizer, level.train, cfg, extra_pairs=tool_pairs, replay=replay,
                         replay_first_step=(level.spec.level - 1) * cfg.steps_per_level)
     record["training"] = dataclasses.asdict(stage)
-    record["accuracy_after_training"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
+    record["accuracy_after_training"], record["accuracy_after_training_interval"] = accuracy_figures(
+        model, tokenizer, level, cfg)
+    record["pass_accuracy"] = cfg.pass_accuracy
+    record["passed"] = level_passed(record["accuracy_after_training"], cfg)
     record["heldout_answer_loss_after"] = answer_loss(model, tokenizer, heldout)
     if perplexity is not None:
         record["heldout_perplexity_after_training"] = perplexity(model)
@@ -121,7 +138,8 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
                         "strength_vs_level_start": final[prompt.text]} for prompt, row in zip(prompts, rows)]
     record["bake_time_s"] = time.perf_counter() - started
     model.eval()
-    record["accuracy_after_baking"] = level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens)
+    record["accuracy_after_baking"], record["accuracy_after_baking_interval"] = accuracy_figures(
+        model, tokenizer, level, cfg)
     if perplexity is not None:
         record["heldout_perplexity_after_baking"] = perplexity(model)
     return model, record
@@ -132,6 +150,7 @@ def level_metrics(record: dict[str, Any]) -> dict[str, Any]:
     metrics = {key: record[key] for key in ("level", "accuracy_before", "accuracy_after_training",
                                             "accuracy_after_baking", "heldout_answer_loss_before",
                                             "heldout_answer_loss_after", "bake_time_s")}
+    metrics["passed"] = int(record["passed"])
     metrics["train_loss_first"] = record["training"]["loss_first"]
     metrics["train_loss_last"] = record["training"]["loss_last"]
     for key in ("heldout_perplexity_before", "heldout_perplexity_after_training", "heldout_perplexity_after_baking"):
@@ -140,6 +159,19 @@ def level_metrics(record: dict[str, Any]) -> dict[str, Any]:
     for bake in record["bakes"]:
         metrics[f"strength/{bake['name']}"] = bake["strength_vs_level_start"]
     return metrics
+
+
+def level_name(level: Level) -> str:
+    """The level's source, with the task world's families and level, e.g. ``taskworld add+cmp level 2``."""
+    spec = level.spec
+    return f"taskworld {'+'.join(spec.families)} level {spec.taskworld_level}" if spec.source == "taskworld" \
+        else spec.source
+
+
+def figure(record: dict[str, Any], key: str) -> str:
+    """An accuracy with its interval, e.g. ``0.250 [0.180, 0.320]``."""
+    low, high = record[f"{key}_interval"]
+    return f"{record[key]:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def run(ctx: PhaseContext) -> PhaseResult:
@@ -167,7 +199,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         model, tokenizer = load_model_dir(level_dir(ctx, resumed_after), device=device)
         print(f"[forge] curriculum: resuming after level {resumed_after} ({level_dir(ctx, resumed_after)})",
               flush=True)
-    print(f"[forge] curriculum: {len(levels)} levels ({', '.join(level.spec.source for level in levels)}) on "
+    print(f"[forge] curriculum: {len(levels)} levels ({', '.join(map(level_name, levels))}) on "
           f"{name} ({input_dir}); {len(prompts)} value prompts from {values_file}", flush=True)
 
     replay = (Replay(tokenizer, ctx.read_texts(REPLAY, 10**12), cfg.replay_seq_len,
@@ -188,9 +220,10 @@ def run(ctx: PhaseContext) -> PhaseResult:
             tracker.log(level_metrics(record), step=level.spec.level)
             save_model_dir(model, tokenizer, level_dir(ctx, level.spec.level), phase=PHASE,
                            extra={RESUME_KEY: state})
-            print(f"[forge] curriculum: level {level.spec.level} ({level.spec.source}): accuracy "
-                  f"{record['accuracy_before']:.3f} -> {record['accuracy_after_training']:.3f} (trained) -> "
-                  f"{record['accuracy_after_baking']:.3f} (baked); held-out perplexity "
+            print(f"[forge] curriculum: level {level.spec.level} ({level_name(level)}): accuracy "
+                  f"{figure(record, 'accuracy_before')} -> {figure(record, 'accuracy_after_training')} (trained, "
+                  f"{'passed' if record['passed'] else 'not passed'} at {cfg.pass_accuracy:.2f}) -> "
+                  f"{figure(record, 'accuracy_after_baking')} (baked); held-out perplexity "
                   f"{record['heldout_perplexity_before']:.1f} -> {record['heldout_perplexity_after_training']:.1f} -> "
                   f"{record['heldout_perplexity_after_baking']:.1f}; strengths "
                   + ", ".join(f"{b['name']} {b['strength_vs_level_start']:.3f}" for b in record["bakes"]), flush=True)
@@ -209,6 +242,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
         "output_format": "float (dequantized from ternary / int8)" if quantized else "float",
         "curriculum_level_reached": records[-1]["level"],
         "num_levels": len(levels),
+        "pass_accuracy": cfg.pass_accuracy,
+        "levels_passed": [r["level"] for r in records if r["passed"]],
         "levels": records,
         "prompts_baked": [{"name": p.name, "text": p.text, "tokens": count_tokens(tokenizer, p.text)}
                           for p in prompts],
@@ -224,8 +259,10 @@ def run(ctx: PhaseContext) -> PhaseResult:
     }
     out_dir = save_model_dir(model, tokenizer, ctx.phase_dir / "model", phase=PHASE, extra=metadata)
     summary = {key: metadata[key] for key in ("input", "input_bitnet_quantized", "output_format",
-                                              "curriculum_level_reached", "num_levels", "measured_strengths")}
+                                              "curriculum_level_reached", "num_levels", "pass_accuracy",
+                                              "levels_passed", "measured_strengths")}
     summary["resumed_after_level"] = resumed_after
-    summary["accuracy"] = {r["level"]: {key: r[key] for key in ("accuracy_before", "accuracy_after_training",
-                                                                "accuracy_after_baking")} for r in records}
+    summary["accuracy"] = {r["level"]: {key: r[key] for key in (
+        "accuracy_before", "accuracy_before_interval", "accuracy_after_training", "accuracy_after_training_interval",
+        "accuracy_after_baking", "passed")} for r in records}
     return PhaseResult(outputs={"model": out_dir}, summary=summary)
