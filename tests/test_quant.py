@@ -370,6 +370,16 @@ def test_healing_gives_back_what_ternarising_a_block_cost_before_the_guard_judge
         judged[heal_steps] = staged_quantize(copy, accuracy, config, finetune_ids=ids).steps[0].accuracy
     assert judged[0] < 0.9 and judged[20] > judged[0] + 0.1
 
+    # A block the guard refuses leaves the model as it was, healing included.
+    copy = tiny_llama(seed=1)
+    copy.load_state_dict(model.state_dict())
+    scores = iter([1.0] + [0.5] * 10)
+    result = staged_quantize(copy, lambda m: next(scores), dataclasses.replace(plain, layer_revert_drop=0.1,
+                                                                               heal_steps=20, heal_lr=1e-2),
+                             finetune_ids=ids)
+    assert all(step.reverted for step in result.steps) and not result.quantized
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in copy.state_dict().items())
+
 
 def test_the_tasks_guard_with_the_text_only_from_the_floor_up(shared_data):
     from benchmarks.guard import job_guard

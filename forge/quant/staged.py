@@ -168,9 +168,11 @@ def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
                    if calibration_batches else {name: 1.0 for name in names})
     steps, kept = [], {}
 
-    def guarded(group: str, layers: list[str], originals: dict[str, nn.Module]) -> bool:
+    def guarded(group: str, layers: list[str], originals: dict[str, nn.Module],
+                previous: dict[str, torch.Tensor] | None) -> bool:
         """Judge the model with ``layers`` quantized (and healed); revert them above the drop limit. True when
-        kept. A reverted block's layers get their float weights back; what healing changed elsewhere stays."""
+        kept. A reverted block leaves the model as it was before it (``previous``: its weights then, when
+        healing may have moved the others)."""
         heal(model, heal_batches, config.heal_steps, config.heal_lr)
         with torch.no_grad():
             accuracy = float(evaluate(model))
@@ -178,6 +180,8 @@ def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
         reverted = drop > config.layer_revert_drop
         if reverted:
             restore(model, originals)
+            if previous is not None:
+                model.load_state_dict(previous)
         else:
             kept.update(originals)
         log.info("block %s: accuracy %.4f, drop %.1f%%%s", group, accuracy, 100 * drop,
@@ -185,16 +189,22 @@ def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
         steps.append(GroupStep(group, list(layers), accuracy, drop, reverted))
         return not reverted
 
+    def snapshot() -> dict[str, torch.Tensor] | None:
+        healing = config.heal_steps and heal_batches
+        return {key: value.clone() for key, value in model.state_dict().items()} if healing else None
+
     for group, layers in layer_groups(names).items():
+        previous = snapshot()
         originals = to_bitlinear(model, layers, config.zero_threshold)
         for name in layers:
             model.get_submodule(name).scale_correction.fill_(corrections[name])
-        guarded(group, layers, originals)
+        guarded(group, layers, originals, previous)
     layers = int8_candidates(model, config.min_out_features)  # known once the ternary guard has decided
     for group in STORAGE_STEPS[config.float_layers] if layers else ():
+        previous = snapshot()
         originals = (to_int4(model, layers, config.int4_group_size) if group == INT4_GROUP
                      else to_int8(model, layers))
-        if guarded(group, layers, originals):
+        if guarded(group, layers, originals, previous):
             break
     return steps, kept, corrections
 
