@@ -65,8 +65,8 @@ class QuantizeJobConfig:
     """Weights per float16 scale in int4 storage (4 + 16 / group_size bits per weight)."""
     heal_steps: int = 0
     """Straight-through fine-tuning steps on the train-side text after each block is quantized, before the guard
-    judges it (0: judged as quantized). On the tiny preset's models it gives back the next-token accuracy a
-    ternarised block costs, but not the task-world answers (docs/BENCHMARKS.md, Phase 4 healing)."""
+    judges it (0: judged as quantized). On the tiny preset's models it lets the guard keep int4 storage of the
+    embedding and head (docs/BENCHMARKS.md, Phase 4 healing)."""
     heal_lr: float = 1e-3
     """Learning rate of the healing steps."""
     latency_batch: int = 1
