@@ -204,10 +204,11 @@ class CognatePhaseConfig:
 
 @dataclass
 class QuietStarPhaseConfig:
-    data_source: Literal["auto", "offline", "synthetic", "file"] = "auto"
-    """Reasoning data: offline (traces from the data folder's solved problems), synthetic (generated problems
-    with verified traces), file (``data_file``, written by ``python -m forge.quietstar``); auto: offline when a
-    data folder is set, else synthetic."""
+    data_source: Literal["auto", "offline", "taskworld", "synthetic", "file"] = "auto"
+    """Reasoning data: offline (traces from the data folder's solved problems), taskworld (the task world's
+    multi-digit problems with their worked traces), synthetic (generated word problems with verified traces),
+    file (``data_file``, written by ``python -m forge.quietstar``); auto: offline when a data folder is set,
+    else taskworld."""
     data_file: str | None = None
     """The dataset read when data_source is file."""
     num_examples: int = 400
@@ -223,10 +224,11 @@ class QuietStarPhaseConfig:
     rl: ThoughtRLConfig = field(default_factory=lambda: ThoughtRLConfig(
         episodes=8, check_every=4, check_items=8, max_rollbacks=2))
     """Step 2 (spec optimizer settings; the tiny preset runs 8 episodes with checks every 4)."""
-    eval_problems: int = 16
-    """Held-out problems per accuracy set (before Phase 3, after Step 1, after Step 2)."""
-    eval_max_new_tokens: int = 32
-    """Generation budget per held-out problem (the thinking block counts)."""
+    eval_problems: int = 48
+    """Held-out problems per accuracy set (before Phase 3, after Step 1, after Step 2): 8 per task-world cell."""
+    eval_max_new_tokens: int = 64
+    """Generation budget per held-out problem (the thinking block counts: a task-world trace and its answer
+    take up to 59 tokens)."""
     commonsense_task: str = "arc_easy"
     """Harness task of the commonsense check (needs a data folder)."""
     commonsense_limit: int = 64

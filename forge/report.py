@@ -255,7 +255,8 @@ def plot_quietstar(run: Run, out: Path) -> Path | None:
                  [(f"{name} accuracy", [stages[s].get(f"{name}_accuracy") for s in names]) for name in sets],
                  ylabel="share of held-out problems",
                  title="Phase 3 Quiet-STaR: held-out accuracy without and with thoughts")
-    usage = [stages[s].get("synthetic_thinking_usage") for s in names]
+    main_set = report.get("eval_set", "synthetic")  # reports before issue 18 measured on the synthetic set only
+    usage = [stages[s].get(f"{main_set}_thinking_usage") for s in names]
     if any(u is not None for u in usage):
         ax.plot(range(len(names)), [u if u is not None else float("nan") for u in usage], "k--o",
                 label="thinking usage (share of answers)")

@@ -114,10 +114,12 @@ def _quietstar(**changes):
     from forge.phases.quietstar import quietstar_criteria
     from forge.quietstar.format_training import FormatBakeConfig
 
-    measured = {"before": 0.25, "after": 0.5, "usage": 0.9, "coherence": 0.9, "format": 0.95, "examples": 25000}
+    measured = {"before": 0.25, "after": 0.5, "usage": 0.9, "coherence": 0.9, "format": 0.95, "examples": 25000,
+                "removed": 0.0}
     measured.update(changes)
-    stages = {"before": {"synthetic_accuracy": measured["before"]},
-              "step2": {"synthetic_accuracy": measured["after"], "synthetic_thinking_usage": measured["usage"]}}
+    stages = {"before": {"taskworld_accuracy": measured["before"]},
+              "step2": {"taskworld_accuracy": measured["after"], "taskworld_thinking_usage": measured["usage"],
+                        "taskworld_accuracy_no_thinking": measured["removed"]}}
     return quietstar_criteria(stages, measured["coherence"], measured["format"], FormatBakeConfig().accuracy_threshold,
                               measured["examples"])
 
@@ -127,6 +129,7 @@ def _quietstar(**changes):
     ("thinking_usage", "usage", 0.7, ">"),
     ("format_baking_converged", "format", 0.85, ">="),  # assert final_accuracy >= 0.85
     ("accuracy_above_phase2", "after", 0.25, ">"),  # gsm8k_acc > phase2's (0.25 here)
+    ("thoughts_ablation", "after", 0.02, ">"),  # accuracy with thoughts minus with them removed (0 here) > 0.02
 ])
 def test_quietstar_criteria_at_the_spec_thresholds(name, measured, threshold, direction):
     assert_boundary(lambda value: _quietstar(**{measured: value})[name]["met"], threshold, direction)

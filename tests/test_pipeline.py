@@ -203,7 +203,8 @@ def test_quietstar_adds_thinking_tokens_and_reports_every_stage(tiny_run):
     examples, _ = read_dataset(phase / "reasoning.jsonl")
     assert validate_examples(examples, 100).passed
     assert set(summary["stages"]) == {"before", "step1", "step2"}
-    assert {"synthetic_accuracy", "gsm8k_accuracy"} <= set(summary["stages"]["step2"])
+    assert {"taskworld_accuracy", "gsm8k_accuracy", "gsm8k_accuracy_no_thinking"} <= set(summary["stages"]["step2"])
+    assert summary["eval_set"] == "gsm8k"
     assert summary["stages"]["before"]["commonsense_accuracy"] is not None
     # The spec's criteria compare the figures this phase measured (boundaries: tests/test_criteria.py); the
     # shrunken run builds 120 reasoning examples, so the spec's 20,000 is a recorded shortfall.

@@ -2,14 +2,17 @@
 
 Steps, on the driver (one model, sequential training):
 0. The 12 thinking tokens are added (``forge.quietstar.tokens``) and the reasoning data is built and
-   validated: real traces from the data folder's solved problems (``offline``), generated problems with
-   verified traces (``synthetic``, the default without a data folder), or a file written by
-   ``python -m forge.quietstar`` (``file``, e.g. from the API generator).
+   validated: real traces from the data folder's solved problems (``offline``), the task world's
+   multi-digit problems with their worked traces (``taskworld``, the default without a data folder),
+   generated word problems (``synthetic``), or a file written by ``python -m forge.quietstar`` (``file``,
+   e.g. from the API generator).
 1. The reasoning format is baked by full fine-tuning (``forge.quietstar.format_training``), with the spec's
    convergence check and its mitigation.
 2. Quiet-STaR RL on thoughts (``forge.quietstar.rl``), with anti-theater checks and rollback.
-Accuracy on held-out problems, thinking-token usage and generation speed are measured before Phase 3,
-after Step 1 and after Step 2; the summary records the spec's criteria as met or missed.
+Accuracy on held-out problems, thinking-token usage and held-out perplexity are measured before Phase 3,
+after Step 1 and after Step 2; after each step also the accuracy with thinking forbidden (the thoughts
+removed: the ablation that shows whether they help); generation speed at the end. The summary records
+the spec's criteria as met or missed.
 
 Resume: Step 1 and Step 2 checkpoint under ``work/``; a finished step's model is kept in
 ``work/step1_model`` so a rerun goes straight to Step 2.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -27,20 +30,26 @@ from cluster.resources import gpu_memory_cap_bytes
 from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, verify_model_dir
 from forge.console import Progress
 from forge.criteria import criterion, missed
-from forge.data.heldout import REPLAY
+from forge.data.heldout import HELDOUT, REPLAY
 from forge.devices import limit_gpu_memory
 from forge.phases.base import PhaseContext, PhaseResult, single_input
 from forge.quietstar.data import dataset_metadata, read_dataset, validate_examples, write_dataset
 from forge.quietstar.format_training import bake_reasoning_format, select_examples
 from forge.quietstar.generate import answer_accuracy, generation_speed
 from forge.quietstar.offline import OfflineConfig, OfflineReasoningGenerator
+from forge.quietstar.rewards import ABLATION_THRESHOLD
 from forge.quietstar.rl import ThinkIds, heldout_check_items, mean_coherence, save_mixing_head, train_thoughts
 from forge.quietstar.synthetic import SyntheticConfig, SyntheticReasoningGenerator
-from forge.quietstar.tokens import add_thinking_tokens
+from forge.quietstar.taskworld import TaskWorldReasoningConfig, TaskWorldReasoningGenerator
+from forge.quietstar.tokens import STRATEGY_TOKENS, add_thinking_tokens
 
 COHERENCE_REQUIRED = 0.6  # spec: coherence > 0.6
 USAGE_REQUIRED = 0.7  # spec: thinking tokens in > 70% of outputs
 SPEC_EXAMPLES = 20_000  # spec: the reasoning data holds >= 20,000 examples (fewer is a recorded shortfall)
+HELDOUT_PERPLEXITY_CHARS = 20_000  # Phase 1's held-out text measured before Phase 3 and after each step
+PERPLEXITY_WINDOW = 128  # tokens per perplexity window (as benchmarks/scripts/quietstar_step1_replay.py)
+# The held-out set the criteria read: GSM8K with a data folder (the spec's gsm8k_acc), else the data source's own.
+EVAL_SET_ORDER = ("gsm8k", "taskworld", "synthetic")
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
@@ -52,12 +61,19 @@ def choose_input(inputs: dict[str, Path]) -> str:
                      "evomerge (python -m forge.pipeline --phases cognate,evomerge,quietstar)")
 
 
+def data_source(ctx: PhaseContext) -> str:
+    """The configured reasoning data source; ``auto``: offline with a data folder, else the task world."""
+    source = ctx.config.quietstar.data_source
+    if source == "auto":
+        return "offline" if ctx.data_dir else "taskworld"
+    return source
+
+
 def reasoning_examples(ctx: PhaseContext) -> tuple[list, dict[str, Any]]:
     """Train-side examples from the configured source, validated, and where they came from."""
     config = ctx.config.quietstar
-    source = config.data_source
-    if source == "auto":
-        source = "offline" if ctx.data_dir else "synthetic"
+    source = data_source(ctx)
+    strategies = STRATEGY_TOKENS
     if source == "file":
         if not config.data_file:
             raise ValueError("quietstar.data_source=file needs quietstar.data_file (a dataset written by "
@@ -67,21 +83,31 @@ def reasoning_examples(ctx: PhaseContext) -> tuple[list, dict[str, Any]]:
     elif source == "offline":
         if not ctx.data_dir:
             raise ValueError("quietstar.data_source=offline needs a data folder: set data.data_dir or "
-                             "FORGE_DATA_DIR, or use data_source=synthetic")
+                             "FORGE_DATA_DIR, or use data_source=taskworld")
         generator = OfflineReasoningGenerator(OfflineConfig(data_dir=ctx.data_dir, seed=ctx.config.seed))
         examples, metadata = list(generator.generate(config.num_examples)), {"generator": "offline"}
+    elif source == "taskworld":
+        generator = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(seed=ctx.config.seed))
+        examples, metadata = list(generator.generate(config.num_examples)), {"generator": "taskworld"}
+        strategies = generator.strategies
     else:
         generator = SyntheticReasoningGenerator(SyntheticConfig(seed=ctx.config.seed))
         examples, metadata = list(generator.generate(config.num_examples)), {"generator": "synthetic"}
-    validate_examples(examples, config.min_examples).raise_if_failed()
+    validate_examples(examples, config.min_examples, strategies).raise_if_failed()
     return examples, {"source": source, **metadata}
 
 
 def heldout_problems(ctx: PhaseContext) -> dict[str, list[tuple[str, str]]]:
-    """(question, answer) sets no step trains on: generated problems always, GSM8K with a data folder."""
+    """(question, answer) sets no step trains on: the held-out side of the generated problems (the task
+    world's multi-digit cells; the synthetic word problems when they are the data source), and GSM8K with a
+    data folder."""
     config = ctx.config.quietstar
-    synthetic = SyntheticReasoningGenerator(SyntheticConfig(heldout=True, seed=ctx.config.seed))
-    sets = {"synthetic": [(e.question, e.answer) for e in synthetic.generate(config.eval_problems)]}
+    if data_source(ctx) == "synthetic":
+        synthetic = SyntheticReasoningGenerator(SyntheticConfig(heldout=True, seed=ctx.config.seed))
+        sets = {"synthetic": [(e.question, e.answer) for e in synthetic.generate(config.eval_problems)]}
+    else:
+        world = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(heldout=True, seed=ctx.config.seed))
+        sets = {"taskworld": [(item.question, item.answer) for item in world.items(config.eval_problems)]}
     if ctx.data_dir:
         from forge.data.splits import heldout_items
 
@@ -90,9 +116,20 @@ def heldout_problems(ctx: PhaseContext) -> dict[str, list[tuple[str, str]]]:
     return sets
 
 
+def eval_set(names: Iterable[str]) -> str:
+    """The held-out set the criteria read: the first of ``EVAL_SET_ORDER`` among ``names``."""
+    names = set(names)
+    for name in EVAL_SET_ORDER:
+        if name in names:
+            return name
+    raise ValueError(f"none of the held-out sets {', '.join(EVAL_SET_ORDER)} is among {sorted(names)}")
+
+
 def measure(model, tokenizer, problems: dict[str, list[tuple[str, str]]], config, *,
             allow_thinking: bool) -> dict[str, Any]:
-    """Held-out accuracy per set and, with thinking allowed, the share of outputs that open a thinking block."""
+    """Held-out accuracy per set; with thinking allowed also the share of outputs that open a thinking block
+    and ``<set>_accuracy_no_thinking``, the accuracy of the same model with the thinking tokens forbidden
+    (its thoughts removed: the answer-level ablation)."""
     model.eval()
     result: dict[str, Any] = {}
     for name, items in problems.items():
@@ -101,6 +138,8 @@ def measure(model, tokenizer, problems: dict[str, list[tuple[str, str]]], config
         result[f"{name}_accuracy"] = scored["accuracy"]
         if allow_thinking:
             result[f"{name}_thinking_usage"] = scored["thinking_usage"]
+            result[f"{name}_accuracy_no_thinking"] = answer_accuracy(
+                model, tokenizer, items, max_new_tokens=config.eval_max_new_tokens, allow_thinking=False)["accuracy"]
     return result
 
 
@@ -118,13 +157,18 @@ def commonsense(model, tokenizer, ctx: PhaseContext) -> float | None:
 
 def quietstar_criteria(stages: dict[str, dict[str, Any]], coherence: float, format_accuracy: float,
                        format_threshold: float, examples: int) -> dict[str, dict[str, Any]]:
-    """The spec's Phase 3 criteria, recorded as measured (the spec asserts them). Accuracy is on the
-    generated held-out problems, which every run has (GSM8K's, with a data folder, is in ``stages``)."""
+    """The spec's Phase 3 criteria, recorded as measured (the spec asserts them). Accuracy is on the held-out
+    set of ``eval_set``: GSM8K with a data folder, else the generated problems of the data source (the task
+    world's by default). ``thoughts_ablation`` is the spec's anti-theater ablation (> 0.02) on answers:
+    accuracy after Step 2 with thinking minus with the thoughts removed."""
+    name = eval_set(key.removesuffix("_accuracy") for key in stages["step2"])
+    step2 = stages["step2"]
     return {
-        "accuracy_above_phase2": criterion(stages["step2"]["synthetic_accuracy"], ">",
-                                           stages["before"]["synthetic_accuracy"]),
+        "accuracy_above_phase2": criterion(step2[f"{name}_accuracy"], ">", stages["before"][f"{name}_accuracy"]),
         "coherence": criterion(coherence, ">", COHERENCE_REQUIRED),
-        "thinking_usage": criterion(stages["step2"]["synthetic_thinking_usage"], ">", USAGE_REQUIRED),
+        "thinking_usage": criterion(step2[f"{name}_thinking_usage"], ">", USAGE_REQUIRED),
+        "thoughts_ablation": criterion(step2[f"{name}_accuracy"] - step2[f"{name}_accuracy_no_thinking"], ">",
+                                       ABLATION_THRESHOLD),
         "format_baking_converged": criterion(format_accuracy, ">=", format_threshold),
         "reasoning_examples": criterion(examples, ">=", SPEC_EXAMPLES),
     }
@@ -139,10 +183,18 @@ def run(ctx: PhaseContext) -> PhaseResult:
     model, tokenizer = load_model_dir(ctx.inputs[name], device=device)
     tracker = ctx.tracker("quietstar", run_config={"quietstar": config.__dict__, "input": name})
     problems = heldout_problems(ctx)
+    main_set = eval_set(problems)
+    heldout_texts = ctx.read_texts(HELDOUT, HELDOUT_PERPLEXITY_CHARS)
+
+    def heldout_perplexity(model) -> float:
+        from benchmarks.lm import perplexity
+
+        return perplexity(model, tokenizer, heldout_texts, max_length=PERPLEXITY_WINDOW)
 
     stages: dict[str, dict[str, Any]] = {}
     stages["before"] = {**measure(model, tokenizer, problems, config, allow_thinking=False),
-                        "commonsense_accuracy": commonsense(model, tokenizer, ctx)}
+                        "commonsense_accuracy": commonsense(model, tokenizer, ctx),
+                        "heldout_perplexity": heldout_perplexity(model)}
     print(f"[forge] quietstar: before Phase 3 {stages['before']}", flush=True)
 
     step1_dir = ctx.work_dir / "step1_model"
@@ -169,12 +221,13 @@ def run(ctx: PhaseContext) -> PhaseResult:
         save_model_dir(model, tokenizer, step1_dir, phase="quietstar-step1")
         atomic_write_json(ctx.work_dir / "step1_report.json", step1_report)
     stages["step1"] = {**measure(model, tokenizer, problems, config, allow_thinking=True),
-                       "commonsense_accuracy": commonsense(model, tokenizer, ctx)}
+                       "commonsense_accuracy": commonsense(model, tokenizer, ctx),
+                       "heldout_perplexity": heldout_perplexity(model)}
     print(f"[forge] quietstar: after Step 1 {stages['step1']}", flush=True)
 
     examples, _ = read_dataset(dataset_path)
     rl_texts = [f"Question: {e.question}\nAnswer: {e.answer}" for e in examples]
-    rl_heldout = [f"Question: {q}\nAnswer: {a}" for q, a in problems["synthetic"]]
+    rl_heldout = [f"Question: {q}\nAnswer: {a}" for q, a in problems[main_set]]
     with Progress("quietstar: Step 2 RL on thoughts", config.rl.episodes, "episode") as progress:
         rl_report = train_thoughts(model, tokenizer, rl_texts, rl_heldout, config.rl,
                                    reference=load_model_dir(step1_dir, device=device)[0],
@@ -186,9 +239,10 @@ def run(ctx: PhaseContext) -> PhaseResult:
                                ThinkIds.of(tokenizer), config.rl, torch.Generator().manual_seed(ctx.config.seed))
     del reference
     stages["step2"] = {**measure(model, tokenizer, problems, config, allow_thinking=True),
-                       "commonsense_accuracy": commonsense(model, tokenizer, ctx)}
+                       "commonsense_accuracy": commonsense(model, tokenizer, ctx),
+                       "heldout_perplexity": heldout_perplexity(model)}
     print(f"[forge] quietstar: after Step 2 {stages['step2']}", flush=True)
-    speed = generation_speed(model, tokenizer, [f"Question: {q}\n" for q, _ in problems["synthetic"][:config.speed_prompts]],
+    speed = generation_speed(model, tokenizer, [f"Question: {q}\n" for q, _ in problems[main_set][:config.speed_prompts]],
                              max_new_tokens=config.eval_max_new_tokens)
 
     out_dir = ctx.phase_dir / "model"
@@ -201,7 +255,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     tracker.log({f"final/{key}": value for key, value in stages["step2"].items() if value is not None})
     tracker.finish()
     summary = {"input": name, "data": {k: v for k, v in data_info.items() if k != "thinking_token_ids"},
-               "stages": stages, "step1": step1_report, "step2": rl, "generation_speed": speed,
+               "eval_set": main_set, "stages": stages,
+               "heldout_perplexity_ratio": stages["step2"]["heldout_perplexity"] / stages["before"]["heldout_perplexity"], "step1": step1_report, "step2": rl, "generation_speed": speed,
                "criteria": criteria, "criteria_missed": missed(criteria),
                "wall_time_s": time.perf_counter() - started}
     atomic_write_json(ctx.phase_dir / "quietstar_report.json", json.loads(json.dumps(summary, default=str)))

@@ -125,9 +125,12 @@ class ValidationReport:
                 f"{check.name}: {check.detail}" for check in self.failures()))
 
 
-def validate_examples(examples: Iterable[ReasoningExample], min_examples: int) -> ValidationReport:
-    """Check: at least ``min_examples`` examples, unique ids, all 10 strategies used somewhere, and every
-    example with a well-formed thinking block holding a strategy token, its ``strategies`` field true."""
+def validate_examples(examples: Iterable[ReasoningExample], min_examples: int,
+                      strategies: Sequence[str] = STRATEGY_TOKENS) -> ValidationReport:
+    """Check: at least ``min_examples`` examples, unique ids, each of ``strategies`` (default: all 10) used
+    somewhere, and every example with a well-formed thinking block holding a strategy token, its ``strategies``
+    field true. A source whose problems give some strategies nothing true to say (exact arithmetic has no prior
+    and no unstated quantity) names the ones it uses, e.g. ``forge.quietstar.taskworld.STRATEGIES``."""
     examples = list(examples)
     counts = Counter(strategy for example in examples for strategy in strategies_in(example.thinking))
     checks = [Check("enough_examples", len(examples) >= min_examples,
@@ -135,9 +138,12 @@ def validate_examples(examples: Iterable[ReasoningExample], min_examples: int) -
     duplicates = [key for key, count in Counter(example.id for example in examples).items() if count > 1]
     checks.append(Check("unique_ids", not duplicates,
                         f"repeated ids: {duplicates[:5]}" if duplicates else "all ids distinct"))
-    missing = [strategy for strategy in STRATEGY_TOKENS if not counts[strategy]]
+    unknown = [strategy for strategy in strategies if strategy not in STRATEGY_TOKENS]
+    if unknown or not strategies:
+        raise ValueError(f"strategies {list(strategies)}: choose some of {', '.join(STRATEGY_TOKENS)}")
+    missing = [strategy for strategy in strategies if not counts[strategy]]
     checks.append(Check("all_strategies", not missing,
-                        f"never used: {', '.join(missing)}" if missing else "all 10 strategies used"))
+                        f"never used: {', '.join(missing)}" if missing else f"all {len(strategies)} strategies used"))
     malformed = [(example.id, problem) for example in examples
                  if (problem := thinking_problem(example.thinking)) is not None]
     checks.append(Check("well_formed_thinking", not malformed,
