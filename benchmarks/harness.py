@@ -92,6 +92,7 @@ class _RunSettings:
     num_samples: int
     temperature: float
     sandbox: SandboxLimits
+    suppress_token_ids: tuple[int, ...] = ()
 
 
 Samples = list[dict[str, Any]]
@@ -116,7 +117,8 @@ def _multiple_choice(model, tokenizer, task: Task, docs, contexts, settings: _Ru
 def _generate(model, tokenizer, task: Task, docs, contexts, settings: _RunSettings, info):
     outputs = generate_until(model, tokenizer, contexts, until=task.until,
                              max_new_tokens=settings.max_new_tokens or task.max_new_tokens,
-                             batch_size=settings.batch_size, info=info)
+                             batch_size=settings.batch_size, info=info,
+                             suppress_token_ids=settings.suppress_token_ids)
     scores = [task.score_generation(doc, output) for doc, output in zip(docs, outputs)]
     samples = [{"id": doc["id"], "generation": output, **score} for doc, output, score in zip(docs, outputs, scores)]
     return _mean(samples, scores[0]), samples
@@ -129,7 +131,7 @@ def _code(model, tokenizer, task: Task, docs, contexts, settings: _RunSettings, 
     completions = generate_until(model, tokenizer, prompts, until=task.until,
                                  max_new_tokens=settings.max_new_tokens or task.max_new_tokens,
                                  batch_size=settings.batch_size, temperature=temperature, seed=settings.seed,
-                                 info=info)
+                                 info=info, suppress_token_ids=settings.suppress_token_ids)
     programs = [task.program(docs[index // n], completion) for index, completion in enumerate(completions)]
     outcomes = run_programs(programs, settings.sandbox)
     samples = [{"id": doc["id"], "completions": completions[i * n:(i + 1) * n],
@@ -165,7 +167,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str], *, limit: int | None = None
              data_dir: str | os.PathLike | None = None, max_new_tokens: int | None = None,
              num_samples: int = 1, temperature: float = 0.8, sandbox: SandboxLimits = SandboxLimits(),
              max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, weights_hash: str | None = None,
-             log_samples: bool = False) -> dict[str, TaskResult]:
+             log_samples: bool = False, suppress_token_ids: Sequence[int] = ()) -> dict[str, TaskResult]:
     """Evaluate ``model`` on each task and return ``{task: TaskResult}``.
 
     limit: items per task, drawn with ``seed`` (None: all). num_fewshot: None uses each task's
@@ -185,7 +187,8 @@ def evaluate(model, tokenizer, tasks: Sequence[str], *, limit: int | None = None
         model.to(device)
     settings = _RunSettings(num_fewshot=num_fewshot, seed=seed, prompt=prompt, batch_size=batch_size,
                             max_batch_tokens=max_batch_tokens, max_new_tokens=max_new_tokens,
-                            num_samples=num_samples, temperature=temperature, sandbox=sandbox)
+                            num_samples=num_samples, temperature=temperature, sandbox=sandbox,
+                            suppress_token_ids=tuple(suppress_token_ids))
     identity = None
     if cache is not None:
         identity = {"weights": weights_hash or state_dict_hash(model.state_dict()),
@@ -204,7 +207,8 @@ def evaluate(model, tokenizer, tasks: Sequence[str], *, limit: int | None = None
             config = {"limit": limit, "seed": seed, "num_fewshot": num_fewshot, "heldout_only": heldout_only,
                       "log_samples": log_samples,
                       "max_new_tokens": max_new_tokens, "num_samples": num_samples,
-                      "temperature": temperature if num_samples > 1 else 0.0}
+                      "temperature": temperature if num_samples > 1 else 0.0,
+                      "suppress_token_ids": sorted(suppress_token_ids)}
             key = None
             if cache is not None:
                 key = cache_key(identity["weights"], task.name, prompt,

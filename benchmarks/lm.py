@@ -350,8 +350,10 @@ def _truncate_at_stop(text: str, until: Sequence[str]) -> str:
 @torch.no_grad()
 def generate_until(model, tokenizer, prompts: Sequence[str], *, until: Sequence[str] = (),
                    max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0,
-                   seed: int = 1234, info: ModelInfo | None = None) -> list[str]:
-    """Continue each prompt until a stop sequence, end-of-text or ``max_new_tokens``.
+                   seed: int = 1234, info: ModelInfo | None = None,
+                   suppress_token_ids: Sequence[int] = ()) -> list[str]:
+    """Continue each prompt until a stop sequence, end-of-text or ``max_new_tokens``; the tokens of
+    ``suppress_token_ids`` are never generated (e.g. the thinking tokens, for a direct answer).
 
     Greedy when ``temperature`` is 0 (lm-eval ``do_sample: false``), else sampling with a seeded
     generator. Prompts are left-truncated to leave room for ``max_new_tokens``, as lm-eval does.
@@ -372,13 +374,14 @@ def generate_until(model, tokenizer, prompts: Sequence[str], *, until: Sequence[
         for start in range(0, len(group), batch_size):
             batch = group[start:start + batch_size]
             texts = _generate_batch(model, tokenizer, torch.tensor([encoded[i] for i in batch], device=device),
-                                    until, budget, temperature, generator, eos, info)
+                                    until, budget, temperature, generator, eos, info, suppress_token_ids)
             for i, text in zip(batch, texts):
                 outputs[i] = text
     return outputs
 
 
-def _generate_batch(model, tokenizer, ids, until, budget, temperature, generator, eos, info) -> list[str]:
+def _generate_batch(model, tokenizer, ids, until, budget, temperature, generator, eos, info,
+                    suppress_token_ids: Sequence[int] = ()) -> list[str]:
     rows = list(range(ids.shape[0]))  # original row of each live batch row
     generated: list[list[int]] = [[] for _ in rows]
     texts = [""] * len(rows)
@@ -390,7 +393,10 @@ def _generate_batch(model, tokenizer, ids, until, budget, temperature, generator
             logits, past = _forward(model, step_input, info, past=past, keep=1, cache=True)
         else:
             logits, _ = _forward(model, sequence, info, keep=1)
-        next_tokens = sample_next(logits[:, -1], temperature, generator)
+        last = logits[:, -1]
+        if suppress_token_ids:
+            last = last.index_fill(-1, torch.tensor(list(suppress_token_ids), device=last.device), float("-inf"))
+        next_tokens = sample_next(last, temperature, generator)
         keep = []
         for live, token in enumerate(next_tokens.tolist()):
             row = rows[live]

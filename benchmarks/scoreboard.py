@@ -51,6 +51,7 @@ class ScoreboardSettings:
     task_items: int  # items per task with a data folder
     offline_task_items: int  # items per task without one
     max_new_tokens: int  # generation budget of generated-answer tasks and thinking usage
+    suppress_thinking: bool  # generated-answer tasks with the thinking tokens suppressed (models that have them)
     tool_items: int  # tool-use problems
     tool_max_turns: int  # model turns per tool-use problem
     thinking_items: int  # generated problems for thinking usage
@@ -115,8 +116,14 @@ def _task_figures(model, tokenizer, tasks: Sequence[str], data_dir, s: Scoreboar
     from benchmarks.tasks import get_task
 
     limit = s.task_items if data_dir else s.offline_task_items
+    suppressed = ()
+    if s.suppress_thinking and has_thinking_tokens(tokenizer):
+        from forge.quietstar.tokens import thinking_token_ids
+
+        suppressed = sorted(thinking_token_ids(tokenizer).values())
     results = evaluate(model, tokenizer, list(tasks), limit=limit, seed=s.seed, heldout_only=True,
-                       data_dir=data_dir, max_new_tokens=s.max_new_tokens, log_samples=True)
+                       data_dir=data_dir, max_new_tokens=s.max_new_tokens, log_samples=True,
+                       suppress_token_ids=suppressed)
     per_task = {name: np.array([item[get_task(name).primary_metric] for item in results[name].samples], dtype=float)
                 for name in tasks}
     figures = {}

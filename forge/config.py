@@ -322,6 +322,10 @@ class ScoreboardConfig:
     """Held-out items of the task without a data folder (taskworld_easy, which has 90: all of them)."""
     max_new_tokens: int = 16
     """Generation budget of generated answers (GSM8K, tool-use turns, thinking usage)."""
+    suppress_thinking: bool = True
+    """Score the generated-answer tasks with the thinking tokens suppressed in models that have them (after Phase
+    3): a direct answer, the same work for every phase's model; False: the model may open a thought, which a
+    direct-answer task cuts at its stop sequence or max_new_tokens."""
     tool_items: int = 4
     """Held-out tool-use problems."""
     tool_max_turns: int = 1

@@ -194,6 +194,15 @@ def test_greedy_generation_matches_transformers_generate(tokenizer):
     assert batched == single
 
 
+def test_suppressed_tokens_are_never_generated(tokenizer):
+    model = _llama(len(tokenizer))
+    prompt = ["Question: What is two plus two?\nAnswer:"]
+    free = generate_until(model, tokenizer, prompt, max_new_tokens=6)[0]
+    ids = encode(tokenizer, free)
+    suppressed = generate_until(model, tokenizer, prompt, max_new_tokens=6, suppress_token_ids=ids[:2])[0]
+    assert not set(encode(tokenizer, suppressed)) & set(ids[:2]) and suppressed != free
+
+
 def test_stop_sequences_end_generation_early(tokenizer):
     model = _gpt2(len(tokenizer))
     free = generate_until(model, tokenizer, ["Hello there"], max_new_tokens=20)[0]
