@@ -256,7 +256,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     tracker.finish()
     summary = {"input": name, "data": {k: v for k, v in data_info.items() if k != "thinking_token_ids"},
                "eval_set": main_set, "stages": stages,
-               "heldout_perplexity_ratio": stages["step2"]["heldout_perplexity"] / stages["before"]["heldout_perplexity"], "step1": step1_report, "step2": rl, "generation_speed": speed,
+               "heldout_perplexity_ratio": stages["step2"]["heldout_perplexity"] / stages["before"]["heldout_perplexity"],
+               "step1": step1_report, "step2": rl, "generation_speed": speed,
                "criteria": criteria, "criteria_missed": missed(criteria),
                "wall_time_s": time.perf_counter() - started}
     atomic_write_json(ctx.phase_dir / "quietstar_report.json", json.loads(json.dumps(summary, default=str)))

@@ -6,9 +6,9 @@ compared with the float model's score. A block whose quantization makes the rela
 ``layer_revert_drop`` is put back in float. A last guarded step stores what is left in float (embedding,
 head, preserved and reverted linears) as int4 groups or int8 rows (``QuantConfig.float_layers``; when the
 guard reverts int4, int8 is tried next). With ``heal_steps``, each quantized block is first fine-tuned
-through the straight-through estimator on the fine-tuning text, then judged. If the whole model still loses more than ``max_total_drop``, the
-run starts again with the conservative config; above ``finetune_above_drop`` the model is fine-tuned with
-the straight-through estimator.
+through the straight-through estimator on the fine-tuning text, then judged. If the whole model still loses
+more than ``max_total_drop``, the run starts again with the conservative config; above
+``finetune_above_drop`` the model is fine-tuned with the straight-through estimator.
 """
 from __future__ import annotations
 
@@ -150,6 +150,11 @@ def heal(model: nn.Module, batches: Sequence[torch.Tensor], steps: int, lr: floa
     return finetune_ste(model, [batches[i % len(batches)] for i in range(steps)], 1, lr)
 
 
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every weight, to put back after healing moved them."""
+    return {key: value.clone() for key, value in model.state_dict().items()}
+
+
 def _quantizable(model, config: QuantConfig) -> list[str]:
     """The linears ``config`` would ternarise (a conservative config keeping the edge blocks of a two-block
     model in float leaves none: then the first attempt stands)."""
@@ -191,7 +196,7 @@ def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
 
     def snapshot() -> dict[str, torch.Tensor] | None:
         healing = config.heal_steps and heal_batches
-        return {key: value.clone() for key, value in model.state_dict().items()} if healing else None
+        return _weights(model) if healing else None
 
     for group, layers in layer_groups(names).items():
         previous = snapshot()
@@ -236,7 +241,7 @@ def staged_quantize(model: nn.Module, evaluate: Evaluate, config: QuantConfig, *
         with torch.no_grad():
             return steps, kept, corrections, float(evaluate(model))
 
-    float_state = {key: value.clone() for key, value in model.state_dict().items()} if config.heal_steps else None
+    float_state = _weights(model) if config.heal_steps else None
     # Judged on the float model: a conservative config keeping a two-block model's edge blocks leaves nothing.
     conservative = conservative if conservative is not None and _quantizable(model, conservative) else None
     steps, kept, corrections, quantized_accuracy = attempt(config)
