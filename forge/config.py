@@ -348,6 +348,10 @@ class ScoreboardConfig:
     gate: bool = True
     """A phase whose output is worse than its (best) input on primary_metric beyond the intervals hands its
     input on instead (needs enabled)."""
+    gate_also_on: list[Literal["heldout_perplexity", "task_accuracy", "tool_accuracy", "wikitext_perplexity"]] = \
+        field(default_factory=lambda: ["task_accuracy"])
+    """Further figures the gate judges, each the same way: an output worse on primary_metric or on any of these
+    hands the input on (held-out perplexity alone passed a Quiet-STaR model that no longer answered directly)."""
     tolerance: float = 0.0
     """Extra margin before the gate acts, as a fraction of the input's value (0.1: 10% worse is tolerated)."""
 

@@ -118,14 +118,18 @@ def test_evomerge_consumes_the_cognate_models_and_writes_a_champion(tiny_run):
     assert set(summary["parents"]) == {"parent_a", "parent_b"}
     assert "accuracy" in summary["fitness_terms"]  # the data folder is configured: held-out ARC-Easy counts
     assert summary["champion"]["terms"]["perplexity"] > 1
-    # The champion is written; the scoreboard gate compares it with the best parent on the primary metric and
-    # hands that parent on (an exact copy under gated/) when the champion is worse beyond the intervals.
+    # The champion is written; the scoreboard gate compares it with the best parent on the primary metric and on
+    # task accuracy, and hands on the parent best on the first figure the champion is worse on (an exact copy
+    # under gated/) when it is worse beyond the intervals.
     board = summary["scoreboard"]
     decision = board["gate"]["champion"]
     rows = read_json(run_dir / "scoreboard.json")["phases"]["cognate"]["models"]
     metric = board["primary_metric"]
-    assert metric == "heldout_perplexity"  # lower is better: the best parent has the lowest
-    assert decision["best_input"] == min(rows, key=lambda name: rows[name]["metrics"][metric]["value"])
+    assert metric == "heldout_perplexity" and list(decision["by_metric"]) == [metric, "task_accuracy"]
+    judged_on = decision["worse_on"][0] if decision["worse"] else metric
+    best = (min if judged_on == "heldout_perplexity" else max)(
+        rows, key=lambda name: rows[name]["metrics"][judged_on]["value"])
+    assert decision["best_input"] == best
     assert evomerge["outputs"]["champion"] == (
         {"path": "gated/champion", "digest": cognate["outputs"][decision["best_input"]]["digest"]}
         if decision["worse"] else {"path": "champion", "digest": read_manifest(run_dir / "evomerge" / "champion")["digest"]})

@@ -10,6 +10,7 @@ from actors.benchmark_actor import score_model_dirs
 from benchmarks.scoreboard import bootstrap_interval, gate_decision, row_key, score_model
 from forge.artifacts import read_manifest, save_model_dir
 from forge.config import ScoreboardConfig
+from forge.phases.scoring import judge
 from forge.data.tokenizer import load_gpt2_tokenizer
 
 SETTINGS = ScoreboardConfig(heldout_chars=600, task_items=6, offline_task_items=5, max_new_tokens=4, tool_items=2,
@@ -53,6 +54,32 @@ def test_gate_acts_only_beyond_the_intervals_and_the_tolerance():
     assert gate_decision(_row(math.nan, math.nan, math.nan), inputs, "heldout_perplexity", 0.0)["worse"]
     with pytest.raises(ValueError, match="missing"):
         gate_decision(_row(1, 1, 1), inputs, "tool_accuracy", 0.0)
+
+
+def _figures(perplexity, accuracy):
+    """A row from (value, low, high) of held-out perplexity and task accuracy."""
+    return {"metrics": {"heldout_perplexity": dict(zip(("value", "low", "high"), perplexity)),
+                        "task_accuracy": dict(zip(("value", "low", "high"), accuracy))}}
+
+
+def test_the_gate_also_judges_task_accuracy():
+    inputs = {"a": _figures((100, 90, 110), (0.2, 0.1, 0.3)), "b": _figures((120, 110, 130), (0.33, 0.24, 0.43))}
+    # Better perplexity than every input, but every answer lost: worse on task accuracy, so the input that
+    # answers best (b, not a, the best on perplexity) is handed on.
+    lost = judge(_figures((80, 70, 90), (0.0, 0.0, 0.0)), inputs, "heldout_perplexity", ["task_accuracy"], 0.0)
+    assert lost["worse"] and lost["worse_on"] == ["task_accuracy"] and lost["best_input"] == "b"
+    assert lost["metric"] == "heldout_perplexity" and not lost["by_metric"]["heldout_perplexity"]["worse"]
+    # The boundary: the output's high end at b's low end is not worse, just below it is.
+    assert not judge(_figures((80, 70, 90), (0.1, 0.0, 0.24)), inputs, "heldout_perplexity", ["task_accuracy"],
+                     0.0)["worse"]
+    assert judge(_figures((80, 70, 90), (0.1, 0.0, 0.2399)), inputs, "heldout_perplexity", ["task_accuracy"],
+                 0.0)["worse"]
+    # Without the further figure, perplexity alone decides.
+    alone = judge(_figures((80, 70, 90), (0.0, 0.0, 0.0)), inputs, "heldout_perplexity", [], 0.0)
+    assert not alone["worse"] and alone["best_input"] == "a" and list(alone["by_metric"]) == ["heldout_perplexity"]
+    # Worse on both: the primary figure's best input.
+    both = judge(_figures((200, 190, 210), (0.0, 0.0, 0.0)), inputs, "heldout_perplexity", ["task_accuracy"], 0.0)
+    assert both["worse_on"] == ["heldout_perplexity", "task_accuracy"] and both["best_input"] == "a"
 
 
 @pytest.fixture(scope="module")

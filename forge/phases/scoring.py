@@ -15,7 +15,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from benchmarks.cache import ResultCache
 from benchmarks.scoreboard import LOWER_IS_BETTER, gate_decision, row_key, wikitext_heldout
@@ -90,6 +90,19 @@ def _hand_on_input(phase_dir: Path, output_name: str, source: Path) -> Path:
     return target
 
 
+def judge(output: Mapping[str, Any], input_rows: Mapping[str, Mapping[str, Any]], metric: str,
+          also_on: Sequence[str], tolerance: float) -> dict[str, Any]:
+    """The gate's decision: ``metric``'s :func:`gate_decision`, worse when the output is worse on ``metric`` or on
+    any of ``also_on``; the input handed on is the best one on the first figure the output is worse on.
+    ``by_metric`` holds every figure's own decision and ``worse_on`` the figures that made it worse."""
+    by_metric = {name: gate_decision(output, input_rows, name, tolerance) for name in dict.fromkeys([metric, *also_on])}
+    worse_on = [name for name, decision in by_metric.items() if decision["worse"]]
+    decision = {**by_metric[metric], "worse": bool(worse_on), "worse_on": worse_on, "by_metric": by_metric}
+    if worse_on:
+        decision["best_input"] = by_metric[worse_on[0]]["best_input"]
+    return decision
+
+
 def score_phase(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Path, outputs: dict[str, Path],
                 inputs: Mapping[str, Path], data_dir: str | None,
                 texts: Mapping[str, Path]) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -111,7 +124,7 @@ def score_phase(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Pa
         entry["input_rows"] = input_rows
         decisions = {}
         for name in outputs:
-            decision = gate_decision(rows[name], input_rows, metric, board.tolerance)
+            decision = judge(rows[name], input_rows, metric, board.gate_also_on, board.tolerance)
             if decision["worse"]:
                 handed_on[name] = _hand_on_input(phase_dir, name, inputs[decision["best_input"]])
                 decision["handed_on"] = f"input {decision['best_input']}"
@@ -144,13 +157,17 @@ def console_lines(phase: str, entry: Mapping[str, Any], metric: str) -> list[str
         lines.append(f"[forge] {phase}: scoreboard {name}: {metric} {format_figure(figures[metric])}"
                      f"{' (lower is better)' if metric in LOWER_IS_BETTER else ''}; {extra}; {how}")
     for name, decision in (entry["gate"] or {}).items():
+        judged = decision["by_metric"]
         if decision["worse"]:
+            worse = "; ".join(f"{key} {format_figure(judged[key]['output'])} vs {format_figure(judged[key]['input'])}"
+                              for key in decision["worse_on"])
             lines.append(f"[forge] {phase}: GATE: output {name} is worse than input {decision['best_input']} on "
-                         f"{metric} ({format_figure(decision['output'])} vs {format_figure(decision['input'])}); "
-                         f"handing on the input instead ({entry['handed_on'][name]})")
+                         f"{worse}; handing on the input instead ({entry['handed_on'][name]})")
         else:
+            figures = " and ".join(f"{key} ({format_figure(d['output'])} vs {format_figure(d['input'])})"
+                                   for key, d in judged.items())
             lines.append(f"[forge] {phase}: gate passed: {name} not worse than input {decision['best_input']} on "
-                         f"{metric} ({format_figure(decision['output'])} vs {format_figure(decision['input'])})")
+                         f"{figures}")
     return lines
 
 
