@@ -123,6 +123,7 @@ def scoreboard_markdown(run: Run) -> list[str]:
     lines = [f"Primary metric: **{metric}** ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better). "
              f"Each figure: value [{settings.get('confidence', 0.95):.0%} bootstrap interval over items], "
              f"seed {settings.get('seed')}, {settings.get('bootstrap_resamples')} resamples. "
+             f"The gate also judges {', '.join(settings.get('gate_also_on') or []) or 'nothing else'}. "
              "Δ: against what the previous phase handed on.", "",
              "| phase | model | " + " | ".join(present) + " | gate |",
              "|---|---|" + "---|" * len(present) + "---|"]
@@ -137,8 +138,9 @@ def scoreboard_markdown(run: Run) -> list[str]:
                 text += f" (Δ {'+' if delta >= 0 else ''}{_number(delta)})"
             cells.append(text)
         gate = row["gate"]
-        verdict = ("-" if gate is None else f"**worse: handed on input {gate['best_input']}**" if gate["worse"]
-                   else "passed")
+        verdict = ("-" if gate is None else
+                   f"**worse ({', '.join(gate.get('worse_on') or [metric])}): handed on input {gate['best_input']}**"
+                   if gate["worse"] else "passed")
         lines.append(f"| {row['phase']} | {model_label(run, row)} | " + " | ".join(cells) + f" | {verdict} |")
     return lines
 
