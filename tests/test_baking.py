@@ -24,6 +24,7 @@ from forge.baking import (
     NothingToBake,
     bake_prompt,
     bake_sequence,
+    bake_together,
     base_weights_hash,
     export_merged,
     find_lora_targets,
@@ -34,6 +35,7 @@ from forge.baking import (
     save_adapter,
     stack_bakes,
     strength_fraction,
+    Trajectory,
 )
 from forge.baking.hidden import final_hidden
 from forge.baking.kl import batch_kl_sum, kl_backward, plain
@@ -237,6 +239,46 @@ def test_stacking_sequence_and_pursuit(tokenizer):
 
     _, pursuit = pursue_prompt(tiny_gpt2(tokenizer), tokenizer, PROMPT, INPUTS[:6], config, rounds=2)
     assert len(pursuit) == 2 and all(row["bake_strength"] > 0.0 for row in pursuit)
+
+
+def retained_kl(original, model, tokenizer, retain) -> float:
+    """Mean token KL(original || model) on the retained sequences' continuations."""
+    batch = collate(retain, tokenizer.pad_token_id or 0, torch.device("cpu"))
+    return batch_kl_sum(plain(original), plain(model), batch, chunk=64) / batch.num_tokens
+
+
+def test_retention_holds_the_retained_sequences_to_the_unbaked_model(tokenizer):
+    def ids(text):
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # Other texts than the bake's inputs, each with a continuation the model is to keep predicting as before.
+    retain = [Trajectory(ids(f"fact {i}:"), ids(f"fact {i}:"), ids(f" the number {i} is small")) for i in range(8)]
+    measured = {}
+    for weight in (0.0, 5.0):
+        model = tiny_gpt2(tokenizer)
+        original = copy.deepcopy(model).eval()
+        config = dataclasses.replace(CONFIG, retention_weight=weight)
+        result = bake_prompt(model, tokenizer, PROMPT, INPUTS, config, retain=retain)
+        assert result.report()["retained_sequences"] == 8
+        assert (result.history[-1].retain_kl is None) == (weight == 0.0)
+        baked = result.merge()
+        measured[weight] = (retained_kl(original, baked, tokenizer, retain), result.strength)
+    drift_without, strength_without = measured[0.0]
+    drift_with, strength_with = measured[5.0]
+    assert drift_with < 0.5 * drift_without  # the retained continuations moved far less
+    assert strength_with > 0.2  # and the prompt was still baked
+
+
+def test_joint_bake_pools_the_prompts_and_measures_each(tokenizer):
+    persona = "you are a calm sailor who speaks slowly. "
+    model, record = bake_together(tiny_gpt2(tokenizer), tokenizer, [PROMPT, persona], INPUTS, CONFIG)
+    joint = record["joint"]
+    # Both prompts' held-out trajectories are measured together (2 held-out inputs x 2 samples each).
+    assert joint["heldout_trajectories"] == 2 * 2 * 2
+    assert joint["kl_after"] < 0.8 * joint["kl_reference"]
+    assert set(record["strengths"]) == {PROMPT, persona}
+    assert all(strength > 0.2 for strength in record["strengths"].values())
+    assert not any("lora_" in name for name, _ in model.named_parameters())  # merged
 
 
 def test_cli_writes_model_and_report(tokenizer, tmp_path):

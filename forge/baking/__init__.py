@@ -18,13 +18,13 @@ from forge.baking.bake import (
     save_adapter,
     within_tolerance,
 )
-from forge.baking.compose import bake_sequence, measured_strength, prompt_target, pursue_prompt, stack_bakes
+from forge.baking.compose import bake_sequence, bake_together, measured_strength, prompt_target, pursue_prompt, stack_bakes
 from forge.baking.config import BakingConfig, strength_fraction
 from forge.baking.trajectories import Trajectory, load_inputs, sample_trajectories
 
 __all__ = [
     "BakeResult", "BakingConfig", "BakingError", "EpochReport", "NothingToBake", "Trajectory", "TrajectorySet",
-    "bake_prompt", "bake_sequence", "base_weights_hash", "export_merged", "find_lora_targets", "load_adapter",
+    "bake_prompt", "bake_sequence", "bake_together", "base_weights_hash", "export_merged", "find_lora_targets", "load_adapter",
     "load_inputs", "mean_kl", "measured_strength", "prompt_target", "pursue_prompt", "sample_trajectories",
     "save_adapter", "stack_bakes", "strength_fraction", "within_tolerance",
 ]

@@ -10,6 +10,10 @@ Two modes (``BakingConfig.mode``). ``epochs`` stops after ``num_epochs`` of the 
 trains until the strength on a calibration split (inputs neither trained on nor measured on) reaches
 ``target_strength``, then multiplies the LoRA update by the factor, found by bisection on that split, at
 which it equals the target; the strength reported is measured afterwards on the held-out split.
+
+Sequences to retain (e.g. a task's questions with their answers) add, with ``retention_weight``, the KL
+from the unbaked model to the student on their answer tokens: what the model did there before the bake
+is what it must still do after it.
 """
 from __future__ import annotations
 
@@ -113,6 +117,8 @@ class EpochReport:
     heldout_kl: float  # mean token KL(prompted teacher || baked) on held-out trajectories
     strength: float  # 1 - heldout_kl / kl_reference
     calibration_strength: float | None = None  # target mode: share of the calibration KL gap closed so far
+    retain_kl: float | None = None  # mean token KL(unbaked || student) of the retention batches since the last
+    # report (None: nothing retained)
 
 
 @dataclass
@@ -249,14 +255,17 @@ def _lr_factor(step: int, total: int, config: BakingConfig) -> float:
 def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] | None,
                 config: BakingConfig, *, teacher: nn.Module | None = None,
                 reference: nn.Module | None = None, heldout_inputs: Sequence[str] | None = None,
-                trajectories: TrajectorySet | None = None) -> BakeResult:
+                trajectories: TrajectorySet | None = None, retain: Sequence[Trajectory] = ()) -> BakeResult:
     """Bake ``prompt`` into a LoRA adapter on ``model`` (wrapped in place by peft) and measure it.
 
     inputs: texts the prompt is followed by (None: trajectories from the prompt alone).
     teacher: a separate model to imitate with the prompt (frozen in place); default ``model`` with the
         adapter off.
     reference: the unbaked model the strength is measured against; default ``model`` with the adapter off.
-    heldout_inputs / trajectories: fix the held-out set or the sampled trajectories (stacking reuses them).
+    heldout_inputs / trajectories: fix the held-out set or the sampled trajectories (stacking reuses them;
+        a joint bake pools several prompts' trajectories, each teacher context holding its own prompt).
+    retain: sequences (context, continuation) on which the student is held to the unbaked model, with
+        ``config.retention_weight``.
     """
     if not prompt or not prompt.strip():
         raise ValueError("the prompt to bake is empty")
@@ -303,7 +312,8 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
             student.unload()
             raise NothingToBake(kl_calibration)
 
-    history = _train(student, teacher_view, trajectories, tokenizer, config, kl_reference, kl_calibration)
+    history = _train(student, teacher_view, trajectories, tokenizer, config, kl_reference, kl_calibration,
+                     retain, adapter_off)
     kl_after = history[-1].heldout_kl
     scale, search = 1.0, []
     if kl_calibration is not None:
@@ -323,7 +333,8 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
         wall_time_s=time.perf_counter() - started, peak_rss_mb=peak_rss_mb(),
         extra={"train_tokens": sum(len(t.generated) for t in trajectories.train),
                "heldout_tokens": sum(len(t.generated) for t in trajectories.heldout),
-               "calibration_tokens": sum(len(t.generated) for t in trajectories.calibration)},
+               "calibration_tokens": sum(len(t.generated) for t in trajectories.calibration),
+               "retained_sequences": len(retain)},
         lora_scale=scale, scale_search=search,
     )
 
@@ -383,9 +394,11 @@ def _scale_to_target(student: PeftModel, teacher: ModelView, calibration: Sequen
 
 
 def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, tokenizer,
-           config: BakingConfig, kl_reference: float, kl_calibration: float | None) -> list[EpochReport]:
+           config: BakingConfig, kl_reference: float, kl_calibration: float | None,
+           retain: Sequence[Trajectory], unbaked: ModelView) -> list[EpochReport]:
     """Train to ``num_epochs``; with ``kl_calibration`` (target mode) stop early at the first report whose
-    calibration strength reaches the target."""
+    calibration strength reaches the target. Each step with ``retain`` also takes a batch of it (in turn,
+    reshuffled each pass) held to ``unbaked``."""
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(trajectories.train) / config.batch_size)
@@ -394,7 +407,8 @@ def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, 
     device = next(student.parameters()).device
     shuffler = random.Random(config.seed)
     history: list[EpochReport] = []
-    step, losses = 0, []
+    step, losses, retain_losses = 0, [], []
+    retain_order: list[Trajectory] = []
     while step < stop_step:
         order = list(trajectories.train)
         shuffler.shuffle(order)
@@ -404,6 +418,13 @@ def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, 
             batch = collate(order[start:start + config.batch_size], pad_token_id(tokenizer), device)
             optimizer.zero_grad(set_to_none=True)
             losses.append(kl_backward(teacher, student, batch, config.kl_chunk_tokens))
+            if retain and config.retention_weight > 0:
+                if len(retain_order) < config.batch_size:
+                    retain_order += shuffler.sample(list(retain), len(retain))
+                kept = collate(retain_order[:config.batch_size], pad_token_id(tokenizer), device)
+                del retain_order[:config.batch_size]
+                retain_losses.append(kl_backward(unbaked, student, kept, config.kl_chunk_tokens,
+                                                 config.retention_weight))
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
@@ -414,11 +435,12 @@ def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, 
                     student, teacher, trajectories.calibration, tokenizer, config, kl_calibration)
                 row = EpochReport(epoch=step / steps_per_epoch, step=step, train_kl=sum(losses) / len(losses),
                                   heldout_kl=heldout, strength=1.0 - heldout / kl_reference,
-                                  calibration_strength=calibration)
+                                  calibration_strength=calibration,
+                                  retain_kl=sum(retain_losses) / len(retain_losses) if retain_losses else None)
                 history.append(row)
                 log.info("bake epoch %.2f step %d train_kl %.4f heldout_kl %.4f strength %.3f",
                          row.epoch, row.step, row.train_kl, row.heldout_kl, row.strength)
-                losses = []
+                losses, retain_losses = [], []
                 if calibration is not None and calibration >= config.target_strength:
                     return history
             if step == stop_step:

@@ -15,6 +15,7 @@ from torch import nn
 from forge.baking.bake import TrajectorySet, bake_prompt, mean_kl, sample_trajectory_set, within_tolerance
 from forge.baking.config import BakingConfig
 from forge.baking.kl import plain
+from forge.baking.trajectories import Trajectory
 
 
 @dataclass
@@ -114,6 +115,34 @@ def bake_sequence(model: nn.Module, tokenizer, prompts: Sequence[str], inputs: S
             },
         })
     return model, rows
+
+
+def bake_together(model: nn.Module, tokenizer, prompts: Sequence[str], inputs: Sequence[str] | None,
+                  config: BakingConfig, retain: Sequence[Trajectory] = ()) -> tuple[nn.Module, dict[str, Any]]:
+    """Bake several prompts into one adapter: each prompt's trajectories are sampled from the original with
+    that prompt, and all are trained on together (each teacher context holds its own prompt).
+
+    On shared inputs, prompts baked one after another overwrite each other (the last bake wins); a joint
+    bake finds one model for all of them. Returns the merged model and a record: the joint bake's report
+    and each prompt's strength against the original (:func:`measured_strength`).
+    """
+    if not prompts:
+        raise ValueError("bake_together needs at least one prompt")
+    original = frozen_copy(model)
+    targets = [prompt_target(original, tokenizer, prompt, inputs, config) for prompt in prompts]
+    pooled = TrajectorySet(
+        train=[t for target in targets for t in target.trajectories.train],
+        heldout=[t for target in targets for t in target.trajectories.heldout],
+        calibration=[t for target in targets for t in target.trajectories.calibration])
+    result = bake_prompt(model, tokenizer, "\n".join(prompts), None, config, trajectories=pooled, retain=retain)
+    report = result.report()
+    model = result.merge()
+    return model, {"joint": {key: report[key] for key in (
+                       "kl_reference", "kl_after", "strength", "target_reached", "lora_scale", "history",
+                       "train_trajectories", "heldout_trajectories", "retained_sequences", "wall_time_s")},
+                   "strengths": {target.prompt: measured_strength(original, model, tokenizer, target, config)
+                                 for target in targets},
+                   "kl_per_token": {target.prompt: target.kl_reference for target in targets}}
 
 
 def pursue_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] | None,

@@ -41,6 +41,8 @@ class BakingConfig:
     strength_tolerance: float = 0.1  # target mode: a held-out strength further than this from the target is missed
     calibration_fraction: float = 0.2  # target mode: share of inputs the LoRA scale is chosen on (not trained on,
     # not measured on)
+    retention_weight: float = 1.0  # weight, beside the bake's KL, of the KL to the unbaked model on retained
+    # sequences (skills the bake must not erase); used only when a bake is given sequences to retain
 
     def __post_init__(self) -> None:
         if self.lora_r < 1:
@@ -62,6 +64,8 @@ class BakingConfig:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.kl_chunk_tokens < 1:
             raise ValueError(f"kl_chunk_tokens must be >= 1, got {self.kl_chunk_tokens}")
+        if self.retention_weight < 0:
+            raise ValueError(f"retention_weight must be >= 0, got {self.retention_weight}")
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
         if self.mode not in ("target_strength", "epochs"):

@@ -73,8 +73,9 @@ def batch_kl_sum(teacher: ModelView, student: ModelView, batch: TrajectoryBatch,
     return total
 
 
-def kl_backward(teacher: ModelView, student: nn.Module, batch: TrajectoryBatch, chunk: int) -> float:
-    """Back-propagate the mean token KL(teacher || student) of ``batch``; return its value."""
+def kl_backward(teacher: ModelView, student: nn.Module, batch: TrajectoryBatch, chunk: int,
+                weight: float = 1.0) -> float:
+    """Back-propagate ``weight`` times the mean token KL(teacher || student) of ``batch``; return the mean KL."""
     t_model, t_context = teacher
     t_hidden = teacher_states(teacher, batch)
     s_hidden = final_hidden(student, batch.student_ids)[batch.student_mask]
@@ -87,7 +88,7 @@ def kl_backward(teacher: ModelView, student: nn.Module, batch: TrajectoryBatch, 
         with torch.no_grad(), t_context():
             t_logits = t_model.get_output_embeddings()(t_hidden[start:start + chunk])
         loss = _token_kl_sum(t_logits, head(detached[start:start + chunk])) / batch.num_tokens
-        loss.backward()
+        (loss * weight).backward()
         total += loss.item()
     s_hidden.backward(detached.grad)
     return total

@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from forge.baking.config import BakingConfig
+from forge.baking.trajectories import Trajectory
 from forge.console import Progress
 from forge.data import taskworld
 from forge.data.replay import Replay
@@ -94,7 +95,12 @@ class CurriculumPhaseConfig:
     max_new_tokens: int = 16  # greedy tokens generated per held-out item when measuring accuracy (a direct
     # task-world answer takes about 6; word problems and synthetic solutions need more)
     values_file: str | None = None  # YAML of the value prompts; None: forge/presets/prompts/values.yaml of the project
-    bake_inputs: int = 6  # training questions of the level that follow each prompt in the bake
+    bake_inputs: int = 48  # the level's first training questions: each value prompt's teacher reads one after
+    # the prompt, and all prompts are baked together on them (forge.baking.bake_together)
+    bake_retain_items: int = 64  # the level's last training items, whose answers the bake holds to the trained
+    # model (forge.baking retention), so the bake keeps the level's skill; 0: none
+    bake_skill_tolerance: float = 0.05  # the bakes keep a level's skill when its held-out accuracy after them is
+    # at most this far below the accuracy after training
     replay_sequences: int = 4  # Phase 1 training-text blocks replayed in every step (keeps the model's text
     # modelling while it learns the level); 0: off
     replay_seq_len: int = 128  # tokens per replayed block
@@ -102,10 +108,10 @@ class CurriculumPhaseConfig:
     # shuffled into every level's training stage, so Phase 6's A-cycle starts from a model that calls tools; 0: none
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
         lora_r=8, lora_alpha=16, learning_rate=5e-3, batch_size=8, samples_per_input=2, max_new_tokens=16,
-        mode="target_strength"))
-    # how each value prompt is baked (a full bake: target strength 1, the whole 3 epochs, reported as
+        full_epochs=2.0, num_epochs=2.0, mode="target_strength"))
+    # how the value prompts are baked (a full bake: target strength 1, the whole schedule, reported as
     # reached when within strength_tolerance of 1); tiny: few samples, short
-    # trajectories, and a 10x spec learning rate since a full bake is only a few steps
+    # trajectories, 2 epochs, and a 10x spec learning rate (measured: docs/BENCHMARKS.md, value bakes)
 
     def __post_init__(self) -> None:
         positive = ("num_levels", "train_items", "heldout_items", "max_operations", "steps_per_level",
@@ -142,6 +148,13 @@ class CurriculumPhaseConfig:
             raise ValueError(f"curriculum.bake_inputs must be >= {least} (one is held out to measure strength"
                              f"{', one to calibrate the target strength on' if least == 3 else ''}), "
                              f"got {self.bake_inputs}")
+        if self.bake_retain_items < 0 or not 0.0 <= self.bake_skill_tolerance < 1.0:
+            raise ValueError(f"curriculum needs bake_retain_items >= 0 and bake_skill_tolerance in [0, 1), got "
+                             f"{self.bake_retain_items} and {self.bake_skill_tolerance}")
+        if self.bake_inputs + self.bake_retain_items > self.train_items:
+            raise ValueError(f"curriculum.bake_inputs ({self.bake_inputs}) + bake_retain_items "
+                             f"({self.bake_retain_items}) exceed train_items ({self.train_items}): the bake's "
+                             "questions and the retained items are different training items; lower one of them")
 
 
 @dataclass(frozen=True)
@@ -513,6 +526,14 @@ def load_value_prompts(path: str | os.PathLike) -> list[ValuePrompt]:
 def bake_inputs(level: Level, count: int) -> list[str]:
     """Texts that follow each value prompt in the bake: prompts of the level's first training items."""
     return [prompt_text(item) for item in level.train[:count]]
+
+
+def retained_answers(tokenizer, level: Level, count: int, max_len: int | None) -> list[Trajectory]:
+    """The level's last ``count`` training items (none of :func:`bake_inputs`' when they fit), each its prompt
+    and its reference completion: the sequences a bake holds to the trained model."""
+    items = level.train[len(level.train) - count:] if count else []
+    return [Trajectory(tuple(ids[:prompt_len]), tuple(ids[:prompt_len]), tuple(ids[prompt_len:]))
+            for ids, prompt_len in encode_items(tokenizer, items, max_len)]
 
 
 def count_tokens(tokenizer, text: str) -> int:

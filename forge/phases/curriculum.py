@@ -4,9 +4,11 @@ value prompts of ``forge/presets/prompts/values.yaml`` baked at full strength af
 Input: the previous phase's model (``model`` from BitNet, ``champion`` from EvoMerge). A BitNet model
 (ternary and int8 layers) is dequantized first (``forge.quant.convert.dequantize_model``): training and LoRA baking need float
 weights, so the output is a float model and the manifest says so. Per level (``forge.curriculum.levels``): held-out
-accuracy before, a short AdamW training stage on the level's items, accuracy after, then every value
-prompt baked in turn (``forge.baking.bake_sequence``), each prompt's strength measured against the model
-the level's bakes started from, and the accuracy once more. A level is passed when its accuracy after training
+accuracy before, a short AdamW training stage on the level's items, accuracy after, then the value prompts
+baked together into one adapter on the level's questions (``forge.baking.bake_together``: baked one after
+another on the same inputs, each bake overwrote the one before and the level's accuracy fell to 0), with
+other training items' answers held to the trained model (retention), each prompt's strength measured
+against the model the level's bakes started from, and the accuracy once more. A level is passed when its accuracy after training
 reaches ``pass_accuracy``; each accuracy is recorded with a 95% bootstrap interval over the held-out items
 (``benchmarks.scoreboard.bootstrap_interval``). With ``tool_use_items`` set, every training stage
 also sees train-side tool-use transcripts in Phase 6's format (``benchmarks.tooluse.training_examples``),
@@ -30,13 +32,16 @@ from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_exam
 from cluster.resources import gpu_memory_cap_bytes
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
 from forge.console import Progress
-from forge.baking import bake_sequence
+from forge.baking import bake_together
 from forge.configtools import config_hash
 from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
-                          count_tokens, level_correct, level_passed, load_value_prompts, train_stage, values_path)
+                          count_tokens, level_correct, level_passed, load_value_prompts, retained_answers,
+                          train_stage, values_path)
+from forge.criteria import criterion, describe, missed
 from forge.data.heldout import HELDOUT, REPLAY
 from forge.data.replay import Replay
 from forge.devices import limit_gpu_memory
+from forge.modelinfo import max_positions
 from forge.phases.base import MODEL_NAMES, PhaseContext, PhaseResult, single_input
 from forge.quant.convert import dequantize_model
 
@@ -47,6 +52,7 @@ HELDOUT_PERPLEXITY_CHARS = 6000  # Phase 1's held-out text measured before and a
 RESUME_KEY = "curriculum_resume"  # manifest entry of a level checkpoint: fingerprint and records so far
 INTERVAL_RESAMPLES = 1000  # bootstrap resamples of each accuracy's interval (a few ms for a level's items)
 INTERVAL_CONFIDENCE = 0.95
+VALUE_STRENGTH_FLOOR = 0.8  # issue 19: each value prompt's strength on the phase's output, against its level's start
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
@@ -130,19 +136,45 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
         record["heldout_perplexity_after_training"] = perplexity(model)
 
     started = time.perf_counter()
-    model, rows = bake_sequence(model, tokenizer, [prompt.text for prompt in prompts],
-                                bake_inputs(level, cfg.bake_inputs), cfg.baking.at_strength("full"))
-    final = rows[-1]["strength_vs_original"]
-    record["bakes"] = [{"name": prompt.name, "kl_per_token": row["kl_per_token"], "bake_strength": row["bake_strength"],
-                        "bake_target_reached": row["bake_target_reached"],
-                        "strength_vs_level_start": final[prompt.text]} for prompt, row in zip(prompts, rows)]
+    retain = retained_answers(tokenizer, level, cfg.bake_retain_items, max_positions(model))
+    model, baked = bake_together(model, tokenizer, [prompt.text for prompt in prompts],
+                                 bake_inputs(level, cfg.bake_inputs), cfg.baking.at_strength("full"), retain=retain)
+    record["bakes"] = [{"name": prompt.name, "kl_per_token": baked["kl_per_token"][prompt.text],
+                        "strength_vs_level_start": baked["strengths"][prompt.text]} for prompt in prompts]
+    joint = baked["joint"]
+    record["joint_bake"] = {key: joint[key] for key in ("strength", "target_reached", "lora_scale",
+                                                        "train_trajectories", "heldout_trajectories",
+                                                        "retained_sequences")}
+    record["joint_bake"]["retain_kl_last_epoch"] = joint["history"][-1]["retain_kl"]
     record["bake_time_s"] = time.perf_counter() - started
     model.eval()
     record["accuracy_after_baking"], record["accuracy_after_baking_interval"] = accuracy_figures(
         model, tokenizer, level, cfg)
+    record["bakes_kept_skill"] = bakes_kept_skill(record, cfg)
     if perplexity is not None:
         record["heldout_perplexity_after_baking"] = perplexity(model)
     return model, record
+
+
+def bakes_kept_skill(record: dict[str, Any], cfg: CurriculumPhaseConfig) -> bool:
+    """The level's held-out accuracy after the bakes is at most ``bake_skill_tolerance`` below its accuracy after
+    training (the bakes did not erase what the level taught)."""
+    return record["accuracy_after_baking"] >= record["accuracy_after_training"] - cfg.bake_skill_tolerance
+
+
+def phase_criteria(records: Sequence[dict[str, Any]], cfg: CurriculumPhaseConfig) -> dict[str, dict[str, Any]]:
+    """Phase 5's criteria (issue 19): every level's training raises its accuracy, the bakes keep each level's
+    skill, and each value prompt's strength on the phase's output is at least ``VALUE_STRENGTH_FLOOR``."""
+    last = records[-1]
+    return {
+        "level_accuracy_gain_min": criterion(
+            min(r["accuracy_after_training"] - r["accuracy_before"] for r in records), ">", 0.0),
+        "bake_accuracy_change_min": criterion(
+            min(r["accuracy_after_baking"] - r["accuracy_after_training"] for r in records), ">=",
+            -cfg.bake_skill_tolerance),
+        "value_strength_at_end_min": criterion(
+            min(bake["strength_vs_level_start"] for bake in last["bakes"]), ">=", VALUE_STRENGTH_FLOOR),
+    }
 
 
 def level_metrics(record: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +183,7 @@ def level_metrics(record: dict[str, Any]) -> dict[str, Any]:
                                             "accuracy_after_baking", "heldout_answer_loss_before",
                                             "heldout_answer_loss_after", "bake_time_s")}
     metrics["passed"] = int(record["passed"])
+    metrics["joint_bake_strength"] = record["joint_bake"]["strength"]
     metrics["train_loss_first"] = record["training"]["loss_first"]
     metrics["train_loss_last"] = record["training"]["loss_last"]
     for key in ("heldout_perplexity_before", "heldout_perplexity_after_training", "heldout_perplexity_after_baking"):
@@ -233,6 +266,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
         tracker.finish()
 
     records = state["records"]
+    criteria = phase_criteria(records, cfg)
+    print("[forge] curriculum: " + "; ".join(describe(key, c) for key, c in criteria.items()), flush=True)
     quantized = state["input_bitnet_quantized"]
     metadata = {
         "input": name,
@@ -256,13 +291,16 @@ def run(ctx: PhaseContext) -> PhaseResult:
         "data_dir": data_dir,
         "optimizer": "AdamW",
         "config": dataclasses.asdict(cfg),
+        "criteria": criteria,
+        "criteria_missed": missed(criteria),
     }
     out_dir = save_model_dir(model, tokenizer, ctx.phase_dir / "model", phase=PHASE, extra=metadata)
     summary = {key: metadata[key] for key in ("input", "input_bitnet_quantized", "output_format",
                                               "curriculum_level_reached", "num_levels", "pass_accuracy",
-                                              "levels_passed", "measured_strengths")}
+                                              "levels_passed", "measured_strengths", "criteria",
+                                              "criteria_missed")}
     summary["resumed_after_level"] = resumed_after
     summary["accuracy"] = {r["level"]: {key: r[key] for key in (
         "accuracy_before", "accuracy_before_interval", "accuracy_after_training", "accuracy_after_training_interval",
-        "accuracy_after_baking", "passed")} for r in records}
+        "accuracy_after_baking", "passed", "bakes_kept_skill")} for r in records}
     return PhaseResult(outputs={"model": out_dir}, summary=summary)
