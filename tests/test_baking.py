@@ -136,6 +136,26 @@ def test_empty_input_gives_the_student_a_start_token(tokenizer):
         encode_contexts(tokenizer, "", INPUTS[0])
 
 
+def test_sampling_batches_inputs_of_one_length_without_changing_a_trajectory(tokenizer, monkeypatch):
+    import forge.baking.trajectories as trajectories_module
+
+    model = tiny_gpt2(tokenizer)
+    inputs = ["hi", "question 1: what?", "a b", "question 2: what?", "question 33: what is it?"]
+    config = dataclasses.replace(CONFIG, temperature=0.0, samples_per_input=2, max_new_tokens=5)
+
+    def sample():
+        return sample_trajectories(model, tokenizer, PROMPT, inputs, config, torch.Generator().manual_seed(0))
+
+    batched = sample()
+    monkeypatch.setattr(trajectories_module, "SAMPLE_BATCH_ROWS", 1)  # one input per batch
+    alone = sample()
+    assert batched == alone
+    # In input order, two samples each, every one with its own input's contexts.
+    assert [t.student_context for t in batched] == [tuple(encode_contexts(tokenizer, PROMPT, text)[1])
+                                                    for text in inputs for _ in range(2)]
+    assert len({len(t.teacher_context) for t in batched}) < len(inputs)  # some inputs did share a batch
+
+
 def test_chunked_kl_and_gradient_match_full_logits(tokenizer):
     teacher, student = tiny_llama(tokenizer, seed=0), tiny_llama(tokenizer, seed=1)
     trajectories = sample_trajectories(teacher, tokenizer, PROMPT, INPUTS[:2], CONFIG, torch.Generator().manual_seed(0))
