@@ -52,7 +52,7 @@ PIPELINE_SHRINK = [
     "quietstar.rl.check_items=2", "quietstar.rl.max_rollbacks=1", "quietstar.commonsense_limit=4",
     "quietstar.speed_prompts=2",
     "curriculum.num_levels=2", "curriculum.train_items=16", "curriculum.heldout_items=3",
-    "curriculum.steps_per_level=3", "curriculum.max_new_tokens=8", "curriculum.bake_inputs=3",
+    "curriculum.steps_per_level=3", "curriculum.max_new_tokens=8", "curriculum.bake_inputs=3", "curriculum.bake_retain_items=4",
     "curriculum.baking.samples_per_input=1", "curriculum.baking.max_new_tokens=8", "curriculum.tool_use_items=4",
     "tool_persona.cycles.max_iterations=2", "tool_persona.eval_actors=2", "tool_persona.tool_items=2",
     "tool_persona.validation_items=2", "tool_persona.persona_items=2", "tool_persona.tool_max_turns=1",
