@@ -221,6 +221,9 @@ class QuietStarPhaseConfig:
     """Step 1. Tiny: 2 epochs (+1 mitigation) at 3e-3 with 8 replayed pretraining sequences per step: the spec's
     1e-4 left a small model's format accuracy unchanged over 2 epochs, and without replay the held-out
     perplexity rose from 272 to 4,900 (docs/BENCHMARKS.md)."""
+    direct_examples: int = 0
+    """Direct-answer task-world problems (train side, the curriculum's easy ones) Step 1 trains on beside the
+    traces, so the model still answers directly with its thoughts suppressed (the scoreboard's way); 0: none."""
     rl: ThoughtRLConfig = field(default_factory=lambda: ThoughtRLConfig(
         episodes=8, check_every=4, check_items=8, max_rollbacks=2))
     """Step 2 (spec optimizer settings; the tiny preset runs 8 episodes with checks every 4)."""

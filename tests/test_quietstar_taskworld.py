@@ -12,7 +12,7 @@ from forge.data import taskworld
 from forge.data.arithmetic import calculate
 from forge.quietstar.data import validate_examples
 from forge.quietstar.taskworld import (CELLS, STRATEGIES, TaskWorldReasoningConfig, TaskWorldReasoningGenerator,
-                                       cell_items, moves, reasoning_example)
+                                       cell_items, direct_pairs, moves, reasoning_example)
 
 _EQUATION = re.compile(r"^(\d+)([+\-*/])(\d+)(?:([+\-])(\d+))?=(-?\d+)$")
 
@@ -79,6 +79,22 @@ def test_train_and_heldout_sides_never_share_a_problem():
     # The same problem drawn on the other side would be caught (the check can fail).
     with pytest.raises(ValueError, match="in both"):
         taskworld.check_disjoint(train, train[:1])
+
+
+def test_direct_pairs_are_the_scoreboards_form_on_the_train_side_of_its_cells():
+    from benchmarks.tasks import read_taskworld
+
+    pairs = direct_pairs(200, seed=0)
+    assert len(pairs) == len(set(pairs)) == 200 and direct_pairs(200, seed=0) == pairs != direct_pairs(200, seed=1)
+    scoreboard = read_taskworld(mode="direct", easy=True)
+    for prompt, target in pairs + [(doc["prompt"], doc["target"]) for doc in scoreboard]:
+        assert re.fullmatch(r"Question: (What is \d+\+\d+|Which is larger, \d+ or \d+)\?\n", prompt), prompt
+        assert re.fullmatch(r"Answer: \d+\n", target), target
+    assert {prompt.split(" ")[1] for prompt, _ in pairs} == {"What", "Which"}  # both easy families
+    assert not {prompt for prompt, _ in pairs} & {doc["prompt"] for doc in scoreboard}
+    assert direct_pairs(0, seed=0) == []
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        direct_pairs(-1, seed=0)
 
 
 def test_other_families_are_refused():

@@ -17,6 +17,11 @@ Cells (``CELLS``): multi-digit problems, where a worked trace carries what the d
 one go (carries, borrows, the first differing digit): addition and subtraction of 2 and 3 digits, 2-digit by
 1-digit products, 2-digit comparisons. Level 1 is one column (the trace is the answer); 4-digit sums and
 longer products would not fit a thinking block into the tiny models' 64-token attention window.
+
+Direct answers (``direct_pairs``): train-side problems of the curriculum's easy families and levels in the
+task world's direct mode (question, then the answer line), the form the scoreboard's ``taskworld_easy`` asks
+for. Step 1 mixes them into its training so the model keeps answering directly when its thoughts are
+suppressed (trained on traces alone, a tiny model wrote "Work: ..." lines instead of an answer).
 """
 from __future__ import annotations
 
@@ -69,6 +74,16 @@ def cell_items(n: int, *, split: str, seed: int, cells: Sequence[tuple[str, int]
             seen.add(item.canonical)
             items.append(item)
     return items
+
+
+def direct_pairs(n: int, *, seed: int) -> list[tuple[str, str]]:
+    """``n`` distinct train-side problems of ``taskworld.EASY_FAMILIES`` at ``taskworld.EASY_LEVELS`` as
+    (prompt, target) in direct mode: ``"Question: What is 3+4?\n"``, ``"Answer: 7\n"``."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    items = taskworld.generate_items(n, split="train", seed=seed, families=taskworld.EASY_FAMILIES,
+                                     levels=taskworld.EASY_LEVELS, unique=True)
+    return [(taskworld.prompt(item, "direct"), taskworld.target(item, "direct")) for item in items]
 
 
 @dataclass
