@@ -22,6 +22,7 @@ from forge.pretrain.config import CognateTrainConfig
 from forge.quant.run import QuantizeJobConfig
 from forge.quietstar.format_training import FormatBakeConfig
 from forge.quietstar.rl import ThoughtRLConfig
+from forge.quietstar.taskworld import CELLS
 from forge.tracking import TrackingConfig
 
 CONFIG_DIR = Path(str(resources.files("forge") / "presets"))
@@ -221,6 +222,8 @@ class QuietStarPhaseConfig:
     """Step 1. Tiny: 2 epochs (+1 mitigation) at 3e-3 with 8 replayed pretraining sequences per step: the spec's
     1e-4 left a small model's format accuracy unchanged over 2 epochs, and without replay the held-out
     perplexity rose from 272 to 4,900 (docs/BENCHMARKS.md)."""
+    taskworld_cells: list[str] = field(default_factory=lambda: [f"{family}_{level}" for family, level in CELLS])
+    """The task-world cells (family_level) the taskworld source trains and measures on (forge.quietstar.taskworld)."""
     direct_examples: int = 0
     """Direct-answer task-world problems (train side, the curriculum's easy ones) Step 1 trains on beside the
     traces, so the model still answers directly with its thoughts suppressed (the scoreboard's way); 0: none."""

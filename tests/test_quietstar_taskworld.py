@@ -128,6 +128,24 @@ def test_without_a_data_folder_the_phase_trains_and_measures_on_the_task_world()
         eval_set(["commonsense"])
 
 
+def test_the_configured_cells_are_trained_and_measured_and_others_refused():
+    from forge.phases.quietstar import heldout_problems, reasoning_examples
+
+    ctx = _ctx()
+    ctx.config.quietstar.num_examples = ctx.config.quietstar.min_examples = 40
+    ctx.config.quietstar.taskworld_cells = ["add_2", "cmp_2"]
+    examples, _ = reasoning_examples(ctx)
+    assert Counter(e.source for e in examples) == {"taskworld-add_2": 20, "taskworld-cmp_2": 20}
+    questions = [question for question, _ in heldout_problems(ctx)["taskworld"]]
+    assert len(questions) == 12 and {q.startswith("Which") for q in questions} == {True, False}
+    assert all("-" not in q and "*" not in q and len(re.findall(r"\d+", q)[0]) <= 2 for q in questions)
+    assert PipelineConfig().quietstar.taskworld_cells == [f"{family}_{level}" for family, level in CELLS]
+    with pytest.raises(ValueError, match="choose some of add_2"):
+        TaskWorldReasoningConfig(cells=("add_4",))
+    with pytest.raises(ValueError, match="choose some of add_2"):
+        TaskWorldReasoningConfig(cells=())
+
+
 def test_the_criteria_read_the_task_world_set_and_the_answer_ablation():
     from forge.phases.quietstar import quietstar_criteria
 

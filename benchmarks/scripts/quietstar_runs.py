@@ -7,7 +7,9 @@ Per run directory (each with finished ``evomerge`` and ``quietstar`` phases): th
 (``config.json``), the scoreboard's direct-answer figures (``taskworld_easy`` with thinking suppressed) of Phase 3's
 input (the evomerge manifest) and output (the quietstar manifest), and Phase 3's own measurements: held-out accuracy
 on its multi-digit problems before, after Step 1 and after Step 2, with thoughts and with them removed, thinking
-usage, held-out perplexity, Step 1's format accuracy and the criteria.
+usage, held-out perplexity, Step 1's format accuracy and the criteria. With ``--cells``, also the output model's
+accuracy per task-world cell on Phase 3's held-out problems (greedy, with thoughts and with them forbidden, as the
+phase measures it) and its first ``--samples`` generations with the thoughts shown.
 """
 from __future__ import annotations
 
@@ -50,10 +52,56 @@ def run_figures(run_dir: Path) -> dict:
     }
 
 
+def cell_figures(run_dir: Path, samples: int) -> dict:
+    """Accuracy per cell of the quietstar output model on the phase's held-out problems, and a few generations."""
+    from forge.artifacts import load_model_dir, read_json
+    from forge.quietstar.generate import answer_accuracy, generate
+    from forge.quietstar.taskworld import TaskWorldReasoningConfig, TaskWorldReasoningGenerator
+
+    config = read_json(run_dir / "config.json")
+    eval_problems, max_new_tokens = config["quietstar"]["eval_problems"], config["quietstar"]["eval_max_new_tokens"]
+    model, tokenizer = load_model_dir(run_dir / "quietstar" / "model")
+    cells = config["quietstar"].get("taskworld_cells")  # absent in runs from before the setting: all cells
+    world = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(heldout=True, seed=config["seed"],
+                                                                 **({"cells": tuple(cells)} if cells else {})))
+    items = world.items(eval_problems)
+    problems = [(item.question, item.answer) for item in items]
+    with_thoughts, without = (answer_accuracy(model, tokenizer, problems, max_new_tokens=max_new_tokens,
+                                              allow_thinking=allow)["items"] for allow in (True, False))
+    per_cell: dict = {}
+    for item, thought, direct in zip(items, with_thoughts, without):
+        cell = per_cell.setdefault(item.cell, {"n": 0, "thoughts": 0, "no_thoughts": 0})
+        cell["n"] += 1
+        cell["thoughts"] += int(thought["correct"])
+        cell["no_thoughts"] += int(direct["correct"])
+    outputs = generate(model, tokenizer, [f"Question: {q}\n" for q, _ in problems],
+                       max_new_tokens=max_new_tokens, hide_thoughts=False)
+    return {"per_cell": per_cell, "trace_steps": trace_steps(items, [output.full_text for output in outputs]),
+            "samples": [{"question": q, "gold": a, "generation": output.full_text}
+                        for (q, a), output in zip(problems[:samples], outputs)]}
+
+
+def trace_steps(items, generations: list[str]) -> dict:
+    """How the generated ``<step>`` lines compare with the items' worked traces, position by position: lines
+    written where the trace has a step, lines whose left side (the digits read from the question and the carry)
+    is the trace's, and lines equal to the trace's step (left side and result)."""
+    figures = {"trace_steps": 0, "written": 0, "left_side_right": 0, "exact": 0}
+    for item, generation in zip(items, generations):
+        written = [line.removeprefix("<step> ").strip() for line in generation.splitlines() if line.startswith("<step>")]
+        figures["trace_steps"] += len(item.steps)
+        for expected, line in zip(item.steps, written):
+            figures["written"] += 1
+            figures["left_side_right"] += int(line.split("=")[0] == expected.split("=")[0])
+            figures["exact"] += int(line == expected)
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", type=Path, nargs="+", help="run directories with finished evomerge and quietstar")
     parser.add_argument("--json", type=Path, required=True, help="where to write the JSON")
+    parser.add_argument("--cells", action="store_true", help="also measure the output model per cell (slower)")
+    parser.add_argument("--samples", type=int, default=6, help="generations shown with --cells")
     args = parser.parse_args()
 
     from forge.artifacts import atomic_write_json
@@ -63,10 +111,14 @@ def main() -> int:
         print(f"error: no finished quietstar phase in {', '.join(missing)}: run python -m forge.pipeline --phases "
               "quietstar --out PARENT first", file=sys.stderr)
         return 2
-    runs = [run_figures(run_dir) for run_dir in args.run_dirs]
-    for run in runs:
+    runs = []
+    for run_dir in args.run_dirs:
+        run = run_figures(run_dir)
+        if args.cells:
+            run.update(cell_figures(run_dir, args.samples))
         print(json.dumps({key: run[key] for key in ("run_dir", "scoreboard_taskworld_easy", "accuracy",
-                                                    "format_accuracy")}), flush=True)
+                                                    "format_accuracy", "per_cell") if key in run}), flush=True)
+        runs.append(run)
     atomic_write_json(args.json, {"runs": runs})
     return 0
 

@@ -87,7 +87,8 @@ def reasoning_examples(ctx: PhaseContext) -> tuple[list, dict[str, Any]]:
         generator = OfflineReasoningGenerator(OfflineConfig(data_dir=ctx.data_dir, seed=ctx.config.seed))
         examples, metadata = list(generator.generate(config.num_examples)), {"generator": "offline"}
     elif source == "taskworld":
-        generator = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(seed=ctx.config.seed))
+        generator = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(seed=ctx.config.seed,
+                                                                         cells=tuple(config.taskworld_cells)))
         examples, metadata = list(generator.generate(config.num_examples)), {"generator": "taskworld"}
         strategies = generator.strategies
     else:
@@ -106,7 +107,8 @@ def heldout_problems(ctx: PhaseContext) -> dict[str, list[tuple[str, str]]]:
         synthetic = SyntheticReasoningGenerator(SyntheticConfig(heldout=True, seed=ctx.config.seed))
         sets = {"synthetic": [(e.question, e.answer) for e in synthetic.generate(config.eval_problems)]}
     else:
-        world = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(heldout=True, seed=ctx.config.seed))
+        world = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(heldout=True, seed=ctx.config.seed,
+                                                                     cells=tuple(config.taskworld_cells)))
         sets = {"taskworld": [(item.question, item.answer) for item in world.items(config.eval_problems)]}
     if ctx.data_dir:
         from forge.data.splits import heldout_items

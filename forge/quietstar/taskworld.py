@@ -92,10 +92,17 @@ class TaskWorldReasoningConfig:
 
     heldout: bool = False  # False: the train side; True: the held-out side (evaluation only)
     seed: int = 0  # seeds the problem draws
+    cells: tuple[str, ...] = tuple(f"{family}_{level}" for family, level in CELLS)  # "<family>_<level>", of CELLS
+
+    def __post_init__(self) -> None:
+        known = [f"{family}_{level}" for family, level in CELLS]
+        unknown = [cell for cell in self.cells if cell not in known]
+        if unknown or not self.cells:
+            raise ValueError(f"task-world reasoning cells {list(self.cells)}: choose some of {', '.join(known)}")
 
 
 class TaskWorldReasoningGenerator:
-    """Task-world problems of ``CELLS`` with their worked traces (see module doc)."""
+    """Task-world problems of the configured cells (all of ``CELLS`` by default) with their worked traces."""
 
     name = "taskworld"
     strategies = STRATEGIES
@@ -104,7 +111,8 @@ class TaskWorldReasoningGenerator:
         self.config = config or TaskWorldReasoningConfig()
 
     def items(self, n: int) -> list[taskworld.TaskItem]:
-        return cell_items(n, split="heldout" if self.config.heldout else "train", seed=self.config.seed)
+        cells = [(cell.rsplit("_", 1)[0], int(cell.rsplit("_", 1)[1])) for cell in self.config.cells]
+        return cell_items(n, split="heldout" if self.config.heldout else "train", seed=self.config.seed, cells=cells)
 
     def generate(self, n: int) -> Iterator[ReasoningExample]:
         """``n`` examples of distinct problems (fewer only if the cells run out), the cells in turn."""
