@@ -139,6 +139,12 @@ def test_the_configured_cells_are_trained_and_measured_and_others_refused():
     questions = [question for question, _ in heldout_problems(ctx)["taskworld"]]
     assert len(questions) == 12 and {q.startswith("Which") for q in questions} == {True, False}
     assert all("-" not in q and "*" not in q and len(re.findall(r"\d+", q)[0]) <= 2 for q in questions)
+    # Without comparisons the traces have no <mece> line, and the validation asks only for what they use.
+    ctx.config.quietstar.taskworld_cells = ["add_2", "sub_2"]
+    examples, _ = reasoning_examples(ctx)
+    assert {s for e in examples for s in e.strategies} == {"<step>", "<orthogonal>"}
+    assert TaskWorldReasoningGenerator(TaskWorldReasoningConfig(cells=("sub_3",))).strategies == ("<step>",
+                                                                                                   "<orthogonal>")
     assert PipelineConfig().quietstar.taskworld_cells == [f"{family}_{level}" for family, level in CELLS]
     with pytest.raises(ValueError, match="choose some of add_2"):
         TaskWorldReasoningConfig(cells=("add_4",))

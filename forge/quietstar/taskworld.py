@@ -105,10 +105,15 @@ class TaskWorldReasoningGenerator:
     """Task-world problems of the configured cells (all of ``CELLS`` by default) with their worked traces."""
 
     name = "taskworld"
-    strategies = STRATEGIES
 
     def __init__(self, config: TaskWorldReasoningConfig | None = None):
         self.config = config or TaskWorldReasoningConfig()
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        """The strategies the configured cells' traces use (``<mece>`` only in comparisons)."""
+        has_cmp = any(cell.startswith("cmp_") for cell in self.config.cells)
+        return tuple(s for s in STRATEGIES if has_cmp or s != "<mece>")
 
     def items(self, n: int) -> list[taskworld.TaskItem]:
         cells = [(cell.rsplit("_", 1)[0], int(cell.rsplit("_", 1)[1])) for cell in self.config.cells]
