@@ -145,7 +145,7 @@ def test_the_configured_cells_are_trained_and_measured_and_others_refused():
     assert {s for e in examples for s in e.strategies} == {"<step>", "<orthogonal>"}
     assert TaskWorldReasoningGenerator(TaskWorldReasoningConfig(cells=("sub_3",))).strategies == ("<step>",
                                                                                                    "<orthogonal>")
-    assert PipelineConfig().quietstar.taskworld_cells == [f"{family}_{level}" for family, level in CELLS]
+    assert set(PipelineConfig().quietstar.taskworld_cells) <= {f"{family}_{level}" for family, level in CELLS}
     with pytest.raises(ValueError, match="choose some of add_2"):
         TaskWorldReasoningConfig(cells=("add_4",))
     with pytest.raises(ValueError, match="choose some of add_2"):
