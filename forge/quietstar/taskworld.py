@@ -16,7 +16,8 @@ asks for those. Held-out problems come from the task world's held-out side (neve
 Cells (``CELLS``): multi-digit problems, where a worked trace carries what the direct answer has to do in
 one go (carries, borrows, the first differing digit): addition and subtraction of 2 and 3 digits, 2-digit by
 1-digit products, 2-digit comparisons. Level 1 is one column (the trace is the answer); 4-digit sums and
-longer products would not fit a thinking block into the tiny models' 64-token attention window.
+longer products would not fit a thinking block into the tiny models' 64-token attention window. A run trains
+and measures on the cells of ``TaskWorldReasoningConfig.cells`` (the tiny preset: 2-digit sums and differences).
 
 Direct answers (``direct_pairs``): train-side problems of the curriculum's easy families and levels in the
 task world's direct mode (question, then the answer line), the form the scoreboard's ``taskworld_easy`` asks
