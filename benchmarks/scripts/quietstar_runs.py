@@ -1,7 +1,7 @@
 """Phase 3's figures from finished run directories, side by side, as JSON.
 
-    env -u FORGE_DATA_DIR python -m forge.pipeline --out /tmp/qs3-run1 --phases quietstar --set quietstar.direct_examples=120
-    python benchmarks/scripts/quietstar_runs.py /tmp/qs3-run1/tiny /tmp/qs3-run2/tiny --json OUT.json
+    env -u FORGE_DATA_DIR python -m forge.pipeline --out /tmp/qs3-run1 --phases quietstar --set seed=1
+    python benchmarks/scripts/quietstar_runs.py /tmp/qs3-run1/tiny /tmp/qs3-run2/tiny --cells --json OUT.json
 
 Per run directory (each with finished ``evomerge`` and ``quietstar`` phases): the Quiet-STaR settings that were run
 (``config.json``), the scoreboard's direct-answer figures (``taskworld_easy`` with thinking suppressed) of Phase 3's
@@ -35,19 +35,21 @@ def run_figures(run_dir: Path) -> dict:
     summary = read_json(run_dir / "quietstar" / "manifest.json")["summary"]
     stages = summary["stages"]
     task = "task_accuracy/taskworld_easy"
+    easy = {side: {name: row[task] for name, row in scoreboard_rows(run_dir / phase).items()}
+            for side, phase in (("input", "evomerge"), ("output", "quietstar"))}
     return {
         "run_dir": str(run_dir),
         "quietstar_config": read_json(run_dir / "config.json")["quietstar"],
         "data": summary["data"],
-        "scoreboard_taskworld_easy": {"input": {name: row[task] for name, row in scoreboard_rows(run_dir / "evomerge").items()},
-                                      "output": {name: row[task] for name, row in scoreboard_rows(run_dir / "quietstar").items()}},
+        "scoreboard_taskworld_easy": easy,
         "accuracy": {stage: {key.removeprefix("taskworld_"): value for key, value in figures.items()
                              if key.startswith("taskworld_")} for stage, figures in stages.items()},
         "heldout_perplexity": {stage: figures["heldout_perplexity"] for stage, figures in stages.items()},
         "format_accuracy": summary["step1"]["final_accuracy"],
         "format_history": [entry["val_accuracy"] for entry in summary["step1"]["history"]],
         "step2_episodes": summary["step2"]["episodes"],
-        "criteria": {name: {"value": record["value"], "met": record["met"]} for name, record in summary["criteria"].items()},
+        "criteria": {name: {"value": record["value"], "met": record["met"]}
+                     for name, record in summary["criteria"].items()},
         "wall_time_s": summary["wall_time_s"],
     }
 
@@ -87,7 +89,8 @@ def trace_steps(items, generations: list[str]) -> dict:
     is the trace's, and lines equal to the trace's step (left side and result)."""
     figures = {"trace_steps": 0, "written": 0, "left_side_right": 0, "exact": 0}
     for item, generation in zip(items, generations):
-        written = [line.removeprefix("<step> ").strip() for line in generation.splitlines() if line.startswith("<step>")]
+        written = [line.removeprefix("<step> ").strip() for line in generation.splitlines()
+                   if line.startswith("<step>")]
         figures["trace_steps"] += len(item.steps)
         for expected, line in zip(item.steps, written):
             figures["written"] += 1

@@ -6,10 +6,10 @@ The loss is next-token cross-entropy on the thinking block, the answer and the c
 token; question tokens and padding are masked. Direct-answer pairs (a prompt and the answer it asks for,
 no thinking block) can be mixed into the training examples, with the loss on the answer, so the model keeps
 a direct-answer mode for when its thinking tokens are suppressed. With replay on, every step also takes a
-language-modelling loss on a batch of pretraining text, so the model keeps its text modelling (trained on format traces alone,
-a tiny model's held-out perplexity rose from 272 to 4,900 at lr 1e-3). After the last epoch the spec's
-convergence check runs: below the accuracy threshold, both learning rates are halved and a few more epochs
-follow, once. A miss is recorded in the report, never raised: the phase decides what to do with it.
+language-modelling loss on a batch of pretraining text, so the model keeps its text modelling (trained on
+format traces alone, a tiny model's held-out perplexity rose from 272 to 4,900 at lr 1e-3). After the last
+epoch the spec's convergence check runs: below the accuracy threshold, both learning rates are halved and a
+few more epochs follow, once. A miss is recorded in the report, never raised: the phase decides what to do with it.
 """
 from __future__ import annotations
 
