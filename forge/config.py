@@ -216,16 +216,22 @@ class QuietStarPhaseConfig:
     min_examples: int = 300
     """The data validation's minimum count (spec: 20,000; the tiny preset trains on fewer)."""
     format_bake: FormatBakeConfig = field(default_factory=lambda: FormatBakeConfig(
-        epochs=2, seq_len=96, mitigation_epochs=1, replay_sequences=8, optimizer=MuonGrokfastConfig(
+        epochs=6, seq_len=96, mitigation_epochs=1, replay_sequences=8, optimizer=MuonGrokfastConfig(
             muon_lr=3e-3, adam_lr=3e-3, grokfast_lambda=0.2, qk_clip_threshold=30.0)))
-    """Step 1. Tiny: 2 epochs (+1 mitigation) at 3e-3 with 8 replayed pretraining sequences per step: the spec's
-    1e-4 left a small model's format accuracy unchanged over 2 epochs, and without replay the held-out
-    perplexity rose from 272 to 4,900 (docs/BENCHMARKS.md)."""
+    """Step 1. Tiny: 6 epochs (+1 mitigation) at 3e-3 with 8 replayed pretraining sequences per step: the spec's
+    1e-4 left a small model's format accuracy unchanged over 2 epochs, without replay the held-out perplexity
+    rose from 272 to 4,900, and after 2 epochs the traces did not hold the question's digits (docs/BENCHMARKS.md)."""
+    taskworld_cells: list[str] = field(default_factory=lambda: ["add_2", "sub_2"])
+    """The task-world cells (family_level, of forge.quietstar.taskworld.CELLS) the taskworld source trains and
+    measures on; tiny: the 2-digit sums and differences, whose traces a tiny model learns to follow."""
+    direct_examples: int = 120
+    """Direct-answer task-world problems (train side, the curriculum's easy ones) Step 1 trains on beside the
+    traces, so the model still answers directly with its thoughts suppressed (the scoreboard's way); 0: none."""
     rl: ThoughtRLConfig = field(default_factory=lambda: ThoughtRLConfig(
         episodes=8, check_every=4, check_items=8, max_rollbacks=2))
     """Step 2 (spec optimizer settings; the tiny preset runs 8 episodes with checks every 4)."""
     eval_problems: int = 48
-    """Held-out problems per accuracy set (before Phase 3, after Step 1, after Step 2): 8 per task-world cell."""
+    """Held-out problems per accuracy set (before Phase 3, after Step 1, after Step 2): 24 per task-world cell."""
     eval_max_new_tokens: int = 64
     """Generation budget per held-out problem (the thinking block counts: a task-world trace and its answer
     take up to 59 tokens)."""

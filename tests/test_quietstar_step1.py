@@ -12,8 +12,8 @@ from forge.models import CognateConfig, CognateForCausalLM
 from forge.optim import MuonGrokfastConfig
 from forge.quietstar import STRATEGY_TOKENS, THINK_START, THINKING_TOKENS, add_thinking_tokens
 from forge.quietstar.data import make_example
-from forge.quietstar.format_training import (FormatBakeConfig, bake_reasoning_format, encode_example, format_accuracy,
-                                         select_examples, split_examples)
+from forge.quietstar.format_training import (FormatBakeConfig, bake_reasoning_format, collate, encode_direct,
+                                             encode_example, format_accuracy, select_examples, split_examples)
 from forge.quietstar.generate import (answer_accuracy, generate, generation_speed, strip_thoughts, thinking_usage,
                                       visible_answer)
 from forge.quietstar.offline import OfflineConfig, OfflineReasoningGenerator
@@ -316,6 +316,57 @@ def test_replay_needs_texts_and_is_part_of_the_checkpoint_fingerprint(data, tmp_
     with pytest.raises(ValueError, match="other examples or settings"):
         bake_reasoning_format(tiny_llama(tokenizer), tokenizer, train, val, fast_config(epochs=2, replay_sequences=2),
                               replay_texts=texts[1:], checkpoint_dir=tmp_path)
+
+
+def direct_sums(n: int, seed: int) -> list[tuple[str, str]]:
+    """Direct-answer pairs in the examples' wording: the prompt, then the answer line."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        a, b = rng.randint(2, 60), rng.randint(2, 60)
+        pairs.append((f"Question: What is {a} plus {b}?\n", f"Answer: {a + b}\n"))
+    return pairs
+
+
+def direct_loss(model, tokenizer, pairs) -> float:
+    """Mean next-token cross-entropy of the answer lines (and end-of-text) after their prompts."""
+    batch = collate([encode_direct(tokenizer, prompt, target, 64) for prompt, target in pairs], tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                       ignore_index=-100).item()
+
+
+def test_direct_pairs_score_the_answer_line_only(data):
+    tokenizer, _, _ = data
+    item = encode_direct(tokenizer, "Question: What is 3 plus 4?\n", "Answer: 7\n", seq_len=64)
+    scored = [i for i, is_target in zip(item.input_ids, item.target) if is_target]
+    assert tokenizer.decode(item.input_ids[:len(item.input_ids) - len(scored)]) == "Question: What is 3 plus 4?\n"
+    assert tokenizer.decode(scored) == "Answer: 7\n" + tokenizer.eos_token
+    assert not item.truncated and set(item.strategy) == {-1}
+    short = encode_direct(tokenizer, "Question: What is 3 plus 4?\n", "Answer: 7\n", seq_len=8)
+    assert short.truncated and len(short.input_ids) == len(short.target) == len(short.strategy) == 8
+
+
+def test_direct_pairs_keep_the_direct_answer_that_the_traces_alone_unlearn(data, tmp_path):
+    tokenizer, train, val = data
+    pairs, heldout = direct_sums(40, seed=5), direct_sums(12, seed=6)
+    losses, reports = {}, {}
+    for mixed in (False, True):
+        model = tiny_llama(tokenizer)
+        reports[mixed] = bake_reasoning_format(model, tokenizer, train, val, fast_config(epochs=4),
+                                               direct=pairs if mixed else ())
+        losses[mixed] = direct_loss(model, tokenizer, heldout)
+    assert reports[False].direct_examples == 0 and reports[True].direct_examples == 40
+    # Trained on traces alone the model opens a thinking block where the answer line should be; with the pairs
+    # it writes the line (measured: 2.36 nats without, 1.02 with), and the thinking format is learned all the same.
+    assert losses[True] < 0.6 * losses[False], losses
+    assert reports[True].final_accuracy > reports[True].initial_accuracy + 0.2, reports[True].to_dict()
+    bake_reasoning_format(tiny_llama(tokenizer), tokenizer, train, val, fast_config(epochs=1), direct=pairs,
+                          checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="other examples or settings"):
+        bake_reasoning_format(tiny_llama(tokenizer), tokenizer, train, val, fast_config(epochs=2), direct=pairs[1:],
+                              checkpoint_dir=tmp_path)
 
 
 def test_bake_refuses_a_tokenizer_without_thinking_tokens(data):

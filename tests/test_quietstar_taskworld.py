@@ -12,7 +12,7 @@ from forge.data import taskworld
 from forge.data.arithmetic import calculate
 from forge.quietstar.data import validate_examples
 from forge.quietstar.taskworld import (CELLS, STRATEGIES, TaskWorldReasoningConfig, TaskWorldReasoningGenerator,
-                                       cell_items, moves, reasoning_example)
+                                       cell_items, direct_pairs, moves, reasoning_example)
 
 _EQUATION = re.compile(r"^(\d+)([+\-*/])(\d+)(?:([+\-])(\d+))?=(-?\d+)$")
 
@@ -81,6 +81,22 @@ def test_train_and_heldout_sides_never_share_a_problem():
         taskworld.check_disjoint(train, train[:1])
 
 
+def test_direct_pairs_are_the_scoreboards_form_on_the_train_side_of_its_cells():
+    from benchmarks.tasks import read_taskworld
+
+    pairs = direct_pairs(200, seed=0)
+    assert len(pairs) == len(set(pairs)) == 200 and direct_pairs(200, seed=0) == pairs != direct_pairs(200, seed=1)
+    scoreboard = read_taskworld(mode="direct", easy=True)
+    for prompt, target in pairs + [(doc["prompt"], doc["target"]) for doc in scoreboard]:
+        assert re.fullmatch(r"Question: (What is \d+\+\d+|Which is larger, \d+ or \d+)\?\n", prompt), prompt
+        assert re.fullmatch(r"Answer: \d+\n", target), target
+    assert {prompt.split(" ")[1] for prompt, _ in pairs} == {"What", "Which"}  # both easy families
+    assert not {prompt for prompt, _ in pairs} & {doc["prompt"] for doc in scoreboard}
+    assert direct_pairs(0, seed=0) == []
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        direct_pairs(-1, seed=0)
+
+
 def test_other_families_are_refused():
     word = taskworld.generate_items(1, families=["word"], levels=[2])[0]
     with pytest.raises(ValueError, match="not word"):
@@ -110,6 +126,30 @@ def test_without_a_data_folder_the_phase_trains_and_measures_on_the_task_world()
     assert list(heldout_problems(_ctx(source="synthetic"))) == ["synthetic"]
     with pytest.raises(ValueError, match="none of the held-out sets"):
         eval_set(["commonsense"])
+
+
+def test_the_configured_cells_are_trained_and_measured_and_others_refused():
+    from forge.phases.quietstar import heldout_problems, reasoning_examples
+
+    ctx = _ctx()
+    ctx.config.quietstar.num_examples = ctx.config.quietstar.min_examples = 40
+    ctx.config.quietstar.taskworld_cells = ["add_2", "cmp_2"]
+    examples, _ = reasoning_examples(ctx)
+    assert Counter(e.source for e in examples) == {"taskworld-add_2": 20, "taskworld-cmp_2": 20}
+    questions = [question for question, _ in heldout_problems(ctx)["taskworld"]]
+    assert len(questions) == 12 and {q.startswith("Which") for q in questions} == {True, False}
+    assert all("-" not in q and "*" not in q and len(re.findall(r"\d+", q)[0]) <= 2 for q in questions)
+    # Without comparisons the traces have no <mece> line, and the validation asks only for what they use.
+    ctx.config.quietstar.taskworld_cells = ["add_2", "sub_2"]
+    examples, _ = reasoning_examples(ctx)
+    assert {s for e in examples for s in e.strategies} == {"<step>", "<orthogonal>"}
+    assert TaskWorldReasoningGenerator(TaskWorldReasoningConfig(cells=("sub_3",))).strategies == ("<step>",
+                                                                                                   "<orthogonal>")
+    assert set(PipelineConfig().quietstar.taskworld_cells) <= {f"{family}_{level}" for family, level in CELLS}
+    with pytest.raises(ValueError, match="choose some of add_2"):
+        TaskWorldReasoningConfig(cells=("add_4",))
+    with pytest.raises(ValueError, match="choose some of add_2"):
+        TaskWorldReasoningConfig(cells=())
 
 
 def test_the_criteria_read_the_task_world_set_and_the_answer_ablation():

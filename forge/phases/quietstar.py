@@ -40,7 +40,7 @@ from forge.quietstar.offline import OfflineConfig, OfflineReasoningGenerator
 from forge.quietstar.rewards import ABLATION_THRESHOLD
 from forge.quietstar.rl import ThinkIds, heldout_check_items, mean_coherence, save_mixing_head, train_thoughts
 from forge.quietstar.synthetic import SyntheticConfig, SyntheticReasoningGenerator
-from forge.quietstar.taskworld import TaskWorldReasoningConfig, TaskWorldReasoningGenerator
+from forge.quietstar.taskworld import TaskWorldReasoningConfig, TaskWorldReasoningGenerator, direct_pairs
 from forge.quietstar.tokens import STRATEGY_TOKENS, add_thinking_tokens
 
 COHERENCE_REQUIRED = 0.6  # spec: coherence > 0.6
@@ -87,7 +87,8 @@ def reasoning_examples(ctx: PhaseContext) -> tuple[list, dict[str, Any]]:
         generator = OfflineReasoningGenerator(OfflineConfig(data_dir=ctx.data_dir, seed=ctx.config.seed))
         examples, metadata = list(generator.generate(config.num_examples)), {"generator": "offline"}
     elif source == "taskworld":
-        generator = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(seed=ctx.config.seed))
+        generator = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(seed=ctx.config.seed,
+                                                                         cells=tuple(config.taskworld_cells)))
         examples, metadata = list(generator.generate(config.num_examples)), {"generator": "taskworld"}
         strategies = generator.strategies
     else:
@@ -106,7 +107,8 @@ def heldout_problems(ctx: PhaseContext) -> dict[str, list[tuple[str, str]]]:
         synthetic = SyntheticReasoningGenerator(SyntheticConfig(heldout=True, seed=ctx.config.seed))
         sets = {"synthetic": [(e.question, e.answer) for e in synthetic.generate(config.eval_problems)]}
     else:
-        world = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(heldout=True, seed=ctx.config.seed))
+        world = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(heldout=True, seed=ctx.config.seed,
+                                                                     cells=tuple(config.taskworld_cells)))
         sets = {"taskworld": [(item.question, item.answer) for item in world.items(config.eval_problems)]}
     if ctx.data_dir:
         from forge.data.splits import heldout_items
@@ -209,12 +211,15 @@ def run(ctx: PhaseContext) -> PhaseResult:
         write_dataset(examples, dataset_path, extra=data_info)
         data_info = {**data_info, "examples": len(examples), "thinking_token_ids": token_ids,
                      "strategies": dataset_metadata(examples)["strategies"]}
-        atomic_write_json(ctx.work_dir / "data_info.json", data_info)
         train, val = select_examples(examples, config.format_bake)
+        direct = direct_pairs(config.direct_examples, seed=ctx.config.seed)
+        data_info["direct_examples"] = len(direct)
+        atomic_write_json(ctx.work_dir / "data_info.json", data_info)
         replay = (ctx.read_texts(REPLAY, max_chars=10**12)
                   if config.format_bake.replay_sequences else None)
         with Progress("quietstar: Step 1 format bake", config.format_bake.epochs, "epoch") as progress:
             report = bake_reasoning_format(model, tokenizer, train, val, config.format_bake, replay_texts=replay,
+                                           direct=direct,
                                            checkpoint_dir=ctx.work_dir / "step1",
                                            log=progress.following(tracker.log, lambda m, _: m.get("baking/epoch")))
         step1_report = report.to_dict()

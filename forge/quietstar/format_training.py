@@ -3,11 +3,13 @@
 The model learns ``Question: ...`` -> ``[thinking] <strategy> ... [/endthinking]`` -> ``Answer: ...``
 from reasoning examples with MuonGrokfast (spec: lr 1e-4, Grokfast lambda 0.2, QK-clip 30, 5 epochs).
 The loss is next-token cross-entropy on the thinking block, the answer and the closing end-of-text
-token; question tokens and padding are masked. With replay on, every step also takes a language-modelling
-loss on a batch of pretraining text, so the model keeps its text modelling (trained on format traces alone,
-a tiny model's held-out perplexity rose from 272 to 4,900 at lr 1e-3). After the last epoch the spec's
-convergence check runs: below the accuracy threshold, both learning rates are halved and a few more epochs
-follow, once. A miss is recorded in the report, never raised: the phase decides what to do with it.
+token; question tokens and padding are masked. Direct-answer pairs (a prompt and the answer it asks for,
+no thinking block) can be mixed into the training examples, with the loss on the answer, so the model keeps
+a direct-answer mode for when its thinking tokens are suppressed. With replay on, every step also takes a
+language-modelling loss on a batch of pretraining text, so the model keeps its text modelling (trained on
+format traces alone, a tiny model's held-out perplexity rose from 272 to 4,900 at lr 1e-3). After the last
+epoch the spec's convergence check runs: below the accuracy threshold, both learning rates are halved and a
+few more epochs follow, once. A miss is recorded in the report, never raised: the phase decides what to do with it.
 """
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ class FormatBakeReport:
     epochs_run: int  # epochs trained in total, mitigation included
     history: list[dict[str, Any]]  # per epoch: epoch, stage, lr_factor, loss, val_accuracy, per_strategy
     train_examples: int  # examples trained on
+    direct_examples: int  # direct-answer pairs trained on beside them (0: none)
     val_examples: int  # held-out examples accuracy is measured on
     truncated_examples: int  # examples (train + validation) longer than seq_len, cut at the end
     train_target_tokens: int  # loss-bearing tokens per training epoch
@@ -148,6 +151,18 @@ def encode_example(tokenizer, example: ReasoningExample, seq_len: int) -> Encode
         strategy.append(NO_STRATEGY)
     truncated = len(ids) > seq_len
     return EncodedExample(ids[:seq_len], target[:seq_len], strategy[:seq_len], truncated)
+
+
+def encode_direct(tokenizer, prompt: str, target: str, seq_len: int) -> EncodedExample:
+    """Tokenise ``prompt + target`` plus end-of-text; the target's tokens and the end-of-text are scored."""
+    encoding = tokenizer(prompt + target, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])
+    scored = [start >= len(prompt) for start, _ in encoding["offset_mapping"]]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+        scored.append(True)
+    truncated = len(ids) > seq_len
+    return EncodedExample(ids[:seq_len], scored[:seq_len], [NO_STRATEGY] * min(len(ids), seq_len), truncated)
 
 
 def collate(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -294,7 +309,7 @@ def _train_epoch(model, optimizer, encoded: Sequence[EncodedExample], pad_id: in
 
 
 def _fingerprint(train: Sequence[ReasoningExample], val: Sequence[ReasoningExample], config: FormatBakeConfig,
-                 replay: Replay | None) -> str:
+                 replay: Replay | None, direct: Sequence[tuple[str, str]] = ()) -> str:
     """What a resumed bake must share with the one that wrote the checkpoint (data and training settings)."""
     settings = {"train": [e.id for e in train], "val": [e.id for e in val], "seq_len": config.seq_len,
                 "batch_size": config.batch_size, "seed": config.seed, "optimizer": asdict(config.optimizer),
@@ -302,6 +317,8 @@ def _fingerprint(train: Sequence[ReasoningExample], val: Sequence[ReasoningExamp
     if replay is not None:
         settings["replay"] = {"sequences": config.replay_sequences, "weight": config.replay_weight,
                               "blocks": replay.digest()}
+    if direct:
+        settings["direct"] = [list(pair) for pair in direct]
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
@@ -343,11 +360,12 @@ def _log_record(entry: dict[str, Any]) -> dict[str, Any]:
 
 def bake_reasoning_format(model, tokenizer, train: Sequence[ReasoningExample], val: Sequence[ReasoningExample],
                           config: FormatBakeConfig, *, replay_texts: Sequence[str] | None = None,
-                          checkpoint_dir: Path | None = None,
+                          direct: Sequence[tuple[str, str]] = (), checkpoint_dir: Path | None = None,
                           log: Callable[[dict], None] | None = None) -> FormatBakeReport:
     """Fine-tune all of ``model`` (in place) on ``train`` for ``config.epochs`` epochs with MuonGrokfast,
     measuring :func:`format_accuracy` on ``val`` after each; then the convergence check (see module doc).
     ``replay_texts`` (pretraining documents, never held-out ones) are needed when ``config.replay_sequences > 0``.
+    ``direct``: (prompt, answer text) pairs trained on with the examples (:func:`encode_direct`), not validated.
 
     With ``checkpoint_dir``, model, optimizer and history are saved atomically after every epoch, and a
     call with the same directory resumes after the last finished epoch (same result as one uninterrupted
@@ -367,9 +385,10 @@ def bake_reasoning_format(model, tokenizer, train: Sequence[ReasoningExample], v
     replay = (Replay(tokenizer, replay_texts, config.seq_len, config.replay_sequences, seed=config.seed)
               if config.replay_sequences else None)
     train_encoded = [encode_example(tokenizer, example, config.seq_len) for example in train]
+    train_encoded += [encode_direct(tokenizer, prompt, target, config.seq_len) for prompt, target in direct]
     val_encoded = [encode_example(tokenizer, example, config.seq_len) for example in val]
     optimizer = build_muon_grokfast(model, config.optimizer)
-    fingerprint = _fingerprint(train, val, config, replay)
+    fingerprint = _fingerprint(train, val, config, replay, direct)
     steps_per_epoch = -(-len(train_encoded) // config.batch_size)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     if checkpoint is not None and checkpoint.is_file():
@@ -419,7 +438,7 @@ def bake_reasoning_format(model, tokenizer, train: Sequence[ReasoningExample], v
         accuracy_after_mitigation=final["val_accuracy"] if state["mitigating"] else None,
         mitigated=state["mitigating"], converged=is_met(final["val_accuracy"], ">=", config.accuracy_threshold),
         threshold=config.accuracy_threshold, epochs_run=state["epochs_done"], history=history,
-        train_examples=len(train), val_examples=len(val),
+        train_examples=len(train), direct_examples=len(direct), val_examples=len(val),
         truncated_examples=sum(item.truncated for item in (*train_encoded, *val_encoded)),
         train_target_tokens=sum(sum(item.target[1:]) for item in train_encoded),
         replay_tokens=0 if replay is None else replay.tokens,

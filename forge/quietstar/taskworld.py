@@ -16,7 +16,13 @@ asks for those. Held-out problems come from the task world's held-out side (neve
 Cells (``CELLS``): multi-digit problems, where a worked trace carries what the direct answer has to do in
 one go (carries, borrows, the first differing digit): addition and subtraction of 2 and 3 digits, 2-digit by
 1-digit products, 2-digit comparisons. Level 1 is one column (the trace is the answer); 4-digit sums and
-longer products would not fit a thinking block into the tiny models' 64-token attention window.
+longer products would not fit a thinking block into the tiny models' 64-token attention window. A run trains
+and measures on the cells of ``TaskWorldReasoningConfig.cells`` (the tiny preset: 2-digit sums and differences).
+
+Direct answers (``direct_pairs``): train-side problems of the curriculum's easy families and levels in the
+task world's direct mode (question, then the answer line), the form the scoreboard's ``taskworld_easy`` asks
+for. Step 1 mixes them into its training so the model keeps answering directly when its thoughts are
+suppressed (trained on traces alone, a tiny model wrote "Work: ..." lines instead of an answer).
 """
 from __future__ import annotations
 
@@ -71,25 +77,48 @@ def cell_items(n: int, *, split: str, seed: int, cells: Sequence[tuple[str, int]
     return items
 
 
+def direct_pairs(n: int, *, seed: int) -> list[tuple[str, str]]:
+    """``n`` distinct train-side problems of ``taskworld.EASY_FAMILIES`` at ``taskworld.EASY_LEVELS`` as
+    (prompt, target) in direct mode: ``"Question: What is 3+4?\n"``, ``"Answer: 7\n"``."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    items = taskworld.generate_items(n, split="train", seed=seed, families=taskworld.EASY_FAMILIES,
+                                     levels=taskworld.EASY_LEVELS, unique=True)
+    return [(taskworld.prompt(item, "direct"), taskworld.target(item, "direct")) for item in items]
+
+
 @dataclass
 class TaskWorldReasoningConfig:
     """Which side of the task world to draw from, and from what seed."""
 
     heldout: bool = False  # False: the train side; True: the held-out side (evaluation only)
     seed: int = 0  # seeds the problem draws
+    cells: tuple[str, ...] = tuple(f"{family}_{level}" for family, level in CELLS)  # "<family>_<level>", of CELLS
+
+    def __post_init__(self) -> None:
+        known = [f"{family}_{level}" for family, level in CELLS]
+        unknown = [cell for cell in self.cells if cell not in known]
+        if unknown or not self.cells:
+            raise ValueError(f"task-world reasoning cells {list(self.cells)}: choose some of {', '.join(known)}")
 
 
 class TaskWorldReasoningGenerator:
-    """Task-world problems of ``CELLS`` with their worked traces (see module doc)."""
+    """Task-world problems of the configured cells (all of ``CELLS`` by default) with their worked traces."""
 
     name = "taskworld"
-    strategies = STRATEGIES
 
     def __init__(self, config: TaskWorldReasoningConfig | None = None):
         self.config = config or TaskWorldReasoningConfig()
 
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        """The strategies the configured cells' traces use (``<mece>`` only in comparisons)."""
+        has_cmp = any(cell.startswith("cmp_") for cell in self.config.cells)
+        return tuple(s for s in STRATEGIES if has_cmp or s != "<mece>")
+
     def items(self, n: int) -> list[taskworld.TaskItem]:
-        return cell_items(n, split="heldout" if self.config.heldout else "train", seed=self.config.seed)
+        cells = [(cell.rsplit("_", 1)[0], int(cell.rsplit("_", 1)[1])) for cell in self.config.cells]
+        return cell_items(n, split="heldout" if self.config.heldout else "train", seed=self.config.seed, cells=cells)
 
     def generate(self, n: int) -> Iterator[ReasoningExample]:
         """``n`` examples of distinct problems (fewer only if the cells run out), the cells in turn."""
