@@ -275,7 +275,7 @@ def evaluate_direct(model, tokenizer, *, prompt: str, problems: Sequence[ToolPro
                     config: ToolUseConfig = ToolUseConfig(), fewshot: Sequence[ToolProblem] | None = None,
                     data_dir=None) -> ToolUseResult:
     """Arithmetic ``problems`` answered without a tool: the worked examples :func:`evaluate_tool_use` draws (same
-    seed) shown answering directly, then the question and an opened answer tag; one greedy turn per item."""
+    seed) shown answering directly, then the question and an opened answer tag; one greedy line per item."""
     if not problems or any(problem.kind != "arithmetic" for problem in problems):
         raise ValueError("evaluate_direct needs arithmetic problems (a code task has no direct numeric answer)")
     start = time.perf_counter()
@@ -288,9 +288,10 @@ def evaluate_direct(model, tokenizer, *, prompt: str, problems: Sequence[ToolPro
     was_training = model.training
     model.eval()
     try:
-        texts = generate_until(model, tokenizer, [episode.context for episode in episodes], until=STOP_SEQUENCES,
-                               max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                               seed=config.seed)
+        # A number's answer is one line: what follows a newline is not part of it.
+        texts = generate_until(model, tokenizer, [episode.context for episode in episodes],
+                               until=(*STOP_SEQUENCES, "\n"), max_new_tokens=config.max_new_tokens,
+                               batch_size=config.batch_size, seed=config.seed)
     finally:
         model.train(was_training)
     for episode, text in zip(episodes, texts):
