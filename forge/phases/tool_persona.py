@@ -8,7 +8,10 @@ The driver (``forge.abcycles.driver``) decides; this module does the work behind
   ``tool_metric_weights`` (accuracy first; tool usage gives the small models a signal). With ``fitness:
   swebench`` it is the resolved rate of the official SWE-bench harness on the data folder's Lite instances,
   as the spec asks (Docker; the config is refused where the harness cannot run). The score is logged and
-  handed on under the name of what it measures (``forge.abcycles.driver.A_SCORE_NAMES``).
+  handed on under the name of what it measures (``forge.abcycles.driver.A_SCORE_NAMES``). Each prompt's accuracy
+  and its paired difference to the incumbent on the iteration's subset, with bootstrap intervals, are kept in
+  ``prompts.json`` and the summary (``a_cycle_intervals``); the validation also answers its arithmetic items
+  without a call (``direct_accuracy``), so whether the tool pays is on record.
 - B-cycle (persona): the model writes self-prompts from the spec's meta-prompt (coherence filter,
   temperature sweep, human-written fallback; ``forge.abcycles.prompt_variants.self_prompts``), scored by the
   weighted benchmark aggregate (the spec's six with a data folder, else ``synthetic_reasoning``).
