@@ -288,14 +288,16 @@ def evaluate_direct(model, tokenizer, *, prompt: str, problems: Sequence[ToolPro
     was_training = model.training
     model.eval()
     try:
-        # A number's answer is one line: what follows a newline is not part of it.
-        texts = generate_until(model, tokenizer, [episode.context for episode in episodes],
-                               until=(*STOP_SEQUENCES, "\n"), max_new_tokens=config.max_new_tokens,
-                               batch_size=config.batch_size, seed=config.seed)
+        texts = generate_until(model, tokenizer, [episode.context for episode in episodes], until=STOP_SEQUENCES,
+                               max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                               seed=config.seed)
     finally:
         model.train(was_training)
     for episode, text in zip(episodes, texts):
-        episode.turns, episode.answer, episode.stopped = 1, text.strip(), "answer"
+        # A number's answer is one line, its first non-empty one: the last-number scorer must not find a number
+        # the model wrote after it.
+        first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        episode.turns, episode.answer, episode.stopped = 1, first_line, "answer"
         episode.transcript = answer_text(episode.answer)
     score_answers(episodes, config.sandbox)
     records = [{**episode.record(), "sample_correct": [], "sample_turns": []} for episode in episodes]

@@ -6,7 +6,8 @@
 Per model: ``benchmarks.tooluse.evaluate_tool_use`` (the spec's initial tool prompt, Phase 6's turn and token
 budget and worked examples) and ``evaluate_direct`` (the same items and examples, answered at once) on the same
 held-out problems, each accuracy with a bootstrap interval and the paired difference tool - direct with its
-interval (``accuracy_intervals``); the first transcripts of each for inspection.
+interval (``accuracy_intervals``); where the tool runs fail, the two copies it needs (``copies``: the first
+call's argument is the question's expression; an answer repeats its call's result); the first transcripts.
 """
 from __future__ import annotations
 
@@ -53,6 +54,16 @@ def main(argv=None) -> int:
               "sources": sources, "n_items": len(problems), "prompt": INITIAL_TOOL_PROMPT,
               "config": {"max_turns": args.max_turns, "max_new_tokens": args.max_new_tokens,
                          "num_fewshot": args.num_fewshot, "seed": args.seed}, "models": {}}
+    references = {problem.id: problem.reference for problem in problems}
+
+    def copies(records) -> dict[str, float]:
+        called = [r for r in records if r["calls"]]
+        answered = [r for r in called if r["answer"] is not None and r["calls"][-1]["well_formed"]]
+        return {"calls_copying_the_expression": sum(r["calls"][0]["argument"] == references[r["id"]]
+                                                    for r in called) / len(records),
+                "answers_copying_the_result": sum(r["answer"] == r["calls"][-1]["result"]
+                                                  for r in answered) / len(records)}
+
     for name, directory in models.items():
         model, tokenizer = load_model_dir(Path(directory))
         began = time.perf_counter()
@@ -64,7 +75,7 @@ def main(argv=None) -> int:
         report["models"][name] = {
             "dir": directory, "seconds": time.perf_counter() - began,
             "tool": {**{k: tool.metrics[k] for k in ("accuracy", "tool_usage_rate", "avg_turns", "answer_rate")},
-                     "interval": tool_row["interval"]},
+                     "interval": tool_row["interval"], **copies(tool.records)},
             "direct": {"accuracy": direct.metrics["accuracy"], "interval": direct_row["interval"]},
             "tool_minus_direct": {"value": tool_row["difference"], "interval": tool_row["difference_interval"]},
             "tool_transcripts": [{k: r[k] for k in ("id", "correct", "transcript")} for r in tool.records[:5]],
