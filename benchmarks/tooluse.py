@@ -11,6 +11,8 @@ with at least one well-formed call) from one greedy run per item; ``pass@1`` / `
 Chen et al.) from ``num_samples`` sampled runs per item; ``calls/<tool>`` and ``errors/<tool>``.
 
 ``evaluate_tool_use(model, tokenizer, prompt=INITIAL_TOOL_PROMPT, problems=load_problems(["easy"]))``.
+``evaluate_direct`` is the baseline a tool has to beat: the same contexts, each arithmetic item answered at
+once (worked examples that answer directly, the answer tag already opened), so no call can be made.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from forge.artifacts import state_dict_hash
+from forge.data.tool_syntax import answer_text
 
 from benchmarks import scoring
 from benchmarks.cache import ResultCache, cache_key
@@ -30,12 +33,13 @@ from benchmarks.harness import docs_digest, tokenizer_fingerprint
 from benchmarks.lm import encode, generate_until, probe_model
 from benchmarks.sandbox import SandboxLimits, run_programs
 from benchmarks.tooluse_problems import SOURCES, ToolProblem, demonstrations, load_problems, rotation_subset
-from benchmarks.tooluse_tools import (ANSWER_CLOSE, CLOSE_TAGS, RESULT_CLOSE, RESULT_OPEN, STOP_SEQUENCES, TOOLS,
-                                      ToolCall, calculate, find_call, python_program, run_calls)
+from benchmarks.tooluse_tools import (ANSWER_CLOSE, ANSWER_OPEN, CLOSE_TAGS, RESULT_CLOSE, RESULT_OPEN,
+                                      STOP_SEQUENCES, TOOLS, ToolCall, calculate, find_call, python_program, run_calls)
 
 __all__ = ["INITIAL_TOOL_PROMPT", "SOURCES", "TOOL_PROMPT_VARIANTS", "Episode", "ToolProblem", "ToolUseConfig",
-           "ToolUseResult", "advance", "build_context", "calculate", "draw_shots", "evaluate_tool_use",
-           "load_problems", "rotation_subset", "score_answers", "tool_use_metrics", "training_examples"]
+           "ToolUseResult", "accuracy_intervals", "advance", "build_context", "calculate", "draw_shots",
+           "evaluate_direct", "evaluate_tool_use", "load_problems", "rotation_subset", "score_answers",
+           "tool_use_metrics", "training_examples"]
 
 # Spec 000, A-cycle: the initial tool prompt and its first four variants.
 INITIAL_TOOL_PROMPT = ("When solving coding problems, think step by step and use available tools to validate "
@@ -186,6 +190,31 @@ def tool_use_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return metrics
 
 
+def accuracy_intervals(correct: Sequence[Sequence[bool]], *, resamples: int = 1000, seed: int = 0,
+                       confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Per prompt (one row of per-item results each, the same items in the same order): its accuracy with a
+    percentile bootstrap interval, and its paired difference to the first row (the incumbent) with the interval
+    over the same item resamples: what tells a variant from the incumbent on one subset."""
+    lengths = sorted({len(row) for row in correct})
+    if len(lengths) != 1 or lengths[0] == 0:
+        raise ValueError(f"accuracy_intervals needs rows of equal, non-zero length, got lengths {lengths}")
+    table = np.asarray(correct, dtype=float)
+    if resamples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need resamples >= 1 and 0 < confidence < 1, got {resamples}, {confidence}")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, table.shape[1], (resamples, table.shape[1]))
+    means = table[:, picks].mean(axis=2)  # (prompts, resamples)
+    tail = (1.0 - confidence) / 2
+
+    def interval(values: np.ndarray) -> list[float]:
+        return [float(np.quantile(values, tail, method="inverted_cdf")),
+                float(np.quantile(values, 1.0 - tail, method="inverted_cdf"))]
+
+    rows = table.mean(axis=1)
+    return [{"accuracy": float(rows[i]), "interval": interval(means[i]), "difference": float(rows[i] - rows[0]),
+             "difference_interval": interval(means[i] - means[0])} for i in range(len(table))]
+
+
 @dataclass
 class ToolUseResult:
     """Metrics and per-item records of one evaluation (JSON-able through ``to_dict``)."""
@@ -240,6 +269,41 @@ def training_examples(sources: Sequence[str], config: ToolUseConfig, prompt: str
     transcripts = demonstrations(problems, config.sandbox)
     return [(build_context(prompt, problem, item_shots), transcripts[problem.id])
             for problem, item_shots in zip(problems, shots)]
+
+
+def evaluate_direct(model, tokenizer, *, prompt: str, problems: Sequence[ToolProblem],
+                    config: ToolUseConfig = ToolUseConfig(), fewshot: Sequence[ToolProblem] | None = None,
+                    data_dir=None) -> ToolUseResult:
+    """Arithmetic ``problems`` answered without a tool: the worked examples :func:`evaluate_tool_use` draws (same
+    seed) shown answering directly, then the question and an opened answer tag; one greedy line per item."""
+    if not problems or any(problem.kind != "arithmetic" for problem in problems):
+        raise ValueError("evaluate_direct needs arithmetic problems (a code task has no direct numeric answer)")
+    start = time.perf_counter()
+    if fewshot is None and config.num_fewshot > 0:
+        fewshot = load_problems(sorted({problem.source for problem in problems}), heldout=False, data_dir=data_dir)
+    shots = draw_shots(problems, fewshot or (), config.num_fewshot, config.seed, config.sandbox)
+    episodes = [Episode(problem, build_context(prompt, problem, [(shot, answer_text(shot.answer)) for shot, _ in
+                                                                   item_shots]) + ANSWER_OPEN)
+                for problem, item_shots in zip(problems, shots)]
+    was_training = model.training
+    model.eval()
+    try:
+        texts = generate_until(model, tokenizer, [episode.context for episode in episodes], until=STOP_SEQUENCES,
+                               max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                               seed=config.seed)
+    finally:
+        model.train(was_training)
+    for episode, text in zip(episodes, texts):
+        # A number's answer is one line, its first non-empty one: the last-number scorer must not find a number
+        # the model wrote after it.
+        first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        episode.turns, episode.answer, episode.stopped = 1, first_line, "answer"
+        episode.transcript = answer_text(episode.answer)
+    score_answers(episodes, config.sandbox)
+    records = [{**episode.record(), "sample_correct": [], "sample_turns": []} for episode in episodes]
+    return ToolUseResult(metrics=tool_use_metrics(records), n_items=len(problems), prompt=prompt,
+                         config={**asdict(config), "direct": True}, records=records,
+                         wall_s=time.perf_counter() - start)
 
 
 def evaluate_tool_use(model, tokenizer, *, prompt: str, problems: Sequence[ToolProblem],

@@ -4,13 +4,17 @@ Sources (``SOURCES``):
 
 - ``easy``: one-operation arithmetic whose operands are in the question, generated from a fixed seed;
   writing ``<calc>a+b</calc>`` and copying the result solves it, so a tiny model gets a signal;
+- ``hard``: the task world's multi-digit problems (``forge.data.taskworld``: 3x1 and 4x2 digit products,
+  sums of 4-digit numbers) in its wording, "What is 6232*45?": beyond what a tiny model computes itself,
+  while ``<calc>6232*45</calc>`` copies the question and the result is the answer, so the calculator pays;
 - ``svamp``, ``gsm8k``: arithmetic word problems (final answer compared as a number);
 - ``mbpp``: Python functions checked by the problem's tests in the sandbox.
 
 Every source has one train side and one held-out side, the partition ``forge.data.splits`` keeps for
 pretraining (GSM8K, MBPP: their train and test splits; SVAMP: the stable hash; easy: the same hash on
-the question). Phase 6 draws a new ``rotation_subset`` of the train side per iteration and keeps the
-held-out side for validation.
+the question; hard: the task world's split, so no held-out hard problem is in any task-world training
+text). Phase 6 draws a new ``rotation_subset`` of the train side per iteration and keeps the held-out side
+for validation.
 """
 from __future__ import annotations
 
@@ -20,19 +24,22 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
-from forge.data import splits
+from forge.data import splits, taskworld
 from forge.data.tool_syntax import answer_text, call_text
 
 from benchmarks.sandbox import SandboxLimits, run_programs
 from benchmarks.tasks import select_docs
 from benchmarks.tooluse_tools import CalculatorError, calculate, python_output, python_program
 
-SOURCES = ("easy", "svamp", "gsm8k", "mbpp")
+SOURCES = ("easy", "hard", "svamp", "gsm8k", "mbpp")
 ProblemKind = Literal["arithmetic", "code"]
 
 EASY_POOL_SIZE = 2000  # easy problems generated (before the train / held-out partition)
 EASY_POOL_SEED = 0  # fixed: the pool, and so both sides, never change
 EASY_DATASET = "tooluse_easy"  # partition name of the easy pool in forge.data.splits
+# Hard problems per side and task-world (family, level): 3x1 and 4x2 digit products, sums of 4-digit numbers.
+HARD_CELLS = {("mul", 3): 300, ("mul", 4): 400, ("add", 4): 300}
+HARD_POOL_SEED = 0  # fixed: the pool, and so both sides, never change
 
 # (question template, operator); operands a > b keep subtraction non-negative.
 EASY_TEMPLATES: tuple[tuple[str, str], ...] = (
@@ -82,6 +89,21 @@ def easy_problems() -> list[ToolProblem]:
     return problems
 
 
+def hard_problems(heldout: bool) -> list[ToolProblem]:
+    """One side of the task world's multi-digit problems (``HARD_CELLS``), in its wording ("What is 6232*45?").
+    The task world draws operands below 10^level, so a problem is kept only when its larger operand has
+    ``level`` digits (no "7*5" among the 3x1 products)."""
+    split = "heldout" if heldout else "train"
+    items = []
+    for (family, level), count in HARD_CELLS.items():
+        drawn = taskworld.generate_items(2 * count, split=split, seed=HARD_POOL_SEED, families=[family],
+                                         levels=[level], unique=True)
+        items += [item for item in drawn if max(map(int, re.split(r"[*+]", item.canonical))) >= 10 ** (level - 1)][
+            :count]
+    return [ToolProblem(id=f"hard/{item.id}", source="hard", kind="arithmetic", question=item.question,
+                        answer=item.answer, reference=item.calls[0]) for item in items]
+
+
 def _from_record(source: str, record: dict) -> ToolProblem:
     if source == "svamp":
         return ToolProblem(id=f"svamp/{record['id']}", source=source, kind="arithmetic",
@@ -99,7 +121,7 @@ def _from_record(source: str, record: dict) -> ToolProblem:
 def load_problems(sources: Sequence[str] = SOURCES, *, heldout: bool = True, limit: int | None = None,
                   seed: int = 1234, data_dir: str | os.PathLike | None = None) -> list[ToolProblem]:
     """Problems of ``sources`` from the held-out side (else the train side), ``limit`` per source
-    drawn with ``seed`` (None: all). ``easy`` needs no data; the others read ``data_dir`` (None:
+    drawn with ``seed`` (None: all). ``easy`` and ``hard`` need no data; the others read ``data_dir`` (None:
     FORGE_DATA_DIR)."""
     unknown = [source for source in sources if source not in SOURCES]
     if unknown:
@@ -109,6 +131,8 @@ def load_problems(sources: Sequence[str] = SOURCES, *, heldout: bool = True, lim
         if source == "easy":
             train, held = splits.partition(EASY_DATASET, easy_problems(), key=lambda problem: problem.question)
             items = held if heldout else train
+        elif source == "hard":
+            items = hard_problems(heldout)
         else:
             side = splits.heldout_items if heldout else splits.train_items
             items = [_from_record(source, record) for record in side(source, data_dir)]
@@ -139,7 +163,7 @@ def demonstrations(problems: Sequence[ToolProblem], limits: SandboxLimits = Sand
     """A worked transcript per problem id, with real tool outputs: what a model should write after
     the question (few-shot examples, and training text for tool use).
 
-    easy/SVAMP: one calculator call on the reference expression; GSM8K: its ``<<a*b=c>>``
+    easy/hard/SVAMP: one calculator call on the reference expression; GSM8K: its ``<<a*b=c>>``
     calculator annotations become calls (an annotation the calculator refuses stays plain text);
     MBPP: the reference code run with the tests as a python call, then the code as the answer.
     """
@@ -151,7 +175,7 @@ def demonstrations(problems: Sequence[ToolProblem], limits: SandboxLimits = Sand
         transcripts[problem.id] = call_text("python", code_block, python_output(outcome, limits.timeout_s)) + \
             answer_text(code_block)
     for problem in problems:
-        if problem.source in ("easy", "svamp"):
+        if problem.source in ("easy", "hard", "svamp"):
             transcripts[problem.id] = call_text("calc", problem.reference, calculate(problem.reference)) + \
                 answer_text(problem.answer)
         elif problem.source == "gsm8k":

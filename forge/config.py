@@ -255,15 +255,15 @@ class ToolPersonaPhaseConfig:
     """The A/B driver: plateau threshold, iteration and time budget, oscillation, lock-in."""
     eval_actors: int = 4
     """Remote benchmark actors; the 4 variants of an iteration are evaluated at the same time (spec: 4)."""
-    tool_sources: list[str] = field(default_factory=lambda: ["easy"])
-    """Tool-use problem sources that need no data folder."""
+    tool_sources: list[str] = field(default_factory=lambda: ["hard"])
+    """Tool-use problem sources that need no data folder (hard: multi-digit problems the calculator solves)."""
     tool_sources_with_data: list[str] = field(default_factory=lambda: ["svamp"])
     """Sources added when a data folder is set (gsm8k, mbpp also exist)."""
-    tool_items: int = 8
+    tool_items: int = 32
     """Problems per iteration (a subset of the held-out pool that rotates per iteration)."""
-    tool_max_turns: int = 3
-    """Model turns per tool-use problem."""
-    tool_max_new_tokens: int = 32
+    tool_max_turns: int = 2
+    """Model turns per tool-use problem (a call and the answer)."""
+    tool_max_new_tokens: int = 24
     """Tokens per model turn."""
     tool_fewshot: int = 1
     """Worked transcripts before each problem."""
@@ -279,7 +279,7 @@ class ToolPersonaPhaseConfig:
     """Items per task per B-cycle iteration (drawn with the iteration's seed)."""
     persona_max_new_tokens: int = 32
     """Generation budget of generated-answer tasks in the B-cycle."""
-    validation_items: int = 24
+    validation_items: int = 48
     """Held-out items of the final check (A: disjoint from every iteration's subset)."""
     bake_inputs: int = 12
     """Train-side questions that follow the prompt in the bake's trajectories."""

@@ -181,16 +181,18 @@ def test_bitnet_criteria_at_the_spec_thresholds(name, threshold, direction):
     ("a_cycle_improvement", 0.10),  # SWE-Bench score improves by >= 10% from baseline
     ("b_cycle_improvement", 0.05),  # aggregate benchmark score improves by >= 5% from baseline
     ("baking_strength", 0.95),  # half-baking converges to >= 95% strength
+    ("heldout_not_worse_than_input", 0.0),  # issue 19: the model handed on scores at least its input held out
 ])
 def test_tool_persona_criteria_at_the_spec_thresholds(name, threshold):
     from forge.phases.tool_persona import tool_persona_criteria
 
-    values = {"a_cycle_improvement": 0.5, "b_cycle_improvement": 0.5, "baking_strength": 1.0}
+    values = {"a_cycle_improvement": 0.5, "b_cycle_improvement": 0.5, "baking_strength": 1.0,
+              "heldout_not_worse_than_input": 0.1}
 
     def met_of(value):
         measured = {**values, name: value}
         return tool_persona_criteria(True, measured["a_cycle_improvement"], measured["b_cycle_improvement"],
-                                     measured["baking_strength"])[name]["met"]
+                                     measured["baking_strength"], measured["heldout_not_worse_than_input"])[name]["met"]
 
     assert_boundary(met_of, threshold, ">=")
 
@@ -199,8 +201,25 @@ def test_tool_persona_needs_convergence_and_both_cycles_measured():
     from forge.abcycles.driver import spec_strength
     from forge.phases.tool_persona import tool_persona_criteria
 
-    assert not tool_persona_criteria(False, 0.5, 0.5, 1.0)["converged"]["met"]
-    assert not tool_persona_criteria(True, 0.5, None, 1.0)["b_cycle_improvement"]["met"]  # B never ran
+    assert not tool_persona_criteria(False, 0.5, 0.5, 1.0, 0.0)["converged"]["met"]
+    assert not tool_persona_criteria(True, 0.5, None, 1.0, 0.0)["b_cycle_improvement"]["met"]  # B never ran
     # Four half-bakes over both cycles give 93.75%, five 96.875%: the spec's 95% needs five.
-    assert [tool_persona_criteria(True, 0.5, 0.5, spec_strength(n))["baking_strength"]["met"] for n in (4, 5)] == \
-        [False, True]
+    assert [tool_persona_criteria(True, 0.5, 0.5, spec_strength(n), 0.0)["baking_strength"]["met"]
+            for n in (4, 5)] == [False, True]
+
+
+def test_self_prompt_counts_tell_the_models_own_from_the_fallbacks():
+    from forge.abcycles.driver import IterationRecord
+    from forge.phases.tool_persona import self_prompt_counts
+
+    def record(cycle, origins):
+        proposals = [{"prompt": f"p{i}", "origin": origin, "score": 0.0} for i, origin in enumerate(origins)]
+        return IterationRecord(cycle=cycle, iteration=0, cycle_iteration=0, incumbent={}, proposals=proposals,
+                               winner_index=0, winner_score=0.0, improvement=0.0, plateaued=True, half_baked=False,
+                               half_bake_count=0, baking_strength_spec=0.0, baking_strength_measured=None,
+                               best_score=0.0, lock_in=None, regression=None, mode="alternating", next_cycle=None,
+                               iteration_s=0.0, elapsed_s=0.0)
+
+    history = [record("A", ["mutation:insert"] * 4), record("B", ["self:t=0.8", "fallback:human", "fallback:human"]),
+               record("B", ["self:t=0.6", "self:t=1.0"])]
+    assert self_prompt_counts(history) == {"proposed": 5, "model_written": 3, "fallback": 2}

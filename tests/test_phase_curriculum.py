@@ -196,7 +196,7 @@ def test_tool_demonstrations_are_phase_6_contexts_of_train_side_problems(tmp_pat
     config = dataclasses.replace(CURRICULUM, tool_use_items=5)
     pairs = tool_demonstrations(ctx, config, None)
     assert len(pairs) == 5 * len(ctx.config.tool_persona.sources(False))
-    heldout = {problem.question for problem in load_problems(["easy"], heldout=True)}
+    heldout = {problem.question for problem in load_problems(ctx.config.tool_persona.sources(False), heldout=True)}
     for context_text, transcript in pairs:
         # The A-cycle's context: the initial tool prompt, the protocol, Phase 6's few-shot count, the question.
         assert context_text.startswith(INITIAL_TOOL_PROMPT) and TOOL_PROTOCOL in context_text

@@ -249,7 +249,8 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     for name in ("prompts.json", "trajectory.json", "trajectory.png"):
         assert (run_dir / "tool_persona" / name).is_file()
     handoff = read_json(run_dir / "tool_persona" / "model" / "manifest.json")["handoff"]
-    assert set(handoff["validation_after"]) == {"tool_fitness", "tool_accuracy", "tool_usage_rate", "persona_aggregate"}
+    assert set(handoff["validation_after"]) == {"tool_fitness", "tool_accuracy", "tool_usage_rate", "persona_aggregate",
+                                                "direct_accuracy"}
     # The A-cycle's score is the tool-use benchmark's, named so (SWE-bench names only with fitness: swebench).
     assert handoff["a_cycle_fitness"] == summary["a_cycle_fitness"] == "tooluse" and "tool_use_fitness" in handoff
     assert "swe_bench_score" not in handoff
@@ -261,7 +262,10 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     assert all(Path(a["artifact_path"]).exists() for a in artifacts.values())
     assert summary["criteria"] == tool_persona_criteria(
         trajectory["converged"], *[trajectory_gain(trajectory, cycle) for cycle in "AB"],
-        1 - 0.5 ** sum(trajectory["half_bakes"].values()))
+        1 - 0.5 ** sum(trajectory["half_bakes"].values()),
+        summary["validation_totals"][summary["handed_on"]] - (handoff["validation_before"]["tool_fitness"]
+                                                               + handoff["validation_before"]["persona_aggregate"]))
+    assert sum(summary["self_prompts"].values()) == 2 * summary["self_prompts"]["proposed"]
     # The optimized model goes on with its prompts (the input competes only at the scoreboard gate).
     assert handoff["handed_on"] == summary["handed_on"] == "optimized"
     assert handoff["handed_on_prompts"] == handoff["final_prompts"]

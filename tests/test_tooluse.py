@@ -5,9 +5,9 @@ import torch
 
 from benchmarks.cache import ResultCache
 from benchmarks.sandbox import SandboxLimits
-from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, Episode, ToolUseConfig, advance, build_context,
-                                evaluate_tool_use, load_problems, rotation_subset, score_answers, tool_use_metrics,
-                                training_examples)
+from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, Episode, ToolUseConfig, accuracy_intervals, advance,
+                                build_context, evaluate_direct, evaluate_tool_use, load_problems, rotation_subset,
+                                score_answers, tool_use_metrics, training_examples)
 from benchmarks.scripts.tooluse_measure import train
 from benchmarks.tooluse_problems import ToolProblem, demonstrations
 from benchmarks.tooluse_tools import CalculatorError, NotArithmeticError, calculate, find_call
@@ -167,6 +167,44 @@ def test_easy_sides_are_disjoint_fixed_and_solvable_by_their_reference():
         load_problems(["swebench"])
 
 
+def test_hard_sides_follow_the_task_world_split_and_need_the_calculator():
+    from forge.data import taskworld
+
+    held, train_side = load_problems(["hard"]), load_problems(["hard"], heldout=False)
+    assert len(held) == len(train_side) == 1000
+    canonical = {side: {p.id.split("/", 3)[3] for p in problems} for side, problems in (("held", held),
+                                                                                         ("train", train_side))}
+    assert not canonical["held"] & canonical["train"]
+    # The task world's own split: no held-out hard problem is on its train side, whatever its seed.
+    assert all(taskworld.is_heldout(c) for c in canonical["held"]) and not any(
+        taskworld.is_heldout(c) for c in canonical["train"])
+    assert load_problems(["hard"], limit=5) == load_problems(["hard"], limit=5)
+    assert all(calculate(p.reference) == p.answer and p.reference in p.question for p in held)
+    # Multi-digit: the larger operand of every product has 3 digits or more, of every sum 4.
+    assert min(max(int(x) for x in p.reference.split("*")) for p in held if "*" in p.reference) >= 100
+    assert min(max(int(x) for x in p.reference.split("+")) for p in held if "+" in p.reference) >= 1000
+    assert sum("*" in p.reference for p in held) == 700 and sum("+" in p.reference for p in held) == 300
+    transcript = demonstrations(held[:1], FAST)[held[0].id]
+    assert transcript == f"<calc>{held[0].reference}</calc>\n<result>{held[0].answer}</result>\n" \
+                         f"<answer>{held[0].answer}</answer>"
+
+
+def test_accuracy_intervals_pair_the_variants_with_the_incumbent():
+    incumbent = [True] * 10 + [False] * 30
+    same = accuracy_intervals([incumbent, incumbent], resamples=200, seed=0)
+    assert same[0]["accuracy"] == 0.25 and same[1]["difference_interval"] == [0.0, 0.0]
+    low, high = same[0]["interval"]
+    assert low < 0.25 < high
+    # A variant right on 10 more items: the paired interval of the difference excludes 0.
+    better = accuracy_intervals([incumbent, [True] * 20 + [False] * 20], resamples=200, seed=0)[1]
+    assert better["difference"] == 0.25 and better["difference_interval"][0] > 0
+    # Right on one item more and wrong on another: the difference is 0 and its interval straddles 0.
+    swapped = accuracy_intervals([incumbent, [False] + [True] * 10 + [False] * 29], resamples=200, seed=0)[1]
+    assert swapped["difference"] == 0 and swapped["difference_interval"][0] < 0 < swapped["difference_interval"][1]
+    with pytest.raises(ValueError, match="equal, non-zero length"):
+        accuracy_intervals([[True], [True, False]])
+
+
 def test_rotation_subsets_differ_per_iteration_until_the_pool_wraps():
     pool = load_problems(["easy"], heldout=False, limit=30)
     blocks = [rotation_subset(pool, iteration, 10) for iteration in range(4)]
@@ -229,3 +267,17 @@ def test_loop_with_a_tiny_trained_model_uses_the_calculator(tiny_trained, tmp_pa
     other = evaluate_tool_use(model, tokenizer, prompt="Always use tools before answering coding questions",
                               problems=problems[:2], config=config, cache=cache)
     assert not other.cached
+
+
+def test_direct_answers_see_direct_examples_and_make_no_call(tiny_trained):
+    model, tokenizer, config = tiny_trained
+    problems = load_problems(["easy"], limit=6, seed=7)
+    fewshot = load_problems(["easy"], heldout=False, limit=20)
+    direct = evaluate_direct(model, tokenizer, prompt=INITIAL_TOOL_PROMPT, problems=problems,
+                             config=ToolUseConfig(num_fewshot=1, num_samples=0), fewshot=fewshot)
+    assert direct.n_items == 6 and direct.metrics["tool_usage_rate"] == 0 and direct.metrics["avg_turns"] == 1
+    for record, problem in zip(direct.records, problems):
+        assert record["transcript"] == f"<answer>{record['answer']}</answer>" and not record["calls"]
+        assert record["correct"] == (record["answer"] == problem.answer)
+    with pytest.raises(ValueError, match="arithmetic problems"):
+        evaluate_direct(model, tokenizer, prompt="", problems=[SQUARE], config=config)

@@ -8,7 +8,10 @@ The driver (``forge.abcycles.driver``) decides; this module does the work behind
   ``tool_metric_weights`` (accuracy first; tool usage gives the small models a signal). With ``fitness:
   swebench`` it is the resolved rate of the official SWE-bench harness on the data folder's Lite instances,
   as the spec asks (Docker; the config is refused where the harness cannot run). The score is logged and
-  handed on under the name of what it measures (``forge.abcycles.driver.A_SCORE_NAMES``).
+  handed on under the name of what it measures (``forge.abcycles.driver.A_SCORE_NAMES``). Each prompt's accuracy
+  and its paired difference to the incumbent on the iteration's subset, with bootstrap intervals, are kept in
+  ``prompts.json`` and the summary (``a_cycle_intervals``); the validation also answers its arithmetic items
+  without a call (``direct_accuracy``), so whether the tool pays is on record.
 - B-cycle (persona): the model writes self-prompts from the spec's meta-prompt (coherence filter,
   temperature sweep, human-written fallback; ``forge.abcycles.prompt_variants.self_prompts``), scored by the
   weighted benchmark aggregate (the spec's six with a data folder, else ``synthetic_reasoning``).
@@ -40,11 +43,12 @@ from actors.benchmark_actor import BenchmarkActor, WeightsRef, evaluate_prompts
 from actors.restarts import ATTEMPTS_FILE, lost_error, restart_options
 from benchmarks.harness import TASK_WEIGHTS, aggregate_score, evaluate
 from benchmarks.swebench import generate_predictions, run_harness, write_predictions
-from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, evaluate_tool_use
+from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, ToolUseConfig, accuracy_intervals, evaluate_direct,
+                                evaluate_tool_use)
 from benchmarks.tooluse_problems import load_problems, rotation_subset
 from cluster.resources import evaluation_share
-from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, ABStateMismatchError, last_checkpoint_iteration,
-                                   plot_trajectory, run_ab_cycles, spec_strength)
+from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, ABStateMismatchError, IterationRecord,
+                                   last_checkpoint_iteration, plot_trajectory, run_ab_cycles, spec_strength)
 from forge.artifacts import (atomic_write_json, load_model_dir, model_dir_problems, nonfinite_tensors, read_json,
                              save_model_dir, state_dict_hash)
 from forge.console import Progress
@@ -72,14 +76,23 @@ def tool_fitness(metrics: dict[str, float], weights: dict[str, float]) -> float:
 
 
 def tool_persona_criteria(converged: bool, a_gain: float | None, b_gain: float | None,
-                          strength: float) -> dict[str, dict[str, Any]]:
+                          strength: float, heldout_change: float) -> dict[str, dict[str, Any]]:
     """The spec's Phase 6 minimum success, recorded as measured: both cycles converge, the A-cycle's score
     gains >= 10% and the B-cycle's aggregate >= 5% over their first incumbents, and the half-baking strength
-    (one counter over both cycles' half-bakes, S_N = 1 - 0.5^N) reaches >= 95%."""
+    (one counter over both cycles' half-bakes, S_N = 1 - 0.5^N) reaches >= 95%; and (issue 19) the model handed
+    on scores at least the input on the held-out validation (``heldout_change``: the change of its total)."""
     return {"converged": criterion(1.0 if converged else 0.0, ">=", 1.0),
             "a_cycle_improvement": criterion(a_gain, ">=", A_GAIN_REQUIRED),
             "b_cycle_improvement": criterion(b_gain, ">=", B_GAIN_REQUIRED),
-            "baking_strength": criterion(strength, ">=", STRENGTH_REQUIRED)}
+            "baking_strength": criterion(strength, ">=", STRENGTH_REQUIRED),
+            "heldout_not_worse_than_input": criterion(heldout_change, ">=", 0.0)}
+
+
+def self_prompt_counts(history: Sequence[IterationRecord]) -> dict[str, int]:
+    """The B-cycle's proposals by origin: written by the model (passed the coherence filter) or human fallbacks."""
+    origins = [proposal["origin"] for record in history if record.cycle == "B" for proposal in record.proposals]
+    return {"proposed": len(origins), "model_written": sum(origin.startswith("self:") for origin in origins),
+            "fallback": sum(origin.startswith("fallback:") for origin in origins)}
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
@@ -147,6 +160,8 @@ class ToolPersonaWork:
                 results = evaluate_prompts(self.actors, prompts, method="evaluate_tool_use", problems=problems,
                                            config=self.tool_config, data_dir=self.ctx.data_dir, **weights)
                 scores = [self.tool_fitness(result["metrics"]) for result in results]
+                intervals = accuracy_intervals([[record["correct"] for record in result["records"]]
+                                                for result in results], seed=self.ctx.config.seed + iteration)
             else:
                 results = evaluate_prompts(self.actors, prompts, method="evaluate", tasks=list(self.persona_tasks),
                                            limit=self.config.persona_items, seed=1000 + iteration,
@@ -156,8 +171,10 @@ class ToolPersonaWork:
         except ray.exceptions.RayActorError as err:
             raise lost_error(f"tool_persona benchmark actor (iteration {iteration}, cycle {cycle})",
                              self.ctx.work_dir / ATTEMPTS_FILE, self.ctx.config.ray.max_restarts, err) from err
-        self.prompts.setdefault(str(iteration), {})["scored"] = [
-            {"prompt": prompt, "score": score} for prompt, score in zip(prompts, scores)]
+        scored = [{"prompt": prompt, "score": score} for prompt, score in zip(prompts, scores)]
+        if cycle == "A":
+            scored = [{**entry, **interval} for entry, interval in zip(scored, intervals)]
+        self.prompts.setdefault(str(iteration), {})["scored"] = scored
         return scores
 
     def tool_fitness(self, metrics: dict[str, float]) -> float:
@@ -223,8 +240,15 @@ class ToolPersonaWork:
                     "persona_aggregate": persona_aggregate}
         tool = evaluate_tool_use(model, self.tokenizer, prompt=prompts["A"], problems=self.tool_validation,
                                  config=self.tool_config, data_dir=self.ctx.data_dir)
-        return {"tool_fitness": self.tool_fitness(tool.metrics), "tool_accuracy": tool.metrics["accuracy"],
-                "tool_usage_rate": tool.metrics["tool_usage_rate"], "persona_aggregate": persona_aggregate}
+        scores = {"tool_fitness": self.tool_fitness(tool.metrics), "tool_accuracy": tool.metrics["accuracy"],
+                  "tool_usage_rate": tool.metrics["tool_usage_rate"], "persona_aggregate": persona_aggregate}
+        arithmetic = [problem for problem in self.tool_validation if problem.kind == "arithmetic"]
+        if arithmetic:
+            # Whether the tool pays: the same items answered at once, without a call.
+            direct = evaluate_direct(model, self.tokenizer, prompt=prompts["A"], problems=arithmetic,
+                                     config=self.tool_config, data_dir=self.ctx.data_dir)
+            scores["direct_accuracy"] = direct.metrics["accuracy"]
+        return scores
 
 
 def resume_iteration(ctx: PhaseContext, state_path: Path) -> int | None:
@@ -328,9 +352,15 @@ def run(ctx: PhaseContext) -> PhaseResult:
     final = result.final_metrics()
     criteria = tool_persona_criteria(result.converged, final.get(f"final/{A_SCORE_NAMES[config.fitness][1]}"),
                                      final.get("final/total_improvement_aggregate"),
-                                     spec_strength(sum(result.half_bakes.values())))
+                                     spec_strength(sum(result.half_bakes.values())),
+                                     totals[handed_on] - validation_total(before))
+    # Each A iteration's prompts on its subset: accuracy and paired difference to the incumbent, with intervals.
+    a_intervals = {key: entry["scored"] for key, entry in work.prompts.items()
+                   if key.isdigit() and work.cycles.get(int(key)) == "A" and "scored" in entry}
     summary = {"input": name, "stop_reason": result.stop_reason, "iterations": len(result.history),
                "a_cycle_fitness": config.fitness, "criteria": criteria, "criteria_missed": missed(criteria),
+               "tool_items_per_variant": config.tool_items, "a_cycle_intervals": a_intervals,
+               "self_prompts": self_prompt_counts(result.history),
                "handed_on": handed_on, "validation_totals": totals, "final_prompts": final_prompts,
                "handed_on_prompts": prompts_out,
                "validation_before": before, "validation_after": after,
