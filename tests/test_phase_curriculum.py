@@ -14,8 +14,8 @@ from forge.artifacts import atomic_write_json, load_model_dir, read_manifest, sa
 from forge.baking import BakingConfig
 from forge.config import PipelineConfig
 from forge.data.tokenizer import train_bpe_tokenizer
-from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, TaskWorldLevel, build_levels,
-                          completion_text, load_value_prompts, prompt_text)
+from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, TaskWorldLevel, bake_inputs,
+                          build_levels, completion_text, load_value_prompts, prompt_text, retained_answers)
 from forge.phases.base import PhaseContext
 from forge.data.heldout import HELDOUT, REPLAY, TEXT_FILES
 from forge.phases.curriculum import (bakes_kept_skill, choose_input, phase_criteria, resume_state, run,
@@ -169,9 +169,17 @@ def test_bakes_keep_the_skill_within_the_tolerance(baked, met):
     assert phase_criteria(records, config)["level_accuracy_gain_min"]["met"] is False
 
 
-def test_bake_inputs_and_retained_items_must_be_different_training_items():
-    with pytest.raises(ValueError, match="bake_retain_items"):
-        dataclasses.replace(CURRICULUM, bake_inputs=16, bake_retain_items=9)  # 25 > 24 training items
+def test_retained_items_follow_the_bake_questions_and_never_repeat_them(ternary_dir):
+    _, tokenizer = load_model_dir(ternary_dir)
+    level = build_levels(CURRICULUM, None)[0]  # 24 training items
+    questions = set(bake_inputs(level, 16))
+    retained = retained_answers(tokenizer, level, 16, 64, None)
+    assert len(retained) == 24 - 16  # as many as the level has after the bake's questions
+    assert len(retained_answers(tokenizer, level, 16, 5, None)) == 5  # else its last items
+    contexts = {tokenizer.decode(list(t.student_context)) for t in retained}
+    assert contexts == {prompt_text(item) for item in level.train[16:]} and not contexts & questions
+    first = retained[0]
+    assert tokenizer.decode(list(first.generated)).startswith(completion_text(level.train[16]))
 
 
 def test_input_choice_and_values_file_errors(tmp_path, ternary_dir):

@@ -97,8 +97,8 @@ class CurriculumPhaseConfig:
     values_file: str | None = None  # YAML of the value prompts; None: forge/presets/prompts/values.yaml of the project
     bake_inputs: int = 48  # the level's first training questions: each value prompt's teacher reads one after
     # the prompt, and all prompts are baked together on them (forge.baking.bake_together)
-    bake_retain_items: int = 64  # the level's last training items, whose answers the bake holds to the trained
-    # model (forge.baking retention), so the bake keeps the level's skill; 0: none
+    bake_retain_items: int = 64  # the level's last training items (not the bake's questions; fewer if the level
+    # has fewer), whose answers the bake holds to the trained model (forge.baking retention); 0: none
     bake_skill_tolerance: float = 0.05  # the bakes keep a level's skill when its held-out accuracy after them is
     # at most this far below the accuracy after training
     replay_sequences: int = 4  # Phase 1 training-text blocks replayed in every step (keeps the model's text
@@ -151,10 +151,6 @@ class CurriculumPhaseConfig:
         if self.bake_retain_items < 0 or not 0.0 <= self.bake_skill_tolerance < 1.0:
             raise ValueError(f"curriculum needs bake_retain_items >= 0 and bake_skill_tolerance in [0, 1), got "
                              f"{self.bake_retain_items} and {self.bake_skill_tolerance}")
-        if self.bake_inputs + self.bake_retain_items > self.train_items:
-            raise ValueError(f"curriculum.bake_inputs ({self.bake_inputs}) + bake_retain_items "
-                             f"({self.bake_retain_items}) exceed train_items ({self.train_items}): the bake's "
-                             "questions and the retained items are different training items; lower one of them")
 
 
 @dataclass(frozen=True)
@@ -528,10 +524,10 @@ def bake_inputs(level: Level, count: int) -> list[str]:
     return [prompt_text(item) for item in level.train[:count]]
 
 
-def retained_answers(tokenizer, level: Level, count: int, max_len: int | None) -> list[Trajectory]:
-    """The level's last ``count`` training items (none of :func:`bake_inputs`' when they fit), each its prompt
-    and its reference completion: the sequences a bake holds to the trained model."""
-    items = level.train[len(level.train) - count:] if count else []
+def retained_answers(tokenizer, level: Level, skip: int, count: int, max_len: int | None) -> list[Trajectory]:
+    """The level's last ``count`` training items, none of the first ``skip`` (:func:`bake_inputs`' questions): fewer
+    when the level has fewer; each its prompt and its reference completion, the sequences a bake holds."""
+    items = level.train[max(skip, len(level.train) - count):] if count else []
     return [Trajectory(tuple(ids[:prompt_len]), tuple(ids[:prompt_len]), tuple(ids[prompt_len:]))
             for ids, prompt_len in encode_items(tokenizer, items, max_len)]
 
