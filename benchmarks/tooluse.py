@@ -32,6 +32,7 @@ from benchmarks.cache import ResultCache, cache_key
 from benchmarks.harness import docs_digest, tokenizer_fingerprint
 from benchmarks.lm import encode, generate_until, probe_model
 from benchmarks.sandbox import SandboxLimits, run_programs
+from benchmarks.scoreboard import bootstrap_interval
 from benchmarks.tooluse_problems import SOURCES, ToolProblem, demonstrations, load_problems, rotation_subset
 from benchmarks.tooluse_tools import (ANSWER_CLOSE, ANSWER_OPEN, CLOSE_TAGS, RESULT_CLOSE, RESULT_OPEN,
                                       STOP_SEQUENCES, TOOLS, ToolCall, calculate, find_call, python_program, run_calls)
@@ -198,21 +199,19 @@ def accuracy_intervals(correct: Sequence[Sequence[bool]], *, resamples: int = 10
     lengths = sorted({len(row) for row in correct})
     if len(lengths) != 1 or lengths[0] == 0:
         raise ValueError(f"accuracy_intervals needs rows of equal, non-zero length, got lengths {lengths}")
-    table = np.asarray(correct, dtype=float)
-    if resamples < 1 or not 0 < confidence < 1:
-        raise ValueError(f"need resamples >= 1 and 0 < confidence < 1, got {resamples}, {confidence}")
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, table.shape[1], (resamples, table.shape[1]))
-    means = table[:, picks].mean(axis=2)  # (prompts, resamples)
-    tail = (1.0 - confidence) / 2
+    if not 0 < confidence < 1:
+        raise ValueError(f"need 0 < confidence < 1, got {confidence}")
+    items = np.asarray(correct, dtype=float).T  # one row per item: resampling rows pairs the prompts
 
-    def interval(values: np.ndarray) -> list[float]:
-        return [float(np.quantile(values, tail, method="inverted_cdf")),
-                float(np.quantile(values, 1.0 - tail, method="inverted_cdf"))]
+    def interval(statistic) -> list[float]:
+        # The same seed draws the same item resamples for every statistic.
+        return list(bootstrap_interval([items], statistic, resamples=resamples, seed=seed, confidence=confidence))
 
-    rows = table.mean(axis=1)
-    return [{"accuracy": float(rows[i]), "interval": interval(means[i]), "difference": float(rows[i] - rows[0]),
-             "difference_interval": interval(means[i] - means[0])} for i in range(len(table))]
+    means = items.mean(axis=0)
+    return [{"accuracy": float(means[i]), "interval": interval(lambda rows, i=i: rows[:, i].mean()),
+             "difference": float(means[i] - means[0]),
+             "difference_interval": interval(lambda rows, i=i: rows[:, i].mean() - rows[:, 0].mean())}
+            for i in range(items.shape[1])]
 
 
 @dataclass
