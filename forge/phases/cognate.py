@@ -154,10 +154,10 @@ def diversity_criteria(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "speed_diversity_ms": criterion(report["forward_ms_spread"], ">", SPEED_SPREAD_MS_REQUIRED)}
 
 
-def _train_jobs(jobs: list[TrainJob], config: PipelineConfig, plan, baselines: dict[str, float],
-                planned_for: int | None = None) -> tuple[dict[str, dict[str, Any]], Any]:
-    """Train ``jobs`` at the same time, each on the share the cluster layer gives one of ``planned_for``
-    trainers (default: ``len(jobs)``); returns their figures and the share. ``baselines``: each model's unigram
+def _train_jobs(jobs: list[TrainJob], config: PipelineConfig, plan,
+                baselines: dict[str, float]) -> tuple[dict[str, dict[str, Any]], Any]:
+    """Train ``jobs`` at the same time, each on the share the cluster layer gives one of ``len(jobs)``
+    trainers; returns their figures and the share. ``baselines``: each model's unigram
     perplexity, for the progress line."""
     from actors.cognate_trainer import CognateTrainer
     from actors.restarts import ATTEMPTS_FILE, lost_error, restart_options
@@ -169,14 +169,13 @@ def _train_jobs(jobs: list[TrainJob], config: PipelineConfig, plan, baselines: d
     def need(micro: int) -> int:
         return trainer_memory_bytes(largest.architecture, micro, seq_len, plan.device)
 
-    planned_for = planned_for or len(jobs)
     if train_cfg.micro_batch_size:
-        share, concurrent = share_for(plan, need(train_cfg.micro_batch_size), planned_for), len(jobs)
+        share, concurrent = share_for(plan, need(train_cfg.micro_batch_size), len(jobs)), len(jobs)
     else:
-        share, _, concurrent = plan_trainers(plan, need, planned_for, train_cfg.batch_size)
+        share, _, concurrent = plan_trainers(plan, need, len(jobs), train_cfg.batch_size)
         concurrent = min(concurrent, len(jobs))
     for job in jobs:
-        job.device, job.threads, job.share = share.device, share.torch_threads, planned_for
+        job.device, job.threads, job.share = share.device, share.torch_threads, len(jobs)
         job.free_memory_bytes = share.gpu_memory_bytes  # GPU: the share caps the trainer; CPU: None (its own share)
     log.info("cognate: %d trainers (%d at a time), each %s", len(jobs), concurrent, share)
     # A trainer whose process dies is restarted and resumes from its step checkpoint (ray.max_restarts).
@@ -284,9 +283,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
 
     plan = plan_devices(config.device)
 
-    # 2. The trunk, once; a finished, verified trunk (a resumed phase) is not retrained. On a GPU it gets the
-    # whole device. On CPU it gets one model trainer's share: a tiny model's step with 2 intra-op threads on a
-    # busy 2-core machine ran 7.7x slower than with one (45 vs 346 tok/s, docs/BENCHMARKS.md).
+    # 2. The trunk, once; a finished, verified trunk (a resumed phase) is not retrained. It trains alone, so it
+    # gets the whole node: on the idle 2-core machine the tiny step ran 1.5x faster on 2 threads than on one
+    # (docs/BENCHMARKS.md; only a machine busy with other jobs makes 2 threads slower).
     trunk_record, trunk_dir, trunk_stream = None, None, []
     if trunk:
         trunk_stages, trunk_stream, trunk_task_tokens = training_stages(trunk_mixes, trunk.stage_epochs)
@@ -297,8 +296,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         problems = model_dir_problems(trunk_dir)
         if problems:
             baseline = unigram_perplexity(trunk_stream, val_stream, len(tokenizer))
-            result, _ = _train_jobs([trunk_job], config, plan, {TRUNK_NAME: baseline},
-                                    planned_for=1 if plan.device.startswith("cuda") else len(cognate.models))
+            result, _ = _train_jobs([trunk_job], config, plan, {TRUNK_NAME: baseline})
             trunk_record = {**result[TRUNK_NAME], "reused": False}
         else:
             print(f"[forge] cognate: trunk already trained and verified in {trunk_dir}; forking it", flush=True)
