@@ -10,8 +10,8 @@ Figures (each with a seeded bootstrap confidence interval over items):
   ARC-Challenge, PIQA, HellaSwag, GSM8K and MMLU with one; items are resampled within each task.
   ``task_accuracy/<task>`` per task.
 - ``tool_accuracy``: the multi-turn tool-use benchmark (``benchmarks.tooluse``) on held-out problems.
-- ``thinking_usage``: share of generated answers that open a thinking block, for models with the
-  Quiet-STaR tokens (absent otherwise).
+- ``thinking_usage``: share of generated answers that open a thinking block on held-out multi-digit
+  task-world problems, for models with the Quiet-STaR tokens (absent otherwise).
 - ``tokens_per_s``: greedy generation speed (per prompt: tokens and seconds); ``size_mb``: weights on disk.
 
 ``score_model`` does the work (plain PyTorch and the harness, no Ray); ``row_key`` is its cache key (the
@@ -163,12 +163,20 @@ def has_thinking_tokens(tokenizer) -> bool:
     return all(token in vocab for token in THINKING_TOKENS)
 
 
+def thinking_problems(s: ScoreboardSettings) -> list[tuple[str, str]]:
+    """(question, answer) of the thinking-usage figure: held-out multi-digit task-world problems, the cells
+    Quiet-STaR's thoughts are traces of (``forge.quietstar.taskworld.CELLS``, in turn). Easy problems are not
+    asked: a model that answers them directly is right not to think."""
+    from forge.quietstar.taskworld import TaskWorldReasoningConfig, TaskWorldReasoningGenerator
+
+    world = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(heldout=True, seed=s.seed))
+    return [(item.question, item.answer) for item in world.items(s.thinking_items)]
+
+
 def _thinking_figure(model, tokenizer, s: ScoreboardSettings) -> dict[str, Any]:
     from forge.quietstar.generate import answer_accuracy
-    from forge.quietstar.synthetic import SyntheticConfig, SyntheticReasoningGenerator
 
-    generator = SyntheticReasoningGenerator(SyntheticConfig(heldout=True, seed=s.seed))
-    problems = [(e.question, e.answer) for e in generator.generate(s.thinking_items)]
+    problems = thinking_problems(s)
     scored = answer_accuracy(model, tokenizer, problems, max_new_tokens=s.max_new_tokens, allow_thinking=True)
     used = np.array([item["used_thinking"] for item in scored["items"]], dtype=float)
     interval = bootstrap_interval([used], np.mean, resamples=s.bootstrap_resamples, seed=s.seed,

@@ -134,3 +134,22 @@ def test_scoreboard_settings_are_in_a_finished_phases_fingerprint(override):
     assert scoreboard_hash(changed) != scoreboard_hash(base)
     assert all(phase_config_hash(changed, p) == phase_config_hash(base, p) for p in base.phases)
     assert scoreboard_hash(unrelated) == scoreboard_hash(base)
+
+
+def test_thinking_usage_asks_held_out_multi_digit_task_world_problems():
+    """Thinking usage is measured where Quiet-STaR's traces are meant to help: held-out problems of the
+    multi-digit cells, never a train-side problem, the same ones every time."""
+    from benchmarks.scoreboard import thinking_problems
+    from forge.data import taskworld
+    from forge.quietstar.taskworld import CELLS
+
+    settings = ScoreboardConfig(thinking_items=12).settings()
+    problems = thinking_problems(settings)
+    assert problems == thinking_problems(settings) and len(problems) == 12
+    asked = {question for question, _ in problems}
+    held_out = {item.question: item for family, level in CELLS
+                for item in taskworld.generate_items(400, split="heldout", seed=settings.seed, families=[family],
+                                                     levels=[level], unique=True)}
+    assert asked <= set(held_out)
+    assert {held_out[q].family for q in asked} == {family for family, _ in CELLS}  # the cells in turn
+    assert all(taskworld.is_heldout(held_out[q].canonical) for q in asked)

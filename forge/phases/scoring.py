@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from benchmarks.cache import ResultCache
-from benchmarks.scoreboard import LOWER_IS_BETTER, gate_decision, row_key, wikitext_heldout
+from benchmarks.scoreboard import LOWER_IS_BETTER, gate_decision, row_key, thinking_problems, wikitext_heldout
 from forge.artifacts import atomic_dir, atomic_write_json, read_json, read_manifest
 from forge.config import PHASES, PipelineConfig
 from forge.data.heldout import HELDOUT, read_texts
@@ -58,6 +58,7 @@ class RunScorer:
         self.wikitext_texts = wikitext_heldout(data_dir, self.settings)
         self.items = {"heldout": hashlib.sha256(json.dumps(self.heldout_texts).encode()).hexdigest(),
                       "wikitext": hashlib.sha256(json.dumps(self.wikitext_texts).encode()).hexdigest(),
+                      "thinking": hashlib.sha256(json.dumps(thinking_problems(self.settings)).encode()).hexdigest(),
                       "data_dir": data_dir}
         self.cache = ResultCache(self.run_dir / CACHE_DIR)
 
