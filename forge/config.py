@@ -230,8 +230,8 @@ class QuietStarPhaseConfig:
     rl: ThoughtRLConfig = field(default_factory=lambda: ThoughtRLConfig(
         episodes=8, check_every=4, check_items=8, max_rollbacks=2))
     """Step 2 (spec optimizer settings; the tiny preset runs 8 episodes with checks every 4)."""
-    eval_problems: int = 48
-    """Held-out problems per accuracy set (before Phase 3, after Step 1, after Step 2): 24 per task-world cell."""
+    eval_problems: int = 192
+    """Held-out problems per accuracy set (before Phase 3, after Step 1, after Step 2): 96 per task-world cell."""
     eval_max_new_tokens: int = 64
     """Generation budget per held-out problem (the thinking block counts: a task-world trace and its answer
     take up to 59 tokens)."""

@@ -27,7 +27,8 @@ from typing import Any, Iterable
 import torch
 
 from cluster.resources import gpu_memory_cap_bytes
-from forge.artifacts import atomic_write_json, load_model_dir, read_json, save_model_dir, verify_model_dir
+from forge.artifacts import (atomic_write_json, load_model_dir, read_json, read_manifest, save_model_dir, state_dict_hash,
+                            verify_model_dir)
 from forge.console import Progress
 from forge.criteria import criterion, missed
 from forge.data.heldout import HELDOUT, REPLAY
@@ -243,10 +244,16 @@ def run(ctx: PhaseContext) -> PhaseResult:
     coherence = mean_coherence(model, reference, heldout_check_items(tokenizer, rl_heldout, config.rl),
                                ThinkIds.of(tokenizer), config.rl, torch.Generator().manual_seed(ctx.config.seed))
     del reference
-    stages["step2"] = {**measure(model, tokenizer, problems, config, allow_thinking=True),
-                       "commonsense_accuracy": commonsense(model, tokenizer, ctx),
-                       "heldout_perplexity": heldout_perplexity(model)}
-    print(f"[forge] quietstar: after Step 2 {stages['step2']}", flush=True)
+    if state_dict_hash(model.state_dict()) == read_manifest(step1_dir)["weights_sha256"]:
+        # Step 2 rolled back to Step 1's weights: the same model, measured once.
+        stages["step2"] = dict(stages["step1"])
+        print("[forge] quietstar: after Step 2: Step 1's weights (every RL update rolled back), so Step 1's figures",
+              flush=True)
+    else:
+        stages["step2"] = {**measure(model, tokenizer, problems, config, allow_thinking=True),
+                           "commonsense_accuracy": commonsense(model, tokenizer, ctx),
+                           "heldout_perplexity": heldout_perplexity(model)}
+        print(f"[forge] quietstar: after Step 2 {stages['step2']}", flush=True)
     speed = generation_speed(model, tokenizer, [f"Question: {q}\n" for q, _ in problems[main_set][:config.speed_prompts]],
                              max_new_tokens=config.eval_max_new_tokens)
 
