@@ -283,6 +283,8 @@ class ToolPersonaPhaseConfig:
     """Held-out items of the final check (A: disjoint from every iteration's subset)."""
     bake_inputs: int = 12
     """Train-side questions that follow the prompt in the bake's trajectories."""
+    bake_retain_items: int = 64
+    """Train-side task-world problems asked directly (the scoreboard's form) whose gold answers every bake holds."""
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
         lora_r=16, learning_rate=5e-4, batch_size=8, samples_per_input=2, max_new_tokens=16, mode="target_strength"))
     """Spec: LoRA r=16, lr 5e-4. Target mode: a half-bake closes half the prompt's KL gap (the LoRA update scaled
