@@ -10,7 +10,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from benchmarks.tasks import read_taskworld
-from benchmarks.tooluse import INITIAL_TOOL_PROMPT, load_problems
+from benchmarks.tooluse import INITIAL_TOOL_PROMPT
 from forge.baking import BakingConfig
 from forge.baking.kl import batch_kl_sum, plain
 from forge.baking.trajectories import collate
@@ -18,11 +18,11 @@ from forge.config import PipelineConfig
 from forge.data import taskworld
 from forge.data.tokenizer import train_bpe_tokenizer
 from forge.phases.base import PhaseContext
-from forge.phases.tool_persona import ToolPersonaWork, retained_direct_answers, retained_problems
+from forge.phases.tool_persona import ToolPersonaWork, bake_questions, retained_direct_answers, retained_problems
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-BAKE_INPUTS = [f"Question: {problem.question}\n" for problem in load_problems(["hard"], heldout=False, limit=10)]
+BAKE_INPUTS = bake_questions(["hard"], 10, None)
 # Epochs mode: with ten inputs target mode would choose its LoRA scale on two calibration inputs (tests/test_halfbake.py
 # covers it); what is checked here is that the phase's bakes hold the retained continuations.
 BAKING = BakingConfig(lora_r=4, lora_alpha=8, learning_rate=1e-2, batch_size=4, samples_per_input=2, max_new_tokens=8,

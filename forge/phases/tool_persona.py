@@ -104,6 +104,11 @@ def self_prompt_counts(history: Sequence[IterationRecord]) -> dict[str, int]:
             "fallback": sum(origin.startswith("fallback:") for origin in origins)}
 
 
+def bake_questions(sources: Sequence[str], count: int, data_dir: str | None) -> list[str]:
+    """What follows the prompt in a bake's trajectories: train-side questions of the tool sources, ``count`` each."""
+    return [f"Question: {p.question}\n" for p in load_problems(sources, heldout=False, data_dir=data_dir, limit=count)]
+
+
 def retained_problems(count: int, seed: int) -> list[taskworld.TaskItem]:
     """``count`` distinct train-side problems of the task world's easy cells (``EASY_FAMILIES`` at ``EASY_LEVELS``,
     those of the scoreboard's ``taskworld_easy``): ``generate_items`` draws them from the train side only, so none
@@ -325,8 +330,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         raise ValueError(f"only {len(tool_pool)} held-out tool problems are left for selection after "
                          f"{config.validation_items} validation items; lower tool_persona.validation_items")
     persona_tasks = dict(TASK_WEIGHTS) if ctx.data_dir else dict(OFFLINE_PERSONA_TASKS)
-    bake_inputs = [f"Question: {p.question}\n" for p in load_problems(sources, heldout=False, data_dir=ctx.data_dir,
-                                                                       limit=config.bake_inputs)]
+    bake_inputs = bake_questions(sources, config.bake_inputs, ctx.data_dir)
     retain = retained_direct_answers(tokenizer, retained_problems(config.bake_retain_items, ctx.config.seed),
                                      max_positions(model))
     share = evaluation_share(model.state_dict(), ctx.config.device, config.eval_actors)
