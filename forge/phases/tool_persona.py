@@ -207,12 +207,12 @@ class ToolPersonaWork:
         scored = [{"prompt": prompt, "score": score} for prompt, score in zip(prompts, scores)]
         if cycle == "A":
             scored = [{**entry, **interval} for entry, interval in zip(scored, intervals)]
-            self.prompts.setdefault(str(iteration), {})["scored"] = scored
+        self.prompts.setdefault(str(iteration), {})["scored"] = scored
+        if cycle == "A":
             # A variant replaces the incumbent only when its accuracy is higher beyond noise (the driver reads the
             # lower bound of the paired difference): more calls alone do not make a better tool prompt.
             return [PairedScore(score, interval["difference_interval"][0])
                     for score, interval in zip(scores, intervals)]
-        self.prompts.setdefault(str(iteration), {})["scored"] = scored
         return scores
 
     def tool_fitness(self, metrics: dict[str, float]) -> float:
