@@ -23,7 +23,7 @@ The driver (``forge.abcycles.driver``) decides; this module does the work behind
   KL gap), lock-in full-bakes; each bake's prompt KL per token, strength and target are kept in ``prompts.json``.
   Every bake retains the direct answers (``bake_retain_items``): train-side task-world problems asked the way the
   scoreboard asks its held-out ones, each with its gold answer line, on which the student is held to the unbaked
-  model (``baking.retention_weight``); unheld, the tool-prompt bakes took the scoreboard's task accuracy from 0.456
+  model (``baking.retention_weight``); unheld, the phase's bakes took the scoreboard's task accuracy from 0.456
   to 0.067.
 - The held-out validation is recorded before and after; the optimized model with the final prompts is handed on
   (when the time budget stops the cycles, the best iteration's by that validation: the spec's cost cap). Whether
