@@ -9,10 +9,12 @@ import types
 
 import pytest
 
+from benchmarks.tooluse import accuracy_intervals
 from forge.abcycles.driver import (
     ABCycleConfig,
     ABCycleError,
     ABStateMismatchError,
+    PairedScore,
     Proposal,
     last_checkpoint_iteration,
     plot_trajectory,
@@ -143,6 +145,51 @@ def test_keeps_improving_stops_at_max_iterations_with_spec_strengths(tmp_path):
     assert [b["prompt"] for b in handoff["tool_prompts_baked"]] == [f"A{i}-v0" for i in range(5)]
     assert handoff["persona_prompts_baked"] == [] and handoff["aggregate_benchmark"] is None
     json.dumps(result.to_dict())  # the whole result is JSON
+
+
+def test_a_variant_with_intervals_wins_only_when_its_paired_difference_is_above_zero(tmp_path):
+    table = [
+        # 0: the best point score's interval reaches 0 (within noise); the next best is just above 0 and wins
+        [PairedScore(0.50, 0.0), PairedScore(0.60, 0.0), PairedScore(0.55, 1e-9), PairedScore(0.40, -0.1)],
+        # 1: every variant's interval reaches 0: a plateau, though the best point score is +20%
+        [PairedScore(0.55, 0.0), PairedScore(0.66, 0.0), PairedScore(0.60, -0.05)],
+        # 2 (B): plain scores carry no interval: the point rule, as before
+        [0.70, 0.75],
+        [0.75, 0.751],
+        [9.0, 9.9],
+    ]
+    logged = []
+    result, hooks = run(tmp_path, table, max_iterations=4, lock_in_after=None, log=logged.append)
+    first, second, persona = result.history[:3]
+    assert (first.winner_index, first.winner_score, first.half_baked) == (1, 0.55, True)
+    assert first.winner_difference_low == 1e-9 and first.improvement == pytest.approx(0.1)
+    assert (second.winner_index, second.winner_score, second.plateaued, second.half_baked) == (0, 0.66, True, False)
+    assert second.improvement == pytest.approx(0.2) and second.winner_difference_low == 0.0
+    assert second.next_cycle == "B" and result.incumbents["A"] == "A0-v1"
+    assert persona.half_baked and persona.winner_difference_low is None
+    assert [c[1:] for c in hooks.calls if c[0] == "half_bake"] == [("A", "A0-v1", 0), ("B", "B2-v0", 2)]
+    assert logged[1]["a_cycle/winner_difference_low"] == 0.0 and "b_cycle/winner_difference_low" not in logged[2]
+
+
+def test_paired_intervals_of_tool_use_rows_decide_at_the_boundary(tmp_path):
+    """Real intervals (``accuracy_intervals``, 32 items): a variant that answers the same items (only more calls:
+    the same correct row) or one item more is within noise; eight more, none fewer, is beyond it."""
+    incumbent = [True] * 8 + [False] * 24
+    same, one_more, eight_more = list(incumbent), [True] * 9 + [False] * 23, [True] * 16 + [False] * 16
+    intervals = accuracy_intervals([incumbent, same, one_more, eight_more], seed=0)
+    lows = [row["difference_interval"][0] for row in intervals]
+    assert lows[:3] == [0.0, 0.0, 0.0] and lows[3] > 0
+    fitness = [0.25, 0.35, 0.30, 0.50]  # the "same" row scores +40% on more tool calls alone
+    scores = [PairedScore(f, low) for f, low in zip(fitness, lows)]
+    result, hooks = run(tmp_path, [scores[:3]], max_iterations=1, lock_in_after=None)
+    assert result.history[0].plateaued and not any(c[0] == "half_bake" for c in hooks.calls)  # no winner
+    result, hooks = run(tmp_path, [scores], name="beyond.json", max_iterations=1, lock_in_after=None)
+    assert result.history[0].winner_index == 2 and result.history[0].half_baked
+
+
+def test_a_non_finite_interval_bound_is_refused(tmp_path):
+    with pytest.raises(ABCycleError, match="non-finite"):
+        run(tmp_path, [[PairedScore(0.5, 0.0), PairedScore(0.6, float("nan"))]], max_iterations=1)
 
 
 def test_lock_in_full_bakes_after_three_half_bakes_and_resets_the_count(tmp_path):

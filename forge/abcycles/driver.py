@@ -9,9 +9,13 @@ Contract (each point is tested in ``tests/test_ab_cycles.py``):
 * One iteration of cycle X: ``propose(X, incumbent_X, it, n)`` returns 1..n :class:`Proposal`;
   ``evaluate(X, [incumbent_X, *variants], it)`` scores them in order on this iteration's benchmark subset
   with the current model. The incumbent is re-scored every time: subsets rotate, so only a same-subset
-  comparison is fair. Winner = best variant (the first on ties); relative improvement =
+  comparison is fair. A score is a number, or a :class:`PairedScore` that also gives the lower bound of the
+  interval of its paired difference to the incumbent on the same items: such a variant is better beyond noise
+  only when that bound is > 0. Winner = best variant (the first on ties) among those better beyond noise (a
+  plain number always is), else the best variant; relative improvement =
   ``(winner - incumbent) / max(|incumbent|, 1e-9)``.
-* Improvement >= ``plateau_threshold``: ``half_bake(X, winner)``; the winner becomes incumbent_X; the
+* Improvement >= ``plateau_threshold`` and the winner better beyond noise: ``half_bake(X, winner)``; the winner
+  becomes incumbent_X; the
   cycle's half-bake count N rises (it triggers lock-in) and the spec strength ``1 - 0.5**M`` is recorded
   next to the strength the hook measured, M counting the half-bakes of both cycles as the spec's one
   strength does (A's 87.5% goes on to 93.75% in B); the cycle continues. Otherwise cycle X has plateaued:
@@ -122,6 +126,15 @@ class ABCycleConfig:
 
 
 @dataclass(frozen=True)
+class PairedScore:
+    """A prompt's score with the lower bound of the interval of its paired difference to the incumbent (the same
+    items; e.g. ``benchmarks.tooluse.accuracy_intervals``' ``difference_interval[0]``, 0 for the incumbent itself)."""
+
+    score: float  # what ranks the prompts (the cycle's fitness)
+    difference_low: float  # a variant is better than the incumbent beyond noise only when this is > 0
+
+
+@dataclass(frozen=True)
 class Proposal:
     """A candidate prompt and where it came from."""
 
@@ -136,8 +149,9 @@ class ABHooks(Protocol):
         """Up to ``n`` candidate prompts for ``cycle`` (tool variants for A, self-prompts for B)."""
         ...
 
-    def evaluate(self, cycle: str, prompts: list[str], iteration: int) -> list[float]:
-        """Scores of ``prompts`` in order, on this iteration's subset with the current model."""
+    def evaluate(self, cycle: str, prompts: list[str], iteration: int) -> list[float | PairedScore]:
+        """Scores of ``prompts`` in order, on this iteration's subset with the current model (numbers, or
+        :class:`PairedScore` where the evaluation has paired intervals)."""
         ...
 
     def half_bake(self, cycle: str, prompt: str, iteration: int) -> float:
@@ -162,10 +176,10 @@ class IterationRecord:
     cycle_iteration: int  # index within this cycle, from 0
     incumbent: dict[str, Any]  # {"prompt", "origin", "score"}: the incumbent re-scored on this subset
     proposals: list[dict[str, Any]]  # [{"prompt", "origin", "score"}] in the order proposed
-    winner_index: int  # index of the best proposal
+    winner_index: int  # index of the best proposal (among those better beyond noise, where any is)
     winner_score: float  # its score
     improvement: float  # (winner - incumbent) / max(|incumbent|, 1e-9)
-    plateaued: bool  # improvement < plateau_threshold
+    plateaued: bool  # improvement < plateau_threshold, or no variant better beyond noise
     half_baked: bool  # the winner was half-baked and became the incumbent
     half_bake_count: int  # N: half-bakes in this cycle since its last lock-in, counting this one
     baking_strength_spec: float  # 1 - 0.5**M, M = half-bakes so far over both cycles (the spec's one counter)
@@ -178,6 +192,8 @@ class IterationRecord:
     iteration_s: float  # wall time of this iteration
     elapsed_s: float  # wall time of the run so far, across resumes
     initial_bake: dict[str, Any] | None = None  # {"prompt", "strength_measured", "strength_spec"}: initial A prompt
+    winner_difference_low: float | None = None  # lower bound of the winner's paired difference to the incumbent
+    # (None: the evaluation gave plain scores)
 
 
 @dataclass
@@ -403,14 +419,17 @@ def _checked_proposals(proposals: Any, cycle: str, iteration: int, n: int) -> li
     return proposals
 
 
-def _checked_scores(scores: Any, expected: int, cycle: str, iteration: int) -> list[float]:
+def _checked_scores(scores: Any, expected: int, cycle: str,
+                    iteration: int) -> tuple[list[float], list[float | None]]:
+    """The scores, and each one's paired difference lower bound (None for a plain number)."""
     if not isinstance(scores, (list, tuple)) or len(scores) != expected:
         raise ABCycleError(f"cycle {cycle}, iteration {iteration}: evaluate() must return {expected} scores "
                            f"(incumbent first, then each proposal), got {scores!r}")
-    values = [float(s) for s in scores]
-    if not all(math.isfinite(v) for v in values):
-        raise ABCycleError(f"cycle {cycle}, iteration {iteration}: evaluate() returned a non-finite score {values}")
-    return values
+    values = [float(s.score) if isinstance(s, PairedScore) else float(s) for s in scores]
+    lows = [float(s.difference_low) if isinstance(s, PairedScore) else None for s in scores]
+    if not all(math.isfinite(v) for v in values + [low for low in lows if low is not None]):
+        raise ABCycleError(f"cycle {cycle}, iteration {iteration}: evaluate() returned a non-finite score {scores}")
+    return values, lows
 
 
 def _relative(new: float, old: float) -> float:
@@ -433,9 +452,9 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
         state.last_bake[cycle] = "half"
     proposals = _checked_proposals(hooks.propose(cycle, incumbent["prompt"], it, config.variants_per_iteration),
                                    cycle, it, config.variants_per_iteration)
-    scores = _checked_scores(hooks.evaluate(cycle, [incumbent["prompt"], *(p.prompt for p in proposals)], it),
-                             1 + len(proposals), cycle, it)
-    incumbent_score, variant_scores = scores[0], scores[1:]
+    scores, lows = _checked_scores(hooks.evaluate(cycle, [incumbent["prompt"], *(p.prompt for p in proposals)], it),
+                                   1 + len(proposals), cycle, it)
+    incumbent_score, variant_scores, variant_lows = scores[0], scores[1:], lows[1:]
 
     regression = None
     exit_score = state.exit_scores[cycle]
@@ -449,10 +468,12 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
                 state.mode = "sequential"
                 state.sequential_order = [cycle, _other(cycle)]
 
-    winner_index = max(range(len(proposals)), key=lambda i: variant_scores[i])  # first best on ties
+    # Better beyond noise: the paired difference's lower bound is > 0 (a plain number has only its point value).
+    beyond = [i for i, low in enumerate(variant_lows) if low is None or low > 0]
+    winner_index = max(beyond or range(len(proposals)), key=lambda i: variant_scores[i])  # first best on ties
     winner, winner_score = proposals[winner_index], variant_scores[winner_index]
     improvement = _relative(winner_score, incumbent_score)
-    plateaued = improvement < config.plateau_threshold
+    plateaued = improvement < config.plateau_threshold or winner_index not in beyond
 
     measured, lock_in = None, None
     if plateaued:
@@ -496,6 +517,7 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
         baking_strength_spec=spec_strength(sum(state.total_half_bakes.values())), baking_strength_measured=measured,
         best_score=state.incumbents[cycle]["score"], lock_in=lock_in, regression=regression, mode=state.mode,
         next_cycle=next_cycle, iteration_s=0.0, elapsed_s=0.0, initial_bake=initial_bake,
+        winner_difference_low=variant_lows[winner_index],
     )
 
 
@@ -534,6 +556,8 @@ def _iteration_metrics(record: IterationRecord, state: _RunState, a_fitness: str
         out[f"{p}/initial_bake_strength_measured"] = record.initial_bake["strength_measured"]
     if record.regression is not None:
         out[f"{p}/regression_relative_drop"] = record.regression["relative_drop"]
+    if record.winner_difference_low is not None:
+        out[f"{p}/winner_difference_low"] = record.winner_difference_low
     return out
 
 

@@ -525,12 +525,19 @@ def bake_inputs(level: Level, count: int) -> list[str]:
     return [prompt_text(item) for item in level.train[:count]]
 
 
+def retained_sequences(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int | None) -> list[Trajectory]:
+    """(prompt, completion) text pairs as the sequences a bake holds (``bake_prompt(..., retain=...)``): the unbaked
+    model and the student read the same prompt, the completion's tokens are scored; pairs longer than ``max_len``
+    dropped (:func:`encode_pairs`)."""
+    return [Trajectory(tuple(ids[:prompt_len]), tuple(ids[:prompt_len]), tuple(ids[prompt_len:]))
+            for ids, prompt_len in encode_pairs(tokenizer, pairs, max_len)]
+
+
 def retained_answers(tokenizer, level: Level, skip: int, count: int, max_len: int | None) -> list[Trajectory]:
     """The level's last ``count`` training items, none of the first ``skip`` (:func:`bake_inputs`' questions): fewer
     when the level has fewer; each its prompt and its reference completion, the sequences a bake holds."""
     items = level.train[max(skip, len(level.train) - count):] if count else []
-    return [Trajectory(tuple(ids[:prompt_len]), tuple(ids[:prompt_len]), tuple(ids[prompt_len:]))
-            for ids, prompt_len in encode_items(tokenizer, items, max_len)]
+    return retained_sequences(tokenizer, [(prompt_text(item), completion_text(item)) for item in items], max_len)
 
 
 def count_tokens(tokenizer, text: str) -> int:

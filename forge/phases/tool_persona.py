@@ -10,8 +10,9 @@ The driver (``forge.abcycles.driver``) decides; this module does the work behind
   as the spec asks (Docker; the config is refused where the harness cannot run). The score is logged and
   handed on under the name of what it measures (``forge.abcycles.driver.A_SCORE_NAMES``). Each prompt's accuracy
   and its paired difference to the incumbent on the iteration's subset, with bootstrap intervals, are kept in
-  ``prompts.json`` and the summary (``a_cycle_intervals``); the validation also answers its arithmetic items
-  without a call (``direct_accuracy``), so whether the tool pays is on record.
+  ``prompts.json`` and the summary (``a_cycle_intervals``); a variant replaces the incumbent only when that
+  difference's lower bound is > 0 (``forge.abcycles.driver.PairedScore``). The validation also answers its
+  arithmetic items without a call (``direct_accuracy``), so whether the tool pays is on record.
 - B-cycle (persona): the model writes self-prompts from the spec's meta-prompt (coherence filter,
   temperature sweep, human-written fallback; ``forge.abcycles.prompt_variants.self_prompts``), scored by the
   weighted benchmark aggregate (the spec's six with a data folder, else ``synthetic_reasoning``).
@@ -20,6 +21,10 @@ The driver (``forge.abcycles.driver``) decides; this module does the work behind
   cache makes a repeated prompt free.
 - Winners are half-baked (LoRA prompt baking, ``forge.baking``; in target mode the bake closes half the prompt's
   KL gap), lock-in full-bakes; each bake's prompt KL per token, strength and target are kept in ``prompts.json``.
+  Every bake retains the direct answers (``bake_retain_items``): train-side task-world problems asked the way the
+  scoreboard asks its held-out ones, each with its gold answer line, on which the student is held to the unbaked
+  model (``baking.retention_weight``); unheld, the phase's bakes took the scoreboard's task accuracy from 0.456
+  to 0.067.
 - The held-out validation is recorded before and after; the optimized model with the final prompts is handed on
   (when the time budget stops the cycles, the best iteration's by that validation: the spec's cost cap). Whether
   the input goes on instead is the scoreboard gate's call (``forge.phases.scoring``), as for every phase.
@@ -47,14 +52,18 @@ from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, ToolUseConfig, accuracy_int
                                 evaluate_tool_use)
 from benchmarks.tooluse_problems import load_problems, rotation_subset
 from cluster.resources import evaluation_share
-from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, ABStateMismatchError, IterationRecord,
+from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, ABStateMismatchError, IterationRecord, PairedScore,
                                    last_checkpoint_iteration, plot_trajectory, run_ab_cycles, spec_strength)
 from forge.artifacts import (atomic_write_json, load_model_dir, model_dir_problems, nonfinite_tensors, read_json,
                              save_model_dir, state_dict_hash)
 from forge.console import Progress
 from forge.baking import NothingToBake, bake_prompt
+from forge.baking.trajectories import Trajectory
 from forge.criteria import criterion, missed
+from forge.curriculum.levels import retained_sequences
+from forge.data import taskworld
 from forge.data.readers import read_swebench
+from forge.modelinfo import max_positions
 from forge.phases.base import PhaseContext, PhaseResult, single_input
 from forge.tracking import Tracker
 from forge.abcycles.prompt_variants import HUMAN_PERSONAS, META_PROMPT, mutate_prompt, self_prompts
@@ -95,6 +104,29 @@ def self_prompt_counts(history: Sequence[IterationRecord]) -> dict[str, int]:
             "fallback": sum(origin.startswith("fallback:") for origin in origins)}
 
 
+def bake_questions(sources: Sequence[str], count: int, data_dir: str | None) -> list[str]:
+    """What follows the prompt in a bake's trajectories: train-side questions of the tool sources, ``count`` each."""
+    return [f"Question: {p.question}\n" for p in load_problems(sources, heldout=False, data_dir=data_dir, limit=count)]
+
+
+def retained_problems(count: int, seed: int) -> list[taskworld.TaskItem]:
+    """``count`` distinct train-side problems of the task world's easy cells (``EASY_FAMILIES`` at ``EASY_LEVELS``,
+    those of the scoreboard's ``taskworld_easy``): ``generate_items`` draws them from the train side only, so none
+    is a problem the scoreboard measures."""
+    if count < 0:
+        raise ValueError(f"tool_persona.bake_retain_items must be >= 0 (0: no retention), got {count}")
+    return taskworld.generate_items(count, split="train", seed=seed, families=taskworld.EASY_FAMILIES,
+                                    levels=taskworld.EASY_LEVELS, unique=True)
+
+
+def retained_direct_answers(tokenizer, problems: Sequence[taskworld.TaskItem], max_len: int | None) -> list[Trajectory]:
+    """The problems asked directly (``Question: ...``) with their gold answer lines, the sequences every bake holds.
+    Gold, not the model's greedy answers: on the problems the model answers right (the ones the scoreboard counts)
+    the two are the same tokens, and the gold ones need no generation pass and do not depend on the model."""
+    return retained_sequences(tokenizer, [(taskworld.prompt(item, "direct"), taskworld.target(item, "direct"))
+                                          for item in problems], max_len)
+
+
 def choose_input(inputs: dict[str, Path]) -> str:
     """The previous phase's model (``single_input``)."""
     name = single_input(inputs)
@@ -107,11 +139,12 @@ class ToolPersonaWork:
     """The A/B hooks: proposals, parallel evaluation on actors, baking, checkpoints."""
 
     def __init__(self, ctx: PhaseContext, model, tokenizer, actors: Sequence, *, tool_pool, tool_validation,
-                 persona_tasks: dict[str, float], bake_inputs: list[str], tracker: Tracker):
+                 persona_tasks: dict[str, float], bake_inputs: list[str], retain: Sequence[Trajectory],
+                 tracker: Tracker):
         self.ctx, self.config, self.tracker = ctx, ctx.config.tool_persona, tracker
         self.model, self.tokenizer, self.actors = model, tokenizer, list(actors)
         self.tool_pool, self.tool_validation = tool_pool, tool_validation
-        self.persona_tasks, self.bake_inputs = persona_tasks, bake_inputs
+        self.persona_tasks, self.bake_inputs, self.retain = persona_tasks, bake_inputs, list(retain)
         self.tool_config = ToolUseConfig(max_turns=self.config.tool_max_turns,
                                          max_new_tokens=self.config.tool_max_new_tokens,
                                          num_fewshot=self.config.tool_fewshot, num_samples=0)
@@ -143,7 +176,7 @@ class ToolPersonaWork:
             self.actor_weights = (weights, WeightsRef(ref, weights))
         return {"weights_hash": weights, "weights": self.actor_weights[1]}
 
-    def evaluate(self, cycle: str, prompts: list[str], iteration: int) -> list[float]:
+    def evaluate(self, cycle: str, prompts: list[str], iteration: int) -> list[float | PairedScore]:
         self.cycles[iteration] = cycle
         if cycle == "A" and self.config.fitness == "swebench":
             # The official harness scores patches in Docker, one run per prompt, from this process.
@@ -175,6 +208,11 @@ class ToolPersonaWork:
         if cycle == "A":
             scored = [{**entry, **interval} for entry, interval in zip(scored, intervals)]
         self.prompts.setdefault(str(iteration), {})["scored"] = scored
+        if cycle == "A":
+            # A variant replaces the incumbent only when its accuracy is higher beyond noise (the driver reads the
+            # lower bound of the paired difference): more calls alone do not make a better tool prompt.
+            return [PairedScore(score, interval["difference_interval"][0])
+                    for score, interval in zip(scores, intervals)]
         return scores
 
     def tool_fitness(self, metrics: dict[str, float]) -> float:
@@ -192,7 +230,7 @@ class ToolPersonaWork:
         not baked: the model stays as it is, the prompt is recorded under ``not_baked`` and its strength is 0."""
         try:
             result = bake_prompt(self.model, self.tokenizer, prompt, self.bake_inputs,
-                                 self.config.baking.at_strength(strength))
+                                 self.config.baking.at_strength(strength), retain=self.retain)
         except NothingToBake as err:
             print(f"[forge] tool_persona: {strength}-bake skipped: {err}", flush=True)
             self.prompts.setdefault("not_baked", []).append({"prompt": prompt, "strength": strength, "kl": err.kl})
@@ -200,7 +238,8 @@ class ToolPersonaWork:
         self.prompts.setdefault("bakes", []).append({
             "prompt": prompt, "strength": strength, "kl_per_token": result.kl_reference,
             "measured_strength": result.strength, "target_reached": result.target_reached,
-            "lora_scale": result.lora_scale})
+            "lora_scale": result.lora_scale, "retained_sequences": len(self.retain),
+            "retain_kl_last_epoch": result.history[-1].retain_kl})
         self.model = result.merge().eval()
         return result.strength
 
@@ -291,8 +330,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
         raise ValueError(f"only {len(tool_pool)} held-out tool problems are left for selection after "
                          f"{config.validation_items} validation items; lower tool_persona.validation_items")
     persona_tasks = dict(TASK_WEIGHTS) if ctx.data_dir else dict(OFFLINE_PERSONA_TASKS)
-    bake_inputs = [f"Question: {p.question}\n" for p in load_problems(sources, heldout=False, data_dir=ctx.data_dir,
-                                                                       limit=config.bake_inputs)]
+    bake_inputs = bake_questions(sources, config.bake_inputs, ctx.data_dir)
+    retain = retained_direct_answers(tokenizer, retained_problems(config.bake_retain_items, ctx.config.seed),
+                                     max_positions(model))
     share = evaluation_share(model.state_dict(), ctx.config.device, config.eval_actors)
     # A benchmark actor whose process dies is restarted and its evaluation re-sent (ray.max_restarts).
     actors = [BenchmarkActor.options(**share.ray_options(), **restart_options(ctx.config.ray.max_restarts)).remote(
@@ -301,7 +341,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         for _ in range(config.eval_actors)]
     tracker = ctx.tracker("tool_persona", run_config={"tool_persona": dataclasses.asdict(config), "input": name})
     work = ToolPersonaWork(ctx, model, tokenizer, actors, tool_pool=tool_pool, tool_validation=tool_validation,
-                           persona_tasks=persona_tasks, bake_inputs=bake_inputs, tracker=tracker)
+                           persona_tasks=persona_tasks, bake_inputs=bake_inputs, retain=retain, tracker=tracker)
     initial = {"A": INITIAL_TOOL_PROMPT, "B": config.initial_persona}
     progress = Progress("tool_persona: A/B iterations", config.cycles.max_iterations, "iteration",
                         done=0 if last is None else last + 1)
@@ -360,6 +400,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     summary = {"input": name, "stop_reason": result.stop_reason, "iterations": len(result.history),
                "a_cycle_fitness": config.fitness, "criteria": criteria, "criteria_missed": missed(criteria),
                "tool_items_per_variant": config.tool_items, "a_cycle_intervals": a_intervals,
+               "retained_sequences": len(retain),
                "self_prompts": self_prompt_counts(result.history),
                "handed_on": handed_on, "validation_totals": totals, "final_prompts": final_prompts,
                "handed_on_prompts": prompts_out,

@@ -1,0 +1,103 @@
+"""Phase 6's bakes on Phase 5's model, with and without the retained direct answers: the initial tool prompt, then a
+persona (the first human-written one, what the B-cycle of the default run baked), half-baked one after the other by
+the phase's own hook (``ToolPersonaWork.half_bake``); per variant each bake's measured strength and the scoreboard's
+task accuracy (taskworld_easy, its items and settings) after it. JSON out.
+
+    python benchmarks/scripts/tool_persona_bakes.py --model RUN/curriculum/model --json out.json \\
+        --variant none tool_persona.bake_retain_items=0 --variant retained
+
+A variant is a name and the config overrides (``key=value``) on top of the preset.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.harness import evaluate  # noqa: E402
+from benchmarks.scoreboard import OFFLINE_TASKS, bootstrap_interval, has_thinking_tokens  # noqa: E402
+from benchmarks.tooluse import INITIAL_TOOL_PROMPT  # noqa: E402
+from forge.abcycles.prompt_variants import HUMAN_PERSONAS  # noqa: E402
+from forge.artifacts import atomic_write_json, load_model_dir  # noqa: E402
+from forge.config import load_pipeline_config  # noqa: E402
+from forge.modelinfo import max_positions  # noqa: E402
+from forge.phases.base import PhaseContext  # noqa: E402
+from forge.phases.tool_persona import (ToolPersonaWork, bake_questions, retained_direct_answers,  # noqa: E402
+                                       retained_problems)
+from forge.quietstar.tokens import thinking_token_ids  # noqa: E402
+
+
+def task_accuracy(model, tokenizer, config) -> dict[str, float]:
+    """The scoreboard's offline task accuracy (taskworld_easy) with its interval."""
+    board = config.scoreboard
+    suppressed = sorted(thinking_token_ids(tokenizer).values()) if board.suppress_thinking and \
+        has_thinking_tokens(tokenizer) else ()
+    (task,) = OFFLINE_TASKS
+    results = evaluate(model, tokenizer, [task], limit=board.offline_task_items, seed=board.seed, heldout_only=True,
+                       max_new_tokens=board.max_new_tokens, log_samples=True, suppress_token_ids=suppressed)
+    values = np.array([item["exact_match"] for item in results[task].samples], dtype=float)
+    low, high = bootstrap_interval([values], np.mean, resamples=board.bootstrap_resamples, seed=board.seed,
+                                   confidence=board.confidence)
+    return {"task_accuracy": float(values.mean()), "interval": [low, high], "items": len(values)}
+
+
+def run_variant(name: str, overrides: list[str], model_dir: str, preset: str) -> dict:
+    config = load_pipeline_config(preset, overrides=overrides)
+    phase = config.tool_persona
+    model, tokenizer = load_model_dir(model_dir, device="cpu")
+    model.eval()
+    retain = retained_direct_answers(tokenizer, retained_problems(phase.bake_retain_items, config.seed),
+                                     max_positions(model))
+    inputs = bake_questions(phase.sources(False), phase.bake_inputs, None)
+    row = {"variant": name, "overrides": overrides, "retained_sequences": len(retain),
+           "retention_weight": phase.baking.retention_weight, "bakes": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = PhaseContext(config=config, run_dir=Path(tmp), phase_dir=Path(tmp) / "tool_persona", inputs={})
+        work = ToolPersonaWork(ctx, model, tokenizer, [], tool_pool=[], tool_validation=[], persona_tasks={},
+                               bake_inputs=inputs, retain=retain, tracker=None)
+        for cycle, prompt in (("A", INITIAL_TOOL_PROMPT), ("B", HUMAN_PERSONAS[0])):
+            started = time.perf_counter()
+            strength = work.half_bake(cycle, prompt, 0)
+            bake_s = time.perf_counter() - started
+            record = work.prompts["bakes"][-1]
+            row["bakes"].append({"cycle": cycle, "prompt": prompt, "measured_strength": strength,
+                                 "target_reached": record["target_reached"], "lora_scale": record["lora_scale"],
+                                 "retain_kl_last_epoch": record["retain_kl_last_epoch"], "bake_s": bake_s,
+                                 **task_accuracy(work.model, tokenizer, config)})
+            print(f"{name}: {cycle} half-bake strength {strength:.3f}, task accuracy "
+                  f"{row['bakes'][-1]['task_accuracy']:.3f}, {bake_s:.0f} s", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="Phase 6's input model directory (Phase 5's curriculum/model)")
+    parser.add_argument("--json", required=True, help="where to write the figures")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--variant", nargs="+", action="append", required=True, metavar=("NAME", "KEY=VALUE"),
+                        help="a variant: its name, then config overrides (repeatable)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model_dir(args.model, device="cpu")
+    config = load_pipeline_config(args.preset)
+    out = {"model": args.model, "preset": args.preset, "input": task_accuracy(model.eval(), tokenizer, config),
+           "variants": []}
+    print(f"input: task accuracy {out['input']['task_accuracy']:.3f}", flush=True)
+    for name, *overrides in args.variant:
+        torch.manual_seed(0)
+        out["variants"].append(run_variant(name, overrides, args.model, args.preset))
+        atomic_write_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Phase 6's bakes keep the direct answers (issue 19): the problems they retain, their separation from the
+scoreboard's held-out items, and a bake through the phase's own hook that holds the retained continuations."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from benchmarks.tasks import read_taskworld
+from benchmarks.tooluse import INITIAL_TOOL_PROMPT
+from forge.baking import BakingConfig
+from forge.baking.kl import batch_kl_sum, plain
+from forge.baking.trajectories import collate
+from forge.config import PipelineConfig
+from forge.data import taskworld
+from forge.data.tokenizer import train_bpe_tokenizer
+from forge.phases.base import PhaseContext
+from forge.phases.tool_persona import ToolPersonaWork, bake_questions, retained_direct_answers, retained_problems
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+BAKE_INPUTS = bake_questions(["hard"], 10, None)
+# Epochs mode: with ten inputs target mode would choose its LoRA scale on two calibration inputs (tests/test_halfbake.py
+# covers it); what is checked here is that the phase's bakes hold the retained continuations.
+BAKING = BakingConfig(lora_r=4, lora_alpha=8, learning_rate=1e-2, batch_size=4, samples_per_input=2, max_new_tokens=8,
+                      mode="epochs")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [taskworld.text(item) for item in taskworld.generate_items(300, seed=3)] + BAKE_INPUTS
+    return train_bpe_tokenizer(texts + [INITIAL_TOOL_PROMPT], vocab_size=300)
+
+
+def tiny_gpt2(tokenizer):
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=len(tokenizer), n_positions=128, initializer_range=0.2,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_retained_problems_are_train_side_and_none_is_the_scoreboards(seed):
+    problems = retained_problems(64, seed)
+    assert len({problem.canonical for problem in problems}) == len(problems) == 64
+    assert {(p.family, p.level) for p in problems} <= {(family, level) for family in taskworld.EASY_FAMILIES
+                                                      for level in taskworld.EASY_LEVELS}
+    assert not any(taskworld.is_heldout(problem.canonical) for problem in problems)
+    scoreboard = read_taskworld(easy=True)  # the scoreboard's taskworld_easy items, all of them
+    assert len(scoreboard) == 90
+    measured = {doc["id"].split("/", 2)[2] for doc in scoreboard}  # canonical forms: "3+4" and "4+3" are one
+    assert not measured & {problem.canonical for problem in problems}
+    # Asked the way the scoreboard asks: no instruction line, the question, then the answer line.
+    assert all(doc["prompt"].startswith("Question: ") and doc["target"].startswith("Answer: ") for doc in scoreboard)
+    assert all(taskworld.prompt(problem, "direct") == f"Question: {problem.question}\n" for problem in problems)
+
+
+def test_retained_sequences_are_the_questions_with_their_gold_answer_lines(tokenizer):
+    problems = retained_problems(16, 0)
+    retained = retained_direct_answers(tokenizer, problems, None)
+    assert len(retained) == 16
+    for problem, sequence in zip(problems, retained):
+        assert sequence.teacher_context == sequence.student_context  # the unbaked model reads what the student reads
+        assert tokenizer.decode(list(sequence.student_context)) == f"Question: {problem.question}\n"
+        assert list(sequence.generated) == tokenizer(f"Answer: {problem.answer}\n", add_special_tokens=False)[
+            "input_ids"] + [tokenizer.eos_token_id]
+    longest = max(len(s.student_context) + len(s.generated) for s in retained)
+    assert len(retained_direct_answers(tokenizer, problems, longest - 1)) < 16  # longer than the model: dropped
+    with pytest.raises(ValueError, match="bake_retain_items must be >= 0"):
+        retained_problems(-1, 0)
+
+
+def retained_kl(original, model, tokenizer, retain) -> float:
+    """Mean token KL(original || model) on the retained continuations."""
+    batch = collate(retain, tokenizer.eos_token_id, torch.device("cpu"))
+    return batch_kl_sum(plain(original), plain(model), batch, chunk=64) / batch.num_tokens
+
+
+def test_the_phase_bake_holds_the_retained_direct_answers(tmp_path, tokenizer):
+    retain = retained_direct_answers(tokenizer, retained_problems(16, 0), None)
+    drift, records = {}, {}
+    for weight in (0.0, 5.0):
+        config = PipelineConfig()
+        config.tool_persona.baking = dataclasses.replace(BAKING, retention_weight=weight)
+        run_dir = tmp_path / f"weight{weight}"
+        ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=run_dir / "tool_persona", inputs={})
+        model = tiny_gpt2(tokenizer)
+        original = copy.deepcopy(model)
+        work = ToolPersonaWork(ctx, model, tokenizer, [], tool_pool=[], tool_validation=[], persona_tasks={},
+                               bake_inputs=BAKE_INPUTS, retain=retain, tracker=None)
+        strength = work.half_bake("A", INITIAL_TOOL_PROMPT, 0)
+        assert strength > 0.0  # the prompt was baked
+        drift[weight] = retained_kl(original, work.model, tokenizer, retain)
+        records[weight] = work.prompts["bakes"][0]
+    assert records[5.0]["retained_sequences"] == records[0.0]["retained_sequences"] == 16
+    assert records[5.0]["retain_kl_last_epoch"] >= 0.0 and records[0.0]["retain_kl_last_epoch"] is None
+    assert drift[5.0] < 0.5 * drift[0.0]  # the retained answers moved far less
