@@ -330,3 +330,22 @@ def test_dequantize_model_matches_ternary_up_to_activation_rounding(tmp_path, to
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, logits_float)
     assert dequantize_model(reloaded) == []
+
+
+def test_every_task_world_level_rehearses_easy_train_side_problems():
+    """The rehearsed problems are the scoreboard's easy cells in its direct form, from the train side only (none
+    of taskworld_easy's items), seeded; synthetic levels rehearse nothing and a negative count is refused."""
+    from benchmarks.tasks import read_taskworld
+    from forge.curriculum.levels import rehearsal_pairs
+
+    config = CurriculumPhaseConfig(rehearsal_items=40)
+    pairs = rehearsal_pairs(config)
+    assert len(set(pairs)) == 40 and pairs == rehearsal_pairs(config)
+    assert pairs != rehearsal_pairs(dataclasses.replace(config, seed=1))
+    assert all(re.fullmatch(r"Question: (What is \d+\+\d+|Which is larger, \d+ or \d+)\?\n", prompt)
+               and re.fullmatch(r"Answer: \d+\n", answer) for prompt, answer in pairs)
+    assert not {prompt for prompt, _ in pairs} & {doc["prompt"] for doc in read_taskworld(mode="direct", easy=True)}
+    assert rehearsal_pairs(dataclasses.replace(config, rehearsal_items=0)) == []
+    assert rehearsal_pairs(dataclasses.replace(config, level_source="synthetic")) == []
+    with pytest.raises(ValueError, match="rehearsal_items must be >= 0"):
+        CurriculumPhaseConfig(rehearsal_items=-1)

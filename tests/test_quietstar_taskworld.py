@@ -12,7 +12,7 @@ from forge.data import taskworld
 from forge.data.arithmetic import calculate
 from forge.quietstar.data import validate_examples
 from forge.quietstar.taskworld import (CELLS, STRATEGIES, TaskWorldReasoningConfig, TaskWorldReasoningGenerator,
-                                       cell_items, direct_pairs, moves, reasoning_example)
+                                       cell_items, moves, reasoning_example)
 
 _EQUATION = re.compile(r"^(\d+)([+\-*/])(\d+)(?:([+\-])(\d+))?=(-?\d+)$")
 
@@ -84,6 +84,7 @@ def test_train_and_heldout_sides_never_share_a_problem():
 def test_direct_pairs_are_the_scoreboards_form_on_the_train_side_of_its_cells():
     from benchmarks.tasks import read_taskworld
 
+    direct_pairs = taskworld.direct_pairs
     pairs = direct_pairs(200, seed=0)
     assert len(pairs) == len(set(pairs)) == 200 and direct_pairs(200, seed=0) == pairs != direct_pairs(200, seed=1)
     scoreboard = read_taskworld(mode="direct", easy=True)

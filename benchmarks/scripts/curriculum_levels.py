@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from forge.artifacts import atomic_write_json, load_model_dir  # noqa: E402
 from forge.config import load_pipeline_config  # noqa: E402
-from forge.curriculum.levels import build_levels, level_passed, load_value_prompts, train_stage, values_path  # noqa: E402
+from forge.curriculum.levels import (build_levels, level_passed, load_value_prompts, rehearsal_pairs,  # noqa: E402
+                                     train_stage, values_path)
 from forge.data.heldout import REPLAY, TEXT_FILES  # noqa: E402
 from forge.data.replay import Replay  # noqa: E402
 from forge.phases.base import PhaseContext  # noqa: E402
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else ROOT / "runs" / "curriculum_levels"
     ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=run_dir / "curriculum", inputs={},
                        texts={REPLAY: run_dir / "cognate" / TEXT_FILES[REPLAY]} if args.run_dir else {})
-    tool_pairs = tool_demonstrations(ctx, cfg, args.data_dir)
+    tool_pairs, rehearsal = tool_demonstrations(ctx, cfg, args.data_dir), rehearsal_pairs(cfg)
+    extra_pairs = tool_pairs + rehearsal  # what the phase shuffles into each level
     model, tokenizer = load_model_dir(args.model, device="cpu")
     dequantized = dequantize_model(model)
     replay = (Replay(tokenizer, ctx.read_texts(REPLAY, 10**12), cfg.replay_seq_len, cfg.replay_sequences,
@@ -79,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         stage_started = time.perf_counter()
         record = {}
         if args.bake:
-            model, record = run_level(model, tokenizer, level, prompts, cfg, tool_pairs, replay)
+            model, record = run_level(model, tokenizer, level, prompts, cfg, extra_pairs, replay)
             training = record["training"]
         else:
-            training = dataclasses.asdict(train_stage(model, tokenizer, level.train, cfg, extra_pairs=tool_pairs,
+            training = dataclasses.asdict(train_stage(model, tokenizer, level.train, cfg, extra_pairs=extra_pairs,
                                                       replay=replay,
                                                       replay_first_step=(level.spec.level - 1) * cfg.steps_per_level))
         after_all = measure_all()  # every level after this level's stage (and, with --bake, its bakes)
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{stages[-1]['wall_s']:.0f} s", flush=True)
     result = {"model": args.model, "preset": args.preset, "overrides": args.set, "run_dir": args.run_dir,
               "dequantized_layers": len(dequantized), "tool_use_pairs": len(tool_pairs),
+              "rehearsal_pairs": len(rehearsal),
               "replay": replay is not None, "bakes": args.bake, "config": dataclasses.asdict(cfg),
               "before_all": before_all, "levels": stages, "wall_s": time.perf_counter() - started}
     atomic_write_json(Path(args.json), result)

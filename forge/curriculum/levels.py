@@ -105,14 +105,17 @@ class CurriculumPhaseConfig:
     replay_sequences: int = 4  # Phase 1 training-text blocks replayed in every step (keeps the model's text
     # modelling while it learns the level); 0: off
     replay_seq_len: int = 128  # tokens per replayed block
+    rehearsal_items: int = 64  # train-side direct problems of the task world's easy cells (the scoreboard's
+    # taskworld_easy, none of its items) shuffled into every task-world level's training, so a harder level does
+    # not cost what Phase 1 taught; 0: none
     tool_use_items: int = 128  # train-side tool-use transcripts per source (Phase 6's sources, prompt and format)
     # shuffled into every level's training stage, so Phase 6's A-cycle starts from a model that calls tools; 0: none
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
         lora_r=8, lora_alpha=16, learning_rate=5e-3, batch_size=8, samples_per_input=2, max_new_tokens=16,
-        full_epochs=2.0, num_epochs=2.0, mode="target_strength"))
+        full_epochs=3.0, num_epochs=3.0, mode="target_strength"))
     # how the value prompts are baked (a full bake: target strength 1, the whole schedule, reported as
     # reached when within strength_tolerance of 1); tiny: few samples, short
-    # trajectories, 2 epochs, and a 10x spec learning rate (measured: docs/BENCHMARKS.md, value bakes)
+    # trajectories, 3 epochs, and a 10x spec learning rate (measured: docs/BENCHMARKS.md, value bakes)
 
     def __post_init__(self) -> None:
         positive = ("num_levels", "train_items", "heldout_items", "max_operations", "steps_per_level",
@@ -142,6 +145,8 @@ class CurriculumPhaseConfig:
         if self.replay_sequences < 0 or self.replay_seq_len < 2:
             raise ValueError(f"curriculum needs replay_sequences >= 0 and replay_seq_len >= 2, got "
                              f"{self.replay_sequences} and {self.replay_seq_len}")
+        if self.rehearsal_items < 0:
+            raise ValueError(f"curriculum.rehearsal_items must be >= 0, got {self.rehearsal_items}")
         if self.tool_use_items < 0:
             raise ValueError(f"curriculum.tool_use_items must be >= 0, got {self.tool_use_items}")
         least = 3 if self.baking.mode == "target_strength" else 2  # target mode also keeps one to calibrate on
@@ -518,6 +523,14 @@ def load_value_prompts(path: str | os.PathLike) -> list[ValuePrompt]:
     if duplicates:
         raise ValueError(f"values file {path}: prompt names {duplicates} appear more than once; {fix}")
     return prompts
+
+
+def rehearsal_pairs(config: CurriculumPhaseConfig) -> list[tuple[str, str]]:
+    """The (prompt, completion) pairs every task-world level's training rehearses: ``rehearsal_items`` direct
+    problems of the easy cells Phase 1 trained (none for synthetic and word-problem levels)."""
+    if config.level_source != "taskworld":
+        return []
+    return taskworld.direct_pairs(config.rehearsal_items, seed=config.seed)
 
 
 def bake_inputs(level: Level, count: int) -> list[str]:

@@ -367,6 +367,20 @@ def direct_curriculum_texts(n: int, seed: int = 0) -> list[str]:
     return training_texts(n, seed, families=EASY_FAMILIES, levels=EASY_LEVELS, modes=("direct",))
 
 
+def easy_train_items(n: int, *, seed: int) -> list[TaskItem]:
+    """``n`` distinct train-side problems of ``EASY_FAMILIES`` at ``EASY_LEVELS``: the cells of the scoreboard's
+    ``taskworld_easy``, never one of its (held-out) problems."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return generate_items(n, split="train", seed=seed, families=EASY_FAMILIES, levels=EASY_LEVELS, unique=True)
+
+
+def direct_pairs(n: int, *, seed: int) -> list[tuple[str, str]]:
+    """:func:`easy_train_items` as (prompt, target) in direct mode, the form the scoreboard asks:
+    ``"Question: What is 3+4?\n"``, ``"Answer: 7\n"``."""
+    return [(prompt(item, "direct"), target(item, "direct")) for item in easy_train_items(n, seed=seed)]
+
+
 # ---------------------------------------------------------------- scoring
 
 _ANSWER_LINE = re.compile(r"Answer:[ \t]*([^\n]*)")

@@ -35,8 +35,8 @@ from forge.console import Progress
 from forge.baking import bake_together
 from forge.configtools import config_hash
 from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
-                          count_tokens, level_correct, level_passed, load_value_prompts, retained_answers,
-                          train_stage, values_path)
+                          count_tokens, level_correct, level_passed, load_value_prompts, rehearsal_pairs,
+                          retained_answers, train_stage, values_path)
 from forge.criteria import criterion, describe, missed
 from forge.data.heldout import HELDOUT, REPLAY
 from forge.data.replay import Replay
@@ -113,7 +113,7 @@ def accuracy_figures(model, tokenizer, level: Level, cfg: CurriculumPhaseConfig)
 
 
 def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cfg: CurriculumPhaseConfig,
-              tool_pairs: Sequence[tuple[str, str]] = (), replay: Replay | None = None,
+              extra_pairs: Sequence[tuple[str, str]] = (), replay: Replay | None = None,
               perplexity: Callable[[torch.nn.Module], float] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train, measure and bake one level; returns the baked model and the level's record. ``perplexity``
     (held-out text) is recorded before, after training and after baking when given."""
@@ -124,7 +124,7 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
     record["heldout_answer_loss_before"] = answer_loss(model, tokenizer, heldout)
     if perplexity is not None:
         record["heldout_perplexity_before"] = perplexity(model)
-    stage = train_stage(model, tokenizer, level.train, cfg, extra_pairs=tool_pairs, replay=replay,
+    stage = train_stage(model, tokenizer, level.train, cfg, extra_pairs=extra_pairs, replay=replay,
                         replay_first_step=(level.spec.level - 1) * cfg.steps_per_level)
     record["training"] = dataclasses.asdict(stage)
     record["accuracy_after_training"], record["accuracy_after_training_interval"] = accuracy_figures(
@@ -215,7 +215,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     name = choose_input(ctx.inputs)
     input_dir = ctx.inputs[name]
     levels = build_levels(cfg, data_dir)
-    tool_pairs = tool_demonstrations(ctx, cfg, data_dir)
+    tool_pairs, rehearsal = tool_demonstrations(ctx, cfg, data_dir), rehearsal_pairs(cfg)
     fingerprint = run_fingerprint(cfg, data_dir, input_dir, prompts, tool_pairs)
     device = "cuda" if ctx.config.device != "cpu" and torch.cuda.is_available() else "cpu"
     limit_gpu_memory(device, gpu_memory_cap_bytes())  # ray.gpu_memory_gib: the phase has the GPU, up to the cap
@@ -248,7 +248,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     progress = Progress("curriculum: levels", len(levels), "level", done=resumed_after)
     try:
         for level in levels[resumed_after:]:
-            model, record = run_level(model, tokenizer, level, prompts, cfg, tool_pairs, replay, heldout_perplexity)
+            model, record = run_level(model, tokenizer, level, prompts, cfg, tool_pairs + rehearsal, replay,
+                                      heldout_perplexity)
             state["records"].append(record)
             tracker.log(level_metrics(record), step=level.spec.level)
             save_model_dir(model, tokenizer, level_dir(ctx, level.spec.level), phase=PHASE,
@@ -287,6 +288,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         "tool_use_demonstrations": {"count": len(tool_pairs), "prompt": INITIAL_TOOL_PROMPT,
                                     "sources": ctx.config.tool_persona.sources(data_dir is not None)
                                     if tool_pairs else []},
+        "rehearsal_items": len(rehearsal),
         "values_file": str(values_file),
         "data_dir": data_dir,
         "optimizer": "AdamW",

@@ -27,10 +27,11 @@ from typing import Any, Iterable
 import torch
 
 from cluster.resources import gpu_memory_cap_bytes
-from forge.artifacts import (atomic_write_json, load_model_dir, read_json, read_manifest, save_model_dir, state_dict_hash,
-                            verify_model_dir)
+from forge.artifacts import (atomic_write_json, load_model_dir, read_json, read_manifest, save_model_dir,
+                            state_dict_hash, verify_model_dir)
 from forge.console import Progress
 from forge.criteria import criterion, missed
+from forge.data import taskworld
 from forge.data.heldout import HELDOUT, REPLAY
 from forge.devices import limit_gpu_memory
 from forge.phases.base import PhaseContext, PhaseResult, single_input
@@ -41,7 +42,7 @@ from forge.quietstar.offline import OfflineConfig, OfflineReasoningGenerator
 from forge.quietstar.rewards import ABLATION_THRESHOLD
 from forge.quietstar.rl import ThinkIds, heldout_check_items, mean_coherence, save_mixing_head, train_thoughts
 from forge.quietstar.synthetic import SyntheticConfig, SyntheticReasoningGenerator
-from forge.quietstar.taskworld import TaskWorldReasoningConfig, TaskWorldReasoningGenerator, direct_pairs
+from forge.quietstar.taskworld import TaskWorldReasoningConfig, TaskWorldReasoningGenerator
 from forge.quietstar.tokens import STRATEGY_TOKENS, add_thinking_tokens
 
 COHERENCE_REQUIRED = 0.6  # spec: coherence > 0.6
@@ -213,7 +214,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         data_info = {**data_info, "examples": len(examples), "thinking_token_ids": token_ids,
                      "strategies": dataset_metadata(examples)["strategies"]}
         train, val = select_examples(examples, config.format_bake)
-        direct = direct_pairs(config.direct_examples, seed=ctx.config.seed)
+        direct = taskworld.direct_pairs(config.direct_examples, seed=ctx.config.seed)
         data_info["direct_examples"] = len(direct)
         atomic_write_json(ctx.work_dir / "data_info.json", data_info)
         replay = (ctx.read_texts(REPLAY, max_chars=10**12)

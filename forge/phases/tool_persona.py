@@ -115,8 +115,7 @@ def retained_problems(count: int, seed: int) -> list[taskworld.TaskItem]:
     is a problem the scoreboard measures."""
     if count < 0:
         raise ValueError(f"tool_persona.bake_retain_items must be >= 0 (0: no retention), got {count}")
-    return taskworld.generate_items(count, split="train", seed=seed, families=taskworld.EASY_FAMILIES,
-                                    levels=taskworld.EASY_LEVELS, unique=True)
+    return taskworld.easy_train_items(count, seed=seed)
 
 
 def retained_direct_answers(tokenizer, problems: Sequence[taskworld.TaskItem], max_len: int | None) -> list[Trajectory]:

@@ -19,7 +19,7 @@ one go (carries, borrows, the first differing digit): addition and subtraction o
 longer products would not fit a thinking block into the tiny models' 64-token attention window. A run trains
 and measures on the cells of ``TaskWorldReasoningConfig.cells`` (the tiny preset: 2-digit sums and differences).
 
-Direct answers (``direct_pairs``): train-side problems of the curriculum's easy families and levels in the
+Direct answers (``forge.data.taskworld.direct_pairs``): train-side problems of the curriculum's easy families and levels in the
 task world's direct mode (question, then the answer line), the form the scoreboard's ``taskworld_easy`` asks
 for. Step 1 mixes them into its training so the model keeps answering directly when its thoughts are
 suppressed (trained on traces alone, a tiny model wrote "Work: ..." lines instead of an answer).
@@ -75,16 +75,6 @@ def cell_items(n: int, *, split: str, seed: int, cells: Sequence[tuple[str, int]
             seen.add(item.canonical)
             items.append(item)
     return items
-
-
-def direct_pairs(n: int, *, seed: int) -> list[tuple[str, str]]:
-    """``n`` distinct train-side problems of ``taskworld.EASY_FAMILIES`` at ``taskworld.EASY_LEVELS`` as
-    (prompt, target) in direct mode: ``"Question: What is 3+4?\n"``, ``"Answer: 7\n"``."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    items = taskworld.generate_items(n, split="train", seed=seed, families=taskworld.EASY_FAMILIES,
-                                     levels=taskworld.EASY_LEVELS, unique=True)
-    return [(taskworld.prompt(item, "direct"), taskworld.target(item, "direct")) for item in items]
 
 
 @dataclass
