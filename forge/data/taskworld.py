@@ -375,10 +375,15 @@ def easy_train_items(n: int, *, seed: int) -> list[TaskItem]:
     return generate_items(n, split="train", seed=seed, families=EASY_FAMILIES, levels=EASY_LEVELS, unique=True)
 
 
-def direct_pairs(n: int, *, seed: int) -> list[tuple[str, str]]:
-    """:func:`easy_train_items` as (prompt, target) in direct mode, the form the scoreboard asks:
+def direct_pair(item: TaskItem) -> tuple[str, str]:
+    """``item`` as (prompt, target) in direct mode, the form the scoreboard asks:
     ``"Question: What is 3+4?\n"``, ``"Answer: 7\n"``."""
-    return [(prompt(item, "direct"), target(item, "direct")) for item in easy_train_items(n, seed=seed)]
+    return prompt(item, "direct"), target(item, "direct")
+
+
+def direct_pairs(n: int, *, seed: int) -> list[tuple[str, str]]:
+    """:func:`easy_train_items` as :func:`direct_pair`."""
+    return [direct_pair(item) for item in easy_train_items(n, seed=seed)]
 
 
 # ---------------------------------------------------------------- scoring

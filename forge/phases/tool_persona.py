@@ -122,8 +122,7 @@ def retained_direct_answers(tokenizer, problems: Sequence[taskworld.TaskItem], m
     """The problems asked directly (``Question: ...``) with their gold answer lines, the sequences every bake holds.
     Gold, not the model's greedy answers: on the problems the model answers right (the ones the scoreboard counts)
     the two are the same tokens, and the gold ones need no generation pass and do not depend on the model."""
-    return retained_sequences(tokenizer, [(taskworld.prompt(item, "direct"), taskworld.target(item, "direct"))
-                                          for item in problems], max_len)
+    return retained_sequences(tokenizer, [taskworld.direct_pair(item) for item in problems], max_len)
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
