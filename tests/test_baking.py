@@ -38,7 +38,7 @@ from forge.baking import (
     Trajectory,
 )
 from forge.baking.hidden import final_hidden
-from forge.baking.kl import batch_kl_sum, kl_backward, plain
+from forge.baking.kl import batch_kl_sum, fixed, kl_backward, plain, teacher_states
 from forge.baking.trajectories import collate, encode_contexts
 from forge.data.tokenizer import train_bpe_tokenizer
 
@@ -172,6 +172,27 @@ def test_chunked_kl_and_gradient_match_full_logits(tokenizer):
     assert value == pytest.approx(full.item() / batch.num_tokens, rel=1e-4)
     for name, param in student.named_parameters():
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-3, atol=1e-6)
+
+
+def test_a_fixed_teacher_runs_once_per_trajectory_and_gives_the_same_kl(tokenizer):
+    teacher, student = tiny_llama(tokenizer, seed=0), tiny_llama(tokenizer, seed=1)
+    trajectories = sample_trajectories(teacher, tokenizer, PROMPT, INPUTS[:4], CONFIG, torch.Generator().manual_seed(0))
+    whole = collate(trajectories, tokenizer.eos_token_id, torch.device("cpu"))
+    halves = [collate(trajectories[i::2], tokenizer.eos_token_id, torch.device("cpu")) for i in (1, 0)]
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    view = fixed(plain(teacher))
+    expected = batch_kl_sum(plain(teacher), plain(student), whole, chunk=7)
+    calls.clear()
+    for half in halves:  # other groupings of the same trajectories: each computed once, here
+        batch_kl_sum(view, plain(student), half, chunk=7)
+    assert len(calls) == 2 and len(view.states) == len(set(trajectories))
+    assert batch_kl_sum(view, plain(student), whole, chunk=7) == pytest.approx(expected, rel=1e-5)
+    student.zero_grad()
+    kl_backward(view, student, whole, chunk=7)
+    assert len(calls) == 2  # nothing ran the teacher again
+    torch.testing.assert_close(teacher_states(view, whole), teacher_states(plain(teacher), whole),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_teacher_stays_frozen_and_kl_falls(tokenizer):

@@ -12,7 +12,7 @@ import torch
 from benchmarks.scripts.bake_behaviour import PROMPT, build_models, document, pretrain, questions
 from forge.baking import BakingConfig, NothingToBake, bake_prompt, mean_kl, stack_bakes, within_tolerance
 from forge.baking.bake import _scale_to_target
-from forge.baking.kl import plain
+from forge.baking.kl import ModelView, plain
 from forge.data.tokenizer import train_bpe_tokenizer
 
 # Small and fast; a large LR so that one epoch already passes a half-bake's target and the scale has to act.
@@ -76,7 +76,7 @@ def test_an_update_that_makes_the_model_worse_is_not_applied(pirate):
         for name, param in student.named_parameters():
             if "lora_B" in name:
                 param.neg_()
-    teacher = (student, student.disable_adapter)
+    teacher = ModelView(student, student.disable_adapter)
     calibration = baked.trajectories.calibration
     kl_start = mean_kl(teacher, teacher, calibration, tokenizer, baked.config)
     scale, tries = _scale_to_target(student, teacher, calibration, tokenizer, baked.config, kl_start)

@@ -43,7 +43,7 @@ from forge.artifacts import (
     write_manifest,
 )
 from forge.baking.config import BakingConfig
-from forge.baking.kl import ModelView, batch_kl_sum, check_head, kl_backward, plain
+from forge.baking.kl import ModelView, batch_kl_sum, check_head, fixed, kl_backward, plain
 from forge.baking.trajectories import Trajectory, collate, sample_trajectories, split_inputs
 from forge.modelinfo import pad_token_id
 
@@ -235,7 +235,7 @@ def sample_trajectory_set(teacher: ModelView, tokenizer, prompt: str, inputs: Se
     if not train_inputs or not heldout_inputs:
         raise ValueError("need at least one training input and one held-out input")
     generator = torch.Generator().manual_seed(config.seed)
-    model, context = teacher
+    model, context, _ = teacher
     with context():
         train = sample_trajectories(model, tokenizer, prompt, train_inputs, config, generator)
         heldout = sample_trajectories(model, tokenizer, prompt, heldout_inputs, config, generator)
@@ -284,9 +284,11 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
     student = get_peft_model(model, lora)
     student.eval()  # dropout off on both sides: the KL target is exact
 
-    adapter_off: ModelView = (student, student.disable_adapter)
-    teacher_view = adapter_off if teacher is None else plain(_frozen(teacher))
-    reference_view = adapter_off if reference is None else plain(_frozen(reference))
+    # The adapter-off model and a given teacher or reference stay fixed for the whole bake (hash-checked
+    # below), so their hidden states are kept per trajectory rather than recomputed every epoch.
+    adapter_off = fixed(ModelView(student, student.disable_adapter))
+    teacher_view = adapter_off if teacher is None else fixed(plain(_frozen(teacher)))
+    reference_view = adapter_off if reference is None else fixed(plain(_frozen(reference)))
     teacher_hash = base_hash if teacher is None else base_weights_hash(teacher)
 
     if trajectories is None:

@@ -9,27 +9,39 @@ through the network once, so at most one chunk of logits (and its graph) is aliv
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, NamedTuple
 
 import torch
 from torch import nn
 
 from forge.baking.hidden import final_hidden
-from forge.baking.trajectories import TrajectoryBatch
+from forge.baking.trajectories import Trajectory, TrajectoryBatch
 
-# A model to run plus the context that selects how it runs (e.g. a PEFT model's disable_adapter()).
-ModelView = tuple[nn.Module, Callable[[], ContextManager]]
+
+class ModelView(NamedTuple):
+    """A model to run, the context that selects how it runs (e.g. a PEFT model's disable_adapter()) and, for a
+    view that cannot change while it is used (a bake's teacher), its hidden states per trajectory: computed
+    once, then reused by every epoch and every strength measurement instead of running the model again."""
+
+    model: nn.Module
+    context: Callable[[], ContextManager]
+    states: dict[Trajectory, torch.Tensor] | None = None
 
 
 def plain(model: nn.Module) -> ModelView:
     """Run ``model`` as it is."""
-    return model, contextlib.nullcontext
+    return ModelView(model, contextlib.nullcontext)
+
+
+def fixed(view: ModelView) -> ModelView:
+    """``view``, keeping its hidden states per trajectory: only for a model whose weights stay as they are."""
+    return ModelView(view.model, view.context, {})
 
 
 @torch.no_grad()
 def check_head(view: ModelView, ids: torch.Tensor) -> None:
     """Refuse models whose logits are not their LM head applied to the head's input (e.g. soft-capping)."""
-    model, context = view
+    model, context, _ = view
     with context():
         logits = model(input_ids=ids, use_cache=False).logits.float()
         rebuilt = model.get_output_embeddings()(final_hidden(model, ids)).float()
@@ -49,17 +61,23 @@ def _token_kl_sum(teacher_logits: torch.Tensor, student_logits: torch.Tensor) ->
 
 @torch.no_grad()
 def teacher_states(teacher: ModelView, batch: TrajectoryBatch) -> torch.Tensor:
-    """Teacher hidden states at the scored positions, (N, H)."""
-    model, context = teacher
-    with context():
-        return final_hidden(model, batch.teacher_ids)[batch.teacher_mask]
+    """Teacher hidden states at the scored positions, (N, H); from ``teacher.states`` where it holds them."""
+    known = teacher.states
+    if known is not None and all(t in known for t in batch.trajectories):
+        return torch.cat([known[t] for t in batch.trajectories])
+    with teacher.context():
+        hidden = final_hidden(teacher.model, batch.teacher_ids)
+    if known is not None:
+        for row, trajectory in enumerate(batch.trajectories):
+            known[trajectory] = hidden[row][batch.teacher_mask[row]]
+    return hidden[batch.teacher_mask]
 
 
 @torch.no_grad()
 def batch_kl_sum(teacher: ModelView, student: ModelView, batch: TrajectoryBatch, chunk: int) -> float:
     """Summed token KL(teacher || student) over the generated tokens of ``batch`` (no gradient)."""
-    t_model, t_context = teacher
-    s_model, s_context = student
+    t_model, t_context, _ = teacher
+    s_model, s_context, _ = student
     t_hidden = teacher_states(teacher, batch)
     with s_context():
         s_hidden = final_hidden(s_model, batch.student_ids)[batch.student_mask]
@@ -76,7 +94,7 @@ def batch_kl_sum(teacher: ModelView, student: ModelView, batch: TrajectoryBatch,
 def kl_backward(teacher: ModelView, student: nn.Module, batch: TrajectoryBatch, chunk: int,
                 weight: float = 1.0) -> float:
     """Back-propagate ``weight`` times the mean token KL(teacher || student) of ``batch``; return the mean KL."""
-    t_model, t_context = teacher
+    t_model, t_context, _ = teacher
     t_hidden = teacher_states(teacher, batch)
     s_hidden = final_hidden(student, batch.student_ids)[batch.student_mask]
     if s_hidden.shape[0] != t_hidden.shape[0]:

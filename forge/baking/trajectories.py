@@ -99,6 +99,7 @@ class TrajectoryBatch:
     student_ids: torch.Tensor  # (B, Ts) input + generated
     student_mask: torch.Tensor  # (B, Ts) bool, same count and order of True as teacher_mask
     num_tokens: int  # generated tokens in the batch
+    trajectories: tuple[Trajectory, ...]  # the rows, in order
 
 
 def collate(trajectories: Sequence[Trajectory], pad_id: int, device: torch.device) -> TrajectoryBatch:
@@ -108,7 +109,7 @@ def collate(trajectories: Sequence[Trajectory], pad_id: int, device: torch.devic
     return TrajectoryBatch(
         teacher_ids=teacher_ids.to(device), teacher_mask=teacher_mask.to(device),
         student_ids=student_ids.to(device), student_mask=student_mask.to(device),
-        num_tokens=int(student_mask.sum()),
+        num_tokens=int(student_mask.sum()), trajectories=tuple(trajectories),
     )
 
 
