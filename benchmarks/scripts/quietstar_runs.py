@@ -9,7 +9,8 @@ input (the evomerge manifest) and output (the quietstar manifest), and Phase 3's
 on its multi-digit problems before, after Step 1 and after Step 2, with thoughts and with them removed, thinking
 usage, held-out perplexity, Step 1's format accuracy and the criteria. With ``--cells``, also the output model's
 accuracy per task-world cell on Phase 3's held-out problems (greedy, with thoughts and with them forbidden, as the
-phase measures it) and its first ``--samples`` generations with the thoughts shown.
+phase measures it), how often it opened a thinking block, and its first ``--samples`` generations with the thoughts
+shown; ``--cells-phase bitnet`` measures a later phase's model the same way (does compression keep the thinking?).
 """
 from __future__ import annotations
 
@@ -54,15 +55,16 @@ def run_figures(run_dir: Path) -> dict:
     }
 
 
-def cell_figures(run_dir: Path, samples: int) -> dict:
-    """Accuracy per cell of the quietstar output model on the phase's held-out problems, and a few generations."""
+def cell_figures(run_dir: Path, samples: int, phase: str = "quietstar") -> dict:
+    """Accuracy per cell of ``phase``'s output model (Phase 3's, or a later one's) on Phase 3's held-out problems,
+    with thoughts and without, how often it opens a thinking block, and a few generations."""
     from forge.artifacts import load_model_dir, read_json
     from forge.quietstar.generate import answer_accuracy, generate
     from forge.quietstar.taskworld import TaskWorldReasoningConfig, TaskWorldReasoningGenerator
 
     config = read_json(run_dir / "config.json")
     eval_problems, max_new_tokens = config["quietstar"]["eval_problems"], config["quietstar"]["eval_max_new_tokens"]
-    model, tokenizer = load_model_dir(run_dir / "quietstar" / "model")
+    model, tokenizer = load_model_dir(run_dir / phase / "model")
     cells = config["quietstar"].get("taskworld_cells")  # absent in runs from before the setting: all cells
     world = TaskWorldReasoningGenerator(TaskWorldReasoningConfig(heldout=True, seed=config["seed"],
                                                                  **({"cells": tuple(cells)} if cells else {})))
@@ -72,9 +74,10 @@ def cell_figures(run_dir: Path, samples: int) -> dict:
                                               allow_thinking=allow)["items"] for allow in (True, False))
     per_cell: dict = {}
     for item, thought, direct in zip(items, with_thoughts, without):
-        cell = per_cell.setdefault(item.cell, {"n": 0, "thoughts": 0, "no_thoughts": 0})
+        cell = per_cell.setdefault(item.cell, {"n": 0, "thoughts": 0, "no_thoughts": 0, "opened_thinking": 0})
         cell["n"] += 1
         cell["thoughts"] += int(thought["correct"])
+        cell["opened_thinking"] += int(thought["used_thinking"])
         cell["no_thoughts"] += int(direct["correct"])
     outputs = generate(model, tokenizer, [f"Question: {q}\n" for q, _ in problems],
                        max_new_tokens=max_new_tokens, hide_thoughts=False)
@@ -105,20 +108,24 @@ def main() -> int:
     parser.add_argument("--json", type=Path, required=True, help="where to write the JSON")
     parser.add_argument("--cells", action="store_true", help="also measure the output model per cell (slower)")
     parser.add_argument("--samples", type=int, default=6, help="generations shown with --cells")
+    parser.add_argument("--cells-phase", default="quietstar",
+                        help="the phase whose output model --cells measures (e.g. bitnet: is the thinking kept?)")
     args = parser.parse_args()
 
     from forge.artifacts import atomic_write_json
 
-    missing = [str(d) for d in args.run_dirs if not (d / "quietstar" / "manifest.json").is_file()]
+    phases = {"quietstar", args.cells_phase} if args.cells else {"quietstar"}
+    missing = [f"{d} ({phase})" for d in args.run_dirs for phase in sorted(phases)
+               if not (d / phase / "manifest.json").is_file()]
     if missing:
-        print(f"error: no finished quietstar phase in {', '.join(missing)}: run python -m forge.pipeline --phases "
-              "quietstar --out PARENT first", file=sys.stderr)
+        print(f"error: no finished phase in {', '.join(missing)}: run python -m forge.pipeline --phases "
+              "quietstar,... --out PARENT first", file=sys.stderr)
         return 2
     runs = []
     for run_dir in args.run_dirs:
         run = run_figures(run_dir)
         if args.cells:
-            run.update(cell_figures(run_dir, args.samples))
+            run.update(cell_figures(run_dir, args.samples, args.cells_phase), cells_phase=args.cells_phase)
         print(json.dumps({key: run[key] for key in ("run_dir", "scoreboard_taskworld_easy", "accuracy",
                                                     "format_accuracy", "per_cell") if key in run}), flush=True)
         runs.append(run)
