@@ -218,9 +218,10 @@ class QuietStarPhaseConfig:
     format_bake: FormatBakeConfig = field(default_factory=lambda: FormatBakeConfig(
         epochs=5, seq_len=96, mitigation_epochs=1, replay_sequences=8, optimizer=MuonGrokfastConfig(
             muon_lr=3e-3, adam_lr=3e-3, grokfast_lambda=0.2, qk_clip_threshold=30.0)))
-    """Step 1. Tiny: the spec's 5 epochs (+1 mitigation) at 3e-3 with 8 replayed pretraining sequences per step: the spec's
-    1e-4 left a small model's format accuracy unchanged over 2 epochs, without replay the held-out perplexity
-    rose from 272 to 4,900, and after 2 epochs the traces did not hold the question's digits (docs/BENCHMARKS.md)."""
+    """Step 1. Tiny: the spec's 5 epochs (+1 mitigation) at 3e-3 with 8 replayed pretraining sequences per step:
+    the spec's 1e-4 left a small model's format accuracy unchanged over 2 epochs, without replay the held-out
+    perplexity rose from 272 to 4,900, and after 2 epochs the traces did not hold the question's digits
+    (docs/BENCHMARKS.md)."""
     taskworld_cells: list[str] = field(default_factory=lambda: ["add_2", "sub_2"])
     """The task-world cells (family_level, of forge.quietstar.taskworld.CELLS) the taskworld source trains and
     measures on; tiny: the 2-digit sums and differences, whose traces a tiny model learns to follow."""

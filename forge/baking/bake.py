@@ -235,8 +235,8 @@ def sample_trajectory_set(teacher: ModelView, tokenizer, prompt: str, inputs: Se
     if not train_inputs or not heldout_inputs:
         raise ValueError("need at least one training input and one held-out input")
     generator = torch.Generator().manual_seed(config.seed)
-    model, context, _ = teacher
-    with context():
+    model = teacher.model
+    with teacher.context():
         train = sample_trajectories(model, tokenizer, prompt, train_inputs, config, generator)
         heldout = sample_trajectories(model, tokenizer, prompt, heldout_inputs, config, generator)
         calibration = sample_trajectories(model, tokenizer, prompt, calibration_inputs, config, generator)

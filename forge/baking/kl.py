@@ -41,8 +41,8 @@ def fixed(view: ModelView) -> ModelView:
 @torch.no_grad()
 def check_head(view: ModelView, ids: torch.Tensor) -> None:
     """Refuse models whose logits are not their LM head applied to the head's input (e.g. soft-capping)."""
-    model, context, _ = view
-    with context():
+    model = view.model
+    with view.context():
         logits = model(input_ids=ids, use_cache=False).logits.float()
         rebuilt = model.get_output_embeddings()(final_hidden(model, ids)).float()
     if not torch.allclose(logits, rebuilt, atol=1e-4, rtol=1e-3):
@@ -76,17 +76,15 @@ def teacher_states(teacher: ModelView, batch: TrajectoryBatch) -> torch.Tensor:
 @torch.no_grad()
 def batch_kl_sum(teacher: ModelView, student: ModelView, batch: TrajectoryBatch, chunk: int) -> float:
     """Summed token KL(teacher || student) over the generated tokens of ``batch`` (no gradient)."""
-    t_model, t_context, _ = teacher
-    s_model, s_context, _ = student
     t_hidden = teacher_states(teacher, batch)
-    with s_context():
-        s_hidden = final_hidden(s_model, batch.student_ids)[batch.student_mask]
+    with student.context():
+        s_hidden = final_hidden(student.model, batch.student_ids)[batch.student_mask]
     total = 0.0
     for start in range(0, t_hidden.shape[0], chunk):
-        with t_context():
-            t_logits = t_model.get_output_embeddings()(t_hidden[start:start + chunk])
-        with s_context():
-            s_logits = s_model.get_output_embeddings()(s_hidden[start:start + chunk])
+        with teacher.context():
+            t_logits = teacher.model.get_output_embeddings()(t_hidden[start:start + chunk])
+        with student.context():
+            s_logits = student.model.get_output_embeddings()(s_hidden[start:start + chunk])
         total += float(_token_kl_sum(t_logits, s_logits))
     return total
 
@@ -94,7 +92,6 @@ def batch_kl_sum(teacher: ModelView, student: ModelView, batch: TrajectoryBatch,
 def kl_backward(teacher: ModelView, student: nn.Module, batch: TrajectoryBatch, chunk: int,
                 weight: float = 1.0) -> float:
     """Back-propagate ``weight`` times the mean token KL(teacher || student) of ``batch``; return the mean KL."""
-    t_model, t_context, _ = teacher
     t_hidden = teacher_states(teacher, batch)
     s_hidden = final_hidden(student, batch.student_ids)[batch.student_mask]
     if s_hidden.shape[0] != t_hidden.shape[0]:
@@ -103,8 +100,8 @@ def kl_backward(teacher: ModelView, student: nn.Module, batch: TrajectoryBatch, 
     head = student.get_output_embeddings()
     total = 0.0
     for start in range(0, detached.shape[0], chunk):
-        with torch.no_grad(), t_context():
-            t_logits = t_model.get_output_embeddings()(t_hidden[start:start + chunk])
+        with torch.no_grad(), teacher.context():
+            t_logits = teacher.model.get_output_embeddings()(t_hidden[start:start + chunk])
         loss = _token_kl_sum(t_logits, head(detached[start:start + chunk])) / batch.num_tokens
         (loss * weight).backward()
         total += loss.item()
