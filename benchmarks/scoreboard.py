@@ -111,7 +111,9 @@ def _perplexity_figure(model, tokenizer, texts: Sequence[str], s: ScoreboardSett
     return _figure(statistic(pairs), interval, len(rows), tokens=int(pairs[:, 1].sum()))
 
 
-def _task_figures(model, tokenizer, tasks: Sequence[str], data_dir, s: ScoreboardSettings) -> dict[str, Any]:
+def task_figures(model, tokenizer, tasks: Sequence[str], data_dir, s: ScoreboardSettings) -> dict[str, Any]:
+    """The scoreboard's task accuracy of ``model``: per task (``task_accuracy/<task>``) and their mean
+    (``task_accuracy``), each ``{value, low, high, n}`` with its bootstrap interval."""
     from benchmarks.harness import evaluate
     from benchmarks.tasks import get_task
 
@@ -234,7 +236,7 @@ def score_model(model, tokenizer, model_dir: Path, settings: ScoreboardSettings,
             if wikitext_texts:
                 timed("wikitext_perplexity", lambda: _perplexity_figure(model, tokenizer, wikitext_texts, settings))
             tasks = DATA_TASKS if data_dir else OFFLINE_TASKS
-            timed("task_accuracy", lambda: _task_figures(model, tokenizer, tasks, data_dir, settings))
+            timed("task_accuracy", lambda: task_figures(model, tokenizer, tasks, data_dir, settings))
             timed("tool_accuracy", lambda: _tool_figure(model, tokenizer, data_dir, settings))
             if has_thinking_tokens(tokenizer):
                 timed("thinking_usage", lambda: _thinking_figure(model, tokenizer, settings))

@@ -293,6 +293,11 @@ class ToolPersonaPhaseConfig:
     to it), a lock-in runs the whole schedule; mode: epochs makes a half-bake half of it. The retained direct answers
     weigh 4 (1 lost 0.1 of the scoreboard's task accuracy), 6 epochs leave room to reach the target beside them."""
 
+    def __post_init__(self) -> None:
+        if self.bake_retain_items < 0:
+            raise ValueError(f"tool_persona.bake_retain_items must be >= 0 (0: no retention), "
+                             f"got {self.bake_retain_items}")
+
     def sources(self, with_data: bool) -> list[str]:
         """The tool-use problem sources of a run with (or without) a data folder."""
         return list(self.tool_sources) + (list(self.tool_sources_with_data) if with_data else [])

@@ -14,11 +14,11 @@ from benchmarks.tooluse import INITIAL_TOOL_PROMPT
 from forge.baking import BakingConfig
 from forge.baking.kl import batch_kl_sum, plain
 from forge.baking.trajectories import collate
-from forge.config import PipelineConfig
+from forge.config import PipelineConfig, load_pipeline_config
 from forge.data import taskworld
 from forge.data.tokenizer import train_bpe_tokenizer
 from forge.phases.base import PhaseContext
-from forge.phases.tool_persona import ToolPersonaWork, bake_questions, retained_direct_answers, retained_problems
+from forge.phases.tool_persona import ToolPersonaWork, bake_questions, retained_direct_answers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,7 +44,7 @@ def tiny_gpt2(tokenizer):
 
 @pytest.mark.parametrize("seed", [0, 7])
 def test_retained_problems_are_train_side_and_none_is_the_scoreboards(seed):
-    problems = retained_problems(64, seed)
+    problems = taskworld.easy_train_items(64, seed=seed)
     assert len({problem.canonical for problem in problems}) == len(problems) == 64
     assert {(p.family, p.level) for p in problems} <= {(family, level) for family in taskworld.EASY_FAMILIES
                                                       for level in taskworld.EASY_LEVELS}
@@ -59,7 +59,7 @@ def test_retained_problems_are_train_side_and_none_is_the_scoreboards(seed):
 
 
 def test_retained_sequences_are_the_questions_with_their_gold_answer_lines(tokenizer):
-    problems = retained_problems(16, 0)
+    problems = taskworld.easy_train_items(16, seed=0)
     retained = retained_direct_answers(tokenizer, problems, None)
     assert len(retained) == 16
     for problem, sequence in zip(problems, retained):
@@ -69,8 +69,10 @@ def test_retained_sequences_are_the_questions_with_their_gold_answer_lines(token
             "input_ids"] + [tokenizer.eos_token_id]
     longest = max(len(s.student_context) + len(s.generated) for s in retained)
     assert len(retained_direct_answers(tokenizer, problems, longest - 1)) < 16  # longer than the model: dropped
-    with pytest.raises(ValueError, match="bake_retain_items must be >= 0"):
-        retained_problems(-1, 0)
+    with pytest.raises(ValueError, match="bake_retain_items must be >= 0"):  # refused when the config loads
+        load_pipeline_config("tiny", overrides=["tool_persona.bake_retain_items=-1"])
+    assert load_pipeline_config("tiny", overrides=["tool_persona.bake_retain_items=0"]).tool_persona \
+        .bake_retain_items == 0
 
 
 def retained_kl(original, model, tokenizer, retain) -> float:
@@ -80,7 +82,7 @@ def retained_kl(original, model, tokenizer, retain) -> float:
 
 
 def test_the_phase_bake_holds_the_retained_direct_answers(tmp_path, tokenizer):
-    retain = retained_direct_answers(tokenizer, retained_problems(16, 0), None)
+    retain = retained_direct_answers(tokenizer, taskworld.easy_train_items(16, seed=0), None)
     drift, records = {}, {}
     for weight in (0.0, 5.0):
         config = PipelineConfig()

@@ -19,34 +19,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.harness import evaluate  # noqa: E402
-from benchmarks.scoreboard import OFFLINE_TASKS, bootstrap_interval, has_thinking_tokens  # noqa: E402
+from benchmarks.scoreboard import OFFLINE_TASKS, task_figures  # noqa: E402
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT  # noqa: E402
 from forge.abcycles.prompt_variants import HUMAN_PERSONAS  # noqa: E402
 from forge.artifacts import atomic_write_json, load_model_dir  # noqa: E402
 from forge.config import load_pipeline_config  # noqa: E402
+from forge.data import taskworld  # noqa: E402
 from forge.modelinfo import max_positions  # noqa: E402
 from forge.phases.base import PhaseContext  # noqa: E402
-from forge.phases.tool_persona import (ToolPersonaWork, bake_questions, retained_direct_answers,  # noqa: E402
-                                       retained_problems)
-from forge.quietstar.tokens import thinking_token_ids  # noqa: E402
+from forge.phases.tool_persona import ToolPersonaWork, bake_questions, retained_direct_answers  # noqa: E402
 
 
 def task_accuracy(model, tokenizer, config) -> dict[str, float]:
-    """The scoreboard's offline task accuracy (taskworld_easy) with its interval."""
-    board = config.scoreboard
-    suppressed = sorted(thinking_token_ids(tokenizer).values()) if board.suppress_thinking and \
-        has_thinking_tokens(tokenizer) else ()
+    """The scoreboard's offline task accuracy (taskworld_easy, its items and settings) with its interval."""
     (task,) = OFFLINE_TASKS
-    results = evaluate(model, tokenizer, [task], limit=board.offline_task_items, seed=board.seed, heldout_only=True,
-                       max_new_tokens=board.max_new_tokens, log_samples=True, suppress_token_ids=suppressed)
-    values = np.array([item["exact_match"] for item in results[task].samples], dtype=float)
-    low, high = bootstrap_interval([values], np.mean, resamples=board.bootstrap_resamples, seed=board.seed,
-                                   confidence=board.confidence)
-    return {"task_accuracy": float(values.mean()), "interval": [low, high], "items": len(values)}
+    figure = task_figures(model, tokenizer, [task], None, config.scoreboard.settings())[f"task_accuracy/{task}"]
+    return {"task_accuracy": figure["value"], "interval": [figure["low"], figure["high"]], "items": figure["n"]}
 
 
 def run_variant(name: str, overrides: list[str], model_dir: str, preset: str) -> dict:
@@ -54,7 +44,7 @@ def run_variant(name: str, overrides: list[str], model_dir: str, preset: str) ->
     phase = config.tool_persona
     model, tokenizer = load_model_dir(model_dir, device="cpu")
     model.eval()
-    retain = retained_direct_answers(tokenizer, retained_problems(phase.bake_retain_items, config.seed),
+    retain = retained_direct_answers(tokenizer, taskworld.easy_train_items(phase.bake_retain_items, seed=config.seed),
                                      max_positions(model))
     inputs = bake_questions(phase.sources(False), phase.bake_inputs, None)
     row = {"variant": name, "overrides": overrides, "retained_sequences": len(retain),

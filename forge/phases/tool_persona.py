@@ -109,15 +109,6 @@ def bake_questions(sources: Sequence[str], count: int, data_dir: str | None) -> 
     return [f"Question: {p.question}\n" for p in load_problems(sources, heldout=False, data_dir=data_dir, limit=count)]
 
 
-def retained_problems(count: int, seed: int) -> list[taskworld.TaskItem]:
-    """``count`` distinct train-side problems of the task world's easy cells (``EASY_FAMILIES`` at ``EASY_LEVELS``,
-    those of the scoreboard's ``taskworld_easy``): ``generate_items`` draws them from the train side only, so none
-    is a problem the scoreboard measures."""
-    if count < 0:
-        raise ValueError(f"tool_persona.bake_retain_items must be >= 0 (0: no retention), got {count}")
-    return taskworld.easy_train_items(count, seed=seed)
-
-
 def retained_direct_answers(tokenizer, problems: Sequence[taskworld.TaskItem], max_len: int | None) -> list[Trajectory]:
     """The problems asked directly (``Question: ...``) with their gold answer lines, the sequences every bake holds.
     Gold, not the model's greedy answers: on the problems the model answers right (the ones the scoreboard counts)
@@ -329,8 +320,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
                          f"{config.validation_items} validation items; lower tool_persona.validation_items")
     persona_tasks = dict(TASK_WEIGHTS) if ctx.data_dir else dict(OFFLINE_PERSONA_TASKS)
     bake_inputs = bake_questions(sources, config.bake_inputs, ctx.data_dir)
-    retain = retained_direct_answers(tokenizer, retained_problems(config.bake_retain_items, ctx.config.seed),
-                                     max_positions(model))
+    # Train-side easy problems: none of them is one the scoreboard measures.
+    retained = taskworld.easy_train_items(config.bake_retain_items, seed=ctx.config.seed)
+    retain = retained_direct_answers(tokenizer, retained, max_positions(model))
     share = evaluation_share(model.state_dict(), ctx.config.device, config.eval_actors)
     # A benchmark actor whose process dies is restarted and its evaluation re-sent (ray.max_restarts).
     actors = [BenchmarkActor.options(**share.ray_options(), **restart_options(ctx.config.ray.max_restarts)).remote(
