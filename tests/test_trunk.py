@@ -1,5 +1,5 @@
-"""Phase 1's trunk and forks: the models start from the trunk's exact weights whatever their memory capacity and
-ACT threshold, the trunk is trained once (not once per model), a resumed phase does not retrain a finished
+"""Phase 1's trunk and forks: the models start from the trunk's exact weights whatever their memory capacity,
+ACT threshold and ACT steps, the trunk is trained once (not once per model), a resumed phase does not retrain a finished
 trunk, and with the trunk off each model trains every stage from its own initialisation as before. The trunk's
 mix holds the task world at its configured share (the stage's documents), and the held-out text never does."""
 import shutil
@@ -34,11 +34,12 @@ def tokenizer_dir(tmp_path_factory):
     return path
 
 
-def _job(tmp_path, tokenizer_dir, name, *, epochs, ltm_slots, act_threshold, seed, init_from=None):
+def _job(tmp_path, tokenizer_dir, name, *, epochs, ltm_slots, act_threshold, seed, init_from=None, act_max_steps=2):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    arch = dict(ARCH, ltm_slots=ltm_slots, act_threshold=act_threshold, vocab_size=len(tokenizer),
+    arch = dict(ARCH, ltm_slots=ltm_slots, act_threshold=act_threshold, act_max_steps=act_max_steps,
+                vocab_size=len(tokenizer),
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id)
     blocks = torch.randint(0, len(tokenizer), (8, SEQ), generator=torch.Generator().manual_seed(seed))
@@ -50,8 +51,9 @@ def _job(tmp_path, tokenizer_dir, name, *, epochs, ltm_slots, act_threshold, see
                     tracking=TrackingConfig(wandb_mode="disabled"), group="test", init_from=init_from)
 
 
-def test_a_fork_starts_from_the_trunks_exact_weights_at_any_capacity_and_threshold(tmp_path, tokenizer_dir):
-    trunk_job = _job(tmp_path, tokenizer_dir, "trunk", epochs=1, ltm_slots=8, act_threshold=0.95, seed=1)
+def test_a_fork_starts_from_the_trunks_exact_weights_at_any_capacity_threshold_and_act_steps(tmp_path, tokenizer_dir):
+    trunk_job = _job(tmp_path, tokenizer_dir, "trunk", epochs=1, ltm_slots=8, act_threshold=0.95, seed=1,
+                     act_max_steps=1)
     assert run_train_job(trunk_job)["steps"] == 2
     trunk = load_model_dir(trunk_job.out_dir)[0]
     # Zero epochs: the fork's saved weights are exactly what it starts its own training from.
@@ -59,7 +61,8 @@ def test_a_fork_starts_from_the_trunks_exact_weights_at_any_capacity_and_thresho
                     init_from=trunk_job.out_dir)
     run_train_job(fork_job)
     fork = load_model_dir(fork_job.out_dir)[0]
-    assert (fork.config.ltm_slots, fork.config.act_threshold) == (32, 0.85)
+    assert (fork.config.ltm_slots, fork.config.act_threshold, fork.config.act_max_steps) == (32, 0.85, 2)
+    assert trunk.config.act_max_steps == 1
     trunk_state, fork_state = trunk.state_dict(), fork.state_dict()
     assert trunk_state.keys() == fork_state.keys()
     assert all(torch.equal(trunk_state[k], fork_state[k]) for k in trunk_state)
@@ -107,6 +110,11 @@ def test_the_trunk_trains_once_and_a_resumed_phase_forks_it_without_retraining(t
     assert _steps(metrics, "cognate-a") == [1, 2, 3, 4] and _steps(metrics, "cognate-b") == [1, 2]  # stages 2-3 only
     summary = read_json(phase / "manifest.json")["summary"]
     assert summary["trunk"]["reused"] is False and summary["trunk"]["steps"] == 2
+    # The trunk trains with one ACT step (the tiny preset's cognate.trunk.act_max_steps), the models with the
+    # architecture's two from the fork on.
+    assert summary["trunk"]["act_max_steps"] == 1
+    assert load_model_dir(phase / "work" / TRUNK_DIR)[0].config.act_max_steps == 1
+    assert load_model_dir(phase / "model_a")[0].config.act_max_steps == 2
     assert [s["stage"] for s in summary["models"]["a"]["data"]["stages"]] == ["reasoning", "advanced"]
     # The task world is in the trunk's mix at the tiny preset's share, with direct answers only, not in the models'
     # (their share is 0 here), and none of its documents is in the held-out text.

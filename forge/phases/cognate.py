@@ -80,6 +80,8 @@ def _architecture(config: PipelineConfig, spec: CognateModelSpec | CognateTrunkC
     arch.update(act_threshold=spec.act_threshold, ltm_slots=spec.ltm_slots, vocab_size=len(tokenizer),
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id)
+    if isinstance(spec, CognateTrunkConfig) and spec.act_max_steps is not None:
+        arch["act_max_steps"] = spec.act_max_steps
     return arch
 
 
@@ -304,7 +306,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
         trunk_record.update(stages=[m.summary() for m in trunk_mixes],
                             train_blocks=[len(s.blocks) for s in trunk_stages],
                             corpus_tokens=len(trunk_stream), taskworld_corpus_tokens=trunk_task_tokens,
-                            act_threshold=trunk.act_threshold, ltm_slots=trunk.ltm_slots, seed=trunk.seed)
+                            act_threshold=trunk.act_threshold, act_max_steps=trunk.act_max_steps,
+                            ltm_slots=trunk.ltm_slots, seed=trunk.seed)
 
     # 3. One job per model (forked from the trunk when there is one), all at the same time.
     jobs, data_record = [], {}

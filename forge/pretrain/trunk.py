@@ -10,7 +10,8 @@ rebuilds the capacity-dependent parts deterministically. The seeded draw of ``W1
 features extend a smaller one's: the first 64 of a 256-slot fork's features are a 64-slot trunk's, so the
 fork's memory starts as the trunk's plus extra features whose read-out (``W2``) starts at zero in every
 sequence, and its training teaches the learned gates to use them. The ACT threshold only moves where tokens
-stop refining; the halting head's weights are the trunk's.
+stop refining, and ``act_max_steps`` how many steps a token may take (the trunk may train with fewer than its
+models: ``cognate.trunk.act_max_steps``); the halting head's weights are the trunk's.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class ForkError(ValueError):
 def fork_from_trunk(model, trunk_dir: Path) -> None:
     """Load the trunk's weights (``trunk_dir``, a verified model directory) into ``model``, exactly.
 
-    ``model`` may differ from the trunk in settings that are not weights (``ltm_slots``, ``act_threshold``);
+    ``model`` may differ from the trunk in settings that are not weights (``ltm_slots``, ``act_threshold``, ``act_max_steps``);
     any difference in parameter names or shapes is refused, naming the tensors.
     """
     trunk, _ = load_model_dir(trunk_dir)
@@ -37,5 +38,5 @@ def fork_from_trunk(model, trunk_dir: Path) -> None:
     if missing or extra or shapes:
         raise ForkError(f"the trunk in {trunk_dir} does not fit the forked model: missing {missing[:5]}, extra "
                         f"{extra[:5]}, shapes {shapes[:5]}. The trunk and the models must share "
-                        "cognate.architecture and the tokenizer; only act_threshold and ltm_slots may differ")
+                        "cognate.architecture and the tokenizer; only act_threshold, act_max_steps and ltm_slots may differ")
     model.load_state_dict(source, strict=True)
