@@ -98,10 +98,10 @@ class CognateTrunkConfig:
     """Seed of the trunk's weights, data mix and order."""
     act_threshold: float = 0.95
     """ACT threshold the trunk trains with (the spec's default, the reasoning model's)."""
-    act_max_steps: int | None = 1
+    act_max_steps: int | None = None
     """Supervision (ACT) steps the trunk trains with; None: cognate.architecture's. Not in the weights: the
-    models train and run with the architecture's from the fork on. 1 (tiny): the trunk's step costs about
-    half, at the price of held-out perplexity and an untrained halting head (docs/BENCHMARKS.md)."""
+    models train and run with the architecture's from the fork on. 1 halves the tiny trunk's step, at the price
+    of held-out perplexity and an untrained halting head, and moved every later phase (docs/BENCHMARKS.md)."""
     ltm_slots: int = 64
     """Memory capacity the trunk trains with; a model with another capacity keeps every trunk weight
     (capacity is not in the weights: forge/pretrain/trunk.py)."""

@@ -93,7 +93,7 @@ SMALL = ["phases=[cognate]", "scoreboard.enabled=false", "tracking.wandb_mode=di
          "cognate.data.validation_fraction=0.2",
          "cognate.models=[{name: a, act_threshold: 0.9, ltm_slots: 32, seed: 1, stage_epochs: [1, 1, 1]},"
          " {name: b, act_threshold: 0.99, ltm_slots: 64, seed: 2, stage_epochs: [1, 0, 1]}]",
-         "cognate.trunk.ltm_slots=32", "cognate.trunk.max_steps_per_epoch=2", "cognate.trunk.chars_per_stage=40000",
+         "cognate.trunk.ltm_slots=32", "cognate.trunk.act_max_steps=1", "cognate.trunk.max_steps_per_epoch=2", "cognate.trunk.chars_per_stage=40000",
          "cognate.data.taskworld_items=200"]
 
 
@@ -110,8 +110,8 @@ def test_the_trunk_trains_once_and_a_resumed_phase_forks_it_without_retraining(t
     assert _steps(metrics, "cognate-a") == [1, 2, 3, 4] and _steps(metrics, "cognate-b") == [1, 2]  # stages 2-3 only
     summary = read_json(phase / "manifest.json")["summary"]
     assert summary["trunk"]["reused"] is False and summary["trunk"]["steps"] == 2
-    # The trunk trains with one ACT step (the tiny preset's cognate.trunk.act_max_steps), the models with the
-    # architecture's two from the fork on.
+    # The trunk trains with one ACT step (cognate.trunk.act_max_steps), the models with the architecture's two
+    # from the fork on.
     assert summary["trunk"]["act_max_steps"] == 1
     assert load_model_dir(phase / "work" / TRUNK_DIR)[0].config.act_max_steps == 1
     assert load_model_dir(phase / "model_a")[0].config.act_max_steps == 2
