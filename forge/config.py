@@ -286,8 +286,9 @@ class ToolPersonaPhaseConfig:
     """Generation budget of generated-answer tasks in the B-cycle."""
     validation_items: int = 48
     """Held-out items of the final check (A: disjoint from every iteration's subset)."""
-    bake_inputs: int = 32
-    """Train-side questions that follow the prompt in the bake's trajectories."""
+    bake_inputs: int = 64
+    """Train-side questions that follow the prompt in the bake's trajectories (their held-out and calibration splits
+    measure the strength: with 32, four of eight half-bakes missed 0.5 +/- 0.1, with 64 none; docs/BENCHMARKS.md)."""
     bake_retain_items: int = 64
     """Train-side task-world problems asked directly (the scoreboard's form) whose gold answers every bake holds."""
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
