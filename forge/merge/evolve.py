@@ -63,8 +63,9 @@ class EvoMergeConfig:
     """Probability that a mutation re-draws a layer's source (and moves its DFS layer index)."""
     max_recipes: int = 3
     """Most merge recipes one genome mixes (loser merges of loser merges are trimmed to this)."""
-    heldout_max_chars: int = 20_000
-    """Characters of Phase 1's held-out texts used for the perplexity term."""
+    heldout_max_chars: int = 10_000
+    """Characters of Phase 1's held-out texts used for the perplexity term (tiny: 10,000 chose the same champion
+    as 20,000, with each candidate's evaluation ~40% shorter; docs/BENCHMARKS.md)."""
     perplexity_window: int = 128
     """Tokens per perplexity window (sliding, half overlap); the tiny models train on 128-token sequences."""
     accuracy_tasks: list[str] = field(default_factory=lambda: ["arc_easy"])
