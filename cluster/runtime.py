@@ -54,10 +54,10 @@ def connect(config: RayConfig | None = None) -> str:
             f"ray.num_gpus={num_gpus} but torch sees {visible} GPU(s) here; tasks asking for GPUs "
             f"that do not exist would wait forever. Set ray.num_gpus to at most {visible}."
         )
-    # Ray starts its workers at nice 15 (below the driver). On a small machine Ray's own processes then preempt the
-    # trainers' OpenMP threads at every wake-up: a tiny Cognate training step ran 15% slower in an actor at nice 15
-    # than at 0 (docs/BENCHMARKS.md). Our workers are the pipeline's work, so they run at the driver's priority,
-    # as `ray job submit` runs a job's driver; RAY_worker_niceness set by the user wins.
+    # Ray starts its workers at nice 15 (below the driver). On a small machine Ray's own processes then preempt
+    # the trainers' OpenMP threads at every wake-up: a tiny Cognate training step ran 10-15% slower in an actor at
+    # nice 15 than at 0 (docs/BENCHMARKS.md). Our workers are the pipeline's work, so they run at the driver's
+    # priority, as `ray job submit` runs a job's driver; RAY_worker_niceness set by the user wins.
     os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     ray.init(address="local", num_cpus=config.num_cpus, num_gpus=num_gpus,
              include_dashboard=config.include_dashboard)
