@@ -494,10 +494,11 @@ def validate(config: PipelineConfig) -> None:
                           or not 0.0 < trunk.act_threshold < 1.0 or trunk.ltm_slots < 1):
         raise ConfigError("cognate.trunk: stage_epochs needs one or two counts >= 1 (the leading stages trained "
                           "once; the models train the rest), act_threshold in (0, 1), ltm_slots >= 1")
-    if trunk.enabled and (trunk.chars_per_stage < 1 or (trunk.max_steps_per_epoch or 1) < 1
+    if trunk.enabled and (trunk.chars_per_stage < 1
+                          or any(n is not None and n < 1 for n in (trunk.max_steps_per_epoch, trunk.act_max_steps))
                           or not 0.0 < trunk.fork_lr_scale <= 1.0 or trunk.spike_factor <= 1.0):
-        raise ConfigError("cognate.trunk: chars_per_stage must be >= 1, max_steps_per_epoch >= 1 (or null), "
-                          "fork_lr_scale in (0, 1] and spike_factor > 1")
+        raise ConfigError("cognate.trunk: chars_per_stage must be >= 1, max_steps_per_epoch and act_max_steps "
+                          ">= 1 (or null), fork_lr_scale in (0, 1] and spike_factor > 1")
     for name, share in [("trunk", trunk.taskworld_share), *((f"models[{m.name}]", m.taskworld_share)
                                                            for m in cognate.models)]:
         if not 0.0 <= share < 1.0:

@@ -40,6 +40,14 @@ def test_bad_overrides_name_the_key(override, message):
         load_pipeline_config("tiny", overrides=[override])
 
 
+@pytest.mark.parametrize("key", ["act_max_steps", "max_steps_per_epoch"])
+def test_the_trunks_step_counts_are_judged_at_load_at_their_boundary(key):
+    """cognate.trunk.act_max_steps and max_steps_per_epoch: null or >= 1, refused before any data is read."""
+    assert getattr(load_pipeline_config("tiny", overrides=[f"cognate.trunk.{key}=1"]).cognate.trunk, key) == 1
+    with pytest.raises(ConfigError, match="max_steps_per_epoch and act_max_steps >= 1"):
+        load_pipeline_config("tiny", overrides=[f"cognate.trunk.{key}=0"])
+
+
 def test_unknown_phase_lists_valid_ones():
     with pytest.raises(ConfigError, match="unknown phase 'cognite'; valid phases: cognate"):
         load_pipeline_config("tiny", phases=["cognite"])

@@ -1,6 +1,6 @@
 """Phase 1's trunk and forks: the models start from the trunk's exact weights whatever their memory capacity,
-ACT threshold and ACT steps, the trunk is trained once (not once per model), a resumed phase does not retrain a finished
-trunk, and with the trunk off each model trains every stage from its own initialisation as before. The trunk's
+ACT threshold and ACT steps, the trunk is trained once (not once per model), a resumed phase does not retrain a
+finished trunk, and with the trunk off each model trains every stage from its own initialisation as before. The trunk's
 mix holds the task world at its configured share (the stage's documents), and the held-out text never does."""
 import shutil
 from dataclasses import replace
@@ -34,7 +34,8 @@ def tokenizer_dir(tmp_path_factory):
     return path
 
 
-def _job(tmp_path, tokenizer_dir, name, *, epochs, ltm_slots, act_threshold, seed, init_from=None, act_max_steps=2):
+def _job(tmp_path, tokenizer_dir, name, *, epochs, ltm_slots, act_threshold, seed, init_from=None,
+         act_max_steps=2):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -93,7 +94,8 @@ SMALL = ["phases=[cognate]", "scoreboard.enabled=false", "tracking.wandb_mode=di
          "cognate.data.validation_fraction=0.2",
          "cognate.models=[{name: a, act_threshold: 0.9, ltm_slots: 32, seed: 1, stage_epochs: [1, 1, 1]},"
          " {name: b, act_threshold: 0.99, ltm_slots: 64, seed: 2, stage_epochs: [1, 0, 1]}]",
-         "cognate.trunk.ltm_slots=32", "cognate.trunk.act_max_steps=1", "cognate.trunk.max_steps_per_epoch=2", "cognate.trunk.chars_per_stage=40000",
+         "cognate.trunk.ltm_slots=32", "cognate.trunk.act_max_steps=1",
+         "cognate.trunk.max_steps_per_epoch=2", "cognate.trunk.chars_per_stage=40000",
          "cognate.data.taskworld_items=200"]
 
 

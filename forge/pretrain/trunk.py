@@ -27,8 +27,8 @@ class ForkError(ValueError):
 def fork_from_trunk(model, trunk_dir: Path) -> None:
     """Load the trunk's weights (``trunk_dir``, a verified model directory) into ``model``, exactly.
 
-    ``model`` may differ from the trunk in settings that are not weights (``ltm_slots``, ``act_threshold``, ``act_max_steps``);
-    any difference in parameter names or shapes is refused, naming the tensors.
+    ``model`` may differ from the trunk in settings that are not weights (``ltm_slots``, ``act_threshold``,
+    ``act_max_steps``); any difference in parameter names or shapes is refused, naming the tensors.
     """
     trunk, _ = load_model_dir(trunk_dir)
     source, target = trunk.state_dict(), model.state_dict()
@@ -38,5 +38,6 @@ def fork_from_trunk(model, trunk_dir: Path) -> None:
     if missing or extra or shapes:
         raise ForkError(f"the trunk in {trunk_dir} does not fit the forked model: missing {missing[:5]}, extra "
                         f"{extra[:5]}, shapes {shapes[:5]}. The trunk and the models must share "
-                        "cognate.architecture and the tokenizer; only act_threshold, act_max_steps and ltm_slots may differ")
+                        "cognate.architecture and the tokenizer; only act_threshold, act_max_steps and ltm_slots "
+                        "may differ")
     model.load_state_dict(source, strict=True)
