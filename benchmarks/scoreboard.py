@@ -9,7 +9,9 @@ Figures (each with a seeded bootstrap confidence interval over items):
   ``taskworld_easy`` (generated add and cmp problems) without a data folder, a small fixed subset of ARC-Easy,
   ARC-Challenge, PIQA, HellaSwag, GSM8K and MMLU with one; items are resampled within each task.
   ``task_accuracy/<task>`` per task.
-- ``tool_accuracy``: the multi-turn tool-use benchmark (``benchmarks.tooluse``) on held-out problems.
+- ``tool_accuracy``: the multi-turn tool-use benchmark (``benchmarks.tooluse``) on held-out problems: without a
+  data folder the ``hard`` multi-digit problems, which a tiny model solves only with the calculator (a call, then
+  the answer: ``tool_max_turns`` 2), so the figure shows when a phase teaches or loses tool use.
 - ``thinking_usage``: share of generated answers that open a thinking block on held-out multi-digit
   task-world problems, for models with the Quiet-STaR tokens (absent otherwise).
 - ``tokens_per_s``: greedy generation speed (per prompt: tokens and seconds); ``size_mb``: weights on disk.
@@ -34,7 +36,7 @@ DATA_TASKS = ("arc_easy", "arc_challenge", "piqa", "hellaswag", "gsm8k", "mmlu")
 # Without a data folder: the task world's easy held-out problems (exact match; the tiny trunk trains on their train
 # side). synthetic_reasoning (multiple choice, chance 0.25) gave every model of the default run 0.29-0.33.
 OFFLINE_TASKS = ("taskworld_easy",)
-TOOL_SOURCES_OFFLINE = ("easy",)
+TOOL_SOURCES_OFFLINE = ("hard",)
 TOOL_SOURCES_WITH_DATA = ("easy", "svamp")
 LOWER_IS_BETTER = {"heldout_perplexity", "wikitext_perplexity", "size_mb"}
 PRIMARY_METRICS = ("heldout_perplexity", "task_accuracy", "tool_accuracy", "wikitext_perplexity")
@@ -76,6 +78,36 @@ def bootstrap_interval(samples: Sequence[np.ndarray], statistic: Callable[..., f
     # Sample quantiles without interpolation: an infinite statistic (a broken model) stays inf, not nan.
     return (float(np.quantile(values, tail, method="inverted_cdf")),
             float(np.quantile(values, 1.0 - tail, method="inverted_cdf")))
+
+
+def paired_intervals(tasks: Sequence[Sequence[Sequence[float]]], weights: Sequence[float], *, resamples: int = 1000,
+                     seed: int = 0, confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Per prompt, its weighted mean over tasks of per-item scores (``tasks[t][prompt][item]``: every prompt
+    on the same items of each task, in the same order) with a bootstrap interval, and its paired difference to the
+    first prompt (the incumbent) with the interval over the same item resamples (stratified by task): what tells a
+    variant from the incumbent on one set of items."""
+    if not tasks or len({len(rows) for rows in tasks}) != 1 or any(
+            len({len(row) for row in rows}) != 1 or len(rows[0]) == 0 for rows in tasks):
+        raise ValueError("paired_intervals needs, per task, rows of equal non-zero length for the same prompts")
+    groups = [np.asarray(rows, dtype=float).T for rows in tasks]  # per task, one row per item: resampling pairs
+    if len(weights) != len(groups) or sum(weights) <= 0 or min(weights) < 0:
+        raise ValueError(f"paired_intervals needs one non-negative weight per task, summing above 0, got {weights}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"need 0 < confidence < 1, got {confidence}")
+    share = np.asarray(weights, dtype=float) / sum(weights)
+
+    def means(*resampled: np.ndarray) -> np.ndarray:
+        return sum(w * group.mean(axis=0) for w, group in zip(share, resampled))
+
+    def interval(statistic) -> list[float]:
+        # The same seed draws the same item resamples for every statistic.
+        return list(bootstrap_interval(groups, statistic, resamples=resamples, seed=seed, confidence=confidence))
+
+    values = means(*groups)
+    return [{"value": float(values[i]), "interval": interval(lambda *g, i=i: means(*g)[i]),
+             "difference": float(values[i] - values[0]),
+             "difference_interval": interval(lambda *g, i=i: means(*g)[i] - means(*g)[0])}
+            for i in range(len(values))]
 
 
 def _figure(value: float, interval: tuple[float, float], n: int, **extra: Any) -> dict[str, Any]:

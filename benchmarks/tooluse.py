@@ -32,7 +32,7 @@ from benchmarks.cache import ResultCache, cache_key
 from benchmarks.harness import docs_digest, tokenizer_fingerprint
 from benchmarks.lm import encode, generate_until, probe_model
 from benchmarks.sandbox import SandboxLimits, run_programs
-from benchmarks.scoreboard import bootstrap_interval
+from benchmarks.scoreboard import paired_intervals
 from benchmarks.tooluse_problems import SOURCES, ToolProblem, demonstrations, load_problems, rotation_subset
 from benchmarks.tooluse_tools import (ANSWER_CLOSE, ANSWER_OPEN, CLOSE_TAGS, RESULT_CLOSE, RESULT_OPEN,
                                       STOP_SEQUENCES, TOOLS, ToolCall, calculate, find_call, python_program, run_calls)
@@ -195,23 +195,12 @@ def accuracy_intervals(correct: Sequence[Sequence[bool]], *, resamples: int = 10
                        confidence: float = 0.95) -> list[dict[str, Any]]:
     """Per prompt (one row of per-item results each, the same items in the same order): its accuracy with a
     percentile bootstrap interval, and its paired difference to the first row (the incumbent) with the interval
-    over the same item resamples: what tells a variant from the incumbent on one subset."""
+    over the same item resamples (``benchmarks.scoreboard.paired_intervals`` of one task)."""
     lengths = sorted({len(row) for row in correct})
     if len(lengths) != 1 or lengths[0] == 0:
         raise ValueError(f"accuracy_intervals needs rows of equal, non-zero length, got lengths {lengths}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"need 0 < confidence < 1, got {confidence}")
-    items = np.asarray(correct, dtype=float).T  # one row per item: resampling rows pairs the prompts
-
-    def interval(statistic) -> list[float]:
-        # The same seed draws the same item resamples for every statistic.
-        return list(bootstrap_interval([items], statistic, resamples=resamples, seed=seed, confidence=confidence))
-
-    means = items.mean(axis=0)
-    return [{"accuracy": float(means[i]), "interval": interval(lambda rows, i=i: rows[:, i].mean()),
-             "difference": float(means[i] - means[0]),
-             "difference_interval": interval(lambda rows, i=i: rows[:, i].mean() - rows[:, 0].mean())}
-            for i in range(items.shape[1])]
+    entries = paired_intervals([correct], [1.0], resamples=resamples, seed=seed, confidence=confidence)
+    return [{"accuracy": entry.pop("value"), **entry} for entry in entries]
 
 
 @dataclass

@@ -291,6 +291,10 @@ class ToolPersonaPhaseConfig:
     measure the strength: with 32, four of eight half-bakes missed 0.5 +/- 0.1, with 64 none; docs/BENCHMARKS.md)."""
     bake_retain_items: int = 64
     """Train-side task-world problems asked directly (the scoreboard's form) whose gold answers every bake holds."""
+    bake_retain_tool_items: int = 96
+    """Train-side tool-use transcripts per source (the A-cycle's context with the initial tool prompt) whose calls and
+    answers every bake also holds, so a bake keeps the tool use Phase 5 taught (32 kept less of it than 96:
+    docs/BENCHMARKS.md); 0: none."""
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
         lora_r=16, learning_rate=5e-4, batch_size=8, samples_per_input=2, max_new_tokens=16, mode="target_strength",
         full_epochs=6.0, num_epochs=6.0, retention_weight=4.0))
@@ -299,9 +303,9 @@ class ToolPersonaPhaseConfig:
     weigh 4 (1 lost 0.1 of the scoreboard's task accuracy), 6 epochs leave room to reach the target beside them."""
 
     def __post_init__(self) -> None:
-        if self.bake_retain_items < 0:
-            raise ValueError(f"tool_persona.bake_retain_items must be >= 0 (0: no retention), "
-                             f"got {self.bake_retain_items}")
+        for name in ("bake_retain_items", "bake_retain_tool_items"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"tool_persona.{name} must be >= 0 (0: no retention), got {getattr(self, name)}")
 
     def sources(self, with_data: bool) -> list[str]:
         """The tool-use problem sources of a run with (or without) a data folder."""
@@ -347,10 +351,10 @@ class ScoreboardConfig:
     """Score the generated-answer tasks with the thinking tokens suppressed in models that have them (after Phase
     3): a direct answer, the same work for every phase's model; False: the model may open a thought, which a
     direct-answer task cuts at its stop sequence or max_new_tokens."""
-    tool_items: int = 4
-    """Held-out tool-use problems."""
-    tool_max_turns: int = 1
-    """Model turns per tool-use problem."""
+    tool_items: int = 32
+    """Held-out tool-use problems per source (offline: hard, the multi-digit problems Phase 6's A-cycle scores)."""
+    tool_max_turns: int = 2
+    """Model turns per tool-use problem (2: a call, then the answer; 1 leaves a model that calls no turn to answer)."""
     thinking_items: int = 6
     """Generated problems for thinking usage (models with the thinking tokens only)."""
     speed_prompts: int = 3
@@ -370,9 +374,10 @@ class ScoreboardConfig:
     """A phase whose output is worse than its (best) input on primary_metric beyond the intervals hands its
     input on instead (needs enabled)."""
     gate_also_on: list[Literal["heldout_perplexity", "task_accuracy", "tool_accuracy", "wikitext_perplexity"]] = \
-        field(default_factory=lambda: ["task_accuracy"])
+        field(default_factory=lambda: ["task_accuracy", "tool_accuracy"])
     """Further figures the gate judges, each the same way: an output worse on primary_metric or on any of these
-    hands the input on (held-out perplexity alone passed a Quiet-STaR model that no longer answered directly)."""
+    hands the input on (held-out perplexity alone passed a Quiet-STaR model that no longer answered directly; tool
+    accuracy: Phase 6's bakes once took the tool use Phase 5 taught from 0.60 to 0.02)."""
     tolerance: float = 0.0
     """Extra margin before the gate acts, as a fraction of the input's value (0.1: 10% worse is tolerated)."""
 

@@ -10,7 +10,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from benchmarks.tasks import read_taskworld
-from benchmarks.tooluse import INITIAL_TOOL_PROMPT
+from benchmarks.tooluse import INITIAL_TOOL_PROMPT, calculate
+from benchmarks.tooluse_problems import load_problems
 from forge.baking import BakingConfig
 from forge.baking.kl import batch_kl_sum, plain
 from forge.baking.trajectories import collate
@@ -18,7 +19,8 @@ from forge.config import PipelineConfig, load_pipeline_config
 from forge.data import taskworld
 from forge.data.tokenizer import train_bpe_tokenizer
 from forge.phases.base import PhaseContext
-from forge.phases.tool_persona import ToolPersonaWork, bake_questions, retained_direct_answers
+from forge.phases.tool_persona import (ToolPersonaWork, bake_questions, retained_direct_answers,
+                                      retained_tool_transcripts)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,6 +75,28 @@ def test_retained_sequences_are_the_questions_with_their_gold_answer_lines(token
         load_pipeline_config("tiny", overrides=["tool_persona.bake_retain_items=-1"])
     assert load_pipeline_config("tiny", overrides=["tool_persona.bake_retain_items=0"]).tool_persona \
         .bake_retain_items == 0
+
+
+def test_retained_tool_transcripts_copy_the_question_into_the_call_and_the_result_into_the_answer(tokenizer):
+    config = load_pipeline_config("tiny", overrides=["tool_persona.bake_retain_tool_items=6"]).tool_persona
+    retained = retained_tool_transcripts(tokenizer, ["hard"], config, None, None, seed=0)
+    assert len(retained) == 6
+    heldout = {problem.question for problem in load_problems(["hard"], heldout=True)}
+    for sequence in retained:
+        assert sequence.teacher_context == sequence.student_context
+        context = tokenizer.decode(list(sequence.student_context))
+        transcript = tokenizer.decode(list(sequence.generated))
+        assert context.startswith(INITIAL_TOOL_PROMPT)  # the A-cycle's context, with the initial tool prompt
+        question = context.rsplit("Question: What is ", 1)[1]
+        expression = question.split("?", 1)[0]
+        assert f"What is {expression}?" not in heldout  # train side
+        result = str(calculate(expression))
+        assert transcript.startswith(f"<calc>{expression}</calc>")
+        assert f"<result>{result}</result>" in transcript and f"<answer>{result}</answer>" in transcript
+    config.bake_retain_tool_items = 0
+    assert retained_tool_transcripts(tokenizer, ["hard"], config, None, None, seed=0) == []
+    with pytest.raises(ValueError, match="bake_retain_tool_items must be >= 0"):
+        load_pipeline_config("tiny", overrides=["tool_persona.bake_retain_tool_items=-1"])
 
 
 def retained_kl(original, model, tokenizer, retain) -> float:

@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from actors.benchmark_actor import score_model_dirs
-from benchmarks.scoreboard import bootstrap_interval, gate_decision, row_key, score_model
+from benchmarks.scoreboard import bootstrap_interval, gate_decision, paired_intervals, row_key, score_model
 from forge.artifacts import read_manifest, save_model_dir
 from forge.config import ScoreboardConfig
 from forge.phases.scoring import judge
@@ -24,6 +24,26 @@ TEXTS = ["The river runs past the old mill and into the valley below the town.",
 def _row(value, low, high):
     return {"metrics": {"heldout_perplexity": {"value": value, "low": low, "high": high},
                         "task_accuracy": {"value": value, "low": low, "high": high}}}
+
+
+def test_paired_intervals_weigh_the_tasks_and_pair_the_prompts_item_by_item():
+    incumbent = [[1, 0] * 8, [0] * 10]  # task 1: 8 of 16 right; task 2: 0 of 10
+    one_more = [[1, 0] * 8, [1] + [0] * 9]  # one more right, on task 2
+    all_more = [[1, 0] * 8, [1] * 10]  # every task-2 item more
+    tasks = [[incumbent[t], one_more[t], all_more[t]] for t in range(2)]
+    entries = paired_intervals(tasks, [3.0, 1.0], resamples=300, seed=0)
+    assert [round(entry["value"], 6) for entry in entries] == [0.375, 0.4, 0.625]  # 0.75 * 0.5 + 0.25 * task 2
+    assert entries[0]["difference"] == 0.0 and entries[0]["difference_interval"] == [0.0, 0.0]
+    assert entries[1]["difference"] == pytest.approx(0.025)
+    assert entries[1]["difference_interval"][0] == 0.0  # one item: not beyond noise (the lower bound is not > 0)
+    assert entries[2]["difference_interval"] == [pytest.approx(0.25), pytest.approx(0.25)]  # paired: every resample
+    for entry in entries:
+        assert entry["interval"][0] <= entry["value"] <= entry["interval"][1]
+    assert paired_intervals(tasks, [1.0, 0.0], resamples=50)[2]["difference"] == 0.0  # a weight-0 task counts nothing
+    with pytest.raises(ValueError, match="one non-negative weight per task"):
+        paired_intervals(tasks, [1.0])
+    with pytest.raises(ValueError, match="rows of equal non-zero length"):
+        paired_intervals([[[1, 0], [1]]], [1.0])
 
 
 def test_bootstrap_is_seeded_and_covers_the_estimate():
@@ -110,6 +130,9 @@ def test_rows_are_fixed_per_model_and_change_with_the_model(two_models, ray_sess
     # No data folder: the task world's easy held-out problems, offline_task_items of them (task_items is for data).
     assert figures["task_accuracy"]["tasks"] == ["taskworld_easy"]
     assert figures["task_accuracy"]["n"] == SETTINGS.offline_task_items
+    # ... and the multi-digit problems only the calculator solves, with a turn for the call and one for the answer.
+    assert figures["tool_accuracy"]["sources"] == ["hard"] and figures["tool_accuracy"]["n"] == SETTINGS.tool_items
+    assert SETTINGS.tool_max_turns == 2
     # The same model on a Ray benchmark actor gives the same item figures; another model does not.
     remote = score_model_dirs({"same": dirs[0], "other": dirs[1]}, SETTINGS, heldout_texts=TEXTS, wikitext_texts=[],
                               data_dir=None, device="cpu")

@@ -15,7 +15,8 @@ The driver (``forge.abcycles.driver``) decides; this module does the work behind
   arithmetic items without a call (``direct_accuracy``), so whether the tool pays is on record.
 - B-cycle (persona): the model writes self-prompts from the spec's meta-prompt (coherence filter,
   temperature sweep, human-written fallback; ``forge.abcycles.prompt_variants.self_prompts``), scored by the
-  weighted benchmark aggregate (the spec's six with a data folder, else ``synthetic_reasoning``).
+  weighted benchmark aggregate (the spec's six with a data folder, else ``synthetic_reasoning``); a variant
+  replaces the incumbent only when the interval of its paired aggregate difference lies above 0, as in A.
 - Every prompt of an iteration is evaluated at the same time on ``eval_actors`` remote
   ``BenchmarkActor``s that hold the current weights (sent in memory, once per model change); their result
   cache makes a repeated prompt free.
@@ -24,7 +25,8 @@ The driver (``forge.abcycles.driver``) decides; this module does the work behind
   Every bake retains the direct answers (``bake_retain_items``): train-side task-world problems asked the way the
   scoreboard asks its held-out ones, each with its gold answer line, on which the student is held to the unbaked
   model (``baking.retention_weight``); unheld, the phase's bakes took the scoreboard's task accuracy from 0.456
-  to 0.067.
+  to 0.067. They also retain tool use (``bake_retain_tool_items``): train-side tool transcripts in the A-cycle's
+  format, whose calls copy the question and whose answers copy the result.
 - The held-out validation is recorded before and after; the optimized model with the final prompts is handed on
   (when the time budget stops the cycles, the best iteration's by that validation: the spec's cost cap). Whether
   the input goes on instead is the scoreboard gate's call (``forge.phases.scoring``), as for every phase.
@@ -47,9 +49,11 @@ import ray
 from actors.benchmark_actor import BenchmarkActor, WeightsRef, evaluate_prompts
 from actors.restarts import ATTEMPTS_FILE, lost_error, restart_options
 from benchmarks.harness import TASK_WEIGHTS, aggregate_score, evaluate
+from benchmarks.scoreboard import paired_intervals
 from benchmarks.swebench import generate_predictions, run_harness, write_predictions
+from benchmarks.tasks import get_task
 from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, ToolUseConfig, accuracy_intervals, evaluate_direct,
-                                evaluate_tool_use)
+                                evaluate_tool_use, training_examples)
 from benchmarks.tooluse_problems import load_problems, rotation_subset
 from cluster.resources import evaluation_share
 from forge.abcycles.driver import (A_SCORE_NAMES, ABResult, ABStateMismatchError, IterationRecord, PairedScore,
@@ -114,6 +118,17 @@ def retained_direct_answers(tokenizer, problems: Sequence[taskworld.TaskItem], m
     Gold, not the model's greedy answers: on the problems the model answers right (the ones the scoreboard counts)
     the two are the same tokens, and the gold ones need no generation pass and do not depend on the model."""
     return retained_sequences(tokenizer, [taskworld.direct_pair(item) for item in problems], max_len)
+
+
+def retained_tool_transcripts(tokenizer, sources: Sequence[str], config, data_dir: str | None,
+                               max_len: int | None, seed: int) -> list[Trajectory]:
+    """``config.bake_retain_tool_items`` train-side tool-use transcripts per source, in the context the A-cycle
+    scores (the initial tool prompt, the protocol, ``tool_fewshot`` worked examples), gold like the direct answers."""
+    if config.bake_retain_tool_items == 0:
+        return []
+    tool = ToolUseConfig(num_fewshot=config.tool_fewshot, num_samples=0, seed=seed)
+    pairs = training_examples(sources, tool, INITIAL_TOOL_PROMPT, data_dir, limit=config.bake_retain_tool_items)
+    return retained_sequences(tokenizer, pairs, max_len)
 
 
 def choose_input(inputs: dict[str, Path]) -> str:
@@ -188,21 +203,22 @@ class ToolPersonaWork:
                 results = evaluate_prompts(self.actors, prompts, method="evaluate", tasks=list(self.persona_tasks),
                                            limit=self.config.persona_items, seed=1000 + iteration,
                                            heldout_only=True, max_new_tokens=self.config.persona_max_new_tokens,
-                                           **weights)
+                                           log_samples=True, **weights)
                 scores = [aggregate_score(result, self.persona_tasks) for result in results]
+                per_task = [[[item[get_task(task).primary_metric] for item in result[task].samples]
+                             for result in results] for task in self.persona_tasks]
+                intervals = [{"aggregate": entry.pop("value"), **entry} for entry in paired_intervals(
+                    per_task, list(self.persona_tasks.values()), seed=self.ctx.config.seed + iteration)]
         except ray.exceptions.RayActorError as err:
             raise lost_error(f"tool_persona benchmark actor (iteration {iteration}, cycle {cycle})",
                              self.ctx.work_dir / ATTEMPTS_FILE, self.ctx.config.ray.max_restarts, err) from err
-        scored = [{"prompt": prompt, "score": score} for prompt, score in zip(prompts, scores)]
-        if cycle == "A":
-            scored = [{**entry, **interval} for entry, interval in zip(scored, intervals)]
+        scored = [{"prompt": prompt, "score": score, **interval}
+                  for prompt, score, interval in zip(prompts, scores, intervals)]
         self.prompts.setdefault(str(iteration), {})["scored"] = scored
-        if cycle == "A":
-            # A variant replaces the incumbent only when its accuracy is higher beyond noise (the driver reads the
-            # lower bound of the paired difference): more calls alone do not make a better tool prompt.
-            return [PairedScore(score, interval["difference_interval"][0])
-                    for score, interval in zip(scores, intervals)]
-        return scores
+        # A variant replaces the incumbent only when it is better beyond noise (the driver reads the lower bound of
+        # the paired difference): in A its accuracy (more calls alone do not make a better tool prompt), in B the
+        # benchmark aggregate (a persona that wins on 3 of 16 items is not half-baked).
+        return [PairedScore(score, interval["difference_interval"][0]) for score, interval in zip(scores, intervals)]
 
     def tool_fitness(self, metrics: dict[str, float]) -> float:
         return tool_fitness(metrics, self.config.tool_metric_weights)
@@ -322,7 +338,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     bake_inputs = bake_questions(sources, config.bake_inputs, ctx.data_dir)
     # Train-side easy problems: none of them is one the scoreboard measures.
     retained = taskworld.easy_train_items(config.bake_retain_items, seed=ctx.config.seed)
-    retain = retained_direct_answers(tokenizer, retained, max_positions(model))
+    retain = retained_direct_answers(tokenizer, retained, max_positions(model)) + retained_tool_transcripts(
+        tokenizer, sources, config, ctx.data_dir, max_positions(model), ctx.config.seed)
     share = evaluation_share(model.state_dict(), ctx.config.device, config.eval_actors)
     # A benchmark actor whose process dies is restarted and its evaluation re-sent (ray.max_restarts).
     actors = [BenchmarkActor.options(**share.ray_options(), **restart_options(ctx.config.ray.max_restarts)).remote(
