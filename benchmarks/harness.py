@@ -71,6 +71,17 @@ def aggregate_score(results: Mapping[str, TaskResult], weights: Mapping[str, flo
     return sum(weights[name] * results[name].score for name in weights) / total
 
 
+def item_scores(task_name: str, result: TaskResult) -> list[float]:
+    """Per item of ``result`` (evaluated with ``log_samples=True``), its value of the task's primary metric, whose
+    mean is the task's score: a code item's pass@1 from its passing samples, any other item's own record."""
+    if result.samples is None:
+        raise ValueError(f"{task_name}: per-item scores need evaluate(..., log_samples=True)")
+    task = get_task(task_name)
+    if task.kind == "code":
+        return [scoring.pass_at_k(len(item["completions"]), item["correct"], 1) for item in result.samples]
+    return [float(item[task.primary_metric]) for item in result.samples]
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))

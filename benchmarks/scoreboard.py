@@ -146,7 +146,7 @@ def _perplexity_figure(model, tokenizer, texts: Sequence[str], s: ScoreboardSett
 def task_figures(model, tokenizer, tasks: Sequence[str], data_dir, s: ScoreboardSettings) -> dict[str, Any]:
     """The scoreboard's task accuracy of ``model``: per task (``task_accuracy/<task>``) and their mean
     (``task_accuracy``), each ``{value, low, high, n}`` with its bootstrap interval."""
-    from benchmarks.harness import evaluate
+    from benchmarks.harness import evaluate, item_scores
     from benchmarks.tasks import get_task
 
     limit = s.task_items if data_dir else s.offline_task_items
@@ -158,8 +158,7 @@ def task_figures(model, tokenizer, tasks: Sequence[str], data_dir, s: Scoreboard
     results = evaluate(model, tokenizer, list(tasks), limit=limit, seed=s.seed, heldout_only=True,
                        data_dir=data_dir, max_new_tokens=s.max_new_tokens, log_samples=True,
                        suppress_token_ids=suppressed)
-    per_task = {name: np.array([item[get_task(name).primary_metric] for item in results[name].samples], dtype=float)
-                for name in tasks}
+    per_task = {name: np.array(item_scores(name, results[name]), dtype=float) for name in tasks}
     figures = {}
     for name, values in per_task.items():
         interval = bootstrap_interval([values], np.mean, resamples=s.bootstrap_resamples, seed=s.seed,

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from benchmarks import scoring
-from benchmarks.harness import TASK_WEIGHTS, TaskResult, aggregate_score
+from benchmarks.harness import TASK_WEIGHTS, TaskResult, aggregate_score, item_scores
 
 
 def test_gsm8k_strict_and_flexible_extraction():
@@ -68,3 +68,15 @@ def test_aggregate_score_uses_phase6_weights_and_needs_every_task():
     del results["math"]
     with pytest.raises(ValueError, match="math"):
         aggregate_score(results)
+
+
+def test_item_scores_average_to_the_tasks_primary_metric_and_need_the_samples():
+    code = TaskResult(task="humaneval", metrics={"pass@1": 0.375}, primary_metric="pass@1", n_items=2, wall_s=0.0,
+                      samples=[{"completions": ["a", "b", "c", "d"], "correct": 1},
+                               {"completions": ["a", "b", "c", "d"], "correct": 2}])
+    assert item_scores("humaneval", code) == [0.25, 0.5]  # pass@1 of 1 and 2 passing samples of 4
+    choice = TaskResult(task="mmlu", metrics={"acc": 0.5}, primary_metric="acc", n_items=2, wall_s=0.0,
+                        samples=[{"acc": 1.0, "acc_norm": 0.0}, {"acc": 0.0, "acc_norm": 1.0}])
+    assert item_scores("mmlu", choice) == [1.0, 0.0]  # MMLU's primary metric is acc
+    with pytest.raises(ValueError, match="log_samples=True"):
+        item_scores("mmlu", TaskResult(task="mmlu", metrics={"acc": 0.5}, primary_metric="acc", n_items=2, wall_s=0.0))

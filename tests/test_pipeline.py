@@ -126,7 +126,7 @@ def test_evomerge_consumes_the_cognate_models_and_writes_a_champion(tiny_run):
     decision = board["gate"]["champion"]
     rows = read_json(run_dir / "scoreboard.json")["phases"]["cognate"]["models"]
     metric = board["primary_metric"]
-    assert metric == "heldout_perplexity" and list(decision["by_metric"]) == [metric, "task_accuracy"]
+    assert metric == "heldout_perplexity" and list(decision["by_metric"]) == [metric, "task_accuracy", "tool_accuracy"]
     judged_on = decision["worse_on"][0] if decision["worse"] else metric
     best = (min if judged_on == "heldout_perplexity" else max)(
         rows, key=lambda name: rows[name]["metrics"][judged_on]["value"])

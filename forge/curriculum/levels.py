@@ -87,7 +87,8 @@ class CurriculumPhaseConfig:
     data_dir: str | None = None  # folder with svamp/ and gsm8k/; None: the pipeline's data.data_dir or
     # $FORGE_DATA_DIR; with neither, every level is synthetic
     max_item_chars: int = 600  # word problems with a longer question + solution are left out
-    steps_per_level: int = 60  # optimizer steps of each level's training stage
+    steps_per_level: int = 120  # optimizer steps of each level's training stage (tiny: 60 taught the tool
+    # transcripts no copy, 120 does; docs/BENCHMARKS.md, tools that pay)
     batch_size: int = 8  # sequences per optimizer step
     learning_rate: float = 1e-3  # AdamW learning rate (constant after warm-up)
     warmup_steps: int = 5  # linear learning-rate warm-up at the start of each stage
@@ -108,8 +109,9 @@ class CurriculumPhaseConfig:
     rehearsal_items: int = 64  # train-side direct problems of the task world's easy cells (the scoreboard's
     # taskworld_easy, none of its items) shuffled into every task-world level's training, so a harder level does
     # not cost what Phase 1 taught; 0: none
-    tool_use_items: int = 128  # train-side tool-use transcripts per source (Phase 6's sources, prompt and format)
-    # shuffled into every level's training stage, so Phase 6's A-cycle starts from a model that calls tools; 0: none
+    tool_use_items: int = 512  # train-side tool-use transcripts per source (Phase 6's sources, prompt and format)
+    # shuffled into every level's training stage, so Phase 6's A-cycle starts from a model that calls tools and
+    # copies the question into the call and the result into the answer; 0: none
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
         lora_r=8, lora_alpha=16, learning_rate=5e-3, batch_size=8, samples_per_input=2, max_new_tokens=16,
         full_epochs=3.0, num_epochs=3.0, mode="target_strength"))

@@ -48,10 +48,9 @@ import ray
 
 from actors.benchmark_actor import BenchmarkActor, WeightsRef, evaluate_prompts
 from actors.restarts import ATTEMPTS_FILE, lost_error, restart_options
-from benchmarks.harness import TASK_WEIGHTS, aggregate_score, evaluate
+from benchmarks.harness import TASK_WEIGHTS, aggregate_score, evaluate, item_scores
 from benchmarks.scoreboard import paired_intervals
 from benchmarks.swebench import generate_predictions, run_harness, write_predictions
-from benchmarks.tasks import get_task
 from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, ToolUseConfig, accuracy_intervals, evaluate_direct,
                                 evaluate_tool_use, training_examples)
 from benchmarks.tooluse_problems import load_problems, rotation_subset
@@ -205,8 +204,7 @@ class ToolPersonaWork:
                                            heldout_only=True, max_new_tokens=self.config.persona_max_new_tokens,
                                            log_samples=True, **weights)
                 scores = [aggregate_score(result, self.persona_tasks) for result in results]
-                per_task = [[[item[get_task(task).primary_metric] for item in result[task].samples]
-                             for result in results] for task in self.persona_tasks]
+                per_task = [[item_scores(task, result[task]) for result in results] for task in self.persona_tasks]
                 intervals = [{"aggregate": entry.pop("value"), **entry} for entry in paired_intervals(
                     per_task, list(self.persona_tasks.values()), seed=self.ctx.config.seed + iteration)]
         except ray.exceptions.RayActorError as err:
