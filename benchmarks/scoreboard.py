@@ -88,7 +88,8 @@ def paired_intervals(tasks: Sequence[Sequence[Sequence[float]]], weights: Sequen
     variant from the incumbent on one set of items."""
     if not tasks or len({len(rows) for rows in tasks}) != 1 or any(
             len({len(row) for row in rows}) != 1 or len(rows[0]) == 0 for rows in tasks):
-        raise ValueError("paired_intervals needs, per task, rows of equal non-zero length for the same prompts")
+        raise ValueError(f"paired_intervals needs, per task, rows of equal, non-zero length for the same prompts, got "
+                         f"lengths {[sorted({len(row) for row in rows}) for rows in tasks]}")
     groups = [np.asarray(rows, dtype=float).T for rows in tasks]  # per task, one row per item: resampling pairs
     if len(weights) != len(groups) or sum(weights) <= 0 or min(weights) < 0:
         raise ValueError(f"paired_intervals needs one non-negative weight per task, summing above 0, got {weights}")
@@ -103,10 +104,15 @@ def paired_intervals(tasks: Sequence[Sequence[Sequence[float]]], weights: Sequen
         # The same seed draws the same item resamples for every statistic.
         return list(bootstrap_interval(groups, statistic, resamples=resamples, seed=seed, confidence=confidence))
 
+    def difference(i: int):
+        def statistic(*resampled: np.ndarray) -> float:
+            resampled_means = means(*resampled)  # once per resample, not once per term
+            return resampled_means[i] - resampled_means[0]
+        return statistic
+
     values = means(*groups)
     return [{"value": float(values[i]), "interval": interval(lambda *g, i=i: means(*g)[i]),
-             "difference": float(values[i] - values[0]),
-             "difference_interval": interval(lambda *g, i=i: means(*g)[i] - means(*g)[0])}
+             "difference": float(values[i] - values[0]), "difference_interval": interval(difference(i))}
             for i in range(len(values))]
 
 

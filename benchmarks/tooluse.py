@@ -196,9 +196,6 @@ def accuracy_intervals(correct: Sequence[Sequence[bool]], *, resamples: int = 10
     """Per prompt (one row of per-item results each, the same items in the same order): its accuracy with a
     percentile bootstrap interval, and its paired difference to the first row (the incumbent) with the interval
     over the same item resamples (``benchmarks.scoreboard.paired_intervals`` of one task)."""
-    lengths = sorted({len(row) for row in correct})
-    if len(lengths) != 1 or lengths[0] == 0:
-        raise ValueError(f"accuracy_intervals needs rows of equal, non-zero length, got lengths {lengths}")
     entries = paired_intervals([correct], [1.0], resamples=resamples, seed=seed, confidence=confidence)
     return [{"accuracy": entry.pop("value"), **entry} for entry in entries]
 

@@ -42,7 +42,7 @@ def test_paired_intervals_weigh_the_tasks_and_pair_the_prompts_item_by_item():
     assert paired_intervals(tasks, [1.0, 0.0], resamples=50)[2]["difference"] == 0.0  # a weight-0 task counts nothing
     with pytest.raises(ValueError, match="one non-negative weight per task"):
         paired_intervals(tasks, [1.0])
-    with pytest.raises(ValueError, match="rows of equal non-zero length"):
+    with pytest.raises(ValueError, match="rows of equal, non-zero length"):
         paired_intervals([[[1, 0], [1]]], [1.0])
 
 
