@@ -310,6 +310,35 @@ def test_retention_holds_the_retained_sequences_to_the_unbaked_model(tokenizer):
     assert strength_with > 0.2  # and the prompt was still baked
 
 
+
+def test_retained_rows_in_two_padded_parts_give_the_whole_batchs_kl_and_gradient(tokenizer):
+    from forge.baking.bake import _retain_backward
+    from forge.data.batching import length_groups
+    from forge.modelinfo import pad_token_id
+
+    def ids(text):
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    long_context = "the tool protocol, written out at length so that this row is long: " * 3
+    kept = [Trajectory(ids(f"{long_context}fact {i}:"), ids(f"{long_context}fact {i}:"), ids(f" number {i}"))
+            for i in range(3)]
+    kept += [Trajectory(ids(f"fact {i}:"), ids(f"fact {i}:"), ids(f" the number {i} is small")) for i in range(5)]
+    kept = [kept[i] for i in (3, 0, 4, 5, 1, 6, 7, 2)]
+    lengths = [len(t.student_context) + len(t.generated) for t in kept]
+    assert len(length_groups(lengths)) == 2  # this batch does run in two parts
+    unbaked, student = tiny_cognate(tokenizer, seed=0), tiny_cognate(tokenizer, seed=1)  # padding-sensitive model
+    config = dataclasses.replace(CONFIG, retention_weight=3.0)
+    student.zero_grad()
+    whole = kl_backward(plain(unbaked), student, collate(kept, pad_token_id(tokenizer), torch.device("cpu")),
+                        config.kl_chunk_tokens, config.retention_weight)
+    expected = {name: param.grad.clone() for name, param in student.named_parameters() if param.grad is not None}
+    student.zero_grad()
+    assert _retain_backward(plain(unbaked), student, kept, tokenizer, config) == pytest.approx(whole, rel=1e-4)
+    for name, param in student.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(param.grad, expected[name], rtol=1e-3, atol=1e-6)
+
+
 def test_joint_bake_pools_the_prompts_and_measures_each(tokenizer):
     persona = "you are a calm sailor who speaks slowly. "
     model, record = bake_together(tiny_gpt2(tokenizer), tokenizer, [PROMPT, persona], INPUTS, CONFIG)

@@ -427,3 +427,21 @@ def test_unigram_perplexity_matches_hand_computation():
         lm_dataset.unigram_perplexity([0, 5], [0], vocab_size=3)
     with pytest.raises(ValueError, match="empty"):
         lm_dataset.unigram_perplexity([0], [], vocab_size=3)
+
+
+
+def test_length_groups_split_a_mixed_batch_only_where_it_saves_padding():
+    from forge.data.batching import MIN_SAVING, length_groups
+
+    # Phase 5's mix: tool transcripts (~225 tokens) with level answers (~24): the short rows go apart.
+    mixed = [225, 24, 230, 23, 212, 25, 225, 224]
+    groups = length_groups(mixed)
+    assert groups == [[1, 3, 5], [0, 2, 4, 6, 7]]  # short rows, long rows, each in batch order
+    padded = len(mixed) * max(mixed)
+    split = sum(len(g) * max(mixed[r] for r in g) for g in groups)
+    assert split <= (1 - MIN_SAVING) * padded
+    assert length_groups([225] * 8) == [list(range(8))]  # one length: one group
+    assert length_groups([24, 25, 23, 30]) == [[0, 1, 2, 3]]  # saving under MIN_SAVING: not worth a second pass
+    assert length_groups([100, 10]) == [[1], [0]]
+    with pytest.raises(ValueError, match="no rows"):
+        length_groups([])

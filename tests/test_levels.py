@@ -242,6 +242,41 @@ def test_training_stage_learns_the_extra_pairs_too(tokenizer):
     assert tokenizer.decode(completion).startswith("<calc>2*2</calc>")
 
 
+
+def grads_after(model, step) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    step()
+    return {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
+
+
+def test_a_mixed_batch_in_two_padded_parts_has_the_whole_batchs_loss_and_gradient(tokenizer):
+    from forge.curriculum.levels import batch_loss_backward, collate, encode_pairs
+    from forge.data.batching import length_groups
+
+    long_prompt = "Tools: write <calc>expression</calc> to evaluate arithmetic. " * 4
+    pairs = [(f"{long_prompt}Question: What is {n}*7?\n", f"<calc>{n}*7</calc>") for n in range(3)]
+    pairs += [(f"Question: {n} + 1?\n", f"Answer: {n + 1}") for n in range(5)]
+    rows = encode_pairs(tokenizer, pairs, None)
+    rows = [rows[i] for i in (0, 3, 4, 1, 5, 6, 2, 7)]  # long and short rows interleaved, as a shuffle leaves them
+    assert len(length_groups([len(ids) for ids, _ in rows])) == 2  # this batch does run in two parts
+    model = tiny_llama(tokenizer).train()
+
+    def whole():
+        input_ids, mask, labels = collate(rows, tokenizer.eos_token_id, torch.device("cpu"))
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        return loss.item()
+
+    value = {}
+    expected = grads_after(model, lambda: value.setdefault("whole", whole()))
+    split = grads_after(model, lambda: value.setdefault("split", batch_loss_backward(model, rows,
+                                                                                       tokenizer.eos_token_id)))
+    assert value["split"] == pytest.approx(value["whole"], rel=1e-5)
+    assert split.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(split[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="num_levels"):
         CurriculumPhaseConfig(num_levels=0)

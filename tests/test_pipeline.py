@@ -260,8 +260,12 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     assert set(artifacts) == {f"phase6-{kind}-iter-{i}" for kind in ("model", "prompts")
                               for i in range(summary["iterations"])}
     assert all(Path(a["artifact_path"]).exists() for a in artifacts.values())
+    # The spec's cycle gains on the held-out validation: the same items before (input, initial prompts) and after.
+    before, after = handoff["validation_before"], handoff["validation_after"]
+    gains = [(after[key] - before[key]) / max(abs(before[key]), 1e-9) for key in ("tool_fitness", "persona_aggregate")]
+    assert [summary["validation_gains"][cycle] for cycle in "AB"] == pytest.approx(gains)
     assert summary["criteria"] == tool_persona_criteria(
-        trajectory["converged"], *[trajectory_gain(trajectory, cycle) for cycle in "AB"],
+        trajectory["converged"], *gains,
         1 - 0.5 ** sum(trajectory["half_bakes"].values()),
         summary["validation_totals"][summary["handed_on"]] - (handoff["validation_before"]["tool_fitness"]
                                                                + handoff["validation_before"]["persona_aggregate"]))
@@ -270,12 +274,6 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     assert handoff["handed_on"] == summary["handed_on"] == "optimized"
     assert handoff["handed_on_prompts"] == handoff["final_prompts"]
     assert verify_model_dir(Path(handoff["optimized_model_dir"]))
-
-
-def trajectory_gain(trajectory, cycle):
-    """(final - first incumbent score) / first, from the recorded trajectory; None if the cycle never ran."""
-    scores = [r["incumbent"]["score"] for r in trajectory["history"] if r["cycle"] == cycle]
-    return None if not scores else (trajectory["scores"][cycle] - scores[0]) / max(abs(scores[0]), 1e-9)
 
 
 def test_outputs_load_with_auto_classes_and_are_causal_and_deterministic(tiny_run):

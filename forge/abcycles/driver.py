@@ -296,7 +296,7 @@ class ABResult:
             if final is not None:
                 out[name] = final
             if final is not None and first is not None:
-                out[gain] = (final - first) / max(abs(first), _MIN_DENOMINATOR)
+                out[gain] = relative_gain(final, first)
         return out
 
     def handoff(self) -> dict[str, Any]:
@@ -432,7 +432,8 @@ def _checked_scores(scores: Any, expected: int, cycle: str,
     return values, lows
 
 
-def _relative(new: float, old: float) -> float:
+def relative_gain(new: float, old: float) -> float:
+    """(new - old) / |old|: the spec's "improves by x% from baseline" (a zero baseline counts as 1e-9)."""
     return (new - old) / max(abs(old), _MIN_DENOMINATOR)
 
 
@@ -459,7 +460,7 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
     regression = None
     exit_score = state.exit_scores[cycle]
     if state.entering and exit_score is not None:
-        drop = -_relative(incumbent_score, exit_score)
+        drop = -relative_gain(incumbent_score, exit_score)
         if drop > config.plateau_threshold:
             regression = {"iteration": it, "cycle": cycle, "exit_score": exit_score,
                           "entry_score": incumbent_score, "relative_drop": drop}
@@ -472,7 +473,7 @@ def _run_iteration(hooks: ABHooks, config: ABCycleConfig, state: _RunState) -> I
     beyond = [i for i, low in enumerate(variant_lows) if low is None or low > 0]
     winner_index = max(beyond or range(len(proposals)), key=lambda i: variant_scores[i])  # first best on ties
     winner, winner_score = proposals[winner_index], variant_scores[winner_index]
-    improvement = _relative(winner_score, incumbent_score)
+    improvement = relative_gain(winner_score, incumbent_score)
     plateaued = improvement < config.plateau_threshold or winner_index not in beyond
 
     measured, lock_in = None, None

@@ -45,6 +45,7 @@ from forge.artifacts import (
 from forge.baking.config import BakingConfig
 from forge.baking.kl import ModelView, batch_kl_sum, check_head, fixed, kl_backward, plain
 from forge.baking.trajectories import Trajectory, collate, sample_trajectories, split_inputs
+from forge.data.batching import length_groups
 from forge.modelinfo import pad_token_id
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,20 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
     )
 
 
+def _retain_backward(unbaked: ModelView, student: PeftModel, kept: Sequence[Trajectory], tokenizer,
+                     config: BakingConfig) -> float:
+    """``retention_weight`` x the mean token KL(unbaked || student) of the retained rows, back-propagated; a batch
+    of long and short rows runs as two padded parts weighted by their tokens (``forge.data.batching``)."""
+    device = next(student.parameters()).device
+    tokens = [len(t.generated) for t in kept]
+    total = 0.0
+    for part in length_groups([max(len(t.teacher_context), len(t.student_context)) + len(t.generated) for t in kept]):
+        share = sum(tokens[r] for r in part) / sum(tokens)
+        batch = collate([kept[r] for r in part], pad_token_id(tokenizer), device)
+        total += share * kl_backward(unbaked, student, batch, config.kl_chunk_tokens, config.retention_weight * share)
+    return total
+
+
 def _frozen(model: nn.Module) -> nn.Module:
     model.eval()
     for param in model.parameters():
@@ -423,10 +438,8 @@ def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, 
             if retain and config.retention_weight > 0:
                 if len(retain_order) < config.batch_size:
                     retain_order += shuffler.sample(list(retain), len(retain))
-                kept = collate(retain_order[:config.batch_size], pad_token_id(tokenizer), device)
-                del retain_order[:config.batch_size]
-                retain_losses.append(kl_backward(unbaked, student, kept, config.kl_chunk_tokens,
-                                                 config.retention_weight))
+                kept, retain_order = retain_order[:config.batch_size], retain_order[config.batch_size:]
+                retain_losses.append(_retain_backward(unbaked, student, kept, tokenizer, config))
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()

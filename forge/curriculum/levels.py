@@ -19,6 +19,7 @@ Everything here is plain PyTorch; ``forge/phases/curriculum.py`` runs it as a ph
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -35,6 +36,7 @@ from forge.baking.config import BakingConfig
 from forge.baking.trajectories import Trajectory
 from forge.console import Progress
 from forge.data import taskworld
+from forge.data.batching import length_groups
 from forge.data.replay import Replay
 from forge.modelinfo import max_positions, pad_token_id
 from forge.quietstar.generate import answer_accuracy, generate
@@ -415,12 +417,12 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
                 replay_first_step: int = 0) -> StageReport:
     """Next-token training on the items' solutions and answers (prompt tokens masked out), with AdamW;
     ``extra_pairs`` (prompt, completion) texts are shuffled in with the items; with ``replay``, each step adds the
-    language-modelling loss of its replay blocks (step ``replay_first_step + step``).
+    language-modelling loss of its replay blocks (step ``replay_first_step + step``). Each batch goes through
+    :func:`batch_loss_backward` (long and short rows padded apart).
 
     The loss is the model's own (``labels=``), so a Cognate model keeps its ACT and deep-supervision terms.
     """
     started = time.perf_counter()
-    device = next(model.parameters()).device
     extra = encode_pairs(tokenizer, extra_pairs, max_positions(model))
     encoded = _checked_encoding(model, tokenizer, items) + extra
     model.requires_grad_(True)  # every weight trains; a merged bake leaves them frozen
@@ -437,30 +439,46 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
             rng.shuffle(refill)
             order.extend(refill)
         batch, order = order[:config.batch_size], order[config.batch_size:]
-        input_ids, mask, labels = collate([encoded[i] for i in batch], pad_token_id(tokenizer), device)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / (config.warmup_steps + 1))
         optimizer.zero_grad(set_to_none=True)
-        task_loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        task_loss = batch_loss_backward(model, [encoded[i] for i in batch], pad_token_id(tokenizer))
         loss = task_loss
         if replay is not None:
             replay_loss = replay.loss(model, replay_first_step + step)
+            replay_loss.backward()
             replay_losses.append(replay_loss.item())
-            loss = task_loss + replay_loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss)} at step {step} of the level; "
+            loss += replay_losses[-1]
+        if not math.isfinite(loss):  # before the optimizer step: a non-finite gradient never reaches the weights
+            raise FloatingPointError(f"training loss became {loss} at step {step} of the level; "
                                      "lower curriculum.learning_rate")
-        loss.backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
-        losses.append(task_loss.item())
+        losses.append(task_loss)
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
     return StageReport(steps=len(losses), sequences=len(encoded), extra_sequences=len(extra), loss_first=losses[0],
                        loss_last=sum(tail) / len(tail),
                        replay_loss_mean=sum(replay_losses) / len(replay_losses) if replay_losses else None,
                        wall_time_s=time.perf_counter() - started)
+
+
+def batch_loss_backward(model, rows: Sequence[tuple[list[int], int]], pad_id: int) -> float:
+    """Back-propagate the model's own loss (``labels=``) on one batch of encoded rows and return it. A batch of
+    long and short rows runs as two padded parts, each loss weighted by its share of the batch's answer tokens
+    (``forge.data.batching``): the cross-entropy and its gradient are the whole batch's; a Cognate model's ponder
+    and deep-supervision terms are weighted the same way, close to the batch's."""
+    device = next(model.parameters()).device
+    targets = [len(ids) - prompt_len for ids, prompt_len in rows]  # the tokens each row's loss is a mean over
+    total = 0.0
+    for part in length_groups([len(ids) for ids, _ in rows]):
+        input_ids, mask, labels = collate([rows[r] for r in part], pad_id, device)
+        share = sum(targets[r] for r in part) / sum(targets)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss * share
+        loss.backward()
+        total += loss.item()
+    return total
 
 
 # ------------------------------------------------------------------------------------ accuracy
