@@ -396,7 +396,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
     totals = {key: validation_total(scores) for key, (_, _, scores) in candidates.items()}
     handed_on = max(totals, key=totals.get)  # the optimized model on ties (it comes first)
     model_out, prompts_out, scores_out = candidates[handed_on]
-    gains = validation_gains(before, scores_out)
+    # A cycle that never ran has no gain to report (a bake of the other cycle's prompt may still move its score).
+    gains = {cycle: gain if result.iterations[cycle] else None
+             for cycle, gain in validation_gains(before, scores_out).items()}
     handoff = {**result.handoff(), "validation_before": before, "validation_after": after,
                "validation_totals": totals, "persona_fitness_tasks": persona_tasks, "handed_on": handed_on,
                "handed_on_prompts": prompts_out, "optimized_model_dir": None if final_iteration is None
