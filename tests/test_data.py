@@ -435,13 +435,16 @@ def test_length_groups_split_a_mixed_batch_only_where_it_saves_padding():
 
     # Phase 5's mix: tool transcripts (~225 tokens) with level answers (~24): the short rows go apart.
     mixed = [225, 24, 230, 23, 212, 25, 225, 224]
-    groups = length_groups(mixed)
-    assert groups == [[1, 3, 5], [0, 2, 4, 6, 7]]  # short rows, long rows, each in batch order
+    targets = [20, 4, 22, 3, 18, 5, 20, 19]
+    groups = length_groups(mixed, targets)
+    assert [group for group, _ in groups] == [[1, 3, 5], [0, 2, 4, 6, 7]]  # short rows, long rows, in batch order
+    assert [share for _, share in groups] == pytest.approx([12 / 111, 99 / 111])  # each its share of the targets
     padded = len(mixed) * max(mixed)
-    split = sum(len(g) * max(mixed[r] for r in g) for g in groups)
+    split = sum(len(g) * max(mixed[r] for r in g) for g, _ in groups)
     assert split <= (1 - MIN_SAVING) * padded
-    assert length_groups([225] * 8) == [list(range(8))]  # one length: one group
-    assert length_groups([24, 25, 23, 30]) == [[0, 1, 2, 3]]  # saving under MIN_SAVING: not worth a second pass
-    assert length_groups([100, 10]) == [[1], [0]]
-    with pytest.raises(ValueError, match="no rows"):
-        length_groups([])
+    assert length_groups([225] * 8, [1] * 8) == [(list(range(8)), 1.0)]  # one length: one group
+    assert length_groups([24, 25, 23, 30], [1] * 4) == [([0, 1, 2, 3], 1.0)]  # saving under MIN_SAVING: one pass
+    assert length_groups([100, 10], [3, 1]) == [([1], 0.25), ([0], 0.75)]
+    for rows, weights in (([], []), ([100, 10], [1])):
+        with pytest.raises(ValueError, match="one weight per row"):
+            length_groups(rows, weights)

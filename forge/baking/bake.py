@@ -347,10 +347,9 @@ def _retain_backward(unbaked: ModelView, student: PeftModel, kept: Sequence[Traj
     """``retention_weight`` x the mean token KL(unbaked || student) of the retained rows, back-propagated; a batch
     of long and short rows runs as two padded parts weighted by their tokens (``forge.data.batching``)."""
     device = next(student.parameters()).device
-    tokens = [len(t.generated) for t in kept]
+    lengths = [max(len(t.teacher_context), len(t.student_context)) + len(t.generated) for t in kept]
     total = 0.0
-    for part in length_groups([max(len(t.teacher_context), len(t.student_context)) + len(t.generated) for t in kept]):
-        share = sum(tokens[r] for r in part) / sum(tokens)
+    for part, share in length_groups(lengths, [len(t.generated) for t in kept]):
         batch = collate([kept[r] for r in part], pad_token_id(tokenizer), device)
         total += share * kl_backward(unbaked, student, batch, config.kl_chunk_tokens, config.retention_weight * share)
     return total

@@ -472,9 +472,8 @@ def batch_loss_backward(model, rows: Sequence[tuple[list[int], int]], pad_id: in
     device = next(model.parameters()).device
     targets = [len(ids) - prompt_len for ids, prompt_len in rows]  # the tokens each row's loss is a mean over
     total = 0.0
-    for part in length_groups([len(ids) for ids, _ in rows]):
+    for part, share in length_groups([len(ids) for ids, _ in rows], targets):
         input_ids, mask, labels = collate([rows[r] for r in part], pad_id, device)
-        share = sum(targets[r] for r in part) / sum(targets)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss * share
         loss.backward()
         total += loss.item()

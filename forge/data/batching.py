@@ -11,12 +11,14 @@ from typing import Sequence
 MIN_SAVING = 0.25  # split only when it saves at least this share of the padded positions (a second pass has overhead)
 
 
-def length_groups(lengths: Sequence[int]) -> list[list[int]]:
+def length_groups(lengths: Sequence[int], weights: Sequence[float]) -> list[tuple[list[int], float]]:
     """The positions of a batch's rows (``lengths``: each row's length) as one group, or as two (short rows, long
     rows; each in batch order) where padding each group to its own longest row saves >= ``MIN_SAVING`` of the
-    positions of padding them all to the longest."""
-    if not lengths:
-        raise ValueError("length_groups: the batch has no rows")
+    positions of padding them all to the longest; each group with its share of the rows' ``weights`` (the target
+    tokens its mean loss is taken over), the factor of its loss in the batch's."""
+    if not lengths or len(weights) != len(lengths):
+        raise ValueError(f"length_groups: need one weight per row and at least one row, got {len(lengths)} rows "
+                         f"and {len(weights)} weights")
     order = sorted(range(len(lengths)), key=lambda row: lengths[row])
     padded = len(lengths) * max(lengths)
     best_cost, best_split = padded, 0
@@ -25,5 +27,8 @@ def length_groups(lengths: Sequence[int]) -> list[list[int]]:
         if cost < best_cost:
             best_cost, best_split = cost, split
     if best_split == 0 or best_cost > (1 - MIN_SAVING) * padded:
-        return [list(range(len(lengths)))]
-    return [sorted(order[:best_split]), sorted(order[best_split:])]
+        groups = [list(range(len(lengths)))]
+    else:
+        groups = [sorted(order[:best_split]), sorted(order[best_split:])]
+    total = sum(weights)
+    return [(group, sum(weights[row] for row in group) / total) for group in groups]
