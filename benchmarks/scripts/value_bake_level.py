@@ -33,7 +33,6 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_examples  # noqa: E402
 from forge.artifacts import atomic_write_json, load_model_dir, read_json  # noqa: E402
 from forge.baking import bake_together  # noqa: E402
 from forge.baking.compose import frozen_copy, prompt_target  # noqa: E402
@@ -45,7 +44,8 @@ from forge.curriculum.levels import (bake_inputs, build_levels, load_value_promp
 from forge.data.heldout import REPLAY, TEXT_FILES, read_texts  # noqa: E402
 from forge.data.replay import Replay  # noqa: E402
 from forge.modelinfo import max_positions, pad_token_id  # noqa: E402
-from forge.phases.curriculum import accuracy_figures  # noqa: E402
+from forge.phases.base import PhaseContext  # noqa: E402
+from forge.phases.curriculum import accuracy_figures, tool_demonstrations  # noqa: E402
 from forge.quant.convert import dequantize_model  # noqa: E402
 
 
@@ -111,10 +111,8 @@ def main(argv: list[str] | None = None) -> int:
              else run_dir / "curriculum" / "work" / f"level_{args.level - 1}")
     model, tokenizer = load_model_dir(start, device="cpu")
     dequantize_model(model)
-    tool = cfg.tool_persona
-    extra = training_examples(tool.sources(False), ToolUseConfig(num_fewshot=tool.tool_fewshot, num_samples=0,
-                                                                 seed=phase.seed),
-                              INITIAL_TOOL_PROMPT, None, limit=phase.tool_use_items) + rehearsal_pairs(phase)
+    ctx = PhaseContext(config=cfg, run_dir=run_dir, phase_dir=run_dir / "curriculum", inputs={})
+    extra = tool_demonstrations(ctx, phase, None) + rehearsal_pairs(phase)  # what the phase shuffles into a level
     replay_texts = read_texts(run_dir / "cognate" / TEXT_FILES[REPLAY], 10**12)
     replay = Replay(tokenizer, replay_texts, phase.replay_seq_len, phase.replay_sequences, seed=phase.seed)
     started = time.perf_counter()
@@ -127,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if trained != record["accuracy_after_training"]:
         raise SystemExit(f"the level trained to {trained}, not the run's {record['accuracy_after_training']}: this "
                          "tree or config does not reproduce the run; use the run's commit")
-    prompts = [prompt.text for prompt in load_value_prompts(values_path(phase))]
     names = {prompt.text: prompt.name for prompt in load_value_prompts(values_path(phase))}
+    prompts = list(names)
     full = phase.baking.at_strength("full")
     ceiling = joint_ceiling(frozen_copy(model), tokenizer, prompts, bake_inputs(level, phase.bake_inputs), full)
     print("ceiling: " + ", ".join(f"{names[p]} {value:.3f}" for p, value in ceiling.items()), flush=True)
