@@ -17,7 +17,7 @@ def test_flex_attention_gives_the_blocked_logits_with_padding(length, monkeypatc
                            act_max_steps=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=None,
                            eos_token_id=None)
     torch.manual_seed(0)
-    model = CognateForCausalLM(config).eval()
+    model = CognateForCausalLM(config).train()  # (no dropout) a training forward records the max logit
     ids = torch.randint(1, VOCAB, (3, length), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import forge.models  # noqa: F401  (registers model_type "cognate" with the Auto classes)
 from forge.models import CognateConfig, CognateForCausalLM, estimate_flops_per_token, get_model_size
-from forge.models.layers import SlidingWindowAttention, apply_rope, rope_cos_sin
+from forge.models.layers import SlidingWindowAttention, WindowPlan, apply_rope, rope_cos_sin
 from forge.models.memory import NeuralMemory
 
 VOCAB = 97
@@ -184,7 +184,7 @@ def test_sliding_window_attention_matches_dense_reference():
         valid = torch.ones(2, n, dtype=torch.bool)
         valid[1, :2] = False  # left padding keys in item 1
         attn.max_attn_logit = float("-inf")
-        out = attn(hidden, positions, valid)
+        out = attn(hidden, WindowPlan.build(positions, valid, config, record_max_logit=True))
         q, k, v = (p(hidden).view(2, n, 2, -1).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
         cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -198,10 +198,26 @@ def test_sliding_window_attention_matches_dense_reference():
 
 
 def test_model_forward_records_attention_max_logit():
-    model = tiny_model()
+    model = tiny_model().train()  # a training forward (its no-grad refinements included) records it
     logits_of(model, tokens(1, 12))
     values = [a.max_attn_logit for a in model.attention_modules()]
     assert all(isinstance(v, float) and math.isfinite(v) for v in values)
+
+
+def test_an_evaluation_forward_keeps_the_training_forwards_max_logit():
+    """QK-clip reads the statistic of the step's training forward: an eval forward without grad (scoring,
+    sampling) in between neither resets nor overwrites it; the next training forward does."""
+    model = tiny_model().train()
+    logits_of(model, tokens(1, 12))
+    trained = [a.max_attn_logit for a in model.attention_modules()]
+    model.eval()
+    with torch.no_grad():
+        logits_of(model, tokens(2, 20, seed=5))
+    assert [a.max_attn_logit for a in model.attention_modules()] == trained
+    model.train()
+    with torch.no_grad():
+        logits_of(model, tokens(2, 20, seed=5))
+    assert [a.max_attn_logit for a in model.attention_modules()] != trained
 
 
 def test_memory_chunk_update_matches_token_by_token_recurrence():

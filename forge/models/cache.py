@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import CognateConfig
-from .layers import WindowCache
+from .layers import CachedWindowPlan, WindowCache
 from .memory import ChunkPlan, MemoryCache
 
 
@@ -155,20 +155,22 @@ def act_update(state: dict[str, torch.Tensor], y: torch.Tensor, halt_prob: torch
 def _run_step(model, step: _StepState, columns: _Columns) -> tuple[torch.Tensor, torch.Tensor]:
     """The refinements of one ACT step over ``columns``, continuing that step's passes; returns (y, z)."""
     cfg = model.config
-    plan, filled = ChunkPlan.build(columns.valid_cpu, step.filled, cfg.memory_chunk_size, columns.x.device)
+    chunk_plan, filled = ChunkPlan.build(columns.valid_cpu, step.filled, cfg.memory_chunk_size, columns.x.device)
+    window_plan = CachedWindowPlan.build(columns.positions, step.passes[0][0].window.key_valid, columns.valid, cfg)
     passes = iter(step.passes)
     x, y, z = columns.x, columns.y, columns.z
     for _ in range(cfg.trm_refinements):
         for _ in range(cfg.trm_latent_updates):
-            z = _stack(model, x + y + z, columns, next(passes), plan)
-        y = _stack(model, y + z, columns, next(passes), plan)
+            z = _stack(model, x + y + z, next(passes), window_plan, chunk_plan)
+        y = _stack(model, y + z, next(passes), window_plan, chunk_plan)
     step.filled = filled
     return y, z
 
 
-def _stack(model, hidden: torch.Tensor, columns: _Columns, layers: list[_LayerState], plan: ChunkPlan):
+def _stack(model, hidden: torch.Tensor, layers: list[_LayerState], window_plan: CachedWindowPlan,
+           chunk_plan: ChunkPlan):
     for layer, state in zip(model.layers, layers):
-        hidden = layer.forward_cached(hidden, columns.positions, columns.valid, state.window, state.memory, plan)
+        hidden = layer.forward_cached(hidden, window_plan, state.window, state.memory, chunk_plan)
     return model.norm(hidden)
 
 

@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput
 
 from .cache import CognateCache, act_update, decode
 from .config import CognateConfig
-from .layers import CognateRMSNorm, SlidingWindowAttention, SwiGLU, WindowCache
+from .layers import CachedWindowPlan, CognateRMSNorm, SlidingWindowAttention, SwiGLU, WindowCache, WindowPlan
 from .memory import ChunkPlan, MemoryCache, NeuralMemory
 
 LOGITS_BLOCK_ELEMENTS = 2**24  # logits per CE block under activation checkpointing (64 MiB fp32)
@@ -82,18 +82,18 @@ class CognateDecoderLayer(nn.Module):
         self.post_attention_norm = CognateRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, plan: WindowPlan, valid: torch.Tensor | None) -> torch.Tensor:
         normed = self.input_norm(hidden)
         gate = torch.sigmoid(self.memory(normed, valid))
-        hidden = hidden + self.self_attn(normed, positions, valid) * gate
+        hidden = hidden + self.self_attn(normed, plan) * gate
         return hidden + self.mlp(self.post_attention_norm(hidden))
 
-    def forward_cached(self, hidden: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
-                       window: WindowCache, memory: MemoryCache, plan: ChunkPlan) -> torch.Tensor:
+    def forward_cached(self, hidden: torch.Tensor, window_plan: CachedWindowPlan, window: WindowCache,
+                       memory: MemoryCache, chunk_plan: ChunkPlan) -> torch.Tensor:
         """``forward`` for new columns after the ones in this pass's caches (see ``forge.models.cache``)."""
         normed = self.input_norm(hidden)
-        gate = torch.sigmoid(self.memory.forward_cached(normed, plan, memory))
-        hidden = hidden + self.self_attn.forward_cached(normed, positions, valid, window) * gate
+        gate = torch.sigmoid(self.memory.forward_cached(normed, chunk_plan, memory))
+        hidden = hidden + self.self_attn.forward_cached(normed, window_plan, window) * gate
         return hidden + self.mlp(self.post_attention_norm(hidden))
 
 
@@ -143,29 +143,29 @@ class CognateModel(CognatePreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
-    def stack(self, hidden: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    def stack(self, hidden: torch.Tensor, plan: WindowPlan, valid: torch.Tensor | None) -> torch.Tensor:
         """f: every layer once, then RMSNorm (keeps z and y at unit scale across recursions).
 
         With grad and ``config.activation_checkpointing`` "layer" or "stack", only the input of each layer (or
         of the whole pass) is kept for backward; the rest is recomputed there."""
         mode = self.config.activation_checkpointing if torch.is_grad_enabled() else "none"
         if mode == "stack":
-            return checkpoint(self._layers_and_norm, hidden, positions, valid, False, use_reentrant=False)
-        return self._layers_and_norm(hidden, positions, valid, mode == "layer")
+            return checkpoint(self._layers_and_norm, hidden, plan, valid, False, use_reentrant=False)
+        return self._layers_and_norm(hidden, plan, valid, mode == "layer")
 
-    def _layers_and_norm(self, hidden, positions, valid, checkpoint_layers: bool) -> torch.Tensor:
+    def _layers_and_norm(self, hidden, plan, valid, checkpoint_layers: bool) -> torch.Tensor:
         for layer in self.layers:
             if checkpoint_layers:
-                hidden = checkpoint(layer, hidden, positions, valid, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, plan, valid, use_reentrant=False)
             else:
-                hidden = layer(hidden, positions, valid)
+                hidden = layer(hidden, plan, valid)
         return self.norm(hidden)
 
-    def refine(self, x, y, z, positions, valid):
+    def refine(self, x, y, z, plan, valid):
         """One TRM refinement: n latent updates, then one answer update."""
         for _ in range(self.config.trm_latent_updates):
-            z = self.stack(x + y + z, positions, valid)
-        y = self.stack(y + z, positions, valid)
+            z = self.stack(x + y + z, plan, valid)
+        y = self.stack(y + z, plan, valid)
         return y, z
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -203,10 +203,13 @@ class CognateModel(CognatePreTrainedModel):
                 position_ids = torch.arange(n, device=embeds.device).expand(bsz, n)
             else:
                 position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        for layer in self.layers:
-            layer.self_attn.max_attn_logit = float("-inf")
-
+        # QK-clip reads the max logit of a training forward; evaluation forwards neither record nor reset it.
+        record_max_logit = self.training or torch.is_grad_enabled()
+        if record_max_logit:
+            for layer in self.layers:
+                layer.self_attn.max_attn_logit = float("-inf")
         cfg = self.config
+        plan = WindowPlan.build(position_ids, valid, cfg, record_max_logit)
         x = self.embed_norm(embeds)
         y, z = x, torch.zeros_like(x)
         real = torch.ones(bsz, n, dtype=torch.bool, device=x.device) if valid is None else valid
@@ -216,8 +219,8 @@ class CognateModel(CognatePreTrainedModel):
         for step in range(1, cfg.act_max_steps + 1):
             with torch.no_grad():
                 for _ in range(cfg.trm_refinements - 1):
-                    y, z = self.refine(x, y, z, position_ids, valid)
-            y, z = self.refine(x, y, z, position_ids, valid)
+                    y, z = self.refine(x, y, z, plan, valid)
+            y, z = self.refine(x, y, z, plan, valid)
             halt_prob = torch.sigmoid(self.halt_head(y).squeeze(-1).float())
             weights.append(act_update(act, y, halt_prob, step, cfg))
             states.append(y)

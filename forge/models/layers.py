@@ -73,19 +73,20 @@ class SlidingWindowAttention(nn.Module):
     def max_attn_logit(self, value: float) -> None:
         self._max_logit = None if value == float("-inf") else torch.tensor(float(value))
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
-        """hidden (B, n, d), positions (B, n) int, key_valid (B, n) bool or None (False = padding key)."""
+    def forward(self, hidden: torch.Tensor, plan: "WindowPlan") -> torch.Tensor:
+        """hidden (B, n, d) under ``plan`` (the forward's positions, padding keys and masks)."""
         bsz, n, _ = hidden.shape
         q, k, v = (proj(hidden).view(bsz, n, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta, q.dtype)
+        cos, sin = plan.cos.to(q.dtype), plan.sin.to(q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        qb, kb, vb, mask = _window_blocks(q, k, v, key_valid, self.window)
-        self._record_max_logit(qb, kb, mask)
-        if _attention_kernel(q.device) == "flex":
-            out = _flex_window_attention(q, k, v, key_valid, self.window)  # (B, H, n, hd)
+        qb, kb, vb = _window_blocks(q, k, v, self.window)
+        if plan.record_max_logit:
+            self._record_max_logit(qb, kb, plan.mask)
+        if plan.block_mask is not None:
+            out = _flex_attention()(q, k, v, block_mask=plan.block_mask)  # (B, H, n, hd)
             return self.o_proj(out.transpose(1, 2).reshape(bsz, n, self.num_heads * self.head_dim))
-        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # (B*nb, H, bs, hd)
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=plan.mask)  # (B*nb, H, bs, hd)
         nb, bs = out.shape[0] // bsz, out.shape[2]
         out = out.view(bsz, nb, self.num_heads, bs, self.head_dim).permute(0, 1, 3, 2, 4)
         out = out.reshape(bsz, nb * bs, self.num_heads * self.head_dim)[:, :n]
@@ -98,24 +99,21 @@ class SlidingWindowAttention(nn.Module):
                            values=torch.zeros(shape, device=device, dtype=dtype),
                            key_valid=torch.zeros(batch_size, self.window - 1, dtype=torch.bool, device=device))
 
-    def forward_cached(self, hidden: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
-                       cache: "WindowCache") -> torch.Tensor:
-        """``forward`` for m new columns that follow the columns in ``cache`` (updated in place).
+    def forward_cached(self, hidden: torch.Tensor, plan: "CachedWindowPlan", cache: "WindowCache") -> torch.Tensor:
+        """``forward`` for m new columns that follow the columns in ``cache`` (updated in place), under ``plan``.
 
-        hidden (B, m, d), positions (B, m), valid (B, m) bool. Does not record ``max_attn_logit`` (a
-        training statistic; decoding runs without grad).
+        hidden (B, m, d). Does not record ``max_attn_logit`` (a training statistic; decoding runs without grad).
         """
         bsz, m, _ = hidden.shape
         q, k, v = (proj(hidden).view(bsz, m, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta, q.dtype)
+        cos, sin = plan.cos.to(q.dtype), plan.sin.to(q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = torch.cat([cache.keys, k], dim=2), torch.cat([cache.values, v], dim=2)
-        key_valid = torch.cat([cache.key_valid, valid], dim=1)
-        out = _attend_after_cache(q, keys, values, key_valid, self.window)
+        out = _attend_after_cache(q, keys, values, plan.mask, self.window)
         first_kept = keys.shape[2] - (self.window - 1)
         cache.keys, cache.values = keys[:, :, first_kept:].contiguous(), values[:, :, first_kept:].contiguous()
-        cache.key_valid = key_valid[:, first_kept:].contiguous()
+        cache.key_valid = plan.key_valid[:, first_kept:].contiguous()
         return self.o_proj(out.transpose(1, 2).reshape(bsz, m, self.num_heads * self.head_dim))
 
     @torch.no_grad()
@@ -138,36 +136,25 @@ def _flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex_window_attention(q, k, v, key_valid, window: int) -> torch.Tensor:
-    """FlexAttention of (B, H, n, hd) tensors under the mask of ``_window_blocks``: query i sees keys
-    i-w+1 .. i that are valid, and always itself."""
-    bsz, _, n, _ = q.shape
+def _flex_block_mask(key_valid: torch.Tensor | None, bsz: int, n: int, window: int, device: torch.device):
+    """FlexAttention's block mask for the mask of ``_window_mask``: query i sees keys i-w+1 .. i that are
+    valid, and always itself."""
     if key_valid is None:
-        key_valid = torch.ones(bsz, n, dtype=torch.bool, device=q.device)
+        key_valid = torch.ones(bsz, n, dtype=torch.bool, device=device)
 
     def in_window(b, h, q_idx, kv_idx):
         return (kv_idx <= q_idx) & (q_idx - kv_idx < window) & (key_valid[b, kv_idx] | (kv_idx == q_idx))
 
-    block_mask = create_block_mask(in_window, bsz, None, n, n, device=q.device)
-    return _flex_attention()(q, k, v, block_mask=block_mask)
+    return create_block_mask(in_window, bsz, None, n, n, device=device)
 
 
-def _window_blocks(q, k, v, key_valid, window: int):
-    """Reshape (B, H, n, hd) tensors into query blocks and their key blocks, plus the boolean mask.
-
-    Returns qb (B*nb, H, bs, hd), kb/vb (B*nb, H, kbs, hd) and mask (B*nb, 1, bs, kbs), True = attend.
-    For n <= window a single block of n queries over its own n keys is used (no padding waste).
-    """
+def _window_blocks(q, k, v, window: int):
+    """Reshape (B, H, n, hd) tensors into query blocks qb (B*nb, H, bs, hd) and their key blocks kb, vb
+    (B*nb, H, kbs, hd), for the mask of ``_window_mask``. For n <= window: one block of n queries over its own n
+    keys (no padding waste)."""
     bsz, heads, n, hd = q.shape
-    device = q.device
-    if key_valid is None:
-        key_valid = torch.ones(bsz, n, dtype=torch.bool, device=device)
     if n <= window:
-        idx = torch.arange(n, device=device)
-        causal = idx[None, :] <= idx[:, None]  # (n, n): key j <= query i, all within the window
-        self_key = idx[None, :] == idx[:, None]
-        mask = causal & (key_valid[:, None, None, :] | self_key)
-        return q, k, v, mask
+        return q, k, v
     nb = -(-n // window)
     pad = nb * window - n
 
@@ -179,7 +166,22 @@ def _window_blocks(q, k, v, key_valid, window: int):
     kprev = F.pad(kcur, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1]  # block b-1 (zeros before block 0)
     vprev = F.pad(vcur, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1]
     kb, vb = torch.cat([kprev, kcur], dim=3), torch.cat([vprev, vcur], dim=3)  # (B, nb, H, 2w, hd)
+    flat = lambda t: t.reshape(bsz * nb, *t.shape[2:])  # noqa: E731
+    return flat(qb), flat(kb), flat(vb)
 
+
+def _window_mask(key_valid: torch.Tensor | None, bsz: int, n: int, window: int, device: torch.device) -> torch.Tensor:
+    """The boolean mask (True = attend) of the blocks of ``_window_blocks``: (B, 1, n, n) for n <= window, else
+    (B*nb, 1, w, 2w). Query i sees the valid keys among i-w+1 .. i, and always itself."""
+    if key_valid is None:
+        key_valid = torch.ones(bsz, n, dtype=torch.bool, device=device)
+    if n <= window:
+        idx = torch.arange(n, device=device)
+        causal = idx[None, :] <= idx[:, None]  # (n, n): key j <= query i, all within the window
+        self_key = idx[None, :] == idx[:, None]
+        return causal & (key_valid[:, None, None, :] | self_key)
+    nb = -(-n // window)
+    pad = nb * window - n
     i = torch.arange(window, device=device)[:, None]
     j = torch.arange(2 * window, device=device)[None, :]
     in_window = (j > i) & (j <= i + window)  # query at w+i (block coords) sees keys w+i-(w-1) .. w+i
@@ -188,8 +190,32 @@ def _window_blocks(q, k, v, key_valid, window: int):
     valid_prev = F.pad(valid, (0, 0, 1, 0))[:, :-1]  # block 0 has no previous block: all invalid
     keys_valid = torch.cat([valid_prev, valid], dim=2)  # (B, nb, 2w)
     mask = in_window & (keys_valid[:, :, None, :] | self_key)  # (B, nb, w, 2w)
-    flat = lambda t: t.reshape(bsz * nb, *t.shape[2:])  # noqa: E731
-    return flat(qb), flat(kb), flat(vb), mask.reshape(bsz * nb, 1, window, 2 * window)
+    return mask.reshape(bsz * nb, 1, window, 2 * window)
+
+
+@dataclass
+class WindowPlan:
+    """What every attention call of one forward shares, built once: the recursion calls each layer
+    act_max_steps x trm_refinements x (latent updates + 1) times on the same positions and padding."""
+
+    cos: torch.Tensor  # (B, 1, n, head_dim) float32 RoPE tables of the positions
+    sin: torch.Tensor
+    mask: torch.Tensor  # the blocked kernel's mask (``_window_mask``); also bounds QK-clip's max logit
+    block_mask: object | None  # FlexAttention's (CUDA), else None: the blocked SDPA runs
+    record_max_logit: bool  # update ``max_attn_logit`` (QK-clip's statistic; evaluation forwards skip it)
+
+    @classmethod
+    def build(cls, positions: torch.Tensor, key_valid: torch.Tensor | None, config: CognateConfig,
+              record_max_logit: bool) -> "WindowPlan":
+        """positions (B, n) int, key_valid (B, n) bool or None (False = padding key)."""
+        bsz, n = positions.shape
+        device = positions.device
+        cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, torch.float32)
+        block_mask = None
+        if _attention_kernel(device) == "flex":
+            block_mask = _flex_block_mask(key_valid, bsz, n, config.sliding_window, device)
+        return cls(cos=cos, sin=sin, mask=_window_mask(key_valid, bsz, n, config.sliding_window, device),
+                   block_mask=block_mask, record_max_logit=record_max_logit)
 
 
 @dataclass
@@ -206,31 +232,65 @@ class WindowCache:
         self.key_valid = self.key_valid.index_select(0, index)
 
 
-def _attend_after_cache(q, keys, values, key_valid, window: int) -> torch.Tensor:
-    """Attention of m queries (B, H, m, hd) over ``keys`` (B, H, window - 1 + m, hd) whose last m are their own.
+def _attend_after_cache(q, keys, values, mask, window: int) -> torch.Tensor:
+    """Attention of m queries (B, H, m, hd) over ``keys`` (B, H, window - 1 + m, hd) whose last m are their own,
+    under ``mask`` (``_cached_window_mask``).
 
     Query i (column ``window - 1 + i`` of the keys) sees itself and the ``window - 1`` keys before it, the
     valid ones. Queries go in blocks of up to ``window``, each over its ``window - 1 + block`` keys, so a
     long prefill costs O(m * window) like ``forward`` and one new token attends to ``window`` keys.
     """
     bsz, heads, m, hd = q.shape
-    past = window - 1
-    size = min(m, window)
-    nb = -(-m // size)
-    pad = nb * size - m
-    span = size + past
+    size, nb, pad, span = _cached_blocks(m, window)
     q = F.pad(q, (0, 0, 0, pad)).view(bsz, heads, nb, size, hd).transpose(1, 2)
     kb = F.pad(keys, (0, 0, 0, pad)).unfold(2, span, size).permute(0, 2, 1, 4, 3)  # (B, nb, H, span, hd)
     vb = F.pad(values, (0, 0, 0, pad)).unfold(2, span, size).permute(0, 2, 1, 4, 3)
-    valid = F.pad(key_valid, (0, pad)).unfold(1, span, size)  # (B, nb, span); padded queries see only themselves
-    i = torch.arange(size, device=q.device)[:, None]
-    j = torch.arange(span, device=q.device)[None, :]
-    self_key = j == i + past
-    mask = (j >= i) & (j <= i + past) & (valid[:, :, None, :] | self_key)  # (B, nb, size, span)
     flat = lambda t: t.reshape(bsz * nb, *t.shape[2:])  # noqa: E731
-    out = F.scaled_dot_product_attention(flat(q), flat(kb), flat(vb), attn_mask=flat(mask)[:, None])
+    out = F.scaled_dot_product_attention(flat(q), flat(kb), flat(vb), attn_mask=mask)
     out = out.view(bsz, nb, heads, size, hd).transpose(1, 2).reshape(bsz, heads, nb * size, hd)
     return out[:, :, :m]
+
+
+def _cached_blocks(m: int, window: int) -> tuple[int, int, int, int]:
+    """Query block size, block count, padding and key span of m new columns after a window's cache."""
+    size = min(m, window)
+    nb = -(-m // size)
+    return size, nb, nb * size - m, size + window - 1
+
+
+def _cached_window_mask(key_valid: torch.Tensor, m: int, window: int) -> torch.Tensor:
+    """(B*nb, 1, size, span) mask of ``_attend_after_cache`` from the validity (B, window - 1 + m) of the cached
+    and new keys; padded queries see only themselves."""
+    bsz = key_valid.shape[0]
+    size, nb, pad, span = _cached_blocks(m, window)
+    past = window - 1
+    valid = F.pad(key_valid, (0, pad)).unfold(1, span, size)  # (B, nb, span)
+    i = torch.arange(size, device=key_valid.device)[:, None]
+    j = torch.arange(span, device=key_valid.device)[None, :]
+    self_key = j == i + past
+    mask = (j >= i) & (j <= i + past) & (valid[:, :, None, :] | self_key)  # (B, nb, size, span)
+    return mask.reshape(bsz * nb, 1, size, span)
+
+
+@dataclass
+class CachedWindowPlan:
+    """What every attention call of one decoding step shares, built once: the RoPE tables of the new columns,
+    and the validity of the window's keys, which every pass and layer of the step holds alike (they all saw the
+    same columns)."""
+
+    cos: torch.Tensor  # (B, 1, m, head_dim) float32
+    sin: torch.Tensor
+    key_valid: torch.Tensor  # (B, window - 1 + m) bool: the cached keys', then the new columns'
+    mask: torch.Tensor  # ``_cached_window_mask``
+
+    @classmethod
+    def build(cls, positions: torch.Tensor, cached_valid: torch.Tensor, valid: torch.Tensor,
+              config: CognateConfig) -> "CachedWindowPlan":
+        """positions and valid (B, m) of the new columns; cached_valid (B, window - 1) of any pass's cache."""
+        cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, torch.float32)
+        key_valid = torch.cat([cached_valid, valid], dim=1)
+        return cls(cos=cos, sin=sin, key_valid=key_valid,
+                   mask=_cached_window_mask(key_valid, positions.shape[1], config.sliding_window))
 
 
 class SwiGLU(nn.Module):

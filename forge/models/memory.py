@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,32 @@ MEMORY_INIT_SEED = 0  # seed of the fixed random features W1_0 shared by every m
 
 def _call(function, *args):
     return function(*args)
+
+
+@cache
+def _above_diagonal(size: int, device: torch.device) -> torch.Tensor:
+    """(size, size) bool, True where i > t in [t, i]: built once per chunk size, not per chunk write."""
+    return torch.ones(size, size, dtype=torch.bool, device=device).triu(1)
+
+
+def _chunk_rates(lr: torch.Tensor, log_eta: torch.Tensor, log_keep: torch.Tensor):
+    """The gates' coefficients of chunk writes, for (..., C) gates of chunks of C tokens (see ``NeuralMemory``).
+
+    Per-token gradients g_t enter the chunk's end state as M_C = A M_0 + b S_0 - sum_i c_i g_i and
+    S_C = e S_0 - sum_i d_i g_i, where c_i = lr_i * sum_{t>=i} keep(t+1..C) * eta(i+1..t) and
+    d_i = lr_i * eta(i+1..C). Returns c, d (..., C) and the memory decay A, momentum-into-memory b and
+    momentum decay e (...)."""
+    cum_eta = torch.cumsum(log_eta, dim=-1)
+    cum_keep = torch.cumsum(log_keep, dim=-1)
+    keep_after = cum_keep[..., -1:] - cum_keep  # log prod_{j>t} (1 - alpha_j)
+    log_e = keep_after[..., :, None] + cum_eta[..., :, None] - cum_eta[..., None, :]
+    e = torch.exp(log_e.masked_fill(_above_diagonal(lr.shape[-1], lr.device), float("-inf")))  # [t, i]: t >= i
+    c = lr * e.sum(dim=-2)
+    d = lr * torch.exp(cum_eta[..., -1:] - cum_eta)
+    mem_decay = torch.exp(cum_keep[..., -1])
+    mom_into_mem = torch.exp(keep_after + cum_eta).sum(dim=-1)
+    mom_decay = torch.exp(cum_eta[..., -1])
+    return c, d, mem_decay, mom_into_mem, mom_decay
 
 
 def _read(q: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -98,11 +124,14 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         # Under activation checkpointing each chunk's (B, chunk, slots) intermediates are recomputed in backward
         # instead of kept: only the (B, slots, dim) fast-weight states between chunks stay alive.
         recompute = partial(checkpoint, use_reentrant=False) if self.recompute and torch.is_grad_enabled() else _call
+        # the gates' closed-form coefficients of every chunk at once: they do not depend on the fast weights
+        rates = _chunk_rates(*(t.view(bsz, nc, self.chunk) for t in (lr, log_eta, log_keep)))
         reads = []
-        for index, (qc, kc, vc, lr_c, le_c, lk_c) in enumerate(zip(*map(split, (q, k, v, lr, log_eta, log_keep)))):
+        for index, (qc, kc, vc) in enumerate(zip(*map(split, (q, k, v)))):
             reads.append(recompute(_read, qc, w1, w2))
             if index < nc - 1:  # nothing reads the state the last chunk would leave
-                w1, w2, s1, s2 = recompute(self._write, w1, w2, s1, s2, kc, vc, lr_c, le_c, lk_c)
+                w1, w2, s1, s2 = recompute(self._write, w1, w2, s1, s2, kc, vc,
+                                           *(rate[:, index] for rate in rates))
         read = torch.cat(reads, dim=1)[:, :n]
         return self.out_proj(read)
 
@@ -134,7 +163,7 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
                 chunk = [buffer[written, :self.chunk] for buffer in
                          (cache.keys, cache.values, cache.lr, cache.log_eta, cache.log_keep)]
                 state = self._write(cache.w1[written], cache.w2[written], cache.s1[written], cache.s2[written],
-                                    *chunk)
+                                    *chunk[:2], *_chunk_rates(*chunk[2:]))
                 for name, new in zip(("w1", "w2", "s1", "s2"), state):
                     getattr(cache, name)[written] = new
         return self.out_proj(torch.cat(reads, dim=1))
@@ -148,28 +177,15 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         lr_logit, eta_logit, forget_logit = self.gates(hidden).float().unbind(-1)
         return q, k, v, torch.sigmoid(lr_logit) * self.lr, F.logsigmoid(eta_logit), F.logsigmoid(-forget_logit)
 
-    def _write(self, w1, w2, s1, s2, k, v, lr, log_eta, log_keep):
-        """One chunk of surprise-driven updates, closed form of the momentum and forgetting recurrences."""
+    def _write(self, w1, w2, s1, s2, k, v, c, d, mem_decay, mom_into_mem, mom_decay):
+        """One chunk of surprise-driven updates, closed form of the momentum and forgetting recurrences, with the
+        chunk's ``_chunk_rates``."""
         pre = k @ w1.transpose(1, 2)  # (B, C, slots)
         act = F.silu(pre)
         err = k + act @ w2.transpose(1, 2) - v  # dl/dM(k), (B, C, dim)
         sig = torch.sigmoid(pre)
         d_pre = (err @ w2) * sig * (1 + pre * (1 - sig))  # dl/dpre through silu
-        # Per-token gradients: g2_t = err_t act_t^T (dim x slots), g1_t = d_pre_t k_t^T (slots x dim).
-        # After the chunk: M_C = A M_0 + b S_0 - sum_i c_i g_i and S_C = e S_0 - sum_i d_i g_i, where
-        # c_i = lr_i * sum_{t>=i} keep(t+1..C) * eta(i+1..t) and d_i = lr_i * eta(i+1..C).
-        cum_eta = torch.cumsum(log_eta, dim=1)  # (B, C)
-        cum_keep = torch.cumsum(log_keep, dim=1)
-        keep_after = cum_keep[:, -1:] - cum_keep  # log prod_{j>t} (1 - alpha_j)
-        size = k.shape[1]
-        later = torch.ones(size, size, dtype=torch.bool, device=k.device).tril()  # [t, i]: t >= i
-        log_e = keep_after[:, :, None] + cum_eta[:, :, None] - cum_eta[:, None, :]
-        e = torch.exp(log_e.masked_fill(~later, float("-inf")))  # (B, t, i)
-        c = lr * e.sum(dim=1)
-        d = lr * torch.exp(cum_eta[:, -1:] - cum_eta)
-        mem_decay = torch.exp(cum_keep[:, -1])[:, None, None]
-        mom_into_mem = torch.exp(keep_after + cum_eta).sum(dim=1)[:, None, None]
-        mom_decay = torch.exp(cum_eta[:, -1])[:, None, None]
+        mem_decay, mom_into_mem, mom_decay = (t[:, None, None] for t in (mem_decay, mom_into_mem, mom_decay))
         # Step cap (normalised LMS): along its steepest direction the chunk's summed step, into the memory and
         # into the momentum, stays <= 1, below gradient descent's divergence limit of 2 on this quadratic.
         # Without it the learned gates reach 10-70 and the fast weights blow up a few chunks past the
