@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 import forge.models  # noqa: F401  (registers model_type "cognate" with the Auto classes)
 import forge.models.cognate as cognate_module
 from forge.models import CognateConfig, CognateForCausalLM
-from forge.models.memory import NeuralMemory, _read
+from forge.models.memory import NeuralMemory, _chunk_rates, _read
 
 VOCAB = 97
 
@@ -121,7 +121,8 @@ def test_memory_chunk_recompute_gives_the_gradients_of_the_stored_graph():
         end = start + 4
         part = lambda t: F.pad(t[:, start:end], (0, 0, 0, max(0, end - 14)) if t.dim() == 3 else (0, max(0, end - 14)))  # noqa: E731
         reads.append(_read(part(q), w1, w2))
-        w1, w2, s1, s2 = memory._write(w1, w2, s1, s2, part(k), part(v), part(lr), part(log_eta), part(log_keep))
+        w1, w2, s1, s2 = memory._write(w1, w2, s1, s2, part(k), part(v),
+                                       *_chunk_rates(part(lr), part(log_eta), part(log_keep)))
     expected = memory.out_proj(torch.cat(reads, dim=1)[:, :14])
     expected_grads = torch.autograd.grad((expected * weight).sum(), [hidden, *memory.parameters()])
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 import forge.models  # noqa: F401  (registers model_type "cognate" with the Auto classes)
 from forge.models import CognateConfig, CognateForCausalLM, estimate_flops_per_token, get_model_size
 from forge.models.layers import SlidingWindowAttention, WindowPlan, apply_rope, rope_cos_sin
-from forge.models.memory import NeuralMemory
+from forge.models.memory import NeuralMemory, _chunk_rates
 
 VOCAB = 97
 
@@ -234,7 +234,7 @@ def test_memory_chunk_update_matches_token_by_token_recurrence():
     act = F.silu(k @ w1.transpose(1, 2))
     curvature = act.pow(2).sum(-1) + 1.21 * w2.pow(2).sum((1, 2))[:, None]
     assert float((lr * size * 2 * curvature).sum(1).max()) < 1.0  # (c + d) <= 2 * size * lr per token
-    got = memory._write(w1, w2, s1, s2, k, v, lr, eta.log(), keep.log())
+    got = memory._write(w1, w2, s1, s2, k, v, *_chunk_rates(lr, eta.log(), keep.log()))
 
     def surprise(t):  # gradient of 0.5*||M(k_t) - v_t||^2 at the chunk's start weights, by autograd
         a1, a2 = w1.clone().requires_grad_(), w2.clone().requires_grad_()
@@ -265,7 +265,7 @@ def test_memory_write_lowers_the_associative_loss(lr_factor):
 
     lr = torch.full((1, 4), memory.lr * lr_factor)
     zeros = torch.zeros(1, 4)
-    n1, n2, _, _ = memory._write(w1, w2, torch.zeros_like(w1), torch.zeros_like(w2), k, v, lr, zeros, zeros)
+    n1, n2, _, _ = memory._write(w1, w2, torch.zeros_like(w1), torch.zeros_like(w2), k, v, *_chunk_rates(lr, zeros, zeros))
     assert loss(n1, n2) < loss(w1, w2)
 
 
