@@ -241,6 +241,8 @@ def _attend_after_cache(q, keys, values, mask, window: int) -> torch.Tensor:
     long prefill costs O(m * window) like ``forward`` and one new token attends to ``window`` keys.
     """
     bsz, heads, m, hd = q.shape
+    if m == 1:  # one new token (every decoding step after the prompt): one block, the keys as they are
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
     size, nb, pad, span = _cached_blocks(m, window)
     q = F.pad(q, (0, 0, 0, pad)).view(bsz, heads, nb, size, hd).transpose(1, 2)
     kb = F.pad(keys, (0, 0, 0, pad)).unfold(2, span, size).permute(0, 2, 1, 4, 3)  # (B, nb, H, span, hd)
