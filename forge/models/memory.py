@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +20,6 @@ def _call(function, *args):
     return function(*args)
 
 
-@cache
-def _above_diagonal(size: int, device: torch.device) -> torch.Tensor:
-    """(size, size) bool, True where i > t in [t, i]: built once per chunk size, not per chunk write."""
-    return torch.ones(size, size, dtype=torch.bool, device=device).triu(1)
-
-
 def _chunk_rates(lr: torch.Tensor, log_eta: torch.Tensor, log_keep: torch.Tensor):
     """The gates' coefficients of chunk writes, for (..., C) gates of chunks of C tokens (see ``NeuralMemory``).
 
@@ -37,7 +31,9 @@ def _chunk_rates(lr: torch.Tensor, log_eta: torch.Tensor, log_keep: torch.Tensor
     cum_keep = torch.cumsum(log_keep, dim=-1)
     keep_after = cum_keep[..., -1:] - cum_keep  # log prod_{j>t} (1 - alpha_j)
     log_e = keep_after[..., :, None] + cum_eta[..., :, None] - cum_eta[..., None, :]
-    e = torch.exp(log_e.masked_fill(_above_diagonal(lr.shape[-1], lr.device), float("-inf")))  # [t, i]: t >= i
+    size = lr.shape[-1]
+    earlier = torch.ones(size, size, dtype=torch.bool, device=lr.device).triu(1)  # [t, i]: t < i
+    e = torch.exp(log_e.masked_fill(earlier, float("-inf")))  # (..., t, i)
     c = lr * e.sum(dim=-2)
     d = lr * torch.exp(cum_eta[..., -1:] - cum_eta)
     mem_decay = torch.exp(cum_keep[..., -1])
