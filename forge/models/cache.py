@@ -70,6 +70,9 @@ class _StepState:
                                     layer.memory.empty_cache(batch_size, device, dtype))
                         for layer in model.layers] for _ in range(passes)]
         self.filled = torch.zeros(batch_size, dtype=torch.long)  # tokens in each row's partial memory chunk
+        # validity of the window's cached keys, which every pass's WindowCache holds: False for padding and for
+        # slots before the first column
+        self.key_valid = torch.zeros(batch_size, cfg.sliding_window - 1, dtype=torch.bool, device=device)
         self.pending: _Columns | None = None  # columns that ran step s-1 but not yet step s
 
     def select(self, index: torch.Tensor) -> None:
@@ -77,6 +80,7 @@ class _StepState:
             for state in layers:
                 state.select(index)
         self.filled = self.filled[index.cpu()]
+        self.key_valid = self.key_valid.index_select(0, index)
         if self.pending is not None:
             self.pending = self.pending.select(index)
 
@@ -156,14 +160,14 @@ def _run_step(model, step: _StepState, columns: _Columns) -> tuple[torch.Tensor,
     """The refinements of one ACT step over ``columns``, continuing that step's passes; returns (y, z)."""
     cfg = model.config
     chunk_plan, filled = ChunkPlan.build(columns.valid_cpu, step.filled, cfg.memory_chunk_size, columns.x.device)
-    window_plan = CachedWindowPlan.build(columns.positions, step.passes[0][0].window.key_valid, columns.valid, cfg)
+    window_plan = CachedWindowPlan.build(columns.positions, step.key_valid, columns.valid, cfg)
     passes = iter(step.passes)
     x, y, z = columns.x, columns.y, columns.z
     for _ in range(cfg.trm_refinements):
         for _ in range(cfg.trm_latent_updates):
             z = _stack(model, x + y + z, next(passes), window_plan, chunk_plan)
         y = _stack(model, y + z, next(passes), window_plan, chunk_plan)
-    step.filled = filled
+    step.filled, step.key_valid = filled, window_plan.kept_valid()
     return y, z
 
 

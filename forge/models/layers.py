@@ -93,11 +93,11 @@ class SlidingWindowAttention(nn.Module):
         return self.o_proj(out)
 
     def empty_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> "WindowCache":
-        """The decoding state of one pass before any token: ``window - 1`` empty (invalid) key slots."""
+        """The decoding state of one pass before any token: ``window - 1`` empty key slots (their validity, the
+        same for every pass, is the decoding step's: ``CachedWindowPlan``)."""
         shape = (batch_size, self.num_heads, self.window - 1, self.head_dim)
         return WindowCache(keys=torch.zeros(shape, device=device, dtype=dtype),
-                           values=torch.zeros(shape, device=device, dtype=dtype),
-                           key_valid=torch.zeros(batch_size, self.window - 1, dtype=torch.bool, device=device))
+                           values=torch.zeros(shape, device=device, dtype=dtype))
 
     def forward_cached(self, hidden: torch.Tensor, plan: "CachedWindowPlan", cache: "WindowCache") -> torch.Tensor:
         """``forward`` for m new columns that follow the columns in ``cache`` (updated in place), under ``plan``.
@@ -113,7 +113,6 @@ class SlidingWindowAttention(nn.Module):
         out = _attend_after_cache(q, keys, values, plan.mask, self.window)
         first_kept = keys.shape[2] - (self.window - 1)
         cache.keys, cache.values = keys[:, :, first_kept:].contiguous(), values[:, :, first_kept:].contiguous()
-        cache.key_valid = plan.key_valid[:, first_kept:].contiguous()
         return self.o_proj(out.transpose(1, 2).reshape(bsz, m, self.num_heads * self.head_dim))
 
     @torch.no_grad()
@@ -224,12 +223,10 @@ class WindowCache:
 
     keys: torch.Tensor  # (B, heads, window - 1, head_dim), after RoPE
     values: torch.Tensor  # (B, heads, window - 1, head_dim)
-    key_valid: torch.Tensor  # (B, window - 1) bool: False for padding and for slots before the first column
 
     def select(self, index: torch.Tensor) -> None:
         """Keep (or repeat) the batch rows ``index``."""
         self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
-        self.key_valid = self.key_valid.index_select(0, index)
 
 
 def _attend_after_cache(q, keys, values, mask, window: int) -> torch.Tensor:
@@ -277,8 +274,8 @@ def _cached_window_mask(key_valid: torch.Tensor, m: int, window: int) -> torch.T
 @dataclass
 class CachedWindowPlan:
     """What every attention call of one decoding step shares, built once: the RoPE tables of the new columns,
-    and the validity of the window's keys, which every pass and layer of the step holds alike (they all saw the
-    same columns)."""
+    and the validity of the window's keys, the same for every pass and layer of the step (they all saw the same
+    columns)."""
 
     cos: torch.Tensor  # (B, 1, m, head_dim) float32
     sin: torch.Tensor
@@ -288,11 +285,16 @@ class CachedWindowPlan:
     @classmethod
     def build(cls, positions: torch.Tensor, cached_valid: torch.Tensor, valid: torch.Tensor,
               config: CognateConfig) -> "CachedWindowPlan":
-        """positions and valid (B, m) of the new columns; cached_valid (B, window - 1) of any pass's cache."""
+        """positions and valid (B, m) of the new columns; cached_valid (B, window - 1) of the cached keys."""
         cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, torch.float32)
         key_valid = torch.cat([cached_valid, valid], dim=1)
         return cls(cos=cos, sin=sin, key_valid=key_valid,
                    mask=_cached_window_mask(key_valid, positions.shape[1], config.sliding_window))
+
+    def kept_valid(self) -> torch.Tensor:
+        """The validity (B, window - 1) of the keys the window keeps after these columns: the next step's
+        ``cached_valid``."""
+        return self.key_valid[:, self.cos.shape[2]:]
 
 
 class SwiGLU(nn.Module):

@@ -181,6 +181,7 @@ divergence limit of its own curvature, and the fast weights and momenta are boun
         err = k + act @ w2.transpose(1, 2) - v  # dl/dM(k), (B, C, dim)
         sig = torch.sigmoid(pre)
         d_pre = (err @ w2) * sig * (1 + pre * (1 - sig))  # dl/dpre through silu
+        # Per-token gradients: g2_t = err_t act_t^T (dim x slots), g1_t = d_pre_t k_t^T (slots x dim).
         mem_decay, mom_into_mem, mom_decay = (t[:, None, None] for t in (mem_decay, mom_into_mem, mom_decay))
         # Step cap (normalised LMS): along its steepest direction the chunk's summed step, into the memory and
         # into the momentum, stays <= 1, below gradient descent's divergence limit of 2 on this quadratic.
