@@ -34,8 +34,15 @@ def missed(criteria: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return sorted(name for name, record in criteria.items() if not record["met"])
 
 
+def verdict(record: Mapping[str, Any]) -> str:
+    """``met``, ``missed``, or ``missed (not measured)`` when there is no value (e.g. a data folder's task)."""
+    if record["met"]:
+        return "met"
+    return "missed (not measured)" if record["value"] is None else "missed"
+
+
 def describe(name: str, record: Mapping[str, Any]) -> str:
     """``name = value (required ...): met|missed`` for logs and error messages."""
     value = record["value"]
     shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
-    return f"{name} = {shown} (required {record['required']}): {'met' if record['met'] else 'missed'}"
+    return f"{name} = {shown} (required {record['required']}): {verdict(record)}"

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 from forge.abcycles.driver import trajectory_figure
 from forge.artifacts import atomic_write_bytes, read_json
+from forge.criteria import verdict
 from forge.phases import PHASES
 from forge.plots import grouped_bars, pyplot, save_png
 
@@ -176,9 +177,10 @@ def criteria_markdown(run: Run) -> list[str]:
     lines = ["| phase | criterion | measured | required | |", "|---|---|---|---|---|"]
     for c in criteria:
         value = _number(c["value"]) if isinstance(c["value"], (int, float)) and not isinstance(c["value"], bool) \
-            else str(c["value"])
+            else "-" if c["value"] is None else str(c["value"])
+        shown = verdict(c)
         lines.append(f"| {c['phase']} | {c['criterion']} | {value} | {c['required']} | "
-                     f"{'met' if c['met'] else '**missed**'} |")
+                     f"{shown if c['met'] else f'**{shown}**'} |")
     return lines
 
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from forge.criteria import criterion, describe, is_met, missed
+from forge.criteria import criterion, describe, is_met, missed, verdict
 
 BELOW, AT, ABOVE = "below", "at", "above"
 # Which side of the threshold meets it, per direction.
@@ -45,6 +45,13 @@ def test_a_record_says_what_was_required_and_missed_lists_the_misses():
     assert records["b"] == {"value": 0.05, "direction": ">", "threshold": 0.1, "required": "> 0.1", "met": False}
     assert missed(records) == ["b", "c"]
     assert describe("b", records["b"]) == "b = 0.05 (required > 0.1): missed"
+
+
+def test_a_criterion_without_a_value_is_missed_as_not_measured():
+    record = criterion(None, ">", 0.1)  # e.g. GSM8K accuracy without a data folder
+    assert not record["met"] and missed({"gsm8k_acc": record}) == ["gsm8k_acc"]
+    assert verdict(record) == "missed (not measured)" and verdict(criterion(0.2, ">", 0.1)) == "met"
+    assert describe("gsm8k_acc", record) == "gsm8k_acc = None (required > 0.1): missed (not measured)"
 
 
 # ---------------------------------------------------------------------------------------- Phase 1
