@@ -362,6 +362,18 @@ def test_plot_trajectory_draws_both_cycles_and_writes_a_png(tmp_path):
     assert len(lines["A: tool use incumbent"]) == 3 and len(lines["B: persona incumbent"]) == 2
     assert len(lines["A strength (spec 1-0.5^N)"]) == 3 and len(lines["A strength (measured)"]) == 1
     assert "stop: converged" in scores.get_title()
+    # each iteration's best proposal is drawn once, filled when it was adopted, hollow when it was not
+    history = result.to_dict()["history"]
+    points = {c.get_label(): len(c.get_offsets()) for c in scores.collections}
+    for cycle, label, rows in (("A", "A: tool use", 3), ("B", "B: persona", 2)):
+        adopted = sum(r["half_baked"] for r in history if r["cycle"] == cycle)
+        assert points.get(f"{label} best proposal, adopted", 0) == adopted
+        assert points.get(f"{label} best proposal, not better beyond noise", 0) == rows - adopted
+    assert 0 < sum(r["half_baked"] for r in history) < len(history)  # both kinds drawn
+    history[0]["initial_bake"] = {"prompt": "p", "strength_measured": 0.48, "strength_spec": 0.5}
+    strength = trajectory_figure(history, result.stop_reason).axes[1]
+    measured = next(line for line in strength.get_lines() if line.get_label() == "A strength (measured)")
+    assert list(measured.get_xdata())[0] == history[0]["iteration"] and list(measured.get_ydata())[0] == 0.48
     path = plot_trajectory(result, tmp_path / "plots" / "trajectory.png")
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert not list((tmp_path / "plots").glob("*.tmp"))  # written atomically, nothing left behind

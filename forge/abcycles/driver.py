@@ -631,30 +631,41 @@ def trajectory_figure(history: list[dict[str, Any]], stop_reason: str):
     measured), from the history rows (``IterationRecord`` fields) of a result or a saved trajectory."""
     if not history:
         raise ValueError("the A/B result has no iterations to plot; run at least one iteration first")
-    fig, (ax, ax_strength) = pyplot().subplots(2, 1, figsize=(7, 6), sharex=True)
+    fig, (ax, ax_strength) = pyplot().subplots(2, 1, figsize=(9.5, 6), sharex=True)
     for cycle, colour, label in (("A", "C0", "A: tool use"), ("B", "C3", "B: persona")):
         rows = [r for r in history if r["cycle"] == cycle]
         if not rows:
             continue
         ax.plot([r["iteration"] for r in rows], [r["best_score"] for r in rows], "-o", color=colour,
                 label=f"{label} incumbent")
-        ax.scatter([r["iteration"] for r in rows], [r["winner_score"] for r in rows], marker="x", color=colour,
-                   label=f"{label} best proposal")
+        # A proposal that scores higher on the iteration's items is still not taken unless it is better beyond
+        # noise (its paired difference's lower bound above 0): drawn hollow, so a higher cross is not read as a win.
+        for adopted, marker, face, note in ((True, "*", colour, "adopted"),
+                                            (False, "o", "none", "not better beyond noise")):
+            chosen = [r for r in rows if r["half_baked"] is adopted]
+            if chosen:
+                ax.scatter([r["iteration"] for r in chosen], [r["winner_score"] for r in chosen], marker=marker,
+                           facecolors=face, edgecolors=colour, s=60, label=f"{label} best proposal, {note}")
         ax_strength.plot([r["iteration"] for r in rows], [r["baking_strength_spec"] for r in rows], "--o",
                          color=colour, label=f"{cycle} strength (spec 1-0.5^N)")
-        measured = [(r["iteration"], r["baking_strength_measured"]) for r in rows
-                    if r["baking_strength_measured"] is not None]
+        # the initial tool prompt's half-bake comes before its iteration's scoring (and any bake of its winner)
+        measured = sorted([(r["iteration"], 0, r["initial_bake"]["strength_measured"]) for r in rows
+                           if r.get("initial_bake")] +
+                          [(r["iteration"], 1, r["baking_strength_measured"]) for r in rows
+                           if r["baking_strength_measured"] is not None])
+        measured = [(iteration, value) for iteration, _, value in measured]
         if measured:
             ax_strength.plot(*zip(*measured), "-s", color=colour, label=f"{cycle} strength (measured)")
     ax.set_ylabel("score on the iteration's items")
     ax.set_title(f"Phase 6 A/B cycles (stop: {stop_reason})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax_strength.set_xlabel("iteration")
     ax_strength.set_ylabel("baking strength")
     ax_strength.set_ylim(-0.05, 1.05)
     ax_strength.grid(alpha=0.3)
-    ax_strength.legend(fontsize=8)
+    ax_strength.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
     ax_strength.set_xticks([r["iteration"] for r in history])
     return fig
 
