@@ -16,6 +16,7 @@ import base64
 import html
 import math
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -204,30 +205,41 @@ def plot_cognate_loss(run: Run, out: Path) -> Path | None:
     from forge.tracking import read_metrics
 
     path = run.dir / "cognate" / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    records = read_metrics(path)
+    figure = cognate_loss_figure(read_metrics(path)) if path.is_file() else None
+    return None if figure is None else save_png(figure, out)
+
+
+def cognate_loss_figure(records: list[dict[str, Any]]):
+    """Every Phase 1 run's training and validation loss (``metrics.jsonl`` records); None without any."""
+    from forge.phases.cognate import TRUNK_NAME
+
     sources = sorted({r.get("source") for r in records if "train/loss" in r or "val/loss" in r} - {None})
     if not sources:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
+    # The specialists continue from the trunk's weights: their steps are drawn after the trunk's last, where they fork.
+    trunk = f"cognate-{TRUNK_NAME}"
+    fork = max((r["step"] for r in records if r.get("source") == trunk and "step" in r), default=0)
     for index, source in enumerate(sources):
         colour = f"C{index}"
+        offset = fork if source != trunk else 0
         # train/loss adds the auxiliary terms; train/ce is the cross-entropy that val/loss measures.
         key = "train/ce" if any("train/ce" in r for r in records if r.get("source") == source) else "train/loss"
-        train = [(r["step"], r[key]) for r in records if r.get("source") == source and key in r]
-        val = [(r["step"], r["val/loss"]) for r in records if r.get("source") == source and "val/loss" in r]
+        train = [(offset + r["step"], r[key]) for r in records if r.get("source") == source and key in r]
+        val = [(offset + r["step"], r["val/loss"]) for r in records if r.get("source") == source and "val/loss" in r]
         if train:
             ax.plot(*zip(*train), "-", color=colour, label=f"{source.removeprefix('cognate-')} {key}")
         if val:
             ax.plot(*zip(*val), "o--", color=colour, label=f"{source.removeprefix('cognate-')} val/loss")
+    if fork:
+        ax.axvline(fork, color="grey", linestyle=":", label="the specialists fork from the trunk")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats per token)")
-    ax.set_title("Phase 1 Cognate: training and validation loss")
+    ax.set_title("Phase 1 Cognate: training loss (each run on its own data mix) and validation loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_png(fig, out)
+    return fig
 
 
 def _evomerge_records(run: Run) -> list[dict[str, Any]]:
@@ -245,8 +257,11 @@ def plot_evomerge(run: Run, out: Path) -> Path | None:
 
 def plot_quietstar(run: Run, out: Path) -> Path | None:
     report = _json(run.dir / "quietstar" / "quietstar_report.json")
-    if report is None:
-        return None
+    return None if report is None else save_png(quietstar_figure(report), out)
+
+
+def quietstar_figure(report: Mapping[str, Any]):
+    """Phase 3's held-out accuracy per stage, with its thoughts removed beside it, and the thinking usage."""
     stages = report["stages"]
     labels = {"before": "before Phase 3\n(no thoughts)", "step1": "after Step 1\n(with thoughts)",
               "step2": "after Step 2\n(with thoughts)"}
@@ -255,9 +270,13 @@ def plot_quietstar(run: Run, out: Path) -> Path | None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     names = [s for s in ("before", "step1", "step2") if s in stages]
-    grouped_bars(ax, [labels[s] for s in names],
-                 [(f"{name} accuracy", [stages[s].get(f"{name}_accuracy") for s in names]) for name in sets],
-                 ylabel="share of held-out problems",
+    series = []
+    for name in sets:
+        series.append((f"{name} accuracy", [stages[s].get(f"{name}_accuracy") for s in names]))
+        removed = [stages[s].get(f"{name}_accuracy_no_thinking") for s in names]
+        if any(value is not None for value in removed):  # the anti-theater ablation: the same model, thoughts removed
+            series.append((f"{name} accuracy, thoughts removed", removed))
+    grouped_bars(ax, [labels[s] for s in names], series, ylabel="share of held-out problems",
                  title="Phase 3 Quiet-STaR: held-out accuracy without and with thoughts")
     main_set = report.get("eval_set", "synthetic")  # reports before issue 18 measured on the synthetic set only
     usage = [stages[s].get(f"{main_set}_thinking_usage") for s in names]
@@ -265,7 +284,7 @@ def plot_quietstar(run: Run, out: Path) -> Path | None:
         ax.plot(range(len(names)), [u if u is not None else float("nan") for u in usage], "k--o",
                 label="thinking usage (share of answers)")
     ax.legend(fontsize=8)
-    return save_png(fig, out)
+    return fig
 
 
 def plot_bitnet(run: Run, out: Path) -> Path | None:
@@ -283,9 +302,10 @@ def plot_bitnet(run: Run, out: Path) -> Path | None:
         points = [(i, s["accuracy"]) for i, s in zip(x, steps) if s["reverted"] != kept]
         if points:
             ax.scatter(*zip(*points), color=colour, zorder=3, label=label)
-    ax.set_xticks(x, [s["group"].replace("model.", "")[:22] for s in steps], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("guard metric")
-    ax.set_title(f"Phase 4 BitNet: {q.get('guard_metric', 'guard metric')[:60]}\nafter each staged block", fontsize=10)
+    ax.set_xticks(x, [textwrap.fill(s["group"].replace("model.", ""), 24) for s in steps], fontsize=8)
+    ax.set_ylabel("guard metric (share of the float model's)")
+    ax.set_title(textwrap.fill(f"Phase 4 BitNet after each staged block. Guard metric: "
+                               f"{q.get('guard_metric', 'guard metric')}", 90), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     sizes = [q["weight_bytes_before"] / 1e6, q["weight_bytes_after"] / 1e6]

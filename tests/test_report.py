@@ -33,3 +33,32 @@ def test_quietstar_and_curriculum_plots_come_from_the_run_files(tmp_path):
     for name in ("quietstar_accuracy.png", "curriculum_levels.png"):
         assert (tmp_path / "report" / name).stat().st_size > 10_000
         assert f"(report/{name})" in markdown.read_text()
+
+
+def test_quietstar_figure_shows_each_stage_with_its_thoughts_removed_beside_it():
+    from forge.report import quietstar_figure
+
+    stages = {"before": {"taskworld_accuracy": 0.02},
+              "step1": {"taskworld_accuracy": 0.11, "taskworld_accuracy_no_thinking": 0.03,
+                        "taskworld_thinking_usage": 0.99},
+              "step2": {"taskworld_accuracy": 0.12, "taskworld_accuracy_no_thinking": 0.05,
+                        "taskworld_thinking_usage": 0.98}}
+    ax = quietstar_figure({"stages": stages, "eval_set": "taskworld"}).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["0.02", "0.11", "0.12", "n/a", "0.03", "0.05"]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "taskworld accuracy, thoughts removed" in labels and "thinking usage (share of answers)" in labels
+
+
+def test_cognate_loss_figure_draws_the_specialists_after_the_trunk_they_fork_from():
+    from forge.report import cognate_loss_figure
+
+    records = [{"source": "cognate-trunk", "step": step, "train/loss": 1.1, "train/ce": 1.0} for step in (1, 2, 800)]
+    records += [{"source": "cognate-reasoning", "step": step, "train/loss": 2.1, "train/ce": 2.0} for step in (1, 80)]
+    records += [{"source": "cognate-reasoning", "step": 80, "val/loss": 3.0}]
+    lines = {line.get_label(): list(line.get_xdata()) for line in cognate_loss_figure(records).axes[0].get_lines()}
+    assert lines["trunk train/ce"] == [1, 2, 800]
+    assert lines["reasoning train/ce"] == [801, 880] and lines["reasoning val/loss"] == [880]
+    assert lines["the specialists fork from the trunk"] == [800, 800]
+    alone = cognate_loss_figure([{"source": "cognate-reasoning", "step": 5, "train/loss": 2.0}]).axes[0].get_lines()
+    assert [list(line.get_xdata()) for line in alone] == [[5]]  # no trunk: nothing to fork from, no offset
+    assert cognate_loss_figure([{"source": "cognate-x", "step": 1}]) is None
