@@ -264,7 +264,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], parents: Sequence[Mapping
     the population's diversity, as a PNG written atomically."""
     plt = pyplot()
     generations = [h["generation"] for h in history]
-    fig, (ax, ax_div) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, ax_div) = plt.subplots(2, 1, figsize=(9.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for key, style in (("best", "-o"), ("mean", "--"), ("worst", ":")):
         ax.plot(generations, [h[key] for h in history], style, label=f"{key} merged candidate")
     for index, parent in enumerate(parents):
@@ -272,7 +272,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], parents: Sequence[Mapping
                    label=f"{parent['label']} (baseline)")
     ax.set_ylabel("fitness")
     ax.set_title("Phase 2 EvoMerge: fitness per generation against the parents")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, never over them
     ax.grid(alpha=0.3)
     ax_div.plot(generations, [h["diversity"] for h in history], "-s", color="tab:green")
     ax_div.set_ylabel("diversity")
