@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -118,6 +118,12 @@ def heldout_problems(ctx: PhaseContext) -> dict[str, list[tuple[str, str]]]:
         items = heldout_items("gsm8k", ctx.data_dir)[:config.eval_problems]
         sets["gsm8k"] = [(item["question"], str(item["final_answer"])) for item in items]
     return sets
+
+
+def step2_texts(problems: Sequence[tuple[str, str]]) -> list[str]:
+    """(question, answer) problems as Step 2's texts: its training texts, and the held-out ones its anti-theater
+    checks cut at a seeded position (``heldout_check_items``)."""
+    return [f"Question: {question}\nAnswer: {answer}" for question, answer in problems]
 
 
 def eval_set(names: Iterable[str]) -> str:
@@ -233,8 +239,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
     print(f"[forge] quietstar: after Step 1 {stages['step1']}", flush=True)
 
     examples, _ = read_dataset(dataset_path)
-    rl_texts = [f"Question: {e.question}\nAnswer: {e.answer}" for e in examples]
-    rl_heldout = [f"Question: {q}\nAnswer: {a}" for q, a in problems[main_set]]
+    rl_texts = step2_texts([(e.question, e.answer) for e in examples])
+    rl_heldout = step2_texts(problems[main_set])
     with Progress("quietstar: Step 2 RL on thoughts", config.rl.episodes, "episode") as progress:
         rl_report = train_thoughts(model, tokenizer, rl_texts, rl_heldout, config.rl,
                                    reference=load_model_dir(step1_dir, device=device)[0],
