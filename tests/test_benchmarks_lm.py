@@ -239,3 +239,18 @@ def test_perplexity_is_exp_mean_token_nll_with_each_token_scored_once(tokenizer)
                                                                                        rel=1e-5)
     with pytest.raises(ValueError, match="stride"):
         perplexity(model, tokenizer, texts, max_length=16, stride=32)
+
+
+def test_perplexity_gives_the_one_window_at_a_time_result_with_its_windows_batched(tokenizer):
+    from forge.models import CognateConfig, CognateForCausalLM
+
+    torch.manual_seed(0)
+    model = CognateForCausalLM(CognateConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, sliding_window=8,
+                                             ltm_slots=8, memory_dim=8, memory_chunk_size=4,
+                                             max_position_embeddings=64)).eval()
+    texts = [f"Paragraph {i}: the numbers {i * 7} and {i * 13} add up to {i * 20}." for i in range(12)]
+    assert len(encode(tokenizer, "\n\n".join(texts))) > 10 * 16  # many full windows, a short last one
+    alone = perplexity(model, tokenizer, texts, max_length=16, stride=8, max_batch_tokens=16)  # one per pass
+    assert perplexity(model, tokenizer, texts, max_length=16, stride=8) == alone  # exactly, not approximately
+    assert perplexity(model, tokenizer, texts, max_length=16, stride=8, max_batch_tokens=48) == alone
