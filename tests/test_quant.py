@@ -381,6 +381,38 @@ def test_healing_gives_back_what_ternarising_a_block_cost_before_the_guard_judge
     assert all(torch.equal(value, model.state_dict()[key]) for key, value in copy.state_dict().items())
 
 
+def test_distillation_healing_keeps_what_the_model_did_where_text_healing_moves_it_to_the_text():
+    # The model has memorised one sequence (its "skill"); the healing text is other, random text. Healed on that text
+    # by its next tokens, the quantized model learns the text and loses the skill; healed towards the float model's
+    # own predictions on the same text, it keeps more of it.
+    pattern = torch.randint(0, VOCAB, (128,), generator=torch.Generator().manual_seed(0)).repeat(3)
+    skill = torch.stack([pattern.roll(-shift)[:48] for shift in range(0, 128, 16)])
+    text = torch.randint(0, VOCAB, (8, 48), generator=torch.Generator().manual_seed(7))
+    model = tiny_llama(seed=1).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = model(input_ids=skill, labels=skill).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def accuracy(m):
+        with torch.no_grad():
+            return float((m.eval()(input_ids=skill).logits[:, :-1].argmax(-1) == skill[:, 1:]).float().mean())
+    float_accuracy = accuracy(model)
+    plain = QuantConfig(layer_revert_drop=1.0, max_total_drop=1.0, finetune_above_drop=1.0, float_layers="float",
+                        heal_steps=40, heal_lr=1e-2)
+    kept = {}
+    for objective in ("lm", "distill"):
+        copy = tiny_llama(seed=1)
+        copy.load_state_dict(model.state_dict())
+        staged_quantize(copy, accuracy, dataclasses.replace(plain, heal_objective=objective), finetune_ids=text)
+        kept[objective] = accuracy(copy)
+    assert kept["distill"] > kept["lm"] + 0.2 and kept["distill"] <= float_accuracy
+    with pytest.raises(ValueError, match="heal_objective='kd'"):
+        QuantConfig(heal_objective="kd")
+
+
 def test_the_tasks_guard_with_the_text_only_from_the_floor_up(shared_data):
     from benchmarks.guard import job_guard
     from benchmarks.harness import evaluate

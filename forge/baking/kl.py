@@ -52,7 +52,7 @@ def check_head(view: ModelView, ids: torch.Tensor) -> None:
         )
 
 
-def _token_kl_sum(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+def token_kl_sum(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """Sum over tokens of KL(softmax(teacher) || softmax(student)), in float32."""
     t_logp = torch.log_softmax(teacher_logits.float(), dim=-1)
     s_logp = torch.log_softmax(student_logits.float(), dim=-1)
@@ -85,7 +85,7 @@ def batch_kl_sum(teacher: ModelView, student: ModelView, batch: TrajectoryBatch,
             t_logits = teacher.model.get_output_embeddings()(t_hidden[start:start + chunk])
         with student.context():
             s_logits = student.model.get_output_embeddings()(s_hidden[start:start + chunk])
-        total += float(_token_kl_sum(t_logits, s_logits))
+        total += float(token_kl_sum(t_logits, s_logits))
     return total
 
 
@@ -102,7 +102,7 @@ def kl_backward(teacher: ModelView, student: nn.Module, batch: TrajectoryBatch, 
     for start in range(0, detached.shape[0], chunk):
         with torch.no_grad(), teacher.context():
             t_logits = teacher.model.get_output_embeddings()(t_hidden[start:start + chunk])
-        loss = _token_kl_sum(t_logits, head(detached[start:start + chunk])) / batch.num_tokens
+        loss = token_kl_sum(t_logits, head(detached[start:start + chunk])) / batch.num_tokens
         (loss * weight).backward()
         total += loss.item()
     s_hidden.backward(detached.grad)

@@ -5,6 +5,9 @@ import dataclasses
 from dataclasses import dataclass
 
 
+HEAL_OBJECTIVES = ("lm", "distill")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How a model is ternarised, guarded and recovered (spec Phase 4)."""
@@ -25,6 +28,8 @@ class QuantConfig:
     heal_steps: int = 0  # straight-through fine-tuning steps after each block is quantized, before the guard
     # judges it (cycling over the fine-tuning text); 0: the guard judges the block as quantized
     heal_lr: float = 1e-3  # learning rate of those healing steps
+    heal_objective: str = "lm"  # what healing and fine-tuning minimise: "lm", the next-token cross-entropy of the
+    # text; "distill", the KL from the float model's own predictions on it (keeps what the model did, not only text)
 
     def __post_init__(self):
         if not 0.0 <= self.zero_threshold < 1.5:
@@ -37,6 +42,9 @@ class QuantConfig:
             raise ValueError(f"int4_group_size={self.int4_group_size}: give an even number >= 2, e.g. 32 or 64")
         if self.calibration_samples < 0 or self.finetune_epochs < 0 or self.heal_steps < 0 or self.heal_lr <= 0:
             raise ValueError("calibration_samples, finetune_epochs and heal_steps must be >= 0, heal_lr > 0")
+        if self.heal_objective not in HEAL_OBJECTIVES:
+            raise ValueError(f"heal_objective={self.heal_objective!r}: choose {' or '.join(HEAL_OBJECTIVES)} (lm: the "
+                             "text's next tokens; distill: the float model's predictions on it)")
         for name in ("layer_revert_drop", "max_total_drop", "finetune_above_drop"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} is a relative drop: give a value in [0, 1]")

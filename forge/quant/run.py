@@ -69,6 +69,10 @@ class QuantizeJobConfig:
     embedding and head (docs/BENCHMARKS.md, Phase 4 healing)."""
     heal_lr: float = 1e-3
     """Learning rate of the healing steps."""
+    heal_objective: Literal["lm", "distill"] = "lm"
+    """What healing and fine-tuning minimise: ``lm``, the next-token cross-entropy of the train-side text;
+    ``distill``, the KL from the float model's own predictions on that text. Healed with ``lm`` the tiny preset's
+    model stops opening thinking blocks; with ``distill`` it keeps them, at a lower compression (docs/BENCHMARKS.md)."""
     latency_batch: int = 1
     """Sequences per forward pass when timing float against ternary."""
     latency_repeats: int = 5
@@ -85,7 +89,7 @@ class QuantizeJobConfig:
         if self.guard_limit < 1:
             raise ValueError(f"guard_limit={self.guard_limit}: give at least 1 item per guard task")
         QuantConfig(float_layers=self.float_layers, int4_group_size=self.int4_group_size,  # the same checks
-                    heal_steps=self.heal_steps, heal_lr=self.heal_lr)
+                    heal_steps=self.heal_steps, heal_lr=self.heal_lr, heal_objective=self.heal_objective)
 
 
 def text_token_ids(tokenizer, texts: list[str], sequences: int, seq_len: int) -> torch.Tensor:
@@ -173,7 +177,7 @@ def quantize_model_dir(model_dir: Path, out_dir: Path, job: QuantizeJobConfig = 
     model.float()
     category = job.size_category or get_model_size(model)["size_category"]
     storage = {"float_layers": job.float_layers, "int4_group_size": job.int4_group_size,
-               "heal_steps": job.heal_steps, "heal_lr": job.heal_lr}
+               "heal_steps": job.heal_steps, "heal_lr": job.heal_lr, "heal_objective": job.heal_objective}
     config = dataclasses.replace(compression_config(category), **storage)
     fallback = dataclasses.replace(conservative_config(category), **storage)
     calibration_count = max(config.calibration_samples, fallback.calibration_samples)

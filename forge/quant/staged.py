@@ -6,12 +6,15 @@ compared with the float model's score. A block whose quantization makes the rela
 ``layer_revert_drop`` is put back in float. A last guarded step stores what is left in float (embedding,
 head, preserved and reverted linears) as int4 groups or int8 rows (``QuantConfig.float_layers``; when the
 guard reverts int4, int8 is tried next). With ``heal_steps``, each quantized block is first fine-tuned
-through the straight-through estimator on the fine-tuning text, then judged. If the whole model still loses
+through the straight-through estimator on the fine-tuning text, then judged (``heal_objective``: the text's next
+tokens, or the float model's own predictions on it: distillation keeps what the model did beyond the text, e.g.
+the thinking format). If the whole model still loses
 more than ``max_total_drop``, the run starts again with the conservative config; above
 ``finetune_above_drop`` the model is fine-tuned with the straight-through estimator.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from forge.baking.kl import token_kl_sum
 from forge.quant import kernels
 from forge.quant.bitlinear import BitLinear, absmean_ternarize
 from forge.quant.config import QuantConfig
@@ -126,15 +130,22 @@ def calibrate_scales(model: nn.Module, names: Sequence[str], batches: Sequence[t
     return {name: (num / den if den > 0 and num > 0 else 1.0) for name, (num, den) in sums.items()}
 
 
-def finetune_ste(model: nn.Module, batches: Sequence[torch.Tensor], epochs: int, lr: float) -> list[float]:
-    """Causal-LM fine-tuning of all float parameters through the straight-through estimator."""
+def finetune_ste(model: nn.Module, batches: Sequence[torch.Tensor], epochs: int, lr: float,
+                 teacher: nn.Module | None = None) -> list[float]:
+    """Fine-tuning of all float parameters through the straight-through estimator: causal-LM loss on the batches, or
+    with ``teacher`` (the float model before quantization) the mean token KL from its predictions (distillation)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     losses = []
     model.train()
     for _ in range(epochs):
         for input_ids in batches:
-            loss = model(input_ids=input_ids, labels=input_ids).loss
+            if teacher is None:
+                loss = model(input_ids=input_ids, labels=input_ids).loss
+            else:
+                with torch.no_grad():
+                    target = teacher(input_ids=input_ids).logits
+                loss = token_kl_sum(target, model(input_ids=input_ids).logits) / input_ids.numel()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -143,11 +154,13 @@ def finetune_ste(model: nn.Module, batches: Sequence[torch.Tensor], epochs: int,
     return losses
 
 
-def heal(model: nn.Module, batches: Sequence[torch.Tensor], steps: int, lr: float) -> list[float]:
-    """``steps`` straight-through fine-tuning steps, cycling over ``batches`` (none: no step)."""
+def heal(model: nn.Module, batches: Sequence[torch.Tensor], steps: int, lr: float,
+         teacher: nn.Module | None = None) -> list[float]:
+    """``steps`` straight-through fine-tuning steps, cycling over ``batches`` (none: no step); ``teacher`` as in
+    :func:`finetune_ste`."""
     if not steps or not batches:
         return []
-    return finetune_ste(model, [batches[i % len(batches)] for i in range(steps)], 1, lr)
+    return finetune_ste(model, [batches[i % len(batches)] for i in range(steps)], 1, lr, teacher)
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -163,8 +176,8 @@ def _quantizable(model, config: QuantConfig) -> list[str]:
 
 
 def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
-             calibration_batches: Sequence[torch.Tensor], heal_batches: Sequence[torch.Tensor] = ()
-             ) -> tuple[list[GroupStep], dict[str, nn.Module], dict[str, float]]:
+             calibration_batches: Sequence[torch.Tensor], heal_batches: Sequence[torch.Tensor] = (),
+             teacher: nn.Module | None = None) -> tuple[list[GroupStep], dict[str, nn.Module], dict[str, float]]:
     names = _quantizable(model, config)
     if not names:
         raise ValueError("no linear layer left to quantize: the preserve rules cover every nn.Linear "
@@ -178,7 +191,7 @@ def _attempt(model, evaluate: Evaluate, config: QuantConfig, before: float,
         """Judge the model with ``layers`` quantized (and healed); revert them above the drop limit. True when
         kept. A reverted block leaves the model as it was before it (``previous``: its weights then, when
         healing may have moved the others)."""
-        heal(model, heal_batches, config.heal_steps, config.heal_lr)
+        heal(model, heal_batches, config.heal_steps, config.heal_lr, teacher)
         with torch.no_grad():
             accuracy = float(evaluate(model))
         drop = relative_drop(before, accuracy)
@@ -237,10 +250,14 @@ def staged_quantize(model: nn.Module, evaluate: Evaluate, config: QuantConfig, *
         calibration = (batches(calibration_ids[:cfg.calibration_samples], batch_size)
                        if calibration_ids is not None and cfg.calibration_samples else [])
         healing = batches(finetune_ids, batch_size) if finetune_ids is not None and cfg.heal_steps else []
-        steps, kept, corrections = _attempt(model, evaluate, cfg, before, calibration, healing)
+        steps, kept, corrections = _attempt(model, evaluate, cfg, before, calibration, healing,
+                                            teacher if cfg.heal_objective == "distill" else None)
         with torch.no_grad():
             return steps, kept, corrections, float(evaluate(model))
 
+    # distillation's teacher: the float model as it came, frozen
+    distill = "distill" in (config.heal_objective, conservative.heal_objective if conservative else None)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False) if distill else None
     float_state = _weights(model) if config.heal_steps else None
     # Judged on the float model: a conservative config keeping a two-block model's edge blocks leaves nothing.
     conservative = conservative if conservative is not None and _quantizable(model, conservative) else None
@@ -258,7 +275,8 @@ def staged_quantize(model: nn.Module, evaluate: Evaluate, config: QuantConfig, *
     final_accuracy, finetuned = quantized_accuracy, False
     if (relative_drop(before, quantized_accuracy) > config.finetune_above_drop and finetune_ids is not None
             and kept and config.finetune_epochs):
-        finetune_ste(model, batches(finetune_ids, batch_size), config.finetune_epochs, config.finetune_lr)
+        finetune_ste(model, batches(finetune_ids, batch_size), config.finetune_epochs, config.finetune_lr,
+                     teacher if config.heal_objective == "distill" else None)
         with torch.no_grad():
             final_accuracy = float(evaluate(model))
         finetuned = True
