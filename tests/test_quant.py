@@ -345,8 +345,9 @@ def test_staged_quantization_finetunes_with_ste_above_the_threshold():
     assert ternary_stats(model)["only_ternary_values"]
 
 
-def test_healing_gives_back_what_ternarising_a_block_cost_before_the_guard_judges_it():
-    # A model that has memorised a random 128-token sequence; ternarising a block costs it next-token accuracy.
+def memorised_model():
+    """A tiny model that has memorised a random 128-token sequence, its windows, and its next-token accuracy on them
+    (ternarising a block costs it some)."""
     pattern = torch.randint(0, VOCAB, (128,), generator=torch.Generator().manual_seed(0)).repeat(3)
     ids = torch.stack([pattern.roll(-shift)[:48] for shift in range(0, 128, 16)])
     model = tiny_llama(seed=1).train()
@@ -360,6 +361,11 @@ def test_healing_gives_back_what_ternarising_a_block_cost_before_the_guard_judge
     def accuracy(m):
         with torch.no_grad():
             return float((m.eval()(input_ids=ids).logits[:, :-1].argmax(-1) == ids[:, 1:]).float().mean())
+    return model, ids, accuracy
+
+
+def test_healing_gives_back_what_ternarising_a_block_cost_before_the_guard_judges_it():
+    model, ids, accuracy = memorised_model()
     assert accuracy(model) > 0.95
     plain = QuantConfig(layer_revert_drop=1.0, max_total_drop=1.0, finetune_above_drop=1.0, float_layers="float")
     judged = {}
@@ -385,20 +391,8 @@ def test_distillation_healing_keeps_what_the_model_did_where_text_healing_moves_
     # The model has memorised one sequence (its "skill"); the healing text is other, random text. Healed on that text
     # by its next tokens, the quantized model learns the text and loses the skill; healed towards the float model's
     # own predictions on the same text, it keeps more of it.
-    pattern = torch.randint(0, VOCAB, (128,), generator=torch.Generator().manual_seed(0)).repeat(3)
-    skill = torch.stack([pattern.roll(-shift)[:48] for shift in range(0, 128, 16)])
+    model, _, accuracy = memorised_model()
     text = torch.randint(0, VOCAB, (8, 48), generator=torch.Generator().manual_seed(7))
-    model = tiny_llama(seed=1).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        loss = model(input_ids=skill, labels=skill).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    def accuracy(m):
-        with torch.no_grad():
-            return float((m.eval()(input_ids=skill).logits[:, :-1].argmax(-1) == skill[:, 1:]).float().mean())
     float_accuracy = accuracy(model)
     plain = QuantConfig(layer_revert_drop=1.0, max_total_drop=1.0, finetune_above_drop=1.0, float_layers="float",
                         heal_steps=40, heal_lr=1e-2)
