@@ -451,9 +451,9 @@ def perplexity(model, tokenizer, texts: Sequence[str], *, max_length: int | None
     # max_batch_tokens positions: each row gives the logits it gives alone, and the sums are taken per window in
     # order, so the result is the one-window-at-a-time result, in fewer, larger passes.
     per_batch = max(1, max_batch_tokens // max_length)
+    shape = lambda window: (window[1] - window[0], window[1] - window[2])  # noqa: E731  (length, targets)
     total_nll, scored, start = 0.0, 0, 0
     while start < len(windows):
-        shape = lambda w: (w[1] - w[0], w[1] - w[2])  # noqa: E731
         stop = start + 1
         while stop < len(windows) and stop - start < per_batch and shape(windows[stop]) == shape(windows[start]):
             stop += 1
