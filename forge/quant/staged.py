@@ -250,14 +250,17 @@ def staged_quantize(model: nn.Module, evaluate: Evaluate, config: QuantConfig, *
         calibration = (batches(calibration_ids[:cfg.calibration_samples], batch_size)
                        if calibration_ids is not None and cfg.calibration_samples else [])
         healing = batches(finetune_ids, batch_size) if finetune_ids is not None and cfg.heal_steps else []
-        steps, kept, corrections = _attempt(model, evaluate, cfg, before, calibration, healing,
-                                            teacher if cfg.heal_objective == "distill" else None)
+        steps, kept, corrections = _attempt(model, evaluate, cfg, before, calibration, healing, teacher_for(cfg))
         with torch.no_grad():
             return steps, kept, corrections, float(evaluate(model))
 
-    # distillation's teacher: the float model as it came, frozen
+    # distillation's teacher: the float model as it came, frozen, for whichever config distils
     distill = "distill" in (config.heal_objective, conservative.heal_objective if conservative else None)
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if distill else None
+
+    def teacher_for(cfg: QuantConfig) -> nn.Module | None:
+        return teacher if cfg.heal_objective == "distill" else None
+
     float_state = _weights(model) if config.heal_steps else None
     # Judged on the float model: a conservative config keeping a two-block model's edge blocks leaves nothing.
     conservative = conservative if conservative is not None and _quantizable(model, conservative) else None
@@ -276,7 +279,7 @@ def staged_quantize(model: nn.Module, evaluate: Evaluate, config: QuantConfig, *
     if (relative_drop(before, quantized_accuracy) > config.finetune_above_drop and finetune_ids is not None
             and kept and config.finetune_epochs):
         finetune_ste(model, batches(finetune_ids, batch_size), config.finetune_epochs, config.finetune_lr,
-                     teacher if config.heal_objective == "distill" else None)
+                     teacher_for(config))
         with torch.no_grad():
             final_accuracy = float(evaluate(model))
         finetuned = True
