@@ -46,3 +46,11 @@ def describe(name: str, record: Mapping[str, Any]) -> str:
     value = record["value"]
     shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
     return f"{name} = {shown} (required {record['required']}): {verdict(record)}"
+
+
+def criteria_line(criteria: Mapping[str, Mapping[str, Any]]) -> str:
+    """``spec criteria K of N met: name = value (required ...): met; ...``, a phase's line on the console, by name
+    (the order of its manifest and the report)."""
+    met = sum(bool(record["met"]) for record in criteria.values())
+    return f"spec criteria {met} of {len(criteria)} met: " + "; ".join(
+        describe(name, criteria[name]) for name in sorted(criteria))

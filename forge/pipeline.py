@@ -25,7 +25,7 @@ from forge.artifacts import (MANIFEST, StorageFull, atomic_write_json, model_dir
                              read_manifest, sha256_file)
 from forge.config import RUN_VERSIONS_KEY, PipelineConfig, load_pipeline_config
 from forge.configtools import ConfigError, config_hash, to_dict
-from forge.criteria import describe, missed
+from forge.criteria import criteria_line, describe, missed
 from forge.versions import package_versions, versions_line
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     from forge.phases import load_phase
     from forge.phases.base import PhaseContext, PhaseResult
     from forge.phases.scoring import track_phase
-    from forge.report import build_report
+    from forge.report import build_report, criteria_tally
 
     run_dir = Path(config.out_dir) / (config.run_name or config.preset)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -312,10 +312,16 @@ def run_pipeline(config: PipelineConfig) -> Path:
         track_phase(config, run_dir, name, result.outputs)
         print(f"[forge] {name}: complete in {manifest['wall_time_s']:.0f} s; hands on: "
               + ", ".join(str(p) for p in result.outputs.values()), flush=True)
+        if result.summary.get("criteria"):
+            print(f"[forge] {name}: {criteria_line(result.summary['criteria'])}", flush=True)
         report, _ = build_report(run_dir)
         print(f"[forge] {name}: report updated: {report}", flush=True)
         if config.strict_criteria:
             check_criteria(name, result.summary)
+    tally = criteria_tally(run_dir)
+    if tally is not None:
+        print(f"[forge] spec criteria over the run: {tally}; each with its value in {run_dir / 'report.md'}",
+              flush=True)
     return run_dir
 
 

@@ -164,11 +164,22 @@ def spec_criteria(run: Run) -> list[dict[str, Any]]:
     for phase in run.phases:
         summary = run.summary(phase)
         walk(phase, summary, [])
-        if "spec_target_met" in summary:  # EvoMerge states its target as two fields
-            found.append({"phase": phase, "criterion": "improvement_over_generation0",
-                          "value": summary.get("improvement_over_generation0"),
-                          "required": f">= {summary.get('spec_target_improvement')}", "met": summary["spec_target_met"]})
     return found
+
+
+def criteria_tally(run_dir: Path) -> str | None:
+    """``K of N met (phase k/n, ...)`` over every phase's spec criteria (the report's table), or None when
+    no phase recorded any."""
+    criteria = spec_criteria(Run(run_dir))
+    if not criteria:
+        return None
+    per_phase: dict[str, list[int]] = {}
+    for c in criteria:
+        tally = per_phase.setdefault(c["phase"], [0, 0])
+        tally[0] += bool(c["met"])
+        tally[1] += 1
+    met = sum(tally[0] for tally in per_phase.values())
+    return f"{met} of {len(criteria)} met (" + ", ".join(f"{phase} {m}/{n}" for phase, (m, n) in per_phase.items()) + ")"
 
 
 def criteria_markdown(run: Run) -> list[str]:

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from forge.criteria import criterion, describe, is_met, missed, verdict
+from forge.criteria import criteria_line, criterion, describe, is_met, missed, verdict
 
 BELOW, AT, ABOVE = "below", "at", "above"
 # Which side of the threshold meets it, per direction.
@@ -52,6 +52,12 @@ def test_a_criterion_without_a_value_is_missed_as_not_measured():
     assert not record["met"] and missed({"gsm8k_acc": record}) == ["gsm8k_acc"]
     assert verdict(record) == "missed (not measured)" and verdict(criterion(0.2, ">", 0.1)) == "met"
     assert describe("gsm8k_acc", record) == "gsm8k_acc = None (required > 0.1): missed (not measured)"
+
+
+def test_a_phase_line_counts_the_met_criteria_and_shows_each_verdict():
+    records = {"at": criterion(0.1, ">", 0.1), "above": criterion(0.11, ">", 0.1), "none": criterion(None, "<", 1.0)}
+    assert criteria_line(records) == ("spec criteria 1 of 3 met: above = 0.11 (required > 0.1): met; at = 0.1 "
+                                      "(required > 0.1): missed; none = None (required < 1): missed (not measured)")
 
 
 # ---------------------------------------------------------------------------------------- Phase 1

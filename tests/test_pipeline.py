@@ -14,7 +14,7 @@ import torch
 from forge.artifacts import read_json, read_manifest, verify_model_dir
 from forge.config import load_pipeline_config
 from forge.configtools import to_dict
-from forge.criteria import criterion, missed
+from forge.criteria import criteria_line, criterion, missed
 from forge.pretrain.diversity import profile_diversity
 from forge.phases.cognate import diversity_criteria
 from forge.phases.quietstar import quietstar_criteria
@@ -22,6 +22,7 @@ from forge.phases.tool_persona import tool_persona_criteria
 from forge.pipeline import run_pipeline
 from forge.quant.run import bitnet_criteria
 from forge.quant.staged import INT4_GROUP, INT8_GROUP
+from forge.report import Run, spec_criteria
 from forge.tracking import read_metrics
 from forge.pretrain.trainer import set_seed
 
@@ -329,7 +330,12 @@ def test_rerun_skips_and_altered_output_is_redone(tiny_run, shared_data, capsys)
     manifest_path = run_dir / "cognate" / "manifest.json"
     before = read_json(manifest_path)
     run_pipeline(small_config(out, shared_data))
-    assert "already complete and verified" in capsys.readouterr().out
+    console = capsys.readouterr().out
+    assert "already complete and verified" in console
+    # The run's last word: every phase's criteria counted, as the report's table lists them.
+    criteria = spec_criteria(Run(run_dir))
+    tally = f"{sum(c['met'] for c in criteria)} of {len(criteria)} met"
+    assert f"[forge] spec criteria over the run: {tally} (cognate " in console and criteria
     assert read_json(manifest_path)["started_unix"] == before["started_unix"]
 
     weights = run_dir / "cognate" / "model_b" / "model.safetensors"
@@ -384,15 +390,17 @@ def test_strict_stops_at_the_first_missed_criterion_with_exit_code_3(tmp_path, s
     for item in [*SMALL, f"data.data_dir={shared_data}"]:
         argv += ["--set", item]
     assert main([*argv, "--strict"]) == 3
+    console = capsys.readouterr()
     manifest = read_json(tmp_path / "tiny" / "cognate" / "manifest.json")
     # The phase finished and its outputs are kept. At most 2 ACT steps (the tiny architecture) keep the halting
     # spread under 1, below the spec's 2.0.
     assert manifest["status"] == "complete" and "halting_diversity" in manifest["summary"]["criteria_missed"]
     criteria = manifest["summary"]["criteria"]
     first = next(name for name, record in criteria.items() if not record["met"])
-    error = capsys.readouterr().err
     assert f"cognate: spec criterion {first} = {criteria[first]['value']:.4g} (required {criteria[first]['required']})" \
-        in error
+        in console.err
+    # The console showed the phase's criteria before the strict check stopped the run.
+    assert f"[forge] cognate: {criteria_line(criteria)}" in console.out
     # A resumed strict run checks the finished phase's record too; without --strict the run goes on.
     assert main([*argv, "--strict"]) == 3 and "already complete" in capsys.readouterr().out
     assert main(argv) == 0

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from benchmarks.guard import job_guard
 from forge.artifacts import load_model_dir
-from forge.criteria import describe, missed
+from forge.criteria import missed
 from forge.phases.base import PhaseContext, PhaseResult, single_input
 from forge.data.heldout import HELDOUT, REPLAY
 from forge.quant.run import (QuantizeJobConfig, next_token_scores, quantize_model_dir, text_token_ids,
@@ -63,7 +63,6 @@ def run(ctx: PhaseContext) -> PhaseResult:
     metrics = quantize_model_dir(ctx.inputs[name], out_dir, job, job_guard, texts=(train_texts, heldout_texts),
                                  extra={"input": name, "text_source": text_source})
     criteria = metrics["criteria"]
-    print("[forge] bitnet: " + "; ".join(describe(key, c) for key, c in criteria.items()), flush=True)
     summary = {
         "input": name,
         "input_perplexities": perplexities,

@@ -37,7 +37,7 @@ from forge.configtools import config_hash
 from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
                           count_tokens, level_correct, level_passed, load_value_prompts, rehearsal_pairs,
                           retained_answers, train_stage, values_path)
-from forge.criteria import criterion, describe, missed
+from forge.criteria import criterion, missed
 from forge.data.heldout import HELDOUT, REPLAY
 from forge.data.replay import Replay
 from forge.devices import limit_gpu_memory
@@ -268,7 +268,6 @@ def run(ctx: PhaseContext) -> PhaseResult:
 
     records = state["records"]
     criteria = phase_criteria(records, cfg)
-    print("[forge] curriculum: " + "; ".join(describe(key, c) for key, c in criteria.items()), flush=True)
     quantized = state["input_bitnet_quantized"]
     metadata = {
         "input": name,
