@@ -165,18 +165,21 @@ def score_answers(episodes: Sequence[Episode], limits: SandboxLimits) -> None:
             episode.correct = scoring.number_match(predicted, episode.problem.answer, numeric=True)
 
 
+def item_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """One item's share of the metrics that are means over items: answered right, turns, made a well-formed call,
+    gave an answer."""
+    return {"accuracy": float(record["correct"]), "avg_turns": float(record["turns"]),
+            "tool_usage_rate": float(any(call["well_formed"] for call in record["calls"])),
+            "answer_rate": float(record["answer"] is not None)}
+
+
 def tool_use_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Metrics of per-item records (``Episode.record()`` plus ``sample_correct``: one bool per sampled
     run). Rates and tool counts come from the greedy runs; pass@k for each k up to the fewest samples."""
     if not records:
         raise ValueError("tool_use_metrics needs at least one record")
-    metrics = {
-        "accuracy": float(np.mean([record["correct"] for record in records])),
-        "avg_turns": float(np.mean([record["turns"] for record in records])),
-        "tool_usage_rate": float(np.mean([any(call["well_formed"] for call in record["calls"])
-                                          for record in records])),
-        "answer_rate": float(np.mean([record["answer"] is not None for record in records])),
-    }
+    per_item = [item_metrics(record) for record in records]
+    metrics = {name: float(np.mean([item[name] for item in per_item])) for name in per_item[0]}
     for tool in TOOLS:
         calls = [call for record in records for call in record["calls"] if call["tool"] == tool]
         metrics[f"calls/{tool}"] = float(len(calls))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 COMPARISONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
@@ -23,10 +23,15 @@ def is_met(value: float | None, direction: str, threshold: float) -> bool:
     return bool(COMPARISONS[direction](value, threshold))
 
 
-def criterion(value: float | None, direction: str, threshold: float) -> dict[str, Any]:
-    """One criterion's record, as phases keep it in their summaries."""
-    return {"value": value, "direction": direction, "threshold": threshold,
-            "required": f"{direction} {threshold:g}", "met": is_met(value, direction, threshold)}
+def criterion(value: float | None, direction: str, threshold: float,
+              interval: Sequence[float] | None = None) -> dict[str, Any]:
+    """One criterion's record, as phases keep it in their summaries; ``interval``: the value's 95% interval where
+    it is measured on a sample of items (shown beside it; the verdict compares the value)."""
+    record = {"value": value, "direction": direction, "threshold": threshold,
+              "required": f"{direction} {threshold:g}", "met": is_met(value, direction, threshold)}
+    if interval is not None:
+        record["interval"] = [float(bound) for bound in interval]
+    return record
 
 
 def missed(criteria: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -45,6 +50,8 @@ def describe(name: str, record: Mapping[str, Any]) -> str:
     """``name = value (required ...): met|missed`` for logs and error messages."""
     value = record["value"]
     shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+    if record.get("interval"):
+        shown += " [{:.4g}, {:.4g}]".format(*record["interval"])
     return f"{name} = {shown} (required {record['required']}): {verdict(record)}"
 
 

@@ -155,7 +155,8 @@ def spec_criteria(run: Run) -> list[dict[str, Any]]:
         if isinstance(node, Mapping):
             if isinstance(node.get("met"), bool):
                 found.append({"phase": phase, "criterion": ".".join(path), "value": node.get("value"),
-                              "required": node.get("required", ""), "met": node["met"]})
+                              "interval": node.get("interval"), "required": node.get("required", ""),
+                              "met": node["met"]})
                 return
             for key, value in node.items():
                 if key != "scoreboard":
@@ -190,6 +191,8 @@ def criteria_markdown(run: Run) -> list[str]:
     for c in criteria:
         value = _number(c["value"]) if isinstance(c["value"], (int, float)) and not isinstance(c["value"], bool) \
             else "-" if c["value"] is None else str(c["value"])
+        if c["interval"]:
+            value += " [{}, {}]".format(*map(_number, c["interval"]))
         shown = verdict(c)
         lines.append(f"| {c['phase']} | {c['criterion']} | {value} | {c['required']} | "
                      f"{shown if c['met'] else f'**{shown}**'} |")

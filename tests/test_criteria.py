@@ -58,6 +58,10 @@ def test_a_phase_line_counts_the_met_criteria_and_shows_each_verdict():
     records = {"at": criterion(0.1, ">", 0.1), "above": criterion(0.11, ">", 0.1), "none": criterion(None, "<", 1.0)}
     assert criteria_line(records) == ("spec criteria 1 of 3 met: above = 0.11 (required > 0.1): met; at = 0.1 "
                                       "(required > 0.1): missed; none = None (required < 1): missed (not measured)")
+    # A value measured on a sample of items shows its interval; the verdict still compares the value.
+    sampled = criterion(-0.04, ">=", 0.0, interval=[-0.1, 0.02])
+    assert sampled["interval"] == [-0.1, 0.02] and not sampled["met"]
+    assert describe("change", sampled) == "change = -0.04 [-0.1, 0.02] (required >= 0): missed"
 
 
 # ---------------------------------------------------------------------------------------- Phase 1

@@ -19,8 +19,8 @@ from forge.config import PipelineConfig, load_pipeline_config
 from forge.data import taskworld
 from forge.data.tokenizer import train_bpe_tokenizer
 from forge.phases.base import PhaseContext
-from forge.phases.tool_persona import (ToolPersonaWork, bake_questions, retained_direct_answers,
-                                      retained_tool_transcripts)
+from forge.phases.tool_persona import (ToolPersonaWork, bake_questions, item_tool_fitness, retained_direct_answers,
+                                      retained_tool_transcripts, tool_fitness, validation_change_interval)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -124,3 +124,30 @@ def test_the_phase_bake_holds_the_retained_direct_answers(tmp_path, tokenizer):
     assert records[5.0]["retained_sequences"] == records[0.0]["retained_sequences"] == 16
     assert records[5.0]["retain_kl_last_epoch"] >= 0.0 and records[0.0]["retain_kl_last_epoch"] is None
     assert drift[5.0] < 0.5 * drift[0.0]  # the retained answers moved far less
+
+
+def _tool_record(correct: bool, called: bool) -> dict:
+    return {"correct": correct, "turns": 2 if called else 1, "answer": "1",
+            "calls": [{"tool": "calc", "well_formed": True, "error": None}] if called else []}
+
+
+def test_the_held_out_change_has_a_paired_interval_over_the_same_items():
+    weights = {"accuracy": 1.0, "tool_usage_rate": 0.1}
+    records = [_tool_record(True, True), _tool_record(False, True), _tool_record(False, False)]
+    per_item = item_tool_fitness(records, weights)
+    assert per_item == pytest.approx([1.1, 0.1, 0.0])
+    assert sum(per_item) / 3 == pytest.approx(tool_fitness({"accuracy": 1 / 3, "tool_usage_rate": 2 / 3}, weights))
+    assert item_tool_fitness(records, {"calls/calc": 1.0}) is None  # a count is not a mean over items
+    # 48 tool items of which the model handed on loses 2 and 48 persona items unchanged: the total falls by 2/48,
+    # and the interval of the paired change (resampling the same items) reaches from below it up to 0.
+    before = {"tool_fitness": [1.0] * 30 + [0.0] * 18, "synthetic_reasoning": [1.0] * 14 + [0.0] * 34}
+    after = {"tool_fitness": [1.0] * 28 + [0.0] * 20, "synthetic_reasoning": before["synthetic_reasoning"]}
+    low, high = validation_change_interval(before, after, {"synthetic_reasoning": 1.0}, seed=0)
+    assert low < -2 / 48 < high and high == 0.0 and low >= -5 / 48
+    # Two persona tasks weighted 3:1 and no tool change: the total moves by the weighted persona change.
+    two = {"a": 3.0, "b": 1.0}
+    base = {"tool_fitness": [0.0] * 8, "a": [0.0] * 8, "b": [0.0] * 8}
+    better = {**base, "a": [1.0] * 8}
+    assert validation_change_interval(base, better, two, seed=0) == pytest.approx([0.75, 0.75])
+    assert validation_change_interval({**base, "tool_fitness": None}, better, two, seed=0) is None
+

@@ -266,11 +266,15 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     gains = [(after[key] - before[key]) / max(abs(before[key]), 1e-9) if trajectory["iterations"][cycle] else None
              for cycle, key in (("A", "tool_fitness"), ("B", "persona_aggregate"))]
     assert [summary["validation_gains"][cycle] for cycle in "AB"] == gains
+    # The held-out change comes with the paired interval over the validation's items.
+    low, high = summary["criteria"]["heldout_not_worse_than_input"]["interval"]
+    assert low <= high
     assert summary["criteria"] == tool_persona_criteria(
         trajectory["converged"], *gains,
         1 - 0.5 ** sum(trajectory["half_bakes"].values()),
         summary["validation_totals"][summary["handed_on"]] - (handoff["validation_before"]["tool_fitness"]
-                                                               + handoff["validation_before"]["persona_aggregate"]))
+                                                               + handoff["validation_before"]["persona_aggregate"]),
+        [low, high])
     assert sum(summary["self_prompts"].values()) == 2 * summary["self_prompts"]["proposed"]
     # The optimized model goes on with its prompts (the input competes only at the scoreboard gate).
     assert handoff["handed_on"] == summary["handed_on"] == "optimized"

@@ -6,7 +6,7 @@ import torch
 from benchmarks.cache import ResultCache
 from benchmarks.sandbox import SandboxLimits
 from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, Episode, ToolUseConfig, accuracy_intervals, advance,
-                                build_context, evaluate_direct, evaluate_tool_use, load_problems, rotation_subset,
+                                build_context, evaluate_direct, evaluate_tool_use, item_metrics, load_problems, rotation_subset,
                                 score_answers, tool_use_metrics, training_examples)
 from benchmarks.scripts.tooluse_measure import train
 from benchmarks.tooluse_problems import ToolProblem, demonstrations
@@ -140,6 +140,9 @@ def test_metrics_on_a_hand_computed_case():
     assert metrics["avg_turns"] == pytest.approx(2.0)
     assert metrics["tool_usage_rate"] == pytest.approx(2 / 3)
     assert metrics["answer_rate"] == pytest.approx(2 / 3)
+    # The means over items are the per-item values' means.
+    assert item_metrics(records[2]) == {"accuracy": 1.0, "avg_turns": 3.0, "tool_usage_rate": 1.0, "answer_rate": 1.0}
+    assert item_metrics(records[1])["tool_usage_rate"] == 0.0 and item_metrics(records[1])["answer_rate"] == 0.0
     assert metrics["accuracy/easy"] == 0.5 and metrics["accuracy/mbpp"] == 1.0
     assert (metrics["calls/calc"], metrics["errors/calc"], metrics["calls/python"], metrics["errors/python"]) == \
         (2.0, 1.0, 1.0, 1.0)

@@ -54,7 +54,7 @@ from benchmarks.harness import TASK_WEIGHTS, aggregate_score, evaluate, item_sco
 from benchmarks.scoreboard import paired_intervals
 from benchmarks.swebench import generate_predictions, run_harness, write_predictions
 from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, ToolUseConfig, accuracy_intervals, evaluate_direct,
-                                evaluate_tool_use, training_examples)
+                                evaluate_tool_use, item_metrics, training_examples)
 from benchmarks.tooluse_problems import load_problems, rotation_subset
 from cluster.resources import evaluation_share
 from forge.abcycles.driver import (ABResult, ABStateMismatchError, IterationRecord, PairedScore, relative_gain,
@@ -89,6 +89,31 @@ def tool_fitness(metrics: dict[str, float], weights: dict[str, float]) -> float:
     return sum(weight * metrics[name] for name, weight in weights.items())
 
 
+def item_tool_fitness(records: Sequence[dict[str, Any]], weights: dict[str, float]) -> list[float] | None:
+    """Per item, its share of the A-cycle's fitness (their mean is :func:`tool_fitness` of the items' metrics), or
+    None when a weighted metric is not a mean over items (e.g. a call count)."""
+    per_item = [item_metrics(record) for record in records]
+    if not per_item or any(name not in per_item[0] for name in weights):
+        return None
+    return [sum(weight * item[name] for name, weight in weights.items()) for item in per_item]
+
+
+def validation_change_interval(before: dict[str, list[float]], after: dict[str, list[float]],
+                               persona_tasks: dict[str, float], seed: int) -> list[float] | None:
+    """The paired 95% bootstrap interval of the change of :func:`validation_total` from ``before`` to ``after``
+    (per-item values of the same items: ``tool_fitness`` and each persona task's), the tool items and each task's
+    items resampled apart; None without per-item tool figures (SWE-bench, or a weighted call count)."""
+    if before.get("tool_fitness") is None or after.get("tool_fitness") is None:
+        return None
+    names = ["tool_fitness", *persona_tasks]
+    persona_weight = sum(persona_tasks.values())
+    # The tool term counts once and the persona tasks' normalised weights sum to one: paired_intervals' weighted
+    # mean of these is half the total, so its difference is doubled.
+    weights = [1.0, *(weight / persona_weight for weight in persona_tasks.values())]
+    entry = paired_intervals([[before[name], after[name]] for name in names], weights, seed=seed)[1]
+    return [2 * bound for bound in entry["difference_interval"]]
+
+
 def validation_gains(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Each cycle's gain on the held-out validation, the same items before and after: the A-cycle's tool fitness
     and the B-cycle's aggregate of the model handed on with its prompts, against the input with the initial ones.
@@ -98,17 +123,19 @@ def validation_gains(before: dict[str, float], after: dict[str, float]) -> dict[
             "B": relative_gain(after["persona_aggregate"], before["persona_aggregate"])}
 
 
-def tool_persona_criteria(converged: bool, a_gain: float | None, b_gain: float | None,
-                          strength: float, heldout_change: float) -> dict[str, dict[str, Any]]:
+def tool_persona_criteria(converged: bool, a_gain: float | None, b_gain: float | None, strength: float,
+                          heldout_change: float, heldout_interval: Sequence[float] | None = None
+                          ) -> dict[str, dict[str, Any]]:
     """The spec's Phase 6 minimum success, recorded as measured: both cycles converge, the A-cycle's score
     gains >= 10% and the B-cycle's aggregate >= 5% (``validation_gains``), and the half-baking strength
     (one counter over both cycles' half-bakes, S_N = 1 - 0.5^N) reaches >= 95%; and (issue 19) the model handed
-    on scores at least the input on the held-out validation (``heldout_change``: the change of its total)."""
+    on scores at least the input on the held-out validation (``heldout_change``: the change of its total, with its
+    paired interval where measured)."""
     return {"converged": criterion(1.0 if converged else 0.0, ">=", 1.0),
             "a_cycle_improvement": criterion(a_gain, ">=", A_GAIN_REQUIRED),
             "b_cycle_improvement": criterion(b_gain, ">=", B_GAIN_REQUIRED),
             "baking_strength": criterion(strength, ">=", STRENGTH_REQUIRED),
-            "heldout_not_worse_than_input": criterion(heldout_change, ">=", 0.0)}
+            "heldout_not_worse_than_input": criterion(heldout_change, ">=", 0.0, heldout_interval)}
 
 
 def self_prompt_counts(history: Sequence[IterationRecord]) -> dict[str, int]:
@@ -279,20 +306,23 @@ class ToolPersonaWork:
                                   {"iteration": iteration, "cycle": self.cycles.get(iteration)})
 
     # ------------------------------------------------------------------ final check
-    def validation_scores(self, model, prompts: dict[str, str]) -> dict[str, float]:
+    def validation_scores(self, model, prompts: dict[str, str]) -> tuple[dict[str, float], dict[str, Any]]:
         """The held-out validation set, in-process: tool use (or SWE-bench) with the A prompt, the aggregate
-        with the B one."""
+        with the B one; and the per-item values behind them (``tool_fitness``, None for SWE-bench, and each
+        persona task's), for :func:`validation_change_interval`."""
         persona = evaluate(model, self.tokenizer, list(self.persona_tasks), prompt=prompts["B"],
-                           limit=self.config.validation_items, seed=0, heldout_only=True,
+                           limit=self.config.validation_items, seed=0, heldout_only=True, log_samples=True,
                            max_new_tokens=self.config.persona_max_new_tokens, data_dir=self.ctx.data_dir)
         persona_aggregate = aggregate_score(persona, self.persona_tasks)
+        items: dict[str, Any] = {task: item_scores(task, persona[task]) for task in self.persona_tasks}
         if self.config.fitness == "swebench":
             run_id = f"validation-{state_dict_hash(model.state_dict())[:12]}"
             resolved = self.swebench_resolved(model, prompts["A"], run_id)
-            return {"tool_fitness": resolved, "swe_bench_resolved_rate": resolved,
-                    "persona_aggregate": persona_aggregate}
+            return ({"tool_fitness": resolved, "swe_bench_resolved_rate": resolved,
+                     "persona_aggregate": persona_aggregate}, {**items, "tool_fitness": None})
         tool = evaluate_tool_use(model, self.tokenizer, prompt=prompts["A"], problems=self.tool_validation,
                                  config=self.tool_config, data_dir=self.ctx.data_dir)
+        items["tool_fitness"] = item_tool_fitness(tool.records, self.config.tool_metric_weights)
         scores = {"tool_fitness": self.tool_fitness(tool.metrics), "tool_accuracy": tool.metrics["accuracy"],
                   "tool_usage_rate": tool.metrics["tool_usage_rate"], "persona_aggregate": persona_aggregate}
         arithmetic = [problem for problem in self.tool_validation if problem.kind == "arithmetic"]
@@ -301,7 +331,7 @@ class ToolPersonaWork:
             direct = evaluate_direct(model, self.tokenizer, prompt=prompts["A"], problems=arithmetic,
                                      config=self.tool_config, data_dir=self.ctx.data_dir)
             scores["direct_accuracy"] = direct.metrics["accuracy"]
-        return scores
+        return scores, items
 
 
 def resume_iteration(ctx: PhaseContext, state_path: Path) -> int | None:
@@ -376,8 +406,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
             ray.kill(actor)
 
     final_prompts = result.incumbents
-    before = work.validation_scores(input_model, initial)
-    after = work.validation_scores(work.model, final_prompts)
+    before, before_items = work.validation_scores(input_model, initial)
+    after, after_items = work.validation_scores(work.model, final_prompts)
     tracker.log({**{f"final/{k}": v for k, v in after.items()}, **{f"final/input_{k}": v for k, v in before.items()}})
     tracker.finish()
     plot_trajectory(result, ctx.phase_dir / "trajectory.png")
@@ -385,7 +415,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     # When the time budget stopped the cycles, the held-out check picks the best iteration's model; the input
     # competes at the scoreboard gate, like every phase's.
     final_iteration = last_checkpoint_iteration(state_path)
-    candidates = {"optimized": (work.model, final_prompts, after)}
+    candidates = {"optimized": (work.model, final_prompts, (after, after_items))}
     if result.stop_reason == "budget":
         # The spec's cost cap keeps the best model so far: every earlier iteration's model competes too.
         for record in result.history[:-1]:
@@ -393,9 +423,10 @@ def run(ctx: PhaseContext) -> PhaseResult:
             prompts = result.prompts_after(record.iteration)
             candidates[f"iter_{record.iteration:03d}"] = (checkpoint_model, prompts,
                                                           work.validation_scores(checkpoint_model, prompts))
-    totals = {key: validation_total(scores) for key, (_, _, scores) in candidates.items()}
+    totals = {key: validation_total(scores) for key, (_, _, (scores, _)) in candidates.items()}
     handed_on = max(totals, key=totals.get)  # the optimized model on ties (it comes first)
-    model_out, prompts_out, scores_out = candidates[handed_on]
+    model_out, prompts_out, (scores_out, items_out) = candidates[handed_on]
+    change_interval = validation_change_interval(before_items, items_out, persona_tasks, seed=ctx.config.seed)
     # A cycle that never ran has no gain to report (a bake of the other cycle's prompt may still move its score).
     gains = {cycle: gain if result.iterations[cycle] else None
              for cycle, gain in validation_gains(before, scores_out).items()}
@@ -410,7 +441,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     save_model_dir(model_out, tokenizer, out_dir, phase="tool_persona", extra={"input": name, "handoff": handoff})
     criteria = tool_persona_criteria(result.converged, gains["A"], gains["B"],
                                      spec_strength(sum(result.half_bakes.values())),
-                                     totals[handed_on] - validation_total(before))
+                                     totals[handed_on] - validation_total(before), change_interval)
     # Each A iteration's prompts on its subset: accuracy and paired difference to the incumbent, with intervals.
     a_intervals = {key: entry["scored"] for key, entry in work.prompts.items()
                    if key.isdigit() and work.cycles.get(int(key)) == "A" and "scored" in entry}
