@@ -34,6 +34,7 @@ from torch import nn
 
 from forge.artifacts import atomic_write_bytes
 from forge.baking.hidden import final_hidden
+from forge.baking.kl import token_kl_sum
 from forge.data.lm_dataset import pack_token_ids
 from forge.decoding import IncrementalDecoder, draw, sample_next
 from forge.optim import MuonGrokfastConfig, build_muon_grokfast
@@ -262,13 +263,6 @@ def score_thoughts(model: nn.Module, head: MixingHead, context: torch.Tensor, tr
     )
 
 
-def kl_to_reference(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of KL(p_model || p_reference) of the next-token distributions (..., V)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    logq = torch.log_softmax(reference_logits.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1).mean()
-
-
 @dataclass
 class EpisodeLoss:
     """One episode's loss and its parts (scalars; ``total`` carries the gradient)."""
@@ -302,7 +296,7 @@ def episode_loss(model: nn.Module, head: MixingHead, reference: nn.Module, batch
         index = torch.tensor([p + i for p in positions for i in range(n_true)], device=batch.device)
         reference_logits = _head_logits(reference, reference_hidden[:, index])
     base_logits = torch.cat([s.base_logits for s in scores], dim=1)  # (B, P*n_true, V), same order as index
-    kl = kl_to_reference(base_logits, reference_logits)
+    kl = token_kl_sum(base_logits, reference_logits) / base_logits[..., 0].numel()  # per position
     total = nll + reinforce + kl_coefficient * kl
     metrics = {"rl/loss": total.item(), "rl/nll": nll.item(), "rl/reinforce": reinforce.item(), "rl/kl": kl.item(),
                "rl/reward": (logp_mixed.detach() - logp_base.detach().unsqueeze(-1)).mean().item(),
