@@ -71,13 +71,13 @@ class FakeClock:
         return self.now
 
 
-def run(tmp_path, table, name="state.json", hooks=None, log=None, clock=None, **config):
+def run(tmp_path, table, name="state.json", hooks=None, log=None, clock=None, say=None, **config):
     # The scripted tables describe variant iterations; the initial half-bake has its own test.
     config.setdefault("half_bake_initial_tool_prompt", False)
     hooks = hooks or ScriptedHooks(table)
     kwargs = {"clock": clock} if clock is not None else {}
     result = run_ab_cycles(hooks, ABCycleConfig(**config), initial_prompts=PROMPTS, state_path=tmp_path / name,
-                           log=log, **kwargs)
+                           log=log, say=say, **kwargs)
     return result, hooks
 
 
@@ -158,8 +158,8 @@ def test_a_variant_with_intervals_wins_only_when_its_paired_difference_is_above_
         [0.75, 0.751],
         [9.0, 9.9],
     ]
-    logged = []
-    result, hooks = run(tmp_path, table, max_iterations=4, lock_in_after=None, log=logged.append)
+    logged, lines = [], []
+    result, hooks = run(tmp_path, table, max_iterations=4, lock_in_after=None, log=logged.append, say=lines.append)
     first, second, persona = result.history[:3]
     assert (first.winner_index, first.winner_score, first.half_baked) == (1, 0.55, True)
     assert first.winner_difference_low == 1e-9 and first.improvement == pytest.approx(0.1)
@@ -169,6 +169,13 @@ def test_a_variant_with_intervals_wins_only_when_its_paired_difference_is_above_
     assert persona.half_baked and persona.winner_difference_low is None
     assert [c[1:] for c in hooks.calls if c[0] == "half_bake"] == [("A", "A0-v1", 0), ("B", "B2-v0", 2)]
     assert logged[1]["a_cycle/winner_difference_low"] == 0.0 and "b_cycle/winner_difference_low" not in logged[2]
+    # The console's line per iteration says what was adopted, and why a better point score was not.
+    assert lines[0] == ("iteration 0 (A, tool prompt): incumbent 0.500, best of 3 proposals 0.550 (+10.0%, paired "
+                        "difference's lower bound +1e-09) -> adopted and half-baked (measured strength 0.410); next: A")
+    assert lines[1] == ("iteration 1 (A, tool prompt): incumbent 0.550, best of 2 proposals 0.660 (+20.0%, paired "
+                        "difference's lower bound +0) -> plateau: not better beyond noise; next: B")
+    assert lines[2].startswith("iteration 2 (B, persona): incumbent 0.700, best of 1 proposal 0.750 (+7.1%) -> adopted")
+    assert lines[3].endswith("-> plateau: gain under the plateau threshold; next: A") and len(lines) == 4
 
 
 def test_paired_intervals_of_tool_use_rows_decide_at_the_boundary(tmp_path):

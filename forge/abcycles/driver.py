@@ -562,6 +562,31 @@ def _iteration_metrics(record: IterationRecord, state: _RunState, a_fitness: str
     return out
 
 
+CYCLE_NAMES = {"A": "tool prompt", "B": "persona"}
+
+
+def describe_iteration(record: IterationRecord) -> str:
+    """One line for a reader: what the iteration scored, whether its best proposal was adopted and why not."""
+    name = CYCLE_NAMES[record.cycle]
+    low = record.winner_difference_low
+    parts = []
+    if record.initial_bake is not None:
+        parts.append(f"initial {name} half-baked (measured strength {record.initial_bake['strength_measured']:.3f})")
+    noise = "" if low is None else f", paired difference's lower bound {low:+.3g}"
+    count = len(record.proposals)
+    parts.append(f"incumbent {record.incumbent['score']:.3f}, best of {count} proposal{'s' * (count != 1)} "
+                 f"{record.winner_score:.3f} ({record.improvement:+.1%}{noise})")
+    if record.half_baked:
+        outcome = f"adopted and half-baked (measured strength {record.baking_strength_measured:.3f})"
+        if record.lock_in is not None:
+            outcome += f", then locked in by a full bake ({record.lock_in['strength_measured']:.3f})"
+    else:
+        outcome = "plateau: " + ("not better beyond noise" if low is not None and low <= 0
+                                 else "gain under the plateau threshold")
+    after = f"next: {record.next_cycle}" if record.next_cycle is not None else "the cycles end"
+    return f"iteration {record.iteration} ({record.cycle}, {name}): " + "; ".join(parts) + f" -> {outcome}; {after}"
+
+
 def _limit_reached(config: ABCycleConfig, state: _RunState) -> str | None:
     """The stop reason of a limit that ends the run before the next iteration, if any."""
     if state.next_iteration >= config.max_iterations:
@@ -573,13 +598,15 @@ def _limit_reached(config: ABCycleConfig, state: _RunState) -> str | None:
 
 def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dict[str, str], state_path: Path,
                   log: Callable[[dict[str, Any]], None] | None = None,
-                  clock: Callable[[], float] = time.monotonic, a_fitness: str = "tooluse") -> ABResult:
+                  clock: Callable[[], float] = time.monotonic, a_fitness: str = "tooluse",
+                  say: Callable[[str], None] | None = None) -> ABResult:
     """Alternate the A (tool use) and B (persona) cycles until they converge or a limit stops the run.
 
     ``initial_prompts`` maps "A" and "B" to the first incumbents. ``state_path`` is written after every
     iteration and resumed from when it exists. ``log`` receives one record per iteration under the spec's
     metric names and a final ``final/*`` summary; ``a_fitness`` names the A-cycle's score there (a key of
-    ``A_SCORE_NAMES``). See the module docstring for the full contract.
+    ``A_SCORE_NAMES``); ``say`` receives :func:`describe_iteration`'s line per iteration. See the module
+    docstring for the full contract.
     """
     if a_fitness not in A_SCORE_NAMES:
         raise ValueError(f"a_fitness must be one of {sorted(A_SCORE_NAMES)}, got {a_fitness!r}")
@@ -618,6 +645,8 @@ def run_ab_cycles(hooks: ABHooks, config: ABCycleConfig, *, initial_prompts: dic
         atomic_write_json(state_path, dataclasses.asdict(state))
         if log is not None:
             log(_iteration_metrics(record, state, a_fitness))
+        if say is not None:
+            say(describe_iteration(record))
     result = _result(state, a_fitness)
     if log is not None:
         log(result.final_metrics())

@@ -399,13 +399,16 @@ def run(ctx: PhaseContext) -> PhaseResult:
     try:
         result: ABResult = run_ab_cycles(work, config.cycles, initial_prompts=initial, state_path=state_path,
                                          log=progress.following(tracker.log, iterations_done),
-                                         a_fitness=config.fitness)
+                                         a_fitness=config.fitness,
+                                         say=lambda line: print(f"[forge] tool_persona: {line}", flush=True))
     finally:
         progress.close()
         for actor in actors:
             ray.kill(actor)
 
     final_prompts = result.incumbents
+    print(f"[forge] tool_persona: the A/B cycles stopped ({result.stop_reason}) after {len(result.history)} "
+          f"iterations; tool prompt: {final_prompts['A']!r}; persona: {final_prompts['B']!r}", flush=True)
     before, before_items = work.validation_scores(input_model, initial)
     after, after_items = work.validation_scores(work.model, final_prompts)
     tracker.log({**{f"final/{k}": v for k, v in after.items()}, **{f"final/input_{k}": v for k, v in before.items()}})
