@@ -277,7 +277,7 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
     base_hash = base_weights_hash(model)
     targets = list(config.target_modules) if config.target_modules else find_lora_targets(model)
     lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,  # the student runs in eval mode
         target_modules=targets, bias="none",
         fan_in_fan_out=any(isinstance(m, Conv1D) for n, m in model.named_modules()
                            if n.rsplit(".", 1)[-1] in targets),

@@ -18,7 +18,6 @@ class BakingConfig:
 
     lora_r: int = 16  # LoRA rank (spec: 16)
     lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
-    lora_dropout: float = 0.0  # dropout on the LoRA input; 0 keeps the KL target exact
     target_modules: tuple[str, ...] | None = None  # module names to adapt; None: every attention/MLP linear
     learning_rate: float = 5e-4  # AdamW learning rate of the LoRA weights (spec: 5e-4)
     weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
