@@ -64,6 +64,7 @@ CYCLES = ("A", "B")
 STATE_VERSION = 1
 # W&B prefixes of the spec: a_cycle/* is tool use, b_cycle/* is the persona.
 METRIC_PREFIX = {"A": "a_cycle", "B": "b_cycle"}
+CYCLE_NAMES = {"A": "tool prompt", "B": "persona"}  # what each cycle optimizes, for the console
 # The A-cycle's score under the name of what it measures, per fitness (tool_persona.fitness): its final
 # value and its total improvement. The spec's names (final/swe_bench_score) belong to SWE-bench only.
 A_SCORE_NAMES = {"tooluse": ("tool_use_fitness", "total_improvement_tool_use"),
@@ -560,9 +561,6 @@ def _iteration_metrics(record: IterationRecord, state: _RunState, a_fitness: str
     if record.winner_difference_low is not None:
         out[f"{p}/winner_difference_low"] = record.winner_difference_low
     return out
-
-
-CYCLE_NAMES = {"A": "tool prompt", "B": "persona"}
 
 
 def describe_iteration(record: IterationRecord) -> str:
