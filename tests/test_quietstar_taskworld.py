@@ -166,3 +166,12 @@ def test_the_criteria_read_the_task_world_set_and_the_answer_ablation():
     stages["step2"]["taskworld_accuracy_no_thinking"] = 0.3  # thoughts removed, nothing lost: theater
     assert not quietstar_criteria(stages, 0.5, 0.9, 0.85, 400)["thoughts_ablation"]["met"]
 
+
+
+def test_a_stage_reads_on_the_console_as_named_figures():
+    from forge.phases.quietstar import stage_line
+
+    figures = {"taskworld_accuracy": 0.11458, "taskworld_accuracy_no_thinking": 0.03125, "commonsense_accuracy": None,
+               "heldout_perplexity": 76.1346}
+    assert stage_line(figures) == ("taskworld accuracy 0.115, taskworld accuracy no thinking 0.031, commonsense "
+                                   "accuracy not measured, heldout perplexity 76.1")

@@ -165,6 +165,15 @@ def commonsense(model, tokenizer, ctx: PhaseContext) -> float | None:
     return result.score
 
 
+def stage_line(figures: dict[str, Any]) -> str:
+    """A stage's figures for the console, e.g. ``taskworld accuracy 0.115, heldout perplexity 76.1``."""
+    def shown(name: str, value: Any) -> str:
+        if value is None:
+            return "not measured"
+        return f"{value:.1f}" if name.endswith("perplexity") else f"{value:.3f}"
+    return ", ".join(f"{name.replace('_', ' ')} {shown(name, value)}" for name, value in figures.items())
+
+
 def quietstar_criteria(stages: dict[str, dict[str, Any]], coherence: float, format_accuracy: float,
                        format_threshold: float, examples: int) -> dict[str, dict[str, Any]]:
     """The spec's Phase 3 criteria, recorded as measured (the spec asserts them). Accuracy is on the held-out
@@ -205,7 +214,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     stages["before"] = {**measure(model, tokenizer, problems, config, allow_thinking=False),
                         "commonsense_accuracy": commonsense(model, tokenizer, ctx),
                         "heldout_perplexity": heldout_perplexity(model)}
-    print(f"[forge] quietstar: before Phase 3 {stages['before']}", flush=True)
+    print(f"[forge] quietstar: before Phase 3: {stage_line(stages['before'])}", flush=True)
 
     step1_dir = ctx.work_dir / "step1_model"
     dataset_path = ctx.phase_dir / "reasoning.jsonl"
@@ -236,7 +245,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     stages["step1"] = {**measure(model, tokenizer, problems, config, allow_thinking=True),
                        "commonsense_accuracy": commonsense(model, tokenizer, ctx),
                        "heldout_perplexity": heldout_perplexity(model)}
-    print(f"[forge] quietstar: after Step 1 {stages['step1']}", flush=True)
+    print(f"[forge] quietstar: after Step 1: {stage_line(stages['step1'])}", flush=True)
 
     examples, _ = read_dataset(dataset_path)
     rl_texts = step2_texts([(e.question, e.answer) for e in examples])
@@ -260,7 +269,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         stages["step2"] = {**measure(model, tokenizer, problems, config, allow_thinking=True),
                            "commonsense_accuracy": commonsense(model, tokenizer, ctx),
                            "heldout_perplexity": heldout_perplexity(model)}
-        print(f"[forge] quietstar: after Step 2 {stages['step2']}", flush=True)
+        print(f"[forge] quietstar: after Step 2: {stage_line(stages['step2'])}", flush=True)
     speed = generation_speed(model, tokenizer, [f"Question: {q}\n" for q, _ in problems[main_set][:config.speed_prompts]],
                              max_new_tokens=config.eval_max_new_tokens)
 
