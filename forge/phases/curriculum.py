@@ -30,7 +30,7 @@ import torch
 from benchmarks.scoreboard import bootstrap_interval
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_examples
 from cluster.resources import gpu_memory_cap_bytes
-from forge.artifacts import load_model_dir, read_manifest, save_model_dir, verify_model_dir
+from forge.artifacts import load_model_dir, read_manifest, save_model_dir, state_dict_hash, verify_model_dir
 from forge.console import Progress
 from forge.baking import bake_together
 from forge.configtools import config_hash
@@ -239,10 +239,15 @@ def run(ctx: PhaseContext) -> PhaseResult:
                      cfg.replay_sequences, seed=cfg.seed) if cfg.replay_sequences else None)
     heldout_texts = ctx.read_texts(HELDOUT, HELDOUT_PERPLEXITY_CHARS)
 
+    measured: dict[str, float] = {}  # by weights hash: a level's start is the last level's baked model
+
     def heldout_perplexity(level_model: torch.nn.Module) -> float:
         from benchmarks.lm import perplexity
 
-        return perplexity(level_model, tokenizer, heldout_texts, max_length=cfg.replay_seq_len)
+        weights = state_dict_hash(level_model.state_dict())
+        if weights not in measured:
+            measured[weights] = perplexity(level_model, tokenizer, heldout_texts, max_length=cfg.replay_seq_len)
+        return measured[weights]
 
     tracker = ctx.tracker(PHASE, run_config=dataclasses.asdict(cfg))
     progress = Progress("curriculum: levels", len(levels), "level", done=resumed_after)
