@@ -237,6 +237,9 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     assert model_manifest["input_bitnet_quantized"] is (
         own_model and (bitnet["quantized_layers"] > 0 or bool(bitnet["int8_layers"]["names"])))
     assert model_manifest["curriculum_level_reached"] == 2 and len(model_manifest["levels"]) == 2
+    # A level starts from the last level's baked model: the same held-out perplexity.
+    first, second = model_manifest["levels"]
+    assert second["heldout_perplexity_before"] == first["heldout_perplexity_after_baking"]
     assert set(model_manifest["measured_strengths"]) == {p["name"] for p in model_manifest["prompts_baked"]}
     # Phase 6's tool-use transcripts (4 per source) were trained on in every level.
     demonstrations = model_manifest["tool_use_demonstrations"]
