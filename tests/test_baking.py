@@ -38,7 +38,7 @@ from forge.baking import (
     Trajectory,
 )
 from forge.baking.hidden import final_hidden
-from forge.baking.kl import batch_kl_sum, fixed, kl_backward, plain, teacher_states
+from forge.baking.kl import batch_kl_sum, fixed, kl_backward, plain, reference_ce_backward, teacher_states
 from forge.baking.trajectories import collate, encode_contexts
 from forge.data.tokenizer import train_bpe_tokenizer
 
@@ -301,7 +301,7 @@ def test_retention_holds_the_retained_sequences_to_the_unbaked_model(tokenizer):
         config = dataclasses.replace(CONFIG, retention_weight=weight)
         result = bake_prompt(model, tokenizer, PROMPT, INPUTS, config, retain=retain)
         assert result.report()["retained_sequences"] == 8
-        assert (result.history[-1].retain_kl is None) == (weight == 0.0)
+        assert (result.history[-1].retain_loss is None) == (weight == 0.0)
         baked = result.merge()
         measured[weight] = (retained_kl(original, baked, tokenizer, retain), result.strength)
     drift_without, strength_without = measured[0.0]
@@ -309,6 +309,47 @@ def test_retention_holds_the_retained_sequences_to_the_unbaked_model(tokenizer):
     assert drift_with < 0.5 * drift_without  # the retained continuations moved far less
     assert strength_with > 0.2  # and the prompt was still baked
 
+
+
+def retained_ce(model, tokenizer, retain) -> float:
+    """Mean token cross-entropy of ``model`` on the retained sequences' own continuations."""
+    batch = collate(retain, tokenizer.pad_token_id or 0, torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(input_ids=batch.student_ids).logits[batch.student_mask]
+    targets = torch.tensor([token for t in retain for token in t.generated])
+    return float(F.cross_entropy(logits.float(), targets))
+
+
+def test_reference_retention_is_the_cross_entropy_of_the_retained_tokens_and_keeps_them(tokenizer):
+    def ids(text):
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    retain = [Trajectory(ids(f"fact {i}:"), ids(f"fact {i}:"), ids(f" the number {i} is small")) for i in range(8)]
+    # The chunked loss and its gradient are the whole batch's cross-entropy (chunks of 5 split rows apart).
+    model = tiny_gpt2(tokenizer)
+    batch = collate(retain, tokenizer.pad_token_id or 0, torch.device("cpu"))
+    logits = model(input_ids=batch.student_ids).logits[batch.student_mask]
+    targets = torch.tensor([token for t in retain for token in t.generated])
+    (2.0 * F.cross_entropy(logits, targets)).backward()
+    expected = {name: param.grad.clone() for name, param in model.named_parameters()}
+    model.zero_grad()
+    assert reference_ce_backward(model, batch, 5, weight=2.0) == pytest.approx(retained_ce(model, tokenizer, retain),
+                                                                              rel=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6)
+    # In a bake, held to their own tokens, the retained continuations become far more likely than before, held to the
+    # unbaked model's distributions they stay near it, and the prompt is baked either way. (Cross-entropy pulls
+    # harder than a KL that starts at 0: at this random model's weight 1 it undid the bake, so 0.25, as Phase 5.)
+    before = retained_ce(tiny_gpt2(tokenizer), tokenizer, retain)
+    after = {}
+    for target, weight in (("unbaked", 5.0), ("reference", 0.25)):
+        config = dataclasses.replace(CONFIG, retention_weight=weight, retention_target=target)
+        result = bake_prompt(tiny_gpt2(tokenizer), tokenizer, PROMPT, INPUTS, config, retain=retain)
+        after[target] = retained_ce(result.merge(), tokenizer, retain)
+        assert result.strength > 0.15, target
+    assert after["reference"] < before - 1.0 and abs(after["unbaked"] - before) < 0.5
+    with pytest.raises(ValueError, match="retention_target"):
+        BakingConfig(retention_target="teacher")
 
 
 def test_retained_rows_in_two_padded_parts_give_the_whole_batchs_kl_and_gradient(tokenizer):

@@ -60,7 +60,7 @@ def run_variant(name: str, overrides: list[str], model_dir: str, preset: str) ->
             record = work.prompts["bakes"][-1]
             row["bakes"].append({"cycle": cycle, "prompt": prompt, "measured_strength": strength,
                                  "target_reached": record["target_reached"], "lora_scale": record["lora_scale"],
-                                 "retain_kl_last_epoch": record["retain_kl_last_epoch"], "bake_s": bake_s,
+                                 "retain_loss_last_epoch": record["retain_loss_last_epoch"], "bake_s": bake_s,
                                  **task_accuracy(work.model, tokenizer, config)})
             print(f"{name}: {cycle} half-bake strength {strength:.3f}, task accuracy "
                   f"{row['bakes'][-1]['task_accuracy']:.3f}, {bake_s:.0f} s", flush=True)

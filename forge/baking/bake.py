@@ -13,7 +13,8 @@ which it equals the target; the strength reported is measured afterwards on the 
 
 Sequences to retain (e.g. a task's questions with their answers) add, with ``retention_weight``, the KL
 from the unbaked model to the student on their answer tokens: what the model did there before the bake
-is what it must still do after it.
+is what it must still do after it. With ``retention_target`` "reference" the student is held to the answer tokens
+themselves (cross-entropy) instead, which keeps the answers without pinning every other probability.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from forge.artifacts import (
     write_manifest,
 )
 from forge.baking.config import BakingConfig
-from forge.baking.kl import ModelView, batch_kl_sum, check_head, fixed, kl_backward, plain
+from forge.baking.kl import ModelView, batch_kl_sum, check_head, fixed, kl_backward, plain, reference_ce_backward
 from forge.baking.trajectories import Trajectory, collate, sample_trajectories, split_inputs
 from forge.data.batching import length_groups
 from forge.modelinfo import pad_token_id
@@ -118,8 +119,8 @@ class EpochReport:
     heldout_kl: float  # mean token KL(prompted teacher || baked) on held-out trajectories
     strength: float  # 1 - heldout_kl / kl_reference
     calibration_strength: float | None = None  # target mode: share of the calibration KL gap closed so far
-    retain_kl: float | None = None  # mean token KL(unbaked || student) of the retention batches since the last
-    # report (None: nothing retained)
+    retain_loss: float | None = None  # mean token loss of the retention batches since the last report: KL(unbaked
+    # || student), or with retention_target "reference" the cross-entropy of their tokens (None: nothing retained)
 
 
 @dataclass
@@ -344,14 +345,18 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
 
 def _retain_backward(unbaked: ModelView, student: PeftModel, kept: Sequence[Trajectory], tokenizer,
                      config: BakingConfig) -> float:
-    """``retention_weight`` x the mean token KL(unbaked || student) of the retained rows, back-propagated; a batch
-    of long and short rows runs as two padded parts weighted by their tokens (``forge.data.batching``)."""
+    """``retention_weight`` x the mean token KL(unbaked || student) of the retained rows (or their tokens'
+    cross-entropy, ``retention_target`` "reference"), back-propagated; a batch of long and short rows runs as two
+    padded parts weighted by their tokens (``forge.data.batching``)."""
     device = next(student.parameters()).device
     lengths = [max(len(t.teacher_context), len(t.student_context)) + len(t.generated) for t in kept]
     total = 0.0
     for part, share in length_groups(lengths, [len(t.generated) for t in kept]):
         batch = collate([kept[r] for r in part], pad_token_id(tokenizer), device)
-        total += share * kl_backward(unbaked, student, batch, config.kl_chunk_tokens, config.retention_weight * share)
+        weight = config.retention_weight * share
+        total += share * (reference_ce_backward(student, batch, config.kl_chunk_tokens, weight)
+                          if config.retention_target == "reference"
+                          else kl_backward(unbaked, student, batch, config.kl_chunk_tokens, weight))
     return total
 
 
@@ -450,7 +455,7 @@ def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, 
                 row = EpochReport(epoch=step / steps_per_epoch, step=step, train_kl=sum(losses) / len(losses),
                                   heldout_kl=heldout, strength=1.0 - heldout / kl_reference,
                                   calibration_strength=calibration,
-                                  retain_kl=sum(retain_losses) / len(retain_losses) if retain_losses else None)
+                                  retain_loss=sum(retain_losses) / len(retain_losses) if retain_losses else None)
                 history.append(row)
                 log.info("bake epoch %.2f step %d train_kl %.4f heldout_kl %.4f strength %.3f",
                          row.epoch, row.step, row.train_kl, row.heldout_kl, row.strength)

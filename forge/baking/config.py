@@ -42,6 +42,9 @@ class BakingConfig:
     # not measured on)
     retention_weight: float = 1.0  # weight, beside the bake's KL, of the KL to the unbaked model on retained
     # sequences (skills the bake must not erase); used only when a bake is given sequences to retain
+    retention_target: Literal["unbaked", "reference"] = "unbaked"  # what a retained sequence's completion is held
+    # to: the unbaked model's next-token distributions (KL), or the completion's own tokens (cross-entropy), which
+    # keeps the answers without pinning every other probability the bake may move
 
     def __post_init__(self) -> None:
         if self.lora_r < 1:
@@ -65,6 +68,8 @@ class BakingConfig:
             raise ValueError(f"kl_chunk_tokens must be >= 1, got {self.kl_chunk_tokens}")
         if self.retention_weight < 0:
             raise ValueError(f"retention_weight must be >= 0, got {self.retention_weight}")
+        if self.retention_target not in ("unbaked", "reference"):
+            raise ValueError(f"retention_target must be 'unbaked' or 'reference', got {self.retention_target!r}")
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
         if self.mode not in ("target_strength", "epochs"):

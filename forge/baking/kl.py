@@ -107,3 +107,20 @@ def kl_backward(teacher: ModelView, student: nn.Module, batch: TrajectoryBatch, 
         total += loss.item()
     s_hidden.backward(detached.grad)
     return total
+
+
+def reference_ce_backward(student: nn.Module, batch: TrajectoryBatch, chunk: int, weight: float = 1.0) -> float:
+    """Back-propagate ``weight`` times the student's mean token cross-entropy on the generated tokens of ``batch``
+    (its rows' own continuations, e.g. reference answers); return the mean cross-entropy."""
+    s_hidden = final_hidden(student, batch.student_ids)[batch.student_mask]
+    targets = torch.tensor([token for t in batch.trajectories for token in t.generated], device=s_hidden.device)
+    detached = s_hidden.detach().requires_grad_(True)
+    head = student.get_output_embeddings()
+    total = 0.0
+    for start in range(0, detached.shape[0], chunk):
+        logits = head(detached[start:start + chunk]).float()
+        loss = torch.nn.functional.cross_entropy(logits, targets[start:start + chunk], reduction="sum") / batch.num_tokens
+        (loss * weight).backward()
+        total += loss.item()
+    s_hidden.backward(detached.grad)
+    return total

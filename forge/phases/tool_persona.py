@@ -280,7 +280,7 @@ class ToolPersonaWork:
             "prompt": prompt, "strength": strength, "kl_per_token": result.kl_reference,
             "measured_strength": result.strength, "target_reached": result.target_reached,
             "lora_scale": result.lora_scale, "retained_sequences": len(self.retain),
-            "retain_kl_last_epoch": result.history[-1].retain_kl})
+            "retain_loss_last_epoch": result.history[-1].retain_loss})
         self.model = result.merge().eval()
         return result.strength
 
