@@ -105,7 +105,7 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
         assert [bake["name"] for bake in level["bakes"]] == [p.name for p in prompts]
         # One full-strength joint bake of a few steps at a high rate must take hold measurably.
         assert level["joint_bake"]["strength"] > 0.05, level["joint_bake"]
-        assert level["joint_bake"]["retained_sequences"] == 8 and level["joint_bake"]["retain_kl_last_epoch"] >= 0
+        assert level["joint_bake"]["retained_sequences"] == 8 and level["joint_bake"]["retain_loss_last_epoch"] >= 0
         assert level["bakes_kept_skill"] == (level["accuracy_after_baking"]
                                              >= level["accuracy_after_training"] - CURRICULUM.bake_skill_tolerance)
     assert set(manifest["criteria"]) == {"level_accuracy_gain_min", "bake_accuracy_change_min",

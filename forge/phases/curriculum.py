@@ -7,7 +7,8 @@ weights, so the output is a float model and the manifest says so. Per level (``f
 accuracy before, a short AdamW training stage on the level's items, accuracy after, then the value prompts
 baked together into one adapter on the level's questions (``forge.baking.bake_together``: baked one after
 another on the same inputs, each bake overwrote the one before and the level's accuracy fell to 0), with
-other training items' answers held to the trained model (retention), each prompt's strength measured
+other training items' answers held (retention: to their own tokens in the tiny preset, ``baking.retention_target``),
+each prompt's strength measured
 against the model the level's bakes started from, and the accuracy once more. A level is passed when its accuracy after training
 reaches ``pass_accuracy``; each accuracy is recorded with a 95% bootstrap interval over the held-out items
 (``benchmarks.scoreboard.bootstrap_interval``). With ``tool_use_items`` set, every training stage
@@ -145,7 +146,7 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
     record["joint_bake"] = {key: joint[key] for key in ("strength", "target_reached", "lora_scale",
                                                         "train_trajectories", "heldout_trajectories",
                                                         "retained_sequences")}
-    record["joint_bake"]["retain_kl_last_epoch"] = joint["history"][-1]["retain_kl"]
+    record["joint_bake"]["retain_loss_last_epoch"] = joint["history"][-1]["retain_loss"]
     record["bake_time_s"] = time.perf_counter() - started
     model.eval()
     record["accuracy_after_baking"], record["accuracy_after_baking_interval"] = accuracy_figures(
