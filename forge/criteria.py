@@ -24,13 +24,17 @@ def is_met(value: float | None, direction: str, threshold: float) -> bool:
 
 
 def criterion(value: float | None, direction: str, threshold: float,
-              interval: Sequence[float] | None = None) -> dict[str, Any]:
+              interval: Sequence[float] | None = None, out_of_reach: str | None = None) -> dict[str, Any]:
     """One criterion's record, as phases keep it in their summaries; ``interval``: the value's 95% interval where
-    it is measured on a sample of items (shown beside it; the verdict compares the value)."""
+    it is measured on a sample of items (shown beside it; the verdict compares the value); ``out_of_reach``: why no
+    value this configuration can produce meets the threshold (shown with the verdict, so a reader does not tune
+    what cannot move it)."""
     record = {"value": value, "direction": direction, "threshold": threshold,
               "required": f"{direction} {threshold:g}", "met": is_met(value, direction, threshold)}
     if interval is not None:
         record["interval"] = [float(bound) for bound in interval]
+    if out_of_reach is not None:
+        record["out_of_reach"] = out_of_reach
     return record
 
 
@@ -40,10 +44,13 @@ def missed(criteria: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def verdict(record: Mapping[str, Any]) -> str:
-    """``met``, ``missed``, or ``missed (not measured)`` when there is no value (e.g. a data folder's task)."""
+    """``met``, ``missed``, ``missed (not measured)`` when there is no value (e.g. a data folder's task), or
+    ``missed (out of reach here: why)``."""
     if record["met"]:
         return "met"
-    return "missed (not measured)" if record["value"] is None else "missed"
+    if record["value"] is None:
+        return "missed (not measured)"
+    return f"missed (out of reach here: {record['out_of_reach']})" if record.get("out_of_reach") else "missed"
 
 
 def describe(name: str, record: Mapping[str, Any]) -> str:

@@ -156,7 +156,7 @@ def spec_criteria(run: Run) -> list[dict[str, Any]]:
             if isinstance(node.get("met"), bool):
                 found.append({"phase": phase, "criterion": ".".join(path), "value": node.get("value"),
                               "interval": node.get("interval"), "required": node.get("required", ""),
-                              "met": node["met"]})
+                              "met": node["met"], "out_of_reach": node.get("out_of_reach")})
                 return
             for key, value in node.items():
                 if key != "scoreboard":

@@ -81,6 +81,25 @@ def test_cognate_diversity_criteria_at_the_spec_thresholds(name, field, threshol
     assert_boundary(lambda value: diversity_criteria({**report, field: value})[name]["met"], threshold, direction)
 
 
+def test_the_halting_criterion_says_when_the_models_act_steps_put_it_out_of_reach():
+    from forge.phases.cognate import diversity_criteria
+
+    report = {"behaviour_diversity": 1.0, "halting_steps_spread": 0.97, "memory_spread": 1.0,
+              "forward_ms_spread": 50.0, "threshold": 0.3}
+    # act_max_steps 2 (the tiny preset's): a model halts after 1 or 2 steps, so the spread is at most 1.
+    tiny = diversity_criteria({**report, "halting_steps_spread_limit": 1})["halting_diversity"]
+    assert not tiny["met"] and "at most 2 ACT steps" in tiny["out_of_reach"]
+    assert describe("halting_diversity", tiny).endswith(
+        "missed (out of reach here: the models halt after at most 2 ACT steps (act_max_steps), so their mean "
+        "halting steps differ by at most 1)")
+    # act_max_steps 3 still cannot pass 2 (the spread is at most 2); 4 (gtx1660, cluster) can, so no note.
+    assert "out_of_reach" in diversity_criteria({**report, "halting_steps_spread_limit": 2})["halting_diversity"]
+    reachable = diversity_criteria({**report, "halting_steps_spread_limit": 3})["halting_diversity"]
+    assert "out_of_reach" not in reachable and describe("h", reachable).endswith(": missed")
+    # The note never turns a met value into a miss: the verdict compares the value.
+    assert criterion(2.5, ">", 2.0, out_of_reach="why")["met"]
+
+
 def test_cognate_gsm8k_criterion_is_model_1s_scoreboard_accuracy_at_the_spec_threshold():
     from forge.config import PipelineConfig
     from forge.phases.cognate import scored_criteria

@@ -121,6 +121,8 @@ def diversity_report(models: dict[str, Any], dataset_blocks: dict[str, torch.Ten
         "behaviour_diversity": spreads["diversity"],
         "memory_spread": spreads["groups"]["memory_use"]["spread"],
         "halting_steps_spread": max(halting) - min(halting),
+        # a model halts after 1 to act_max_steps steps, so the spread of their means is at most this
+        "halting_steps_spread_limit": max(m.config.act_max_steps for m in models.values()) - 1,
         "forward_ms_spread": max(speed) - min(speed),
         "weight_space_diversity": weight_space_diversity([m.state_dict() for m in models.values()]),
         "threshold": threshold,
@@ -149,9 +151,15 @@ def diversity_criteria(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The spec's Phase 1 diversity criteria, recorded as measured (the spec asserts them). Behaviour diversity
     (``forge.pretrain.diversity``) stands for ``validate_diversity`` (raises below 0.3, so >= threshold is met); the
     memory-use spread for ``memory_diversity > 0.3``; halting and forward-time spreads are the spec's
-    ``halting_diversity > 2.0`` and ``speed_diversity > 10`` ms."""
+    ``halting_diversity > 2.0`` and ``speed_diversity > 10`` ms; with at most 2 ACT steps (the tiny preset's) the
+    halting spread cannot exceed 1, which the record says."""
+    limit = report.get("halting_steps_spread_limit")
+    halting_reach = (f"the models halt after at most {limit + 1} ACT steps (act_max_steps), so their mean halting "
+                     f"steps differ by at most {limit}" if limit is not None and limit <= HALTING_SPREAD_REQUIRED
+                     else None)
     return {"behaviour_diversity": criterion(report["behaviour_diversity"], ">=", report["threshold"]),
-            "halting_diversity": criterion(report["halting_steps_spread"], ">", HALTING_SPREAD_REQUIRED),
+            "halting_diversity": criterion(report["halting_steps_spread"], ">", HALTING_SPREAD_REQUIRED,
+                                           out_of_reach=halting_reach),
             "memory_diversity": criterion(report["memory_spread"], ">", MEMORY_SPREAD_REQUIRED),
             "speed_diversity_ms": criterion(report["forward_ms_spread"], ">", SPEED_SPREAD_MS_REQUIRED)}
 
