@@ -72,12 +72,13 @@ class CriterionMissed(RuntimeError):
 
 
 def check_criteria(phase: str, summary: dict[str, Any]) -> None:
-    """Raise :class:`CriterionMissed` naming the phase's first missed criterion and its measured value."""
+    """Raise :class:`CriterionMissed` naming the phase's first missed criterion by name (the order of the console
+    line, the manifest and the report, fresh or resumed) and its measured value."""
     criteria = summary.get("criteria", {})
-    missed = [name for name, record in criteria.items() if not record["met"]]
-    if missed:
-        others = f" (also missed: {', '.join(missed[1:])})" if missed[1:] else ""
-        raise CriterionMissed(f"{phase}: spec criterion {describe(missed[0], criteria[missed[0]])}{others}; "
+    names = missed(criteria)
+    if names:
+        others = f" (also missed: {', '.join(names[1:])})" if names[1:] else ""
+        raise CriterionMissed(f"{phase}: spec criterion {describe(names[0], criteria[names[0]])}{others}; "
                               "the phase's outputs are kept; run without --strict to record it and go on")
 
 
