@@ -43,6 +43,9 @@ from cluster.runtime import RayConfig
 from forge.quant.measure import forward_latency
 
 log = logging.getLogger(__name__)
+# Tune's TensorBoard logger prints, at INFO, every trial's hyperparameters it cannot store (a candidate's whole
+# genome): a console line of nested dicts per trial that says nothing about the merge.
+logging.getLogger("ray.tune.logger.tensorboardx").setLevel(logging.WARNING)
 
 PROBE_TOKENS = 16  # tokens of held-out text fed to every candidate before it is evaluated
 PROBE_NEW_TOKENS = 4  # greedy steps of the generation check
