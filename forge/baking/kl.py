@@ -93,33 +93,41 @@ def kl_backward(teacher: ModelView, student: nn.Module, batch: TrajectoryBatch, 
                 weight: float = 1.0) -> float:
     """Back-propagate ``weight`` times the mean token KL(teacher || student) of ``batch``; return the mean KL."""
     t_hidden = teacher_states(teacher, batch)
-    s_hidden = final_hidden(student, batch.student_ids)[batch.student_mask]
-    if s_hidden.shape[0] != t_hidden.shape[0]:
-        raise RuntimeError(f"teacher scores {t_hidden.shape[0]} tokens but student {s_hidden.shape[0]}")
-    detached = s_hidden.detach().requires_grad_(True)
-    head = student.get_output_embeddings()
-    total = 0.0
-    for start in range(0, detached.shape[0], chunk):
+    if batch.num_tokens != t_hidden.shape[0]:
+        raise RuntimeError(f"teacher scores {t_hidden.shape[0]} tokens but student {batch.num_tokens}")
+
+    def chunk_kl(start: int, stop: int, s_logits: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), teacher.context():
-            t_logits = teacher.model.get_output_embeddings()(t_hidden[start:start + chunk])
-        loss = token_kl_sum(t_logits, head(detached[start:start + chunk])) / batch.num_tokens
-        (loss * weight).backward()
-        total += loss.item()
-    s_hidden.backward(detached.grad)
-    return total
+            t_logits = teacher.model.get_output_embeddings()(t_hidden[start:stop])
+        return token_kl_sum(t_logits, s_logits)
+
+    return _head_loss_backward(student, batch, chunk, weight, chunk_kl)
 
 
 def reference_ce_backward(student: nn.Module, batch: TrajectoryBatch, chunk: int, weight: float = 1.0) -> float:
     """Back-propagate ``weight`` times the student's mean token cross-entropy on the generated tokens of ``batch``
     (its rows' own continuations, e.g. reference answers); return the mean cross-entropy."""
+    targets = torch.tensor([token for t in batch.trajectories for token in t.generated],
+                           device=batch.student_ids.device)
+
+    def chunk_ce(start: int, stop: int, s_logits: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(s_logits.float(), targets[start:stop], reduction="sum")
+
+    return _head_loss_backward(student, batch, chunk, weight, chunk_ce)
+
+
+def _head_loss_backward(student: nn.Module, batch: TrajectoryBatch, chunk: int, weight: float,
+                        chunk_loss: Callable[[int, int, torch.Tensor], torch.Tensor]) -> float:
+    """Back-propagate ``weight`` times the summed ``chunk_loss(start, stop, student logits of those positions)`` over
+    the scored positions, divided by their count; return that mean. The head runs ``chunk`` positions at a time on a
+    detached copy of the hidden states, whose gradient then goes through the network once."""
     s_hidden = final_hidden(student, batch.student_ids)[batch.student_mask]
-    targets = torch.tensor([token for t in batch.trajectories for token in t.generated], device=s_hidden.device)
     detached = s_hidden.detach().requires_grad_(True)
     head = student.get_output_embeddings()
     total = 0.0
     for start in range(0, detached.shape[0], chunk):
-        logits = head(detached[start:start + chunk]).float()
-        loss = torch.nn.functional.cross_entropy(logits, targets[start:start + chunk], reduction="sum") / batch.num_tokens
+        stop = min(start + chunk, detached.shape[0])
+        loss = chunk_loss(start, stop, head(detached[start:stop])) / batch.num_tokens
         (loss * weight).backward()
         total += loss.item()
     s_hidden.backward(detached.grad)
