@@ -208,9 +208,13 @@ def phases_markdown(run: Run) -> list[str]:
             continue
         board = (manifest.get("summary") or {}).get("scoreboard") or {}
         wall = manifest.get("wall_time_s")
-        lines.append(f"| {phase} | {manifest.get('status')} | {_number(wall) + ' s' if wall is not None else '-'} | "
-                     f"{_number(board['wall_s']) + ' s' if 'wall_s' in board else '-'} |")
+        lines.append(f"| {phase} | {manifest.get('status')} | {_seconds(wall)} | {_seconds(board.get('wall_s'))} |")
     return lines
+
+
+def _seconds(value: float | None) -> str:
+    """A duration to a tenth of a second, as the console gives them (``9.8 s``, not ``9.800 s``)."""
+    return "-" if value is None else f"{value:.1f} s"
 
 
 # ------------------------------------------------------------------------------------------ the plots

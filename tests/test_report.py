@@ -62,3 +62,16 @@ def test_cognate_loss_figure_draws_the_specialists_after_the_trunk_they_fork_fro
     alone = cognate_loss_figure([{"source": "cognate-reasoning", "step": 5, "train/loss": 2.0}]).axes[0].get_lines()
     assert [list(line.get_xdata()) for line in alone] == [[5]]  # no trunk: nothing to fork from, no offset
     assert cognate_loss_figure([{"source": "cognate-x", "step": 1}]) is None
+
+
+def test_the_phases_table_gives_durations_to_a_tenth_of_a_second_and_names_an_unfinished_phase(tmp_path):
+    import json
+
+    from forge.report import Run, phases_markdown
+
+    (tmp_path / "cognate").mkdir()
+    (tmp_path / "cognate" / "manifest.json").write_text(json.dumps(
+        {"status": "complete", "wall_time_s": 545.54, "summary": {"scoreboard": {"wall_s": 9.8}}}))
+    (tmp_path / "evomerge").mkdir()  # started, no manifest yet
+    assert phases_markdown(Run(tmp_path))[2:] == ["| cognate | complete | 545.5 s | 9.8 s |",
+                                                  "| evomerge | interrupted or running (no manifest) | - | - |"]
