@@ -18,8 +18,8 @@ from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig,
                           build_levels, completion_text, load_value_prompts, prompt_text, retained_answers)
 from forge.phases.base import PhaseContext
 from forge.data.heldout import HELDOUT, REPLAY, TEXT_FILES
-from forge.phases.curriculum import (bakes_kept_skill, choose_input, phase_criteria, resume_state, run,
-                                    run_fingerprint, tool_demonstrations)
+from forge.phases.curriculum import (bakes_kept_skill, change_interval, choose_input, phase_criteria, resume_state,
+                                    run, run_fingerprint, tool_demonstrations)
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import int8_candidates, pack_model, quantizable_linears, to_bitlinear, to_int8
 from forge.quant.int8 import Int8Embedding, Int8Linear
@@ -167,6 +167,37 @@ def test_bakes_keep_the_skill_within_the_tolerance(baked, met):
     # A level whose training did not raise its accuracy misses the gain criterion.
     records[1]["accuracy_after_training"] = 0.1
     assert phase_criteria(records, config)["level_accuracy_gain_min"]["met"] is False
+
+
+def test_the_accuracy_changes_carry_the_paired_interval_of_the_level_that_decides_them():
+    # Level 2 loses one item of 128 in training (the run's -0.0078) and its bakes win 18; level 1 gains 34.
+    before_1, after_1 = [0] * 128, [1] * 34 + [0] * 94
+    before_2 = [1] * 22 + [0] * 106
+    trained_2 = [1] * 21 + [0] * 107
+    baked_2 = [1] * 39 + [0] * 89
+    records = [{**level_record(0.0, 34 / 128, 34 / 128, [0.9]), "correct_before": before_1,
+                "correct_after_training": after_1, "correct_after_baking": after_1},
+               {**level_record(22 / 128, 21 / 128, 39 / 128, [0.9]), "correct_before": before_2,
+                "correct_after_training": trained_2, "correct_after_baking": baked_2}]
+    criteria = phase_criteria(records, CURRICULUM)
+    gain = criteria["level_accuracy_gain_min"]
+    assert gain["value"] == pytest.approx(-1 / 128) and not gain["met"]
+    low, high = gain["interval"]
+    assert low <= -1 / 128 and high == 0.0  # one item lost, none gained: no resample shows a gain
+    bake = criteria["bake_accuracy_change_min"]  # level 1's 0, the smaller change, decides it
+    assert bake["value"] == 0.0 and bake["interval"] == [0.0, 0.0] and bake["met"]
+    # The same items with one gained instead: a gain whose interval reaches from 0 up.
+    records[1]["correct_after_training"] = [1] * 23 + [0] * 105
+    records[1]["accuracy_after_training"] = 23 / 128
+    low, high = phase_criteria(records, CURRICULUM)["level_accuracy_gain_min"]["interval"]
+    assert low == 0.0 and high >= 1 / 128
+    # Records kept before the per-item answers were (a resumed older run) give the value without an interval.
+    for record in records:
+        for stage in ("before", "after_training", "after_baking"):
+            del record[f"correct_{stage}"]
+    assert "interval" not in phase_criteria(records, CURRICULUM)["level_accuracy_gain_min"]
+    with pytest.raises(ValueError, match="rows of equal, non-zero length"):
+        change_interval([0, 1], [1], seed=0)
 
 
 def test_retained_items_follow_the_bake_questions_and_never_repeat_them(ternary_dir):

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     def measure_all() -> list[dict]:
         rows = []
         for level in levels:
-            accuracy, interval = accuracy_figures(model, tokenizer, level, cfg)
+            accuracy, interval, _ = accuracy_figures(model, tokenizer, level, cfg)
             rows.append({"level": level.spec.level, "accuracy": accuracy, "interval": interval})
         return rows
 

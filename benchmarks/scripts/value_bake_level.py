@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     train_stage(model, tokenizer, level.train, phase, extra_pairs=extra, replay=replay,
                 replay_first_step=(level.spec.level - 1) * phase.steps_per_level)
     model.eval()
-    trained, interval = accuracy_figures(model, tokenizer, level, phase)
+    trained, interval, _ = accuracy_figures(model, tokenizer, level, phase)
     print(f"level {args.level} trained: accuracy {trained:.3f} (the run's {record['accuracy_after_training']:.3f}); "
           f"{time.perf_counter() - started:.0f} s", flush=True)
     if trained != record["accuracy_after_training"]:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         baked, bake = bake_together(copy.deepcopy(model), tokenizer, prompts, inputs,
                                     variant.baking.at_strength("full"), retain=retain)
         baked.eval()
-        accuracy, _ = accuracy_figures(baked, tokenizer, level, phase)
+        accuracy, _, _ = accuracy_figures(baked, tokenizer, level, phase)
         strengths = {names[p]: value for p, value in bake["strengths"].items()}
         rows.append({"variant": name, "overrides": overrides, "inputs": "text" if on_text else "level",
                      "example_input": inputs[0], "strengths": strengths,

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     train_stage(model, tokenizer, level.train, cfg, replay=replay)
     model.eval()
-    trained, interval = accuracy_figures(model, tokenizer, level, cfg)
+    trained, interval, _ = accuracy_figures(model, tokenizer, level, cfg)
     print(f"level 1 trained: accuracy {trained:.3f} {interval} ({time.perf_counter() - started:.0f} s)", flush=True)
     config = cfg.baking.at_strength("full")
     retain = retained_answers(tokenizer, level, cfg.bake_inputs, cfg.bake_retain_items, max_positions(model))
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             baked, record = bake_together(copy.deepcopy(model), tokenizer, texts, inputs, config, retain=keep)
             strengths = record["strengths"]
         baked.eval()
-        accuracy, accuracy_interval = accuracy_figures(baked, tokenizer, level, cfg)
+        accuracy, accuracy_interval, _ = accuracy_figures(baked, tokenizer, level, cfg)
         rows.append({"variant": kind, "bake_inputs": count, "retained_sequences": len(keep),
                      "accuracy_after_baking": accuracy, "accuracy_after_baking_interval": accuracy_interval,
                      "strengths": {prompt.name: strengths[prompt.text] for prompt in prompts},

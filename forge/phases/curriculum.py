@@ -8,9 +8,9 @@ accuracy before, a short AdamW training stage on the level's items, accuracy aft
 baked together into one adapter on the level's questions (``forge.baking.bake_together``: baked one after
 another on the same inputs, each bake overwrote the one before and the level's accuracy fell to 0), with
 other training items' answers held (retention: to their own tokens in the tiny preset, ``baking.retention_target``),
-each prompt's strength measured
-against the model the level's bakes started from, and the accuracy once more. A level is passed when its accuracy after training
-reaches ``pass_accuracy``; each accuracy is recorded with a 95% bootstrap interval over the held-out items
+each prompt's strength measured against the model the level's bakes started from, and the accuracy once more. A
+level is passed when its accuracy after training reaches ``pass_accuracy``; each accuracy is recorded with a 95%
+bootstrap interval over the held-out items, and each item's answer (0/1) for the paired intervals of the changes
 (``benchmarks.scoreboard.bootstrap_interval``). With ``tool_use_items`` set, every training stage
 also sees train-side tool-use transcripts in Phase 6's format (``benchmarks.tooluse.training_examples``),
 so the A-cycle starts from a model that has seen tool calls. Each finished level is saved to
@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from benchmarks.scoreboard import bootstrap_interval
+from benchmarks.scoreboard import bootstrap_interval, paired_intervals
 from benchmarks.tooluse import INITIAL_TOOL_PROMPT, ToolUseConfig, training_examples
 from cluster.resources import gpu_memory_cap_bytes
 from forge.artifacts import load_model_dir, read_manifest, save_model_dir, state_dict_hash, verify_model_dir
@@ -105,12 +105,20 @@ def resume_state(ctx: PhaseContext, num_levels: int, fingerprint: str) -> dict[s
     return None
 
 
-def accuracy_figures(model, tokenizer, level: Level, cfg: CurriculumPhaseConfig) -> tuple[float, list[float]]:
-    """Held-out accuracy of the level and its 95% bootstrap interval over the items."""
+def accuracy_figures(model, tokenizer, level: Level,
+                     cfg: CurriculumPhaseConfig) -> tuple[float, list[float], list[int]]:
+    """Held-out accuracy of the level, its 95% bootstrap interval over the items, and each item's 0/1."""
     correct = np.array(level_correct(model, tokenizer, level.heldout, cfg.max_new_tokens), dtype=float)
     interval = bootstrap_interval([correct], np.mean, resamples=INTERVAL_RESAMPLES, seed=cfg.seed,
                                   confidence=INTERVAL_CONFIDENCE)
-    return float(correct.mean()), list(interval)
+    return float(correct.mean()), list(interval), [int(c) for c in correct]
+
+
+def change_interval(before: Sequence[int], after: Sequence[int], seed: int) -> list[float]:
+    """The paired 95% bootstrap interval of the accuracy change from ``before`` to ``after`` (each held-out item's
+    0/1, the same items in the same order)."""
+    return paired_intervals([[before, after]], [1.0], resamples=INTERVAL_RESAMPLES, seed=seed,
+                            confidence=INTERVAL_CONFIDENCE)[1]["difference_interval"]
 
 
 def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cfg: CurriculumPhaseConfig,
@@ -121,15 +129,16 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
     heldout = level.heldout
     record: dict[str, Any] = {**dataclasses.asdict(level.spec), "train_items": len(level.train),
                               "heldout_items": len(heldout)}
-    record["accuracy_before"], record["accuracy_before_interval"] = accuracy_figures(model, tokenizer, level, cfg)
+    (record["accuracy_before"], record["accuracy_before_interval"],
+     record["correct_before"]) = accuracy_figures(model, tokenizer, level, cfg)
     record["heldout_answer_loss_before"] = answer_loss(model, tokenizer, heldout)
     if perplexity is not None:
         record["heldout_perplexity_before"] = perplexity(model)
     stage = train_stage(model, tokenizer, level.train, cfg, extra_pairs=extra_pairs, replay=replay,
                         replay_first_step=(level.spec.level - 1) * cfg.steps_per_level)
     record["training"] = dataclasses.asdict(stage)
-    record["accuracy_after_training"], record["accuracy_after_training_interval"] = accuracy_figures(
-        model, tokenizer, level, cfg)
+    (record["accuracy_after_training"], record["accuracy_after_training_interval"],
+     record["correct_after_training"]) = accuracy_figures(model, tokenizer, level, cfg)
     record["pass_accuracy"] = cfg.pass_accuracy
     record["passed"] = level_passed(record["accuracy_after_training"], cfg)
     record["heldout_answer_loss_after"] = answer_loss(model, tokenizer, heldout)
@@ -149,8 +158,8 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
     record["joint_bake"]["retain_loss_last_epoch"] = joint["history"][-1]["retain_loss"]
     record["bake_time_s"] = time.perf_counter() - started
     model.eval()
-    record["accuracy_after_baking"], record["accuracy_after_baking_interval"] = accuracy_figures(
-        model, tokenizer, level, cfg)
+    (record["accuracy_after_baking"], record["accuracy_after_baking_interval"],
+     record["correct_after_baking"]) = accuracy_figures(model, tokenizer, level, cfg)
     record["bakes_kept_skill"] = bakes_kept_skill(record, cfg)
     if perplexity is not None:
         record["heldout_perplexity_after_baking"] = perplexity(model)
@@ -165,14 +174,24 @@ def bakes_kept_skill(record: dict[str, Any], cfg: CurriculumPhaseConfig) -> bool
 
 def phase_criteria(records: Sequence[dict[str, Any]], cfg: CurriculumPhaseConfig) -> dict[str, dict[str, Any]]:
     """Phase 5's criteria (issue 19): every level's training raises its accuracy, the bakes keep each level's
-    skill, and each value prompt's strength on the phase's output is at least ``VALUE_STRENGTH_FLOOR``."""
+    skill, and each value prompt's strength on the phase's output is at least ``VALUE_STRENGTH_FLOOR``. The two
+    accuracy changes carry the paired interval of the level that decides them (the same held-out items before and
+    after): a change of one item of 128 reads as noise."""
     last = records[-1]
+
+    def weakest(start: str, end: str) -> tuple[float, list[float] | None]:
+        """The smallest change from ``start`` to ``end`` over the levels, with its level's paired interval (none for
+        records kept before the per-item answers were)."""
+        record = min(records, key=lambda r: r[f"accuracy_{end}"] - r[f"accuracy_{start}"])
+        items = record.get(f"correct_{start}"), record.get(f"correct_{end}")
+        interval = None if None in items else change_interval(*items, seed=cfg.seed)
+        return record[f"accuracy_{end}"] - record[f"accuracy_{start}"], interval
+
+    gain, gain_interval = weakest("before", "after_training")
+    bake_change, bake_interval = weakest("after_training", "after_baking")
     return {
-        "level_accuracy_gain_min": criterion(
-            min(r["accuracy_after_training"] - r["accuracy_before"] for r in records), ">", 0.0),
-        "bake_accuracy_change_min": criterion(
-            min(r["accuracy_after_baking"] - r["accuracy_after_training"] for r in records), ">=",
-            -cfg.bake_skill_tolerance),
+        "level_accuracy_gain_min": criterion(gain, ">", 0.0, interval=gain_interval),
+        "bake_accuracy_change_min": criterion(bake_change, ">=", -cfg.bake_skill_tolerance, interval=bake_interval),
         "value_strength_at_end_min": criterion(
             min(bake["strength_vs_level_start"] for bake in last["bakes"]), ">=", VALUE_STRENGTH_FLOOR),
     }
