@@ -20,7 +20,8 @@ from forge.data import taskworld
 from forge.data.tokenizer import train_bpe_tokenizer
 from forge.phases.base import PhaseContext
 from forge.phases.tool_persona import (ToolPersonaWork, bake_questions, item_tool_fitness, retained_direct_answers,
-                                      retained_tool_transcripts, tool_fitness, validation_change_interval)
+                                      retained_tool_transcripts, tool_fitness, tool_persona_criteria,
+                                      validation_change_interval, validation_gain_intervals, validation_gains)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -150,4 +151,25 @@ def test_the_held_out_change_has_a_paired_interval_over_the_same_items():
     better = {**base, "a": [1.0] * 8}
     assert validation_change_interval(base, better, two, seed=0) == pytest.approx([0.75, 0.75])
     assert validation_change_interval({**base, "tool_fitness": None}, better, two, seed=0) is None
+
+
+def test_each_cycles_validation_gain_has_a_paired_interval_over_the_same_items():
+    # A: 48 tool items, two gained and none lost (30 -> 32 right): +6.7%, and no resample shows a loss.
+    before = {"tool_fitness": [1.0] * 30 + [0.0] * 18, "a": [1.0] * 4 + [0.0] * 4, "b": [1.0] * 4 + [0.0] * 4}
+    after = {**before, "tool_fitness": [1.0] * 32 + [0.0] * 16, "a": [1.0] * 8}
+    two = {"a": 3.0, "b": 1.0}
+    intervals = validation_gain_intervals(before, after, two, seed=0)
+    gains = validation_gains({"tool_fitness": 30 / 48, "persona_aggregate": 0.5},
+                             {"tool_fitness": 32 / 48, "persona_aggregate": 0.75 * 1.0 + 0.25 * 0.5})
+    assert gains["A"] == pytest.approx(2 / 30) and gains["B"] == pytest.approx(0.75)
+    low, high = intervals["A"]
+    assert low == 0.0 and 2 / 30 < high < 0.25
+    # B: task a (weight 3) goes from 4 of 8 to 8 of 8, b stays: the aggregate's gain, resampled within each task.
+    low, high = intervals["B"]
+    assert 0.0 < low < 0.75 < high
+    assert validation_gain_intervals({**before, "tool_fitness": None}, after, two, seed=0)["A"] is None
+    # The criteria show them; a cycle that never ran has no gain and no interval.
+    criteria = tool_persona_criteria(True, gains["A"], None, 0.5, 0.0, None, intervals)
+    assert criteria["a_cycle_improvement"]["interval"] == intervals["A"] and not criteria["a_cycle_improvement"]["met"]
+    assert "interval" not in criteria["b_cycle_improvement"]
 

@@ -272,12 +272,18 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     # The held-out change comes with the paired interval over the validation's items.
     low, high = summary["criteria"]["heldout_not_worse_than_input"]["interval"]
     assert low <= high
+    # So does each cycle's gain that was measured, around its value.
+    gain_intervals = {cycle: summary["criteria"][f"{name}_cycle_improvement"].get("interval")
+                      for cycle, name in (("A", "a"), ("B", "b"))}
+    for cycle, gain in zip("AB", gains):
+        assert (gain_intervals[cycle] is None) == (gain is None)
+        assert gain is None or gain_intervals[cycle][0] <= gain <= gain_intervals[cycle][1]
     assert summary["criteria"] == tool_persona_criteria(
         trajectory["converged"], *gains,
         1 - 0.5 ** sum(trajectory["half_bakes"].values()),
         summary["validation_totals"][summary["handed_on"]] - (handoff["validation_before"]["tool_fitness"]
                                                                + handoff["validation_before"]["persona_aggregate"]),
-        [low, high])
+        [low, high], gain_intervals)
     assert sum(summary["self_prompts"].values()) == 2 * summary["self_prompts"]["proposed"]
     # The optimized model goes on with its prompts (the input competes only at the scoreboard gate).
     assert handoff["handed_on"] == summary["handed_on"] == "optimized"

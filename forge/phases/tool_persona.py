@@ -46,12 +46,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import ray
 
 from actors.benchmark_actor import BenchmarkActor, WeightsRef, evaluate_prompts
 from actors.restarts import ATTEMPTS_FILE, lost_error, restart_options
 from benchmarks.harness import TASK_WEIGHTS, aggregate_score, evaluate, item_scores
-from benchmarks.scoreboard import paired_intervals
+from benchmarks.scoreboard import bootstrap_interval, paired_intervals
 from benchmarks.swebench import generate_predictions, run_harness, write_predictions
 from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, ToolUseConfig, accuracy_intervals, evaluate_direct,
                                 evaluate_tool_use, item_metrics, training_examples)
@@ -77,6 +78,7 @@ OFFLINE_PERSONA_TASKS = {"synthetic_reasoning": 1.0}
 A_GAIN_REQUIRED = 0.10  # spec: SWE-Bench score improves by >= 10% from baseline
 B_GAIN_REQUIRED = 0.05  # spec: aggregate benchmark score improves by >= 5% from baseline
 STRENGTH_REQUIRED = 0.95  # spec: half-baking converges to >= 95% strength
+GAIN_RESAMPLES = 1000  # bootstrap resamples of the validation gains' intervals
 
 
 def validation_total(scores: dict[str, float]) -> float:
@@ -114,6 +116,25 @@ def validation_change_interval(before: dict[str, list[float]], after: dict[str, 
     return [2 * bound for bound in entry["difference_interval"]]
 
 
+def validation_gain_intervals(before: dict[str, list[float]], after: dict[str, list[float]],
+                              persona_tasks: dict[str, float], seed: int) -> dict[str, list[float] | None]:
+    """The paired 95% bootstrap intervals of :func:`validation_gains` (per-item values of the same items, as
+    :func:`validation_change_interval`): A over the tool items, B over each persona task's items resampled apart and
+    weighted as the aggregate; A is None without per-item tool figures."""
+    def interval(names: list[str], weights: list[float]) -> list[float]:
+        pairs = [np.column_stack([before[name], after[name]]) for name in names]  # one row per item: kept paired
+        share = np.asarray(weights, dtype=float) / sum(weights)
+
+        def gain(*resampled: np.ndarray) -> float:
+            old, new = sum(w * rows.mean(axis=0) for w, rows in zip(share, resampled))
+            return relative_gain(new, old)
+        return list(bootstrap_interval(pairs, gain, resamples=GAIN_RESAMPLES, seed=seed, confidence=0.95))
+
+    tool_items = before.get("tool_fitness") is not None and after.get("tool_fitness") is not None
+    return {"A": interval(["tool_fitness"], [1.0]) if tool_items else None,
+            "B": interval(list(persona_tasks), list(persona_tasks.values()))}
+
+
 def validation_gains(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Each cycle's gain on the held-out validation, the same items before and after: the A-cycle's tool fitness
     and the B-cycle's aggregate of the model handed on with its prompts, against the input with the initial ones.
@@ -124,16 +145,20 @@ def validation_gains(before: dict[str, float], after: dict[str, float]) -> dict[
 
 
 def tool_persona_criteria(converged: bool, a_gain: float | None, b_gain: float | None, strength: float,
-                          heldout_change: float, heldout_interval: Sequence[float] | None = None
-                          ) -> dict[str, dict[str, Any]]:
+                          heldout_change: float, heldout_interval: Sequence[float] | None = None,
+                          gain_intervals: dict[str, list[float] | None] | None = None) -> dict[str, dict[str, Any]]:
     """The spec's Phase 6 minimum success, recorded as measured: both cycles converge, the A-cycle's score
     gains >= 10% and the B-cycle's aggregate >= 5% (``validation_gains``), and the half-baking strength
     (one counter over both cycles' half-bakes, S_N = 1 - 0.5^N) reaches >= 95%; and (issue 19) the model handed
     on scores at least the input on the held-out validation (``heldout_change``: the change of its total, with its
-    paired interval where measured)."""
+    paired interval where measured). ``gain_intervals``: the gains' paired intervals
+    (:func:`validation_gain_intervals`)."""
+    intervals = gain_intervals or {}
     return {"converged": criterion(1.0 if converged else 0.0, ">=", 1.0),
-            "a_cycle_improvement": criterion(a_gain, ">=", A_GAIN_REQUIRED),
-            "b_cycle_improvement": criterion(b_gain, ">=", B_GAIN_REQUIRED),
+            "a_cycle_improvement": criterion(a_gain, ">=", A_GAIN_REQUIRED,
+                                             intervals.get("A") if a_gain is not None else None),
+            "b_cycle_improvement": criterion(b_gain, ">=", B_GAIN_REQUIRED,
+                                             intervals.get("B") if b_gain is not None else None),
             "baking_strength": criterion(strength, ">=", STRENGTH_REQUIRED),
             "heldout_not_worse_than_input": criterion(heldout_change, ">=", 0.0, heldout_interval)}
 
@@ -444,7 +469,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
     save_model_dir(model_out, tokenizer, out_dir, phase="tool_persona", extra={"input": name, "handoff": handoff})
     criteria = tool_persona_criteria(result.converged, gains["A"], gains["B"],
                                      spec_strength(sum(result.half_bakes.values())),
-                                     totals[handed_on] - validation_total(before), change_interval)
+                                     totals[handed_on] - validation_total(before), change_interval,
+                                     validation_gain_intervals(before_items, items_out, persona_tasks,
+                                                               seed=ctx.config.seed))
     # Each A iteration's prompts on its subset: accuracy and paired difference to the incumbent, with intervals.
     a_intervals = {key: entry["scored"] for key, entry in work.prompts.items()
                    if key.isdigit() and work.cycles.get(int(key)) == "A" and "scored" in entry}
