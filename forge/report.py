@@ -355,7 +355,9 @@ def plot_curriculum(run: Run, out: Path) -> Path | None:
             ("accuracy_after_baking", "after value baking"))
     grouped_bars(ax, [f"level {level['level']}" for level in levels],
                  [(label, [level[key] for level in levels]) for key, label in keys],
-                 ylabel="held-out accuracy of the level", title="Phase 5 curriculum: accuracy per level")
+                 ylabel="held-out accuracy of the level",
+                 title="Phase 5 curriculum: accuracy per level (whiskers: 95% interval over its items)",
+                 intervals=[[level.get(f"{key}_interval") for level in levels] for key, _ in keys])
     if "pass_accuracy" in levels[0]:
         ax.axhline(levels[0]["pass_accuracy"], color="0.3", linestyle="--", linewidth=1,
                    label=f"pass accuracy ({levels[0]['pass_accuracy']:g})")

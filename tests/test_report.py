@@ -18,6 +18,20 @@ def test_grouped_bars_label_each_value_and_say_when_one_was_not_measured():
     plt.close(fig)
 
 
+def test_grouped_bars_draw_each_interval_and_label_the_value_above_it():
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    grouped_bars(ax, ["level 1", "level 2"], [("before", [0.1, None]), ("after", [0.4, 0.3])], ylabel="share",
+                 title="accuracy", intervals=[[[0.0, 0.2], None], [[0.3, 0.5], None]])
+    assert [t.get_text() for t in ax.texts] == ["0.10", "n/a", "0.40", "0.30"]
+    # Each label sits at the top of its value's interval (or of its bar where there is none).
+    assert [t.xy[1] for t in ax.texts] == pytest.approx([0.2, 0.0, 0.5, 0.3])
+    whiskers = [segments for collection in ax.collections for segments in collection.get_segments()]
+    spans = sorted((round(float(s[0][1]), 6), round(float(s[1][1]), 6)) for s in whiskers if len(s) == 2)
+    assert (0.0, 0.2) in spans and (0.3, 0.5) in spans
+    plt.close(fig)
+
+
 def test_quietstar_and_curriculum_plots_come_from_the_run_files(tmp_path):
     from forge.report import build_report
 
