@@ -81,11 +81,13 @@ def bootstrap_interval(samples: Sequence[np.ndarray], statistic: Callable[..., f
 
 
 def paired_intervals(tasks: Sequence[Sequence[Sequence[float]]], weights: Sequence[float], *, resamples: int = 1000,
-                     seed: int = 0, confidence: float = 0.95) -> list[dict[str, Any]]:
+                     seed: int = 0, confidence: float = 0.95,
+                     gain: Callable[[float, float], float] | None = None) -> list[dict[str, Any]]:
     """Per prompt, its weighted mean over tasks of per-item scores (``tasks[t][prompt][item]``: every prompt
     on the same items of each task, in the same order) with a bootstrap interval, and its paired difference to the
     first prompt (the incumbent) with the interval over the same item resamples (stratified by task): what tells a
-    variant from the incumbent on one set of items."""
+    variant from the incumbent on one set of items. With ``gain(new, old)`` (e.g. a relative gain), each entry
+    also has ``gain`` against the first prompt and its ``gain_interval`` over the same resamples."""
     if not tasks or len({len(rows) for rows in tasks}) != 1 or any(
             len({len(row) for row in rows}) != 1 or len(rows[0]) == 0 for rows in tasks):
         raise ValueError(f"paired_intervals needs, per task, rows of equal, non-zero length for the same prompts, got "
@@ -104,16 +106,24 @@ def paired_intervals(tasks: Sequence[Sequence[Sequence[float]]], weights: Sequen
         # The same seed draws the same item resamples for every statistic.
         return list(bootstrap_interval(groups, statistic, resamples=resamples, seed=seed, confidence=confidence))
 
-    def difference(i: int):
+    def against_first(i: int, change: Callable[[float, float], float]):
         def statistic(*resampled: np.ndarray) -> float:
             resampled_means = means(*resampled)  # once per resample, not once per term
-            return resampled_means[i] - resampled_means[0]
+            return change(resampled_means[i], resampled_means[0])
         return statistic
 
+    def difference(new: float, old: float) -> float:
+        return new - old
+
     values = means(*groups)
-    return [{"value": float(values[i]), "interval": interval(lambda *g, i=i: means(*g)[i]),
-             "difference": float(values[i] - values[0]), "difference_interval": interval(difference(i))}
-            for i in range(len(values))]
+    entries = [{"value": float(values[i]), "interval": interval(lambda *g, i=i: means(*g)[i]),
+                "difference": float(values[i] - values[0]),
+                "difference_interval": interval(against_first(i, difference))} for i in range(len(values))]
+    if gain is not None:
+        for i, entry in enumerate(entries):
+            entry["gain"] = float(gain(values[i], values[0]))
+            entry["gain_interval"] = interval(against_first(i, gain))
+    return entries
 
 
 def _figure(value: float, interval: tuple[float, float], n: int, **extra: Any) -> dict[str, Any]:

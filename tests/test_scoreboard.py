@@ -39,6 +39,12 @@ def test_paired_intervals_weigh_the_tasks_and_pair_the_prompts_item_by_item():
     assert entries[2]["difference_interval"] == [pytest.approx(0.25), pytest.approx(0.25)]  # paired: every resample
     for entry in entries:
         assert entry["interval"][0] <= entry["value"] <= entry["interval"][1]
+        assert "gain" not in entry  # only on request
+    # A gain statistic runs over the same resamples: new - old gives the difference's interval, bit for bit.
+    gained = paired_intervals(tasks, [3.0, 1.0], resamples=300, seed=0, gain=lambda new, old: new - old)
+    assert [entry["gain_interval"] for entry in gained] == [entry["difference_interval"] for entry in entries]
+    relative = paired_intervals(tasks, [3.0, 1.0], resamples=300, seed=0, gain=lambda new, old: new / old - 1)
+    assert relative[2]["gain"] == pytest.approx(0.625 / 0.375 - 1)
     assert paired_intervals(tasks, [1.0, 0.0], resamples=50)[2]["difference"] == 0.0  # a weight-0 task counts nothing
     with pytest.raises(ValueError, match="one non-negative weight per task"):
         paired_intervals(tasks, [1.0])

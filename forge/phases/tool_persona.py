@@ -46,13 +46,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import ray
 
 from actors.benchmark_actor import BenchmarkActor, WeightsRef, evaluate_prompts
 from actors.restarts import ATTEMPTS_FILE, lost_error, restart_options
 from benchmarks.harness import TASK_WEIGHTS, aggregate_score, evaluate, item_scores
-from benchmarks.scoreboard import bootstrap_interval, paired_intervals
+from benchmarks.scoreboard import paired_intervals
 from benchmarks.swebench import generate_predictions, run_harness, write_predictions
 from benchmarks.tooluse import (INITIAL_TOOL_PROMPT, ToolUseConfig, accuracy_intervals, evaluate_direct,
                                 evaluate_tool_use, item_metrics, training_examples)
@@ -122,13 +121,8 @@ def validation_gain_intervals(before: dict[str, list[float]], after: dict[str, l
     :func:`validation_change_interval`): A over the tool items, B over each persona task's items resampled apart and
     weighted as the aggregate; A is None without per-item tool figures."""
     def interval(names: list[str], weights: list[float]) -> list[float]:
-        pairs = [np.column_stack([before[name], after[name]]) for name in names]  # one row per item: kept paired
-        share = np.asarray(weights, dtype=float) / sum(weights)
-
-        def gain(*resampled: np.ndarray) -> float:
-            old, new = sum(w * rows.mean(axis=0) for w, rows in zip(share, resampled))
-            return relative_gain(new, old)
-        return list(bootstrap_interval(pairs, gain, resamples=GAIN_RESAMPLES, seed=seed, confidence=0.95))
+        return paired_intervals([[before[name], after[name]] for name in names], weights, resamples=GAIN_RESAMPLES,
+                                seed=seed, gain=relative_gain)[1]["gain_interval"]
 
     tool_items = before.get("tool_fitness") is not None and after.get("tool_fitness") is not None
     return {"A": interval(["tool_fitness"], [1.0]) if tool_items else None,
