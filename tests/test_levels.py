@@ -18,7 +18,7 @@ from forge.configtools import ConfigError
 from forge.config import load_pipeline_config
 from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, LevelItem, TaskWorldLevel, answer_loss,
                           build_levels, completion_text, level_accuracy, level_passed, level_specs,
-                          load_value_prompts, prompt_text, train_stage)
+                          load_value_prompts, prompt_text, stage_lr_factor, train_stage)
 from forge.data import taskworld
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import dequantize_model, pack_model, quantizable_linears, to_bitlinear
@@ -296,6 +296,19 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="distinct items"):
         build_levels(CurriculumPhaseConfig(level_source="synthetic", operand_start=2, operand_end=2,
                                            max_operations=1), None)
+    with pytest.raises(ValueError, match="lr_schedule must be 'constant' or 'cosine'"):
+        CurriculumPhaseConfig(lr_schedule="linear")
+
+
+def test_level_learning_rate_warms_up_then_stays_or_decays_to_a_tenth_at_the_last_step():
+    constant = CurriculumPhaseConfig(steps_per_level=20, warmup_steps=4)
+    cosine = dataclasses.replace(constant, lr_schedule="cosine")
+    for config in (constant, cosine):  # the same warm-up: 1/5 .. 5/5 over the first five steps
+        assert [stage_lr_factor(step, config) for step in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert {stage_lr_factor(step, constant) for step in range(5, 20)} == {1.0}
+    decay = [stage_lr_factor(step, cosine) for step in range(5, 20)]
+    assert decay[0] == 1.0 and all(a > b for a, b in zip(decay, decay[1:]))  # from the peak, falling every step
+    assert stage_lr_factor(19, cosine) == pytest.approx(0.1, abs=0.02) and decay[-1] > 0.1
 
 
 # ------------------------------------------------------------------------------------ value prompts

@@ -39,6 +39,7 @@ from forge.data import taskworld
 from forge.data.batching import length_groups
 from forge.data.replay import Replay
 from forge.modelinfo import max_positions, pad_token_id
+from forge.pretrain.trainer import lr_factor
 from forge.quietstar.generate import answer_accuracy, generate
 
 DATA_LEVEL_SOURCES = ("svamp", "gsm8k")  # word-problem sets a level can draw from, easiest first
@@ -92,7 +93,9 @@ class CurriculumPhaseConfig:
     steps_per_level: int = 120  # optimizer steps of each level's training stage (tiny: 60 taught the tool
     # transcripts no copy, 120 does; docs/BENCHMARKS.md, tools that pay)
     batch_size: int = 8  # sequences per optimizer step
-    learning_rate: float = 1e-3  # AdamW learning rate (constant after warm-up)
+    learning_rate: float = 1e-3  # AdamW peak learning rate
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after the warm-up: constant, or cosine decay to
+    # 10% of the peak at the stage's last step (Phase 1's schedule, per level)
     warmup_steps: int = 5  # linear learning-rate warm-up at the start of each stage
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global gradient-norm clip; 0 disables it
@@ -146,6 +149,8 @@ class CurriculumPhaseConfig:
         unknown = [name for name in self.data_levels if name not in DATA_LEVEL_SOURCES]
         if unknown:
             raise ValueError(f"curriculum.data_levels: unknown {unknown}; choose from {', '.join(DATA_LEVEL_SOURCES)}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"curriculum.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.learning_rate <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
             raise ValueError("curriculum needs learning_rate > 0 and weight_decay, grad_clip, warmup_steps >= 0")
         if self.replay_sequences < 0 or self.replay_seq_len < 2:
@@ -442,7 +447,7 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
             order.extend(refill)
         batch, order = order[:config.batch_size], order[config.batch_size:]
         for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * min(1.0, (step + 1) / (config.warmup_steps + 1))
+            group["lr"] = config.learning_rate * stage_lr_factor(step, config)
         optimizer.zero_grad(set_to_none=True)
         task_loss = batch_loss_backward(model, [encoded[i] for i in batch], pad_token_id(tokenizer))
         loss = task_loss
@@ -464,6 +469,13 @@ def train_stage(model, tokenizer, items: Sequence[LevelItem], config: Curriculum
                        loss_last=sum(tail) / len(tail),
                        replay_loss_mean=sum(replay_losses) / len(replay_losses) if replay_losses else None,
                        wall_time_s=time.perf_counter() - started)
+
+
+def stage_lr_factor(step: int, config: CurriculumPhaseConfig) -> float:
+    """The learning rate of a level's training step, as a fraction of ``config.learning_rate``."""
+    if config.lr_schedule == "cosine":
+        return lr_factor(step, config.steps_per_level, config.warmup_steps + 1)
+    return min(1.0, (step + 1) / (config.warmup_steps + 1))
 
 
 def batch_loss_backward(model, rows: Sequence[tuple[list[int], int]], pad_id: int) -> float:
