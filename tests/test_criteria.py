@@ -215,6 +215,19 @@ def test_bitnet_criteria_at_the_spec_thresholds(name, threshold, direction):
     assert_boundary(met_of, threshold, direction)
 
 
+def test_the_speed_criterion_is_out_of_reach_when_the_replaced_layers_are_less_than_half_the_forward():
+    from forge.quant.run import bitnet_criteria
+
+    def speed(limit):
+        return bitnet_criteria(10.0, 6.0, 0.0, 0.6, limit)["inference_speedup"]
+
+    below = speed(1.99)  # the replaced layers take just under half the float forward's time
+    assert not below["met"] and "take 50% of the float forward's time" in below["out_of_reach"]
+    assert "1.99x at most" in below["out_of_reach"]
+    assert "out_of_reach" not in speed(2.0)  # free layers would just reach 2x: in reach, missed as measured
+    assert "out_of_reach" not in speed(None) and not speed(2.0)["met"]
+
+
 # ---------------------------------------------------------------------------------------- Phase 6
 
 @pytest.mark.parametrize("name,threshold", [

@@ -153,7 +153,8 @@ def test_bitnet_quantizes_the_champion_and_reports_the_spec_criteria(tiny_run):
     # The spec's criteria compare the figures this phase measured (boundaries: tests/test_criteria.py).
     assert summary["criteria"] == bitnet_criteria(summary["compression_ratio"],
                                                   6.0 if summary["size_category"] == "tiny" else 8.0,
-                                                  summary["accuracy_drop"], summary["inference_speedup"])
+                                                  summary["accuracy_drop"], summary["inference_speedup"],
+                                                  summary["inference_speedup_limit"])
     assert summary["criteria_missed"] == missed(summary["criteria"])
     # The guard decides per layer group; every candidate layer ends up quantized or reverted, never unrecorded.
     assert summary["quantized_layers"] + len(summary["reverted_layers"]) > 0

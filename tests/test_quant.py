@@ -1,6 +1,7 @@
 """BitNet b1.58 quantization: packing, layers, HF loading, staged guard, LoRA, CLI (tiny models, CPU)."""
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from forge.quant.config import QuantConfig, compression_config, config_for_model
 from forge.quant.convert import (dequantize_model, int8_candidates, pack_model, quantizable_linears, ternary_stats,
                                  to_bitlinear, to_int8)
 from forge.quant.lora import add_lora, load_lora
-from forge.quant.measure import int4_layer_bytes, int8_layer_bytes, saved_weight_bytes, ternary_layer_bytes, weight_file_bytes
+from forge.quant.measure import (int4_layer_bytes, int8_layer_bytes, saved_weight_bytes, ternary_layer_bytes,
+                                 time_in_modules, weight_file_bytes)
 from forge.quant.packing import pack_ternary, packed_size, unpack_ternary
 from forge.quant.run import QuantizeJobConfig, bitnet_criteria, quantize_model_dir
 from forge.quant.int4 import QMAX, Int4Embedding, Int4Linear, dequantize_int4, int4_groupwise, unpack_int4
@@ -258,6 +260,41 @@ def test_int8_embedding_and_head_roundtrip_through_from_pretrained(tmp_path, tie
     assert type(loaded.lm_head) is nn.Linear and type(loaded.model.embed_tokens) is nn.Embedding
     assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
     assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.dequantized())
+
+
+class _SleepyForward(nn.Module):
+    """A module whose forward sleeps ``seconds``: its time inside is known."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return x
+
+
+class _TwiceThrough(nn.Module):
+    """Embedding, then one sleepy module called twice, reachable under two names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(8, 4)
+        self.first = _SleepyForward(0.02)
+        self.again = self.first
+
+    def forward(self, input_ids):
+        return self.again(self.first(self.embed(input_ids)))
+
+
+def test_time_in_modules_counts_every_call_once_per_module_and_rejects_unknown_names():
+    model, ids = _TwiceThrough(), torch.zeros(1, 4, dtype=torch.long)
+    inside = time_in_modules(model, ["first", "again"], ids, repeats=2, warmup=0)
+    assert 0.04 <= inside < 0.07  # two calls of 20 ms, the module timed once though it has two names
+    assert time_in_modules(model, [], ids, repeats=1, warmup=0) == 0.0
+    assert model.first._forward_hooks == {} and model.first._forward_pre_hooks == {}  # the hooks are removed
+    with pytest.raises(KeyError, match="no modules"):
+        time_in_modules(model, ["missing"], ids)
 
 
 # --- staged quantization ------------------------------------------------------------------------
@@ -518,7 +555,9 @@ def test_quantize_cli_writes_a_smaller_loadable_model(tmp_path, shared_data, mon
     # tests/test_criteria.py): 6x for a tiny model, 8x otherwise.
     target = 6.0 if quant["size_category"] == "tiny" else 8.0
     assert quant["criteria"] == bitnet_criteria(quant["compression_ratio"], target, quant["accuracy_drop"],
-                                                quant["inference_speedup"])
+                                                quant["inference_speedup"], quant["inference_speedup_limit"])
+    # The speed-up's ceiling: the float forward over its time outside the replaced layers (which the hooks time)
+    assert 0 < quant["replaced_layers_float_s"] and quant["inference_speedup_limit"] > 1.0
     assert quant["compression_ratio"] > 1.5 and quant["weight_bytes_after"] < quant["weight_bytes_before"]
     assert weight_file_bytes(tmp_path / "ternary") < weight_file_bytes(tmp_path / "float")
     loaded, _ = load_model_dir(tmp_path / "ternary")

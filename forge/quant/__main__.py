@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = {key: metrics[key] for key in ("size_category", "compression_ratio", "accuracy_before",
                                              "accuracy_packed", "accuracy_drop", "sparsity",
-                                             "inference_speedup", "criteria")}
+                                             "inference_speedup", "inference_speedup_limit", "criteria")}
     print(json.dumps(summary, indent=2))
     return 0
 
