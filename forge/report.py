@@ -199,6 +199,13 @@ def criteria_markdown(run: Run) -> list[str]:
     return lines
 
 
+def notes_markdown(run: Run) -> list[str]:
+    """Each phase's ``notes`` (what a reader needs beside its figures: what it handed on unchanged, in what form),
+    one bullet each, in the pipeline's order."""
+    lines = [f"- **{phase}**: {note}" for phase in run.phases for note in run.summary(phase).get("notes", [])]
+    return lines or ["No phase left a note."]
+
+
 def phases_markdown(run: Run) -> list[str]:
     lines = ["| phase | status | wall time | scoreboard time |", "|---|---|---|---|"]
     for phase in run.phases:
@@ -470,6 +477,7 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
              "## Phases", "", *phases_markdown(run), "",
              "## Scoreboard", "", *scoreboard_markdown(run), "",
              "## Spec criteria", "", *criteria_markdown(run), "",
+             "## Notes", "", *notes_markdown(run), "",
              "## Plots", ""]
     images: dict[str, Path] = {}
     for filename, title, plot in PLOTS:

@@ -18,8 +18,8 @@ from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig,
                           build_levels, completion_text, load_value_prompts, prompt_text, retained_answers)
 from forge.phases.base import PhaseContext
 from forge.data.heldout import HELDOUT, REPLAY, TEXT_FILES
-from forge.phases.curriculum import (bakes_kept_skill, change_interval, choose_input, phase_criteria, resume_state,
-                                    run, run_fingerprint, tool_demonstrations)
+from forge.phases.curriculum import (FLOAT_OUTPUT_NOTE, bakes_kept_skill, change_interval, choose_input,
+                                    phase_criteria, resume_state, run, run_fingerprint, tool_demonstrations)
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import int8_candidates, pack_model, quantizable_linears, to_bitlinear, to_int8
 from forge.quant.int8 import Int8Embedding, Int8Linear
@@ -84,6 +84,7 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
     assert manifest["phase"] == "curriculum"
     assert manifest["input_bitnet_quantized"] is True
     assert manifest["output_format"] == "float (dequantized from ternary / int8)"
+    assert manifest["notes"] == [FLOAT_OUTPUT_NOTE]  # the report says why the output is float
     assert manifest["curriculum_level_reached"] == 2 and manifest["num_levels"] == 2
     prompts = load_value_prompts(DEFAULT_VALUES_FILE)
     assert [(p["name"], p["text"]) for p in manifest["prompts_baked"]] == [(p.name, p.text) for p in prompts]

@@ -17,6 +17,7 @@ from forge.configtools import to_dict
 from forge.criteria import criteria_line, criterion, missed
 from forge.pretrain.diversity import profile_diversity
 from forge.phases.cognate import diversity_criteria
+from forge.phases.curriculum import FLOAT_OUTPUT_NOTE
 from forge.phases.quietstar import quietstar_criteria
 from forge.phases.tool_persona import tool_persona_criteria
 from forge.pipeline import run_pipeline
@@ -221,6 +222,8 @@ def test_quietstar_adds_thinking_tokens_and_reports_every_stage(tiny_run):
     assert summary["data"]["examples"] == 120 and "reasoning_examples" in summary["criteria_missed"]
     assert summary["criteria_missed"] == missed(summary["criteria"])
     assert summary["step1"]["history"] and summary["step2"]["checks"]
+    # The report's note says when Step 2 handed on Step 1's weights (then measured once: the same figures).
+    assert bool(summary["notes"]) == (summary["stages"]["step2"] == summary["stages"]["step1"])
     assert 0.0 < summary["criteria"]["coherence"]["value"] <= 1.0
     tokenizer = AutoTokenizer.from_pretrained(phase / "model")
     assert all(tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in THINKING_TOKENS)
@@ -237,6 +240,7 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     own_model = bitnet_manifest["outputs"]["model"]["path"] == "model"  # else the gate handed bitnet's input on
     assert model_manifest["input_bitnet_quantized"] is (
         own_model and (bitnet["quantized_layers"] > 0 or bool(bitnet["int8_layers"]["names"])))
+    assert curriculum["summary"]["notes"] == ([FLOAT_OUTPUT_NOTE] if model_manifest["input_bitnet_quantized"] else [])
     assert model_manifest["curriculum_level_reached"] == 2 and len(model_manifest["levels"]) == 2
     # A level starts from the last level's baked model: the same held-out perplexity.
     first, second = model_manifest["levels"]
@@ -463,7 +467,10 @@ def test_every_phase_has_a_scoreboard_row_from_its_own_output_and_a_report(tiny_
     assert report_main([str(copy)]) == 0
     text = (copy / "report.md").read_text()
     assert "| tool_persona | interrupted or running (no manifest) |" in text
-    assert "| quietstar | model |" in text and "## Spec criteria" in text
+    assert "| quietstar | model |" in text and "## Spec criteria" in text and "## Notes" in text
+    for phase in ("quietstar", "curriculum"):  # each phase's notes, as it wrote them
+        notes = read_json(run_dir / phase / "manifest.json")["summary"]["notes"]
+        assert all(f"- **{phase}**: {note}" in text for note in notes)
     page = (copy / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(PLOTS) and "report/" not in page.split("<body>")[1]
     assert report_main([str(tmp_path / "missing")]) == 2

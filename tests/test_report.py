@@ -89,3 +89,19 @@ def test_the_phases_table_gives_durations_to_a_tenth_of_a_second_and_names_an_un
     (tmp_path / "evomerge").mkdir()  # started, no manifest yet
     assert phases_markdown(Run(tmp_path))[2:] == ["| cognate | complete | 545.5 s | 9.8 s |",
                                                   "| evomerge | interrupted or running (no manifest) | - | - |"]
+
+
+def test_the_notes_list_each_phases_notes_in_the_pipelines_order(tmp_path):
+    from forge.report import Run, notes_markdown
+
+    for phase, notes in (("curriculum", ["the output is float"]), ("quietstar", ["Step 2 rolled back", "second"]),
+                         ("bitnet", [])):
+        (tmp_path / phase).mkdir()
+        (tmp_path / phase / "manifest.json").write_text(json.dumps({"status": "complete",
+                                                                     "summary": {"notes": notes}}))
+    assert notes_markdown(Run(tmp_path)) == ["- **quietstar**: Step 2 rolled back", "- **quietstar**: second",
+                                             "- **curriculum**: the output is float"]
+    (tmp_path / "quietstar" / "manifest.json").write_text(json.dumps({"status": "complete", "summary": {}}))
+    (tmp_path / "curriculum" / "manifest.json").unlink()  # a phase without a manifest (yet) has no notes
+    assert notes_markdown(Run(tmp_path)) == ["No phase left a note."]
+

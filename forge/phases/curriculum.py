@@ -56,6 +56,11 @@ INTERVAL_CONFIDENCE = 0.95
 VALUE_STRENGTH_FLOOR = 0.8  # issue 19: each value prompt's strength on the phase's output, against its level's start
 
 
+FLOAT_OUTPUT_NOTE = ("the model handed on is float, not Phase 4's ternary and int4 storage: the levels train every "
+                     "weight and the value bakes merge their LoRA updates into them; compressing it again (Phase 4's "
+                     "guarded steps after Phase 5) is not done, so it is as large as Phase 3's")
+
+
 def choose_input(inputs: dict[str, Path]) -> str:
     """The previous phase's model (``single_input``)."""
     if not inputs:
@@ -319,12 +324,13 @@ def run(ctx: PhaseContext) -> PhaseResult:
         "config": dataclasses.asdict(cfg),
         "criteria": criteria,
         "criteria_missed": missed(criteria),
+        "notes": [FLOAT_OUTPUT_NOTE] if quantized else [],
     }
     out_dir = save_model_dir(model, tokenizer, ctx.phase_dir / "model", phase=PHASE, extra=metadata)
     summary = {key: metadata[key] for key in ("input", "input_bitnet_quantized", "output_format",
                                               "curriculum_level_reached", "num_levels", "pass_accuracy",
                                               "levels_passed", "measured_strengths", "criteria",
-                                              "criteria_missed")}
+                                              "criteria_missed", "notes")}
     summary["resumed_after_level"] = resumed_after
     summary["accuracy"] = {r["level"]: {key: r[key] for key in (
         "accuracy_before", "accuracy_before_interval", "accuracy_after_training", "accuracy_after_training_interval",

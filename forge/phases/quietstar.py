@@ -264,9 +264,13 @@ def run(ctx: PhaseContext) -> PhaseResult:
     coherence = mean_coherence(model, reference, heldout_check_items(tokenizer, rl_heldout, config.rl),
                                ThinkIds.of(tokenizer), config.rl, torch.Generator().manual_seed(ctx.config.seed))
     del reference
+    notes = []
     if state_dict_hash(model.state_dict()) == read_manifest(step1_dir)["weights_sha256"]:
         # Step 2 rolled back to Step 1's weights: the same model, measured once.
         stages["step2"] = dict(stages["step1"])
+        notes.append(f"Step 2 hands on Step 1's weights: its {len(rl['rollbacks'])} anti-theater checks failed and "
+                     "rolled its RL updates back (docs/BENCHMARKS.md: why Quiet-STaR Step 2 rolls back)"
+                     if rl["rollbacks"] else "Step 2 left Step 1's weights unchanged")
         print("[forge] quietstar: after Step 2: Step 1's weights (every RL update rolled back), so Step 1's figures",
               flush=True)
     else:
@@ -290,7 +294,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
                "eval_set": main_set, "stages": stages,
                "heldout_perplexity_ratio": stages["step2"]["heldout_perplexity"] / stages["before"]["heldout_perplexity"],
                "step1": step1_report, "step2": rl, "generation_speed": speed,
-               "criteria": criteria, "criteria_missed": missed(criteria),
+               "criteria": criteria, "criteria_missed": missed(criteria), "notes": notes,
                "wall_time_s": time.perf_counter() - started}
     atomic_write_json(ctx.phase_dir / "quietstar_report.json", json.loads(json.dumps(summary, default=str)))
     return PhaseResult(outputs={"model": out_dir}, summary=summary)
