@@ -148,13 +148,15 @@ def scoreboard_markdown(run: Run) -> list[str]:
 
 
 def spec_criteria(run: Run) -> list[dict[str, Any]]:
-    """Every ``{"met": bool, "value": ...}`` entry found in the phase summaries, with its phase and path."""
+    """Every ``{"met": bool, "value": ...}`` entry found in the phase summaries, with its phase and path (a
+    criterion of the summary's ``criteria`` by its name alone)."""
     found = []
 
     def walk(phase: str, node: Any, path: list[str]) -> None:
         if isinstance(node, Mapping):
             if isinstance(node.get("met"), bool):
-                found.append({"phase": phase, "criterion": ".".join(path), "value": node.get("value"),
+                name = path[1:] if path[:1] == ["criteria"] else path  # the summary's own criteria: by name
+                found.append({"phase": phase, "criterion": ".".join(name), "value": node.get("value"),
                               "interval": node.get("interval"), "required": node.get("required", ""),
                               "met": node["met"], "out_of_reach": node.get("out_of_reach")})
                 return

@@ -105,3 +105,15 @@ def test_the_notes_list_each_phases_notes_in_the_pipelines_order(tmp_path):
     (tmp_path / "curriculum" / "manifest.json").unlink()  # a phase without a manifest (yet) has no notes
     assert notes_markdown(Run(tmp_path)) == ["No phase left a note."]
 
+
+def test_the_criteria_table_names_a_summarys_criteria_without_their_key_and_deeper_ones_by_path(tmp_path):
+    from forge.criteria import criterion
+    from forge.report import Run, criteria_markdown
+
+    (tmp_path / "bitnet").mkdir()
+    (tmp_path / "bitnet" / "manifest.json").write_text(json.dumps({"status": "complete", "summary": {
+        "criteria": {"accuracy_drop": criterion(0.05, "<", 0.1)},
+        "step2": {"check": criterion(0.2, ">=", 0.5)}}}))
+    assert criteria_markdown(Run(tmp_path))[2:] == ["| bitnet | accuracy_drop | 0.050 | < 0.1 | met |",
+                                                    "| bitnet | step2.check | 0.200 | >= 0.5 | **missed** |"]
+
