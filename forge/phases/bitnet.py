@@ -71,8 +71,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
             "size_category", "conservative", "compression_ratio", "weight_bytes_before", "weight_bytes_after",
             "sparsity", "guard_metric", "accuracy_before", "accuracy_quantized", "accuracy_finetuned",
             "accuracy_packed", "accuracy_drop", "heldout_before", "heldout_after", "inference_speedup",
-            "inference_speedup_limit", "latency_float_s", "latency_ternary_s", "reverted_layers", "quantized_layers", "int8_layers",
-            "int4_layers", "criteria")},
+            "inference_speedup_limit", "latency_float_s", "latency_ternary_s", "reverted_layers", "quantized_layers",
+            "int8_layers", "int4_layers", "criteria")},
         "criteria_missed": missed(criteria),
     }
     return PhaseResult(outputs={"model": out_dir}, summary=summary)
