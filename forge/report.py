@@ -39,6 +39,8 @@ def _json(path: Path) -> Any | None:
 def _number(x: float | None) -> str:
     if x is None:
         return "-"
+    if isinstance(x, int):  # a count (e.g. reasoning examples) reads as one
+        return str(x)
     if not math.isfinite(x):
         return str(x)
     if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-2):

@@ -112,8 +112,9 @@ def test_the_criteria_table_names_a_summarys_criteria_without_their_key_and_deep
 
     (tmp_path / "bitnet").mkdir()
     (tmp_path / "bitnet" / "manifest.json").write_text(json.dumps({"status": "complete", "summary": {
-        "criteria": {"accuracy_drop": criterion(0.05, "<", 0.1)},
+        "criteria": {"accuracy_drop": criterion(0.05, "<", 0.1), "examples": criterion(400, ">=", 20_000)},
         "step2": {"check": criterion(0.2, ">=", 0.5)}}}))
     assert criteria_markdown(Run(tmp_path))[2:] == ["| bitnet | accuracy_drop | 0.050 | < 0.1 | met |",
+                                                    "| bitnet | examples | 400 | >= 20000 | **missed** |",
                                                     "| bitnet | step2.check | 0.200 | >= 0.5 | **missed** |"]
 
