@@ -287,6 +287,16 @@ class _TwiceThrough(nn.Module):
         return self.again(self.first(self.embed(input_ids)))
 
 
+class _Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(8, 4)
+        self.first = nn.Sequential(nn.Linear(4, 4))
+
+    def forward(self, input_ids):
+        return self.first(self.embed(input_ids))
+
+
 def test_time_in_modules_counts_every_call_once_per_module_and_rejects_unknown_names():
     model, ids = _TwiceThrough(), torch.zeros(1, 4, dtype=torch.long)
     inside = time_in_modules(model, ["first", "again"], ids, repeats=2, warmup=0)
@@ -295,6 +305,8 @@ def test_time_in_modules_counts_every_call_once_per_module_and_rejects_unknown_n
     assert model.first._forward_hooks == {} and model.first._forward_pre_hooks == {}  # the hooks are removed
     with pytest.raises(KeyError, match="no modules"):
         time_in_modules(model, ["missing"], ids)
+    with pytest.raises(ValueError, match=r"\['first'\] hold other modules"):  # nested: counted twice
+        time_in_modules(_Nested(), ["first", "first.0"], ids)
 
 
 # --- staged quantization ------------------------------------------------------------------------

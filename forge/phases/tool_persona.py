@@ -77,7 +77,6 @@ OFFLINE_PERSONA_TASKS = {"synthetic_reasoning": 1.0}
 A_GAIN_REQUIRED = 0.10  # spec: SWE-Bench score improves by >= 10% from baseline
 B_GAIN_REQUIRED = 0.05  # spec: aggregate benchmark score improves by >= 5% from baseline
 STRENGTH_REQUIRED = 0.95  # spec: half-baking converges to >= 95% strength
-GAIN_RESAMPLES = 1000  # bootstrap resamples of the validation gains' intervals
 
 
 def validation_total(scores: dict[str, float]) -> float:
@@ -121,8 +120,8 @@ def validation_gain_intervals(before: dict[str, list[float]], after: dict[str, l
     :func:`validation_change_interval`): A over the tool items, B over each persona task's items resampled apart and
     weighted as the aggregate; A is None without per-item tool figures."""
     def interval(names: list[str], weights: list[float]) -> list[float]:
-        return paired_intervals([[before[name], after[name]] for name in names], weights, resamples=GAIN_RESAMPLES,
-                                seed=seed, gain=relative_gain)[1]["gain_interval"]
+        return paired_intervals([[before[name], after[name]] for name in names], weights, seed=seed,
+                                gain=relative_gain)[1]["gain_interval"]
 
     tool_items = before.get("tool_fitness") is not None and after.get("tool_fitness") is not None
     return {"A": interval(["tool_fitness"], [1.0]) if tool_items else None,

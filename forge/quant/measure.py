@@ -99,7 +99,7 @@ def time_in_modules(model: nn.Module, names: Sequence[str], input_ids: torch.Ten
                     warmup: int = 2) -> float:
     """Seconds spent inside the modules ``names`` (every call, timed by forward hooks) during the fastest of
     ``repeats`` forward passes: the most that replacing them with faster ones can save. The hooks' own cost counts
-    as inside, so the figure errs high."""
+    as inside, so the figure errs high. None of the modules may hold another (its time would count twice)."""
     model.eval()
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
@@ -118,6 +118,10 @@ def time_in_modules(model: nn.Module, names: Sequence[str], input_ids: torch.Ten
         inside[0] += time.perf_counter() - started[0]
 
     timed = {id(modules[name]): modules[name] for name in names}.values()  # a module under two names, once
+    nested = sorted(name for name in names if any(inner is not modules[name] and inner in timed
+                                                  for inner in modules[name].modules()))
+    if nested:
+        raise ValueError(f"time_in_modules: {nested} hold other modules it times; time the inner ones only")
     handles = [hook for module in timed for hook in (module.register_forward_pre_hook(enter),
                                                      module.register_forward_hook(leave))]
     try:
