@@ -18,7 +18,7 @@ from forge.configtools import ConfigError
 from forge.config import load_pipeline_config
 from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, LevelItem, TaskWorldLevel, answer_loss,
                           build_levels, completion_text, level_accuracy, level_passed, level_specs,
-                          load_value_prompts, prompt_text, stage_lr_factor, train_stage)
+                          load_value_prompts, prompt_text, right_by_family, stage_lr_factor, train_stage)
 from forge.data import taskworld
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import dequantize_model, pack_model, quantizable_linears, to_bitlinear
@@ -152,6 +152,24 @@ def test_taskworld_level_too_small_for_its_items_says_so():
                                    heldout_items=30)
     with pytest.raises(ValueError, match=r"add at level 1\) has only \d+ distinct heldout problems, 30 wanted"):
         build_levels(config, None)
+
+
+def test_right_answers_are_tallied_per_family_in_order_of_first_appearance():
+    ladder = [TaskWorldLevel(["cmp", "add"], 2)]
+    level = build_levels(CurriculumPhaseConfig(num_levels=1, taskworld_ladder=ladder, train_items=8,
+                                               heldout_items=12), None)[0]
+    families = [item.task.family for item in level.heldout]
+    correct = [1 if family == "cmp" else 0 for family in families]
+    correct[families.index("add")] = 1  # one right add problem
+    tally = right_by_family(level.heldout, correct)
+    assert list(tally) == list(dict.fromkeys(families))
+    assert tally["cmp"] == [families.count("cmp"), families.count("cmp")]
+    assert tally["add"] == [1, families.count("add")]
+    synthetic = build_levels(CurriculumPhaseConfig(num_levels=1, level_source="synthetic", train_items=4,
+                                                   heldout_items=4), None)[0]
+    assert right_by_family(synthetic.heldout, [1, 0, 1, 0]) == {}  # no families: nothing to split
+    with pytest.raises(ValueError, match="12 items but 11 answers"):
+        right_by_family(level.heldout, correct[:-1])
 
 
 def test_pass_rule_at_its_boundary():

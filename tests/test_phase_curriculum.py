@@ -19,7 +19,8 @@ from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig,
 from forge.phases.base import PhaseContext
 from forge.data.heldout import HELDOUT, REPLAY, TEXT_FILES
 from forge.phases.curriculum import (FLOAT_OUTPUT_NOTE, bakes_kept_skill, change_interval, choose_input,
-                                    phase_criteria, resume_state, run, run_fingerprint, tool_demonstrations)
+                                    family_figures, phase_criteria, resume_state, run, run_fingerprint,
+                                    tool_demonstrations, unlearned_family_notes)
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import int8_candidates, pack_model, quantizable_linears, to_bitlinear, to_int8
 from forge.quant.int8 import Int8Embedding, Int8Linear
@@ -84,7 +85,8 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
     assert manifest["phase"] == "curriculum"
     assert manifest["input_bitnet_quantized"] is True
     assert manifest["output_format"] == "float (dequantized from ternary / int8)"
-    assert manifest["notes"] == [FLOAT_OUTPUT_NOTE]  # the report says why the output is float
+    # The report says why the output is float, and which family of a level was never answered right.
+    assert manifest["notes"] == [FLOAT_OUTPUT_NOTE] + unlearned_family_notes(manifest["levels"])
     assert manifest["curriculum_level_reached"] == 2 and manifest["num_levels"] == 2
     prompts = load_value_prompts(DEFAULT_VALUES_FILE)
     assert [(p["name"], p["text"]) for p in manifest["prompts_baked"]] == [(p.name, p.text) for p in prompts]
@@ -107,6 +109,12 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
         # One full-strength joint bake of a few steps at a high rate must take hold measurably.
         assert level["joint_bake"]["strength"] > 0.05, level["joint_bake"]
         assert level["joint_bake"]["retained_sequences"] == 8 and level["joint_bake"]["retain_loss_last_epoch"] >= 0
+        families = level["heldout_by_family"]
+        assert set(families) <= set(level["families"])  # 4 held-out items may miss a family
+        assert sum(counts["items"] for counts in families.values()) == level["heldout_items"]
+        for stage in ("before", "after_training", "after_baking"):
+            right = sum(counts[f"right_{stage}"] for counts in families.values())
+            assert right == sum(level[f"correct_{stage}"]) == round(level[f"accuracy_{stage}"] * level["heldout_items"])
         assert level["bakes_kept_skill"] == (level["accuracy_after_baking"]
                                              >= level["accuracy_after_training"] - CURRICULUM.bake_skill_tolerance)
     assert set(manifest["criteria"]) == {"level_accuracy_gain_min", "bake_accuracy_change_min",
@@ -199,6 +207,25 @@ def test_the_accuracy_changes_carry_the_paired_interval_of_the_level_that_decide
     assert "interval" not in phase_criteria(records, CURRICULUM)["level_accuracy_gain_min"]
     with pytest.raises(ValueError, match="rows of equal, non-zero length"):
         change_interval([0, 1], [1], seed=0)
+
+
+def family_record(level: int, families: dict[str, tuple[int, int, int, int]]) -> dict:
+    """A level record's per-family tallies: name -> (items, right before, after training, after baking)."""
+    return {"level": level, "training": {"steps": 120}, "heldout_by_family": {
+        name: {"items": items, "right_before": before, "right_after_training": trained, "right_after_baking": baked}
+        for name, (items, before, trained, baked) in families.items()}}
+
+
+def test_a_family_never_answered_right_at_a_level_of_several_gets_a_note():
+    records = [family_record(1, {"cmp": (128, 0, 0, 0)}),  # one family: its level's accuracy says it already
+               family_record(2, {"add": (57, 0, 0, 0), "cmp": (71, 22, 21, 39)}),
+               family_record(3, {"add": (60, 0, 0, 1), "sub": (68, 0, 1, 0)})]  # one right answer is no note
+    assert unlearned_family_notes(records) == [
+        "level 2's add problems (57 held out) were answered right 0 times before the level's training, after its "
+        "120 steps and after its bakes: the level's accuracy and its gain are its cmp problems'"]
+    assert family_figures(records[1]) == "add 0/57 -> 0/57 -> 0/57, cmp 22/71 -> 21/71 -> 39/71"
+    assert family_figures(records[0]) == ""  # a one-family level's figures are its accuracy
+    assert unlearned_family_notes([{"level": 1}]) == [] and family_figures({"level": 1}) == ""  # older records
 
 
 def test_retained_items_follow_the_bake_questions_and_never_repeat_them(ternary_dir):

@@ -17,7 +17,7 @@ from forge.configtools import to_dict
 from forge.criteria import criteria_line, criterion, missed
 from forge.pretrain.diversity import profile_diversity
 from forge.phases.cognate import diversity_criteria
-from forge.phases.curriculum import FLOAT_OUTPUT_NOTE
+from forge.phases.curriculum import FLOAT_OUTPUT_NOTE, unlearned_family_notes
 from forge.phases.quietstar import quietstar_criteria
 from forge.phases.tool_persona import tool_persona_criteria
 from forge.pipeline import run_pipeline
@@ -240,7 +240,8 @@ def test_curriculum_and_tool_persona_hand_on_and_record(tiny_run):
     own_model = bitnet_manifest["outputs"]["model"]["path"] == "model"  # else the gate handed bitnet's input on
     assert model_manifest["input_bitnet_quantized"] is (
         own_model and (bitnet["quantized_layers"] > 0 or bool(bitnet["int8_layers"]["names"])))
-    assert curriculum["summary"]["notes"] == ([FLOAT_OUTPUT_NOTE] if model_manifest["input_bitnet_quantized"] else [])
+    assert curriculum["summary"]["notes"] == ([FLOAT_OUTPUT_NOTE] if model_manifest["input_bitnet_quantized"] else []) \
+        + unlearned_family_notes(model_manifest["levels"])
     assert model_manifest["curriculum_level_reached"] == 2 and len(model_manifest["levels"]) == 2
     # A level starts from the last level's baked model: the same held-out perplexity.
     first, second = model_manifest["levels"]

@@ -517,6 +517,20 @@ def level_accuracy(model, tokenizer, items: Sequence[LevelItem], max_new_tokens:
     return sum(correct) / len(correct)
 
 
+def right_by_family(items: Sequence[LevelItem], correct: Sequence[int]) -> dict[str, list[int]]:
+    """Per task-world family of ``items`` (in order of first appearance): [answered right, items], from each
+    item's 0/1 in ``correct``; ``{}`` for items without a family (synthetic and word-problem levels)."""
+    if len(items) != len(correct):
+        raise ValueError(f"{len(items)} items but {len(correct)} answers")
+    tally: dict[str, list[int]] = {}
+    for item, right in zip(items, correct):
+        if item.task is not None:
+            counts = tally.setdefault(item.task.family, [0, 0])
+            counts[0] += int(right)
+            counts[1] += 1
+    return tally
+
+
 def level_passed(accuracy: float, config: CurriculumPhaseConfig) -> bool:
     """The pass rule: a level is passed when its held-out accuracy reaches ``pass_accuracy``."""
     return accuracy >= config.pass_accuracy

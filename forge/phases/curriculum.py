@@ -37,7 +37,7 @@ from forge.baking import bake_together
 from forge.configtools import config_hash
 from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
                           count_tokens, level_correct, level_passed, load_value_prompts, rehearsal_pairs,
-                          retained_answers, train_stage, values_path)
+                          retained_answers, right_by_family, train_stage, values_path)
 from forge.criteria import criterion, missed
 from forge.data.heldout import HELDOUT, REPLAY
 from forge.data.replay import Replay
@@ -54,6 +54,7 @@ RESUME_KEY = "curriculum_resume"  # manifest entry of a level checkpoint: finger
 INTERVAL_RESAMPLES = 1000  # bootstrap resamples of each accuracy's interval (a few ms for a level's items)
 INTERVAL_CONFIDENCE = 0.95
 VALUE_STRENGTH_FLOOR = 0.8  # issue 19: each value prompt's strength on the phase's output, against its level's start
+STAGES = ("before", "after_training", "after_baking")  # a level's three accuracy measurements, in order
 
 
 FLOAT_OUTPUT_NOTE = ("the model handed on is float, not Phase 4's ternary and int4 storage: the levels train every "
@@ -166,9 +167,43 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
     (record["accuracy_after_baking"], record["accuracy_after_baking_interval"],
      record["correct_after_baking"]) = accuracy_figures(model, tokenizer, level, cfg)
     record["bakes_kept_skill"] = bakes_kept_skill(record, cfg)
+    record["heldout_by_family"] = heldout_by_family(level, record)
     if perplexity is not None:
         record["heldout_perplexity_after_baking"] = perplexity(model)
     return model, record
+
+
+def heldout_by_family(level: Level, record: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per task-world family of the level's held-out items: how many there are and how many were answered right
+    at each of the level's three measurements (``{}`` for a level without families)."""
+    tallies = {stage: right_by_family(level.heldout, record[f"correct_{stage}"]) for stage in STAGES}
+    return {family: {"items": items, **{f"right_{stage}": tallies[stage][family][0] for stage in STAGES}}
+            for family, (_, items) in tallies["before"].items()}
+
+
+def family_figures(record: dict[str, Any]) -> str:
+    """``add 0/57 -> 0/57 -> 0/57, cmp 22/71 -> 21/71 -> 39/71`` for a level of several families, else ``""``."""
+    families = record.get("heldout_by_family", {})
+    if len(families) < 2:
+        return ""
+    return ", ".join(f"{name} " + " -> ".join(f"{counts[f'right_{stage}']}/{counts['items']}" for stage in STAGES)
+                     for name, counts in families.items())
+
+
+def unlearned_family_notes(records: Sequence[dict[str, Any]]) -> list[str]:
+    """A note for each family of a several-family level whose held-out items were all answered wrong at each of the
+    level's three measurements: the level's accuracy and its gain are then its other families' alone."""
+    notes = []
+    for record in records:
+        families = record.get("heldout_by_family", {})
+        for name, counts in families.items():
+            if len(families) > 1 and not any(counts[f"right_{stage}"] for stage in STAGES):
+                others = " and ".join(family for family in families if family != name)
+                notes.append(f"level {record['level']}'s {name} problems ({counts['items']} held out) were answered "
+                             f"right 0 times before the level's training, after its {record['training']['steps']} "
+                             f"steps and after its bakes: the level's accuracy and its gain are its {others} "
+                             "problems'")
+    return notes
 
 
 def bakes_kept_skill(record: dict[str, Any], cfg: CurriculumPhaseConfig) -> bool:
@@ -284,13 +319,15 @@ def run(ctx: PhaseContext) -> PhaseResult:
             tracker.log(level_metrics(record), step=level.spec.level)
             save_model_dir(model, tokenizer, level_dir(ctx, level.spec.level), phase=PHASE,
                            extra={RESUME_KEY: state})
+            by_family = f" (by family: {family_figures(record)})" if family_figures(record) else ""
             print(f"[forge] curriculum: level {level.spec.level} ({level_name(level)}): accuracy "
                   f"{figure(record, 'accuracy_before')} -> {figure(record, 'accuracy_after_training')} (trained, "
                   f"{'passed' if record['passed'] else 'not passed'} at {cfg.pass_accuracy:.2f}) -> "
-                  f"{figure(record, 'accuracy_after_baking')} (baked); held-out perplexity "
+                  f"{figure(record, 'accuracy_after_baking')} (baked){by_family}; held-out perplexity "
                   f"{record['heldout_perplexity_before']:.1f} -> {record['heldout_perplexity_after_training']:.1f} -> "
-                  f"{record['heldout_perplexity_after_baking']:.1f}; strengths "
-                  + ", ".join(f"{b['name']} {b['strength_vs_level_start']:.3f}" for b in record["bakes"]), flush=True)
+                  f"{record['heldout_perplexity_after_baking']:.1f}; "
+                  "strengths " + ", ".join(f"{b['name']} {b['strength_vs_level_start']:.3f}" for b in record["bakes"]),
+                  flush=True)
             progress.update()
     finally:
         progress.close()
@@ -324,7 +361,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         "config": dataclasses.asdict(cfg),
         "criteria": criteria,
         "criteria_missed": missed(criteria),
-        "notes": [FLOAT_OUTPUT_NOTE] if quantized else [],
+        "notes": ([FLOAT_OUTPUT_NOTE] if quantized else []) + unlearned_family_notes(records),
     }
     out_dir = save_model_dir(model, tokenizer, ctx.phase_dir / "model", phase=PHASE, extra=metadata)
     summary = {key: metadata[key] for key in ("input", "input_bitnet_quantized", "output_format",
@@ -334,5 +371,5 @@ def run(ctx: PhaseContext) -> PhaseResult:
     summary["resumed_after_level"] = resumed_after
     summary["accuracy"] = {r["level"]: {key: r[key] for key in (
         "accuracy_before", "accuracy_before_interval", "accuracy_after_training", "accuracy_after_training_interval",
-        "accuracy_after_baking", "passed", "bakes_kept_skill")} for r in records}
+        "accuracy_after_baking", "passed", "bakes_kept_skill", "heldout_by_family") if key in r} for r in records}
     return PhaseResult(outputs={"model": out_dir}, summary=summary)
