@@ -11,11 +11,11 @@ other training items' answers held (retention: to their own tokens in the tiny p
 each prompt's strength measured against the model the level's bakes started from, and the accuracy once more. A
 level is passed when its accuracy after training reaches ``pass_accuracy``; each accuracy is recorded with a 95%
 bootstrap interval over the held-out items, and each item's answer (0/1) for the paired intervals of the changes
-(``benchmarks.scoreboard.bootstrap_interval``). With ``tool_use_items`` set, every training stage
-also sees train-side tool-use transcripts in Phase 6's format (``benchmarks.tooluse.training_examples``),
-so the A-cycle starts from a model that has seen tool calls. Each finished level is saved to
-``work/level_<k>`` with its records in the manifest; a rerun with the same config, input and prompts
-continues after the last finished level.
+(``benchmarks.scoreboard.bootstrap_interval``), tallied per task-world family too. With ``tool_use_items`` set,
+every training stage also sees train-side tool-use transcripts in Phase 6's format
+(``benchmarks.tooluse.training_examples``), so the A-cycle starts from a model that has seen tool calls. Each
+finished level is saved to ``work/level_<k>`` with its records in the manifest; a rerun with the same config, input
+and prompts continues after the last finished level.
 """
 from __future__ import annotations
 
@@ -196,8 +196,10 @@ def unlearned_family_notes(records: Sequence[dict[str, Any]]) -> list[str]:
     notes = []
     for record in records:
         families = record.get("heldout_by_family", {})
+        if len(families) < 2:
+            continue
         for name, counts in families.items():
-            if len(families) > 1 and not any(counts[f"right_{stage}"] for stage in STAGES):
+            if not any(counts[f"right_{stage}"] for stage in STAGES):
                 others = " and ".join(family for family in families if family != name)
                 notes.append(f"level {record['level']}'s {name} problems ({counts['items']} held out) were answered "
                              f"right 0 times before the level's training, after its {record['training']['steps']} "
@@ -319,7 +321,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
             tracker.log(level_metrics(record), step=level.spec.level)
             save_model_dir(model, tokenizer, level_dir(ctx, level.spec.level), phase=PHASE,
                            extra={RESUME_KEY: state})
-            by_family = f" (by family: {family_figures(record)})" if family_figures(record) else ""
+            by_family = family_figures(record)
+            by_family = f" (by family: {by_family})" if by_family else ""
             print(f"[forge] curriculum: level {level.spec.level} ({level_name(level)}): accuracy "
                   f"{figure(record, 'accuracy_before')} -> {figure(record, 'accuracy_after_training')} (trained, "
                   f"{'passed' if record['passed'] else 'not passed'} at {cfg.pass_accuracy:.2f}) -> "
