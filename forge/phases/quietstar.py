@@ -271,8 +271,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
         notes.append(f"Step 2 hands on Step 1's weights: its {len(rl['rollbacks'])} anti-theater checks failed and "
                      "rolled its RL updates back (docs/BENCHMARKS.md: why Quiet-STaR Step 2 rolls back)"
                      if rl["rollbacks"] else "Step 2 left Step 1's weights unchanged")
-        print("[forge] quietstar: after Step 2: Step 1's weights (every RL update rolled back), so Step 1's figures",
-              flush=True)
+        print(f"[forge] quietstar: after Step 2: {notes[-1]}; so Step 1's figures", flush=True)
     else:
         stages["step2"] = {**measure(model, tokenizer, problems, config, allow_thinking=True),
                            "commonsense_accuracy": commonsense(model, tokenizer, ctx),
