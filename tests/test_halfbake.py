@@ -85,19 +85,6 @@ def test_an_update_that_makes_the_model_worse_is_not_applied(pirate):
     assert mean_kl(teacher, plain(student), calibration, tokenizer, baked.config) == pytest.approx(kl_start)
 
 
-def test_a_bake_that_overfits_keeps_the_adapter_of_its_best_calibration_epoch(pirate):
-    model, tokenizer, inputs = pirate
-    # Few inputs at a high constant rate: the calibration strength peaks at epoch 2 and falls at epoch 3.
-    config = dataclasses.replace(CONFIG.at_strength("full"), learning_rate=2e-2, lr_schedule="constant")
-    baked = bake_prompt(copy.deepcopy(model), tokenizer, PROMPT, inputs[:10], config)
-    calibration = [row.calibration_strength for row in baked.history]
-    best = max(range(len(calibration)), key=calibration.__getitem__)
-    assert len(calibration) == 3 and best < 2 and calibration[best] > calibration[-1] + 0.05
-    assert baked.kept_epoch == baked.history[best].epoch == baked.report()["kept_epoch"]
-    # The scale search starts from the kept adapter, not from the last epoch's.
-    assert baked.scale_search[0] == {"scale": 1.0, "calibration_strength": calibration[best]}
-
-
 def test_stacked_half_bakes_follow_the_spec(pirate):
     model, tokenizer, inputs = pirate
     _, rows = stack_bakes(copy.deepcopy(model), tokenizer, PROMPT, inputs, CONFIG.at_strength("half"), rounds=2)

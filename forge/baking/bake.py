@@ -154,7 +154,6 @@ class BakeResult:
     lora_scale: float = 1.0  # factor applied to the trained LoRA update (target mode: found by bisection)
     scale_search: list[dict[str, float]] = field(default_factory=list)  # target mode: each scale tried and
     # the calibration strength it gave
-    kept_epoch: float | None = None  # target mode: the report whose adapter was kept (the best calibration strength)
 
     @property
     def gap_closed(self) -> float:
@@ -186,7 +185,6 @@ class BakeResult:
             "target_reached": self.target_reached,
             "lora_scale": self.lora_scale,
             "scale_search": self.scale_search,
-            "kept_epoch": self.kept_epoch,
             "history": [dataclasses.asdict(row) for row in self.history],
             "train_trajectories": len(self.trajectories.train),
             "heldout_trajectories": len(self.trajectories.heldout),
@@ -318,8 +316,8 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
             student.unload()
             raise NothingToBake(kl_calibration)
 
-    history, kept_epoch = _train(student, teacher_view, trajectories, tokenizer, config, kl_reference,
-                                 kl_calibration, retain, adapter_off)
+    history = _train(student, teacher_view, trajectories, tokenizer, config, kl_reference, kl_calibration,
+                     retain, adapter_off)
     kl_after = history[-1].heldout_kl
     scale, search = 1.0, []
     if kl_calibration is not None:
@@ -341,7 +339,7 @@ def bake_prompt(model: nn.Module, tokenizer, prompt: str, inputs: Sequence[str] 
                "heldout_tokens": sum(len(t.generated) for t in trajectories.heldout),
                "calibration_tokens": sum(len(t.generated) for t in trajectories.calibration),
                "retained_sequences": len(retain)},
-        lora_scale=scale, scale_search=search, kept_epoch=kept_epoch,
+        lora_scale=scale, scale_search=search,
     )
 
 
@@ -418,14 +416,11 @@ def _scale_to_target(student: PeftModel, teacher: ModelView, calibration: Sequen
 
 def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, tokenizer,
            config: BakingConfig, kl_reference: float, kl_calibration: float | None,
-           retain: Sequence[Trajectory], unbaked: ModelView) -> tuple[list[EpochReport], float | None]:
+           retain: Sequence[Trajectory], unbaked: ModelView) -> list[EpochReport]:
     """Train to ``num_epochs``; with ``kl_calibration`` (target mode) stop early at the first report whose
-    calibration strength reaches the target, and otherwise end with the adapter of the report whose calibration
-    strength was highest (a bake that overfits its trajectories peaks before the last epoch). Each step with
-    ``retain`` also takes a batch of it (in turn, reshuffled each pass) held to ``unbaked``. Returns the reports
-    and, in target mode, the epoch of the adapter kept."""
+    calibration strength reaches the target. Each step with ``retain`` also takes a batch of it (in turn,
+    reshuffled each pass) held to ``unbaked``."""
     params = [p for p in student.parameters() if p.requires_grad]
-    best: tuple[float, float, list[torch.Tensor]] | None = None  # calibration strength, epoch, adapter weights
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(trajectories.train) / config.batch_size)
     schedule_steps = max(1, math.ceil(config.full_epochs * steps_per_epoch))
@@ -465,20 +460,11 @@ def _train(student: PeftModel, teacher: ModelView, trajectories: TrajectorySet, 
                 log.info("bake epoch %.2f step %d train_kl %.4f heldout_kl %.4f strength %.3f",
                          row.epoch, row.step, row.train_kl, row.heldout_kl, row.strength)
                 losses, retain_losses = [], []
-                if calibration is not None and (best is None or calibration > best[0]):
-                    best = calibration, row.epoch, [param.detach().clone() for param in params]
                 if calibration is not None and calibration >= config.target_strength:
-                    return history, row.epoch
+                    return history
             if step == stop_step:
                 break
-    if best is None:
-        return history, None
-    if best[1] != history[-1].epoch:
-        with torch.no_grad():
-            for param, kept in zip(params, best[2]):
-                param.copy_(kept)
-        log.info("bake keeps the adapter of epoch %.2f (calibration strength %.3f, the highest)", best[1], best[0])
-    return history, best[1]
+    return history
 
 
 def save_adapter(result: BakeResult, out_dir: str | Path, tokenizer=None) -> Path:
