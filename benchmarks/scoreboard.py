@@ -18,7 +18,8 @@ Figures (each with a seeded bootstrap confidence interval over items):
 
 ``score_model`` does the work (plain PyTorch and the harness, no Ray); ``row_key`` is its cache key (the
 weights' hash from the model directory's manifest, the tokenizer files, the settings and the items), so
-an unchanged model is never scored twice. ``gate_decision`` compares an output row with its input's.
+an unchanged model is never scored twice. The accuracy figures keep their per-item scores (``items``), so two rows
+compare on the same items (``paired_change``). ``gate_decision`` compares an output row with its input's.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ TOOL_SOURCES_WITH_DATA = ("easy", "svamp")
 LOWER_IS_BETTER = {"heldout_perplexity", "wikitext_perplexity", "size_mb"}
 PRIMARY_METRICS = ("heldout_perplexity", "task_accuracy", "tool_accuracy", "wikitext_perplexity")
 WEIGHT_FILES = (".safetensors", ".bin")
+ROW_FORMAT = 2  # 2: the accuracy figures carry their per-item scores; a cached row of another format is scored again
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,8 @@ def task_figures(model, tokenizer, tasks: Sequence[str], data_dir, s: Scoreboard
     groups = list(per_task.values())
     interval = bootstrap_interval(groups, statistic, resamples=s.bootstrap_resamples, seed=s.seed,
                                   confidence=s.confidence)
-    figures["task_accuracy"] = _figure(statistic(*groups), interval, sum(map(len, groups)), tasks=list(tasks))
+    figures["task_accuracy"] = _figure(statistic(*groups), interval, sum(map(len, groups)), tasks=list(tasks),
+                                       items={name: values.tolist() for name, values in per_task.items()})
     return figures
 
 
@@ -202,7 +205,7 @@ def _tool_figure(model, tokenizer, data_dir, s: ScoreboardSettings) -> dict[str,
     interval = bootstrap_interval([correct], np.mean, resamples=s.bootstrap_resamples, seed=s.seed,
                                   confidence=s.confidence)
     return _figure(correct.mean(), interval, len(correct), sources=sources,
-                   tool_usage_rate=result.metrics["tool_usage_rate"])
+                   tool_usage_rate=result.metrics["tool_usage_rate"], items={"tool": correct.tolist()})
 
 
 def has_thinking_tokens(tokenizer) -> bool:
@@ -313,7 +316,8 @@ def row_key(model_manifest: Mapping[str, Any], settings: ScoreboardSettings, ite
     tokenizer_files = {name: meta["sha256"] for name, meta in model_manifest["files"].items()
                        if name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens"))}
     payload = json.dumps({"weights": model_manifest["weights_sha256"], "tokenizer": tokenizer_files,
-                          "settings": asdict(settings), "items": items}, sort_keys=True, default=str)
+                          "settings": asdict(settings), "items": items, "row_format": ROW_FORMAT},
+                         sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -322,13 +326,44 @@ def better(metric: str, a: float, b: float) -> bool:
     return a < b if metric in LOWER_IS_BETTER else a > b
 
 
+def paired_change(output: Mapping[str, Any], baseline: Mapping[str, Any], *, resamples: int, seed: int,
+                  confidence: float) -> dict[str, float] | None:
+    """The change of an accuracy figure from ``baseline`` to ``output`` on the same items, with the interval of the
+    paired bootstrap (items resampled within each task, the tasks weighted equally as in the figure): tighter than
+    the two figures' own intervals, since both models answer the same items. None where either figure has no
+    per-item scores or their items differ."""
+    before, after = baseline.get("items"), output.get("items")
+    if not before or not after or list(before) != list(after) or any(
+            len(before[task]) != len(after[task]) for task in before):
+        return None
+    entry = paired_intervals([[before[task], after[task]] for task in before], [1.0] * len(before),
+                             resamples=resamples, seed=seed, confidence=confidence)[1]
+    low, high = entry["difference_interval"]
+    return {"value": entry["difference"], "low": low, "high": high}
+
+
+def change_text(change: Mapping[str, float]) -> str:
+    """``-0.133 [-0.211, -0.056]``: a :func:`paired_change` as the console and the report print it."""
+    return f"{change['value']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+
+
+def worse_on_same_items(decision: Mapping[str, Any]) -> bool:
+    """A :func:`gate_decision` whose paired change lies wholly on the worse side of 0 (higher-is-better figures:
+    its interval's upper end is below 0)."""
+    change = decision.get("paired_change")
+    return change is not None and not decision["lower_is_better"] and change["high"] < 0
+
+
 def gate_decision(output: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], metric: str,
-                  tolerance: float) -> dict[str, Any]:
+                  tolerance: float, *, resamples: int = 1000, seed: int = 0,
+                  confidence: float = 0.95) -> dict[str, Any]:
     """Whether ``output`` is worse than the best input on ``metric`` beyond both intervals.
 
     Worse means: the output's whole interval lies on the worse side of the best input's interval by more
     than ``tolerance`` times the input's value (lower-is-better metrics: output low > input high + margin;
-    higher-is-better: output high < input low - margin). Overlapping intervals are not a difference.
+    higher-is-better: output high < input low - margin). Overlapping intervals are not a difference. The
+    decision also records the :func:`paired_change` from the best input (bootstrap ``resamples``, ``seed``,
+    ``confidence``), which the gate does not act on: the console and the report show it.
     """
     if not inputs:
         raise ValueError("gate_decision needs at least one input row")
@@ -352,4 +387,5 @@ def gate_decision(output: Mapping[str, Any], inputs: Mapping[str, Mapping[str, A
     return {"metric": metric, "tolerance": tolerance, "worse": bool(worse), "best_input": best_name,
             "input": {k: best[k] for k in ("value", "low", "high")},
             "output": {k: out[k] for k in ("value", "low", "high")},
-            "lower_is_better": metric in LOWER_IS_BETTER}
+            "lower_is_better": metric in LOWER_IS_BETTER,
+            "paired_change": paired_change(out, best, resamples=resamples, seed=seed, confidence=confidence)}

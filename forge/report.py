@@ -20,6 +20,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from benchmarks.scoreboard import LOWER_IS_BETTER, change_text, worse_on_same_items
 from forge.abcycles.driver import trajectory_figure
 from forge.artifacts import atomic_write_bytes, read_json
 from forge.criteria import verdict
@@ -29,7 +30,6 @@ from forge.plots import grouped_bars, pyplot, save_png
 PLOT_DIR = "report"
 METRIC_ORDER = ("heldout_perplexity", "wikitext_perplexity", "task_accuracy", "tool_accuracy", "thinking_usage",
                 "tokens_per_s", "size_mb")
-LOWER_IS_BETTER = {"heldout_perplexity", "wikitext_perplexity", "size_mb"}
 
 
 def _json(path: Path) -> Any | None:
@@ -144,9 +144,17 @@ def scoreboard_markdown(run: Run) -> list[str]:
         gate = row["gate"]
         verdict = ("-" if gate is None else
                    f"**worse ({', '.join(gate.get('worse_on') or [metric])}): handed on input {gate['best_input']}**"
-                   if gate["worse"] else "passed")
+                   if gate["worse"] else "passed" + _lower_on_same_items(gate))
         lines.append(f"| {row['phase']} | {model_label(run, row)} | " + " | ".join(cells) + f" | {verdict} |")
     return lines
+
+
+def _lower_on_same_items(gate: Mapping[str, Any]) -> str:
+    """``; lower on the same items: task_accuracy -0.133 [-0.211, -0.056]`` for a passed gate whose paired change of
+    a figure lies below 0 (the gate compares the figures' own intervals)."""
+    lower = [f"{key} {change_text(d['paired_change'])}" for key, d in gate.get("by_metric", {}).items()
+             if worse_on_same_items(d)]
+    return f"; lower on the same items: {', '.join(lower)}" if lower else ""
 
 
 def spec_criteria(run: Run) -> list[dict[str, Any]]:

@@ -108,6 +108,39 @@ def test_the_gate_also_judges_task_accuracy():
     assert both["worse_on"] == ["heldout_perplexity", "task_accuracy"] and both["best_input"] == "a"
 
 
+def _accuracy_row(items):
+    """A row whose task accuracy has per-item scores (wide own intervals, as on the scoreboard's 90 items)."""
+    value = float(np.mean(items))
+    return {"metrics": {"task_accuracy": {"value": value, "low": value - 0.1, "high": value + 0.1,
+                                          "items": {"taskworld_easy": list(items)}}}}
+
+
+def test_a_passed_gate_shows_the_change_on_the_same_items_and_names_a_drop():
+    from forge.phases.scoring import console_lines
+    from forge.report import _lower_on_same_items
+
+    before = [1.0] * 20 + [0.0] * 20  # 0.5
+    inputs = {"input": _accuracy_row(before)}
+    # Six answers lost and none gained: 0.35, inside the gate's overlapping intervals, below 0 on the same items.
+    dropped = _accuracy_row([0.0] * 6 + [1.0] * 14 + [0.0] * 20)
+    decision = judge(dropped, inputs, "task_accuracy", [], 0.0, resamples=300, seed=0, confidence=0.95)
+    change = decision["by_metric"]["task_accuracy"]["paired_change"]
+    assert not decision["worse"] and change["value"] == pytest.approx(-0.15) and change["high"] < 0
+    lines = console_lines("curriculum", {"models": {}, "gate": {"model": decision}}, "task_accuracy")
+    assert "change on the same items -0.150 [" in lines[0]
+    assert lines[1].startswith("[forge] curriculum: note: model scores lower than input input on the same items")
+    assert _lower_on_same_items(decision).startswith("; lower on the same items: task_accuracy -0.150 [")
+    # The boundary: one answer lost of 40 leaves resamples that draw none of it, so the interval reaches 0: no note.
+    one = judge(_accuracy_row([0.0] + [1.0] * 19 + [0.0] * 20), inputs, "task_accuracy", [], 0.0, resamples=300,
+                seed=0, confidence=0.95)
+    assert one["paired_change"]["high"] == 0.0
+    assert len(console_lines("curriculum", {"models": {}, "gate": {"model": one}}, "task_accuracy")) == 1
+    assert _lower_on_same_items(one) == ""
+    # Without per-item scores on either side (a figure of another kind, or other items) there is no paired change.
+    assert gate_decision(_row(0.5, 0.4, 0.6), inputs, "task_accuracy", 0.0)["paired_change"] is None
+    assert gate_decision(_accuracy_row(before[:-1]), inputs, "task_accuracy", 0.0)["paired_change"] is None
+
+
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory, one_torch_thread):
     tokenizer = load_gpt2_tokenizer()
@@ -138,6 +171,9 @@ def test_rows_are_fixed_per_model_and_change_with_the_model(two_models, ray_sess
     assert figures["task_accuracy"]["n"] == SETTINGS.offline_task_items
     # ... and the multi-digit problems only the calculator solves, with a turn for the call and one for the answer.
     assert figures["tool_accuracy"]["sources"] == ["hard"] and figures["tool_accuracy"]["n"] == SETTINGS.tool_items
+    # Each accuracy keeps its per-item scores, so two rows compare on the same items.
+    assert np.mean(figures["task_accuracy"]["items"]["taskworld_easy"]) == figures["task_accuracy"]["value"]
+    assert len(figures["tool_accuracy"]["items"]["tool"]) == SETTINGS.tool_items
     assert SETTINGS.tool_max_turns == 2
     # The same model on a Ray benchmark actor gives the same item figures; another model does not.
     remote = score_model_dirs({"same": dirs[0], "other": dirs[1]}, SETTINGS, heldout_texts=TEXTS, wikitext_texts=[],

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from benchmarks.cache import ResultCache
-from benchmarks.scoreboard import LOWER_IS_BETTER, gate_decision, row_key, thinking_problems, wikitext_heldout
+from benchmarks.scoreboard import (LOWER_IS_BETTER, change_text, gate_decision, row_key, thinking_problems,
+                                   wikitext_heldout, worse_on_same_items)
 from forge.artifacts import atomic_dir, atomic_write_json, read_json, read_manifest
 from forge.config import PHASES, PipelineConfig
 from forge.data.heldout import HELDOUT, read_texts
@@ -92,11 +93,13 @@ def _hand_on_input(phase_dir: Path, output_name: str, source: Path) -> Path:
 
 
 def judge(output: Mapping[str, Any], input_rows: Mapping[str, Mapping[str, Any]], metric: str,
-          also_on: Sequence[str], tolerance: float) -> dict[str, Any]:
+          also_on: Sequence[str], tolerance: float, **bootstrap: Any) -> dict[str, Any]:
     """The gate's decision: ``metric``'s :func:`gate_decision`, worse when the output is worse on ``metric`` or on
     any of ``also_on``; the input handed on is the best one on the first figure the output is worse on.
-    ``by_metric`` holds every figure's own decision and ``worse_on`` the figures that made it worse."""
-    by_metric = {name: gate_decision(output, input_rows, name, tolerance) for name in dict.fromkeys([metric, *also_on])}
+    ``by_metric`` holds every figure's own decision and ``worse_on`` the figures that made it worse; ``bootstrap``
+    (resamples, seed, confidence) goes to each figure's paired change."""
+    by_metric = {name: gate_decision(output, input_rows, name, tolerance, **bootstrap)
+                 for name in dict.fromkeys([metric, *also_on])}
     worse_on = [name for name, decision in by_metric.items() if decision["worse"]]
     decision = {**by_metric[metric], "worse": bool(worse_on), "worse_on": worse_on, "by_metric": by_metric}
     if worse_on:
@@ -125,7 +128,8 @@ def score_phase(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Pa
         entry["input_rows"] = input_rows
         decisions = {}
         for name in outputs:
-            decision = judge(rows[name], input_rows, metric, board.gate_also_on, board.tolerance)
+            decision = judge(rows[name], input_rows, metric, board.gate_also_on, board.tolerance,
+                             resamples=board.bootstrap_resamples, seed=board.seed, confidence=board.confidence)
             if decision["worse"]:
                 handed_on[name] = _hand_on_input(phase_dir, name, inputs[decision["best_input"]])
                 decision["handed_on"] = f"input {decision['best_input']}"
@@ -165,11 +169,24 @@ def console_lines(phase: str, entry: Mapping[str, Any], metric: str) -> list[str
             lines.append(f"[forge] {phase}: GATE: output {name} is worse than input {decision['best_input']} on "
                          f"{worse}; handing on the input instead ({entry['handed_on'][name]})")
         else:
-            figures = " and ".join(f"{key} ({format_figure(d['output'])} vs {format_figure(d['input'])})"
-                                   for key, d in judged.items())
-            lines.append(f"[forge] {phase}: gate passed: {name} not worse than input {decision['best_input']} on "
-                         f"{figures}")
+            figures = " and ".join(f"{key} ({format_figure(d['output'])} vs {format_figure(d['input'])}"
+                                   f"{same_items_text(d)})" for key, d in judged.items())
+            lines.append(f"[forge] {phase}: gate passed: {name} not worse than input {decision['best_input']} beyond "
+                         f"the intervals on {figures}")
+            lower = [f"{key} {change_text(d['paired_change'])}" for key, d in judged.items() if worse_on_same_items(d)]
+            if lower:
+                lines.append(f"[forge] {phase}: note: {name} scores lower than input {decision['best_input']} on the "
+                             f"same items: {'; '.join(lower)}; the gate passed it because it compares the two figures' "
+                             "own intervals, which overlap")
     return lines
+
+
+def same_items_text(decision: Mapping[str, Any]) -> str:
+    """``; change on the same items -0.133 [-0.211, -0.056]`` for a figure with a paired change, else ``""``."""
+    change = decision.get("paired_change")
+    if change is None:
+        return ""
+    return f"; change on the same items {change_text(change)}"
 
 
 def scoreboard_table(scoreboard: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
