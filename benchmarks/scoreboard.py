@@ -18,8 +18,9 @@ Figures (each with a seeded bootstrap confidence interval over items):
 
 ``score_model`` does the work (plain PyTorch and the harness, no Ray); ``row_key`` is its cache key (the
 weights' hash from the model directory's manifest, the tokenizer files, the settings and the items), so
-an unchanged model is never scored twice. The accuracy figures keep their per-item scores (``items``), so two rows
-compare on the same items (``paired_change``). ``gate_decision`` compares an output row with its input's.
+an unchanged model is never scored twice. The accuracy figures keep their per-item scores (``items``) and the
+perplexities their per-document NLL and tokens (``documents``), so two rows compare on the same items
+(``paired_change``). ``gate_decision`` compares an output row with its input's.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ TOOL_SOURCES_WITH_DATA = ("easy", "svamp")
 LOWER_IS_BETTER = {"heldout_perplexity", "wikitext_perplexity", "size_mb"}
 PRIMARY_METRICS = ("heldout_perplexity", "task_accuracy", "tool_accuracy", "wikitext_perplexity")
 WEIGHT_FILES = (".safetensors", ".bin")
-ROW_FORMAT = 2  # 2: the accuracy figures carry their per-item scores; a cached row of another format is scored again
+ROW_FORMAT = 2  # 2: the figures carry their per-item scores (paired changes); a cached row of another format is rescored
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def _perplexity_figure(model, tokenizer, texts: Sequence[str], s: ScoreboardSett
     statistic = lambda p: float(np.exp(_ratio_of_sums(p)))  # noqa: E731  (inf, not an error, past float range)
     interval = bootstrap_interval([pairs], statistic, resamples=s.bootstrap_resamples, seed=s.seed,
                                   confidence=s.confidence)
-    return _figure(statistic(pairs), interval, len(rows), tokens=int(pairs[:, 1].sum()))
+    return _figure(statistic(pairs), interval, len(rows), tokens=int(pairs[:, 1].sum()),
+                   documents=pairs.tolist())
 
 
 def task_figures(model, tokenizer, tasks: Sequence[str], data_dir, s: ScoreboardSettings) -> dict[str, Any]:
@@ -327,11 +329,15 @@ def better(metric: str, a: float, b: float) -> bool:
 
 
 def paired_change(output: Mapping[str, Any], baseline: Mapping[str, Any], *, resamples: int, seed: int,
-                  confidence: float) -> dict[str, float] | None:
-    """The change of an accuracy figure from ``baseline`` to ``output`` on the same items, with the interval of the
-    paired bootstrap (items resampled within each task, the tasks weighted equally as in the figure): tighter than
-    the two figures' own intervals, since both models answer the same items. None where either figure has no
-    per-item scores or their items differ."""
+                  confidence: float) -> dict[str, Any] | None:
+    """The change of a figure from ``baseline`` to ``output`` on the same items, with the interval of the paired
+    bootstrap: tighter than the two figures' own intervals, since both models answer the same items. An accuracy's
+    change is a difference (items resampled within each task, the tasks weighted equally as in the figure); a
+    perplexity's is relative (``relative``: output / baseline - 1, documents resampled). None where either figure has
+    no per-item scores, their items differ, or a perplexity is not finite."""
+    if "documents" in output and "documents" in baseline:
+        return _perplexity_change(baseline["documents"], output["documents"], resamples=resamples, seed=seed,
+                                  confidence=confidence)
     before, after = baseline.get("items"), output.get("items")
     if not before or not after or list(before) != list(after) or any(
             len(before[task]) != len(after[task]) for task in before):
@@ -342,16 +348,36 @@ def paired_change(output: Mapping[str, Any], baseline: Mapping[str, Any], *, res
     return {"value": entry["difference"], "low": low, "high": high}
 
 
-def change_text(change: Mapping[str, float]) -> str:
-    """``-0.133 [-0.211, -0.056]``: a :func:`paired_change` as the console and the report print it."""
-    return f"{change['value']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+def _perplexity_change(before: Sequence[Sequence[float]], after: Sequence[Sequence[float]], *, resamples: int,
+                       seed: int, confidence: float) -> dict[str, Any] | None:
+    """The relative change of a perplexity on the same documents (rows of summed NLL and scored tokens)."""
+    before_rows, after_rows = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if before_rows.shape != after_rows.shape or not np.array_equal(before_rows[:, 1], after_rows[:, 1]) or not (
+            np.isfinite(before_rows).all() and np.isfinite(after_rows).all()):
+        return None  # other documents, another tokenizer's tokens, or a broken model's infinite NLL
+    rows = np.column_stack([before_rows[:, 0], after_rows[:, 0], before_rows[:, 1]])
+
+    def ratio(resampled: np.ndarray) -> float:
+        return float(np.exp((resampled[:, 1].sum() - resampled[:, 0].sum()) / resampled[:, 2].sum()) - 1.0)
+
+    low, high = bootstrap_interval([rows], ratio, resamples=resamples, seed=seed, confidence=confidence)
+    return {"value": ratio(rows), "low": low, "high": high, "relative": True}
+
+
+def change_text(change: Mapping[str, Any]) -> str:
+    """``-0.133 [-0.211, -0.056]`` (``-4.9% [-6.1%, -3.7%]`` for a relative change): a :func:`paired_change` as the
+    console and the report print it."""
+    form = "{:+.1%}" if change.get("relative") else "{:+.3f}"
+    return f"{form.format(change['value'])} [{form.format(change['low'])}, {form.format(change['high'])}]"
 
 
 def worse_on_same_items(decision: Mapping[str, Any]) -> bool:
-    """A :func:`gate_decision` whose paired change lies wholly on the worse side of 0 (higher-is-better figures:
-    its interval's upper end is below 0)."""
+    """A :func:`gate_decision` whose paired change lies wholly on the worse side of 0 (its interval's lower end above
+    0 for a lower-is-better figure, its upper end below 0 otherwise)."""
     change = decision.get("paired_change")
-    return change is not None and not decision["lower_is_better"] and change["high"] < 0
+    if change is None:
+        return False
+    return change["low"] > 0 if decision["lower_is_better"] else change["high"] < 0
 
 
 def gate_decision(output: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], metric: str,

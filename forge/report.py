@@ -144,17 +144,17 @@ def scoreboard_markdown(run: Run) -> list[str]:
         gate = row["gate"]
         verdict = ("-" if gate is None else
                    f"**worse ({', '.join(gate.get('worse_on') or [metric])}): handed on input {gate['best_input']}**"
-                   if gate["worse"] else "passed" + _lower_on_same_items(gate))
+                   if gate["worse"] else "passed" + _worse_on_same_items(gate))
         lines.append(f"| {row['phase']} | {model_label(run, row)} | " + " | ".join(cells) + f" | {verdict} |")
     return lines
 
 
-def _lower_on_same_items(gate: Mapping[str, Any]) -> str:
-    """``; lower on the same items: task_accuracy -0.133 [-0.211, -0.056]`` for a passed gate whose paired change of
-    a figure lies below 0 (the gate compares the figures' own intervals)."""
-    lower = [f"{key} {change_text(d['paired_change'])}" for key, d in gate.get("by_metric", {}).items()
+def _worse_on_same_items(gate: Mapping[str, Any]) -> str:
+    """``; worse on the same items: task_accuracy -0.133 [-0.211, -0.056]`` for a passed gate whose paired change of
+    a figure lies wholly on its worse side (the gate compares the figures' own intervals)."""
+    worse = [f"{key} {change_text(d['paired_change'])}" for key, d in gate.get("by_metric", {}).items()
              if worse_on_same_items(d)]
-    return f"; lower on the same items: {', '.join(lower)}" if lower else ""
+    return f"; worse on the same items: {', '.join(worse)}" if worse else ""
 
 
 def spec_criteria(run: Run) -> list[dict[str, Any]]:

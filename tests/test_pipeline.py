@@ -517,10 +517,12 @@ def test_gate_hands_on_the_input_of_a_phase_made_worse_and_not_otherwise(tiny_ru
     decision = manifest["summary"]["scoreboard"]["gate"]["model"]
     assert not decision["worse"] and decision["handed_on"] == "output"
     assert manifest["outputs"]["model"]["path"] == "model"
-    # The same weights answer the same items alike: no change on them, and nothing named lower.
+    # The same weights answer the same items alike: no change on them, and nothing named worse.
     for key in ("task_accuracy", "tool_accuracy"):
         assert decision["by_metric"][key]["paired_change"] == {"value": 0.0, "low": 0.0, "high": 0.0}
-    assert "lower on the same items" not in (run_copy / "report.md").read_text()
+    assert decision["by_metric"]["heldout_perplexity"]["paired_change"] == {"value": 0.0, "low": 0.0, "high": 0.0,
+                                                                            "relative": True}
+    assert "worse on the same items" not in (run_copy / "report.md").read_text()
     row = read_json(run_copy / "scoreboard.json")["phases"]["tool_persona"]["models"]["model"]
     assert row["cached"] and row["weights_sha256"] == curriculum["weights_sha256"]  # the same weights: the cached row
 

@@ -117,28 +117,63 @@ def _accuracy_row(items):
 
 def test_a_passed_gate_shows_the_change_on_the_same_items_and_names_a_drop():
     from forge.phases.scoring import console_lines
-    from forge.report import _lower_on_same_items
+    from forge.report import _worse_on_same_items
 
     before = [1.0] * 20 + [0.0] * 20  # 0.5
     inputs = {"input": _accuracy_row(before)}
+    bootstrap = {"resamples": 300, "seed": 0, "confidence": 0.95}
     # Six answers lost and none gained: 0.35, inside the gate's overlapping intervals, below 0 on the same items.
     dropped = _accuracy_row([0.0] * 6 + [1.0] * 14 + [0.0] * 20)
-    decision = judge(dropped, inputs, "task_accuracy", [], 0.0, resamples=300, seed=0, confidence=0.95)
+    decision = judge(dropped, inputs, "task_accuracy", [], 0.0, **bootstrap)
     change = decision["by_metric"]["task_accuracy"]["paired_change"]
     assert not decision["worse"] and change["value"] == pytest.approx(-0.15) and change["high"] < 0
     lines = console_lines("curriculum", {"models": {}, "gate": {"model": decision}}, "task_accuracy")
     assert "change on the same items -0.150 [" in lines[0]
-    assert lines[1].startswith("[forge] curriculum: note: model scores lower than input input on the same items")
-    assert _lower_on_same_items(decision).startswith("; lower on the same items: task_accuracy -0.150 [")
+    assert lines[1].startswith("[forge] curriculum: note: model is worse than input input on the same items: "
+                               "task_accuracy -0.150 [")
+    assert _worse_on_same_items(decision).startswith("; worse on the same items: task_accuracy -0.150 [")
     # The boundary: one answer lost of 40 leaves resamples that draw none of it, so the interval reaches 0: no note.
-    one = judge(_accuracy_row([0.0] + [1.0] * 19 + [0.0] * 20), inputs, "task_accuracy", [], 0.0, resamples=300,
-                seed=0, confidence=0.95)
+    one = judge(_accuracy_row([0.0] + [1.0] * 19 + [0.0] * 20), inputs, "task_accuracy", [], 0.0, **bootstrap)
     assert one["paired_change"]["high"] == 0.0
     assert len(console_lines("curriculum", {"models": {}, "gate": {"model": one}}, "task_accuracy")) == 1
-    assert _lower_on_same_items(one) == ""
+    assert _worse_on_same_items(one) == ""
     # Without per-item scores on either side (a figure of another kind, or other items) there is no paired change.
     assert gate_decision(_row(0.5, 0.4, 0.6), inputs, "task_accuracy", 0.0)["paired_change"] is None
     assert gate_decision(_accuracy_row(before[:-1]), inputs, "task_accuracy", 0.0)["paired_change"] is None
+
+
+def _perplexity_row(documents):
+    """A row whose held-out perplexity has per-document NLL and tokens (a wide own interval)."""
+    nll, tokens = (sum(column) for column in zip(*documents))
+    value = math.exp(nll / tokens)
+    return {"metrics": {"heldout_perplexity": {"value": value, "low": value / 3, "high": value * 3,
+                                               "documents": [list(row) for row in documents]}}}
+
+
+def test_a_perplexity_changes_relatively_on_the_same_documents():
+    from forge.phases.scoring import console_lines
+
+    documents = [(100.0, 50.0), (300.0, 100.0), (150.0, 60.0), (90.0, 40.0)]
+    inputs = {"input": _perplexity_row(documents)}
+    bootstrap = {"resamples": 300, "seed": 0, "confidence": 0.95}
+    # Every document 0.1 nats per token worse: exp(0.1) - 1 = +10.5% on every resample, the gate still passing it.
+    worse = judge(_perplexity_row([(nll + 0.1 * tokens, tokens) for nll, tokens in documents]), inputs,
+                  "heldout_perplexity", [], 0.0, **bootstrap)
+    change = worse["paired_change"]
+    assert not worse["worse"] and change["relative"]
+    assert change["value"] == pytest.approx(math.exp(0.1) - 1) == pytest.approx(change["low"])
+    assert "heldout_perplexity +10.5% [+10.5%, +10.5%]" in console_lines(
+        "bitnet", {"models": {}, "gate": {"model": worse}}, "heldout_perplexity")[1]
+    # Better on every document: a negative change, no note.
+    better = judge(_perplexity_row([(nll - 0.1 * tokens, tokens) for nll, tokens in documents]), inputs,
+                   "heldout_perplexity", [], 0.0, **bootstrap)
+    assert better["paired_change"]["high"] < 0
+    assert len(console_lines("bitnet", {"models": {}, "gate": {"model": better}}, "heldout_perplexity")) == 1
+    # Another tokenizer's tokens, or an infinite NLL: not the same items, no paired change.
+    assert judge(_perplexity_row([(nll, tokens + 1) for nll, tokens in documents]), inputs, "heldout_perplexity",
+                 [], 0.0, **bootstrap)["paired_change"] is None
+    assert judge(_perplexity_row([(math.inf, 50.0)] + documents[1:]), inputs, "heldout_perplexity", [], 0.0,
+                 **bootstrap)["paired_change"] is None
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +209,7 @@ def test_rows_are_fixed_per_model_and_change_with_the_model(two_models, ray_sess
     # Each accuracy keeps its per-item scores, so two rows compare on the same items.
     assert np.mean(figures["task_accuracy"]["items"]["taskworld_easy"]) == figures["task_accuracy"]["value"]
     assert len(figures["tool_accuracy"]["items"]["tool"]) == SETTINGS.tool_items
+    assert len(figures["heldout_perplexity"]["documents"]) == len(TEXTS)
     assert SETTINGS.tool_max_turns == 2
     # The same model on a Ray benchmark actor gives the same item figures; another model does not.
     remote = score_model_dirs({"same": dirs[0], "other": dirs[1]}, SETTINGS, heldout_texts=TEXTS, wikitext_texts=[],
