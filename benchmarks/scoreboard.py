@@ -371,13 +371,16 @@ def change_text(change: Mapping[str, Any]) -> str:
     return f"{form.format(change['value'])} [{form.format(change['low'])}, {form.format(change['high'])}]"
 
 
-def worse_on_same_items(decision: Mapping[str, Any]) -> bool:
-    """A :func:`gate_decision` whose paired change lies wholly on the worse side of 0 (its interval's lower end above
-    0 for a lower-is-better figure, its upper end below 0 otherwise)."""
-    change = decision.get("paired_change")
-    if change is None:
-        return False
-    return change["low"] > 0 if decision["lower_is_better"] else change["high"] < 0
+def worse_on_same_items(by_metric: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``task_accuracy -0.133 [-0.211, -0.056]`` for each figure's :func:`gate_decision` (``{figure: decision}``)
+    whose paired change lies wholly on the worse side of 0 (its interval's lower end above 0 for a lower-is-better
+    figure, its upper end below 0 otherwise)."""
+    worse = []
+    for key, decision in by_metric.items():
+        change = decision.get("paired_change")
+        if change is not None and (change["low"] > 0 if decision["lower_is_better"] else change["high"] < 0):
+            worse.append(f"{key} {change_text(change)}")
+    return worse
 
 
 def gate_decision(output: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], metric: str,

@@ -20,7 +20,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from benchmarks.scoreboard import LOWER_IS_BETTER, change_text, worse_on_same_items
+from benchmarks.scoreboard import LOWER_IS_BETTER, worse_on_same_items
 from forge.abcycles.driver import trajectory_figure
 from forge.artifacts import atomic_write_bytes, read_json
 from forge.criteria import verdict
@@ -152,8 +152,7 @@ def scoreboard_markdown(run: Run) -> list[str]:
 def _worse_on_same_items(gate: Mapping[str, Any]) -> str:
     """``; worse on the same items: task_accuracy -0.133 [-0.211, -0.056]`` for a passed gate whose paired change of
     a figure lies wholly on its worse side (the gate compares the figures' own intervals)."""
-    worse = [f"{key} {change_text(d['paired_change'])}" for key, d in gate.get("by_metric", {}).items()
-             if worse_on_same_items(d)]
+    worse = worse_on_same_items(gate.get("by_metric", {}))
     return f"; worse on the same items: {', '.join(worse)}" if worse else ""
 
 

@@ -173,7 +173,7 @@ def console_lines(phase: str, entry: Mapping[str, Any], metric: str) -> list[str
                                    f"{same_items_text(d)})" for key, d in judged.items())
             lines.append(f"[forge] {phase}: gate passed: {name} not worse than input {decision['best_input']} beyond "
                          f"the intervals on {figures}")
-            worse = [f"{key} {change_text(d['paired_change'])}" for key, d in judged.items() if worse_on_same_items(d)]
+            worse = worse_on_same_items(judged)
             if worse:
                 lines.append(f"[forge] {phase}: note: {name} is worse than input {decision['best_input']} on the "
                              f"same items: {'; '.join(worse)}; the gate passed it because it compares the two figures' "
