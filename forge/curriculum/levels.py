@@ -112,8 +112,9 @@ class CurriculumPhaseConfig:
     # modelling while it learns the level); 0: off
     replay_seq_len: int = 128  # tokens per replayed block
     rehearsal_items: int = 192  # train-side direct problems of the task world's easy cells (the scoreboard's
-    # taskworld_easy, none of its items) shuffled into every task-world level's training, so a harder level does
-    # not cost what Phase 1 taught and bare questions stay answered, not sent to the calculator; 0: none
+    # taskworld_easy, none of its items) shuffled into every task-world level's training, so a harder level costs
+    # less of what Phase 1 taught (it does not stop the calls the tool transcripts teach on bare questions:
+    # docs/BENCHMARKS.md); 0: none
     tool_use_items: int = 512  # train-side tool-use transcripts per source (Phase 6's sources, prompt and format)
     # shuffled into every level's training stage, so Phase 6's A-cycle starts from a model that calls tools and
     # copies the question into the call and the result into the answer; 0: none
