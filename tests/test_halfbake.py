@@ -41,6 +41,9 @@ def test_half_bake_measures_half_and_full_bake_is_the_whole_schedule(pirate):
     # Training passed the target on the calibration inputs, so the update was scaled down to meet it.
     assert half.history[-1].calibration_strength >= 0.5 and half.lora_scale < 1.0
     assert half.scale_search[0] == {"scale": 1.0, "calibration_strength": half.history[-1].calibration_strength}
+    # The calibration strength at the scale applied is the one the search ended closest to the target with.
+    assert half.calibration_strength == pytest.approx(0.5, abs=0.01)
+    assert half.report()["calibration_strength"] == half.calibration_strength
     # Measured on held-out inputs, neither trained on nor used to choose the scale.
     assert 0.4 <= half.strength <= 0.6 and half.target_reached
     assert half.strength == pytest.approx(half.gap_closed)  # no separate reference: the same measure

@@ -168,6 +168,13 @@ class BakeResult:
             return None
         return within_tolerance(self.gap_closed, self.config.target_strength, self.config.strength_tolerance)
 
+    @property
+    def calibration_strength(self) -> float | None:
+        """Target mode: the calibration strength at the applied LoRA scale, what the scale was chosen by (the
+        held-out ``strength`` can differ from it by what a few inputs tell apart)."""
+        tried = [row for row in self.scale_search if row["scale"] == self.lora_scale]
+        return tried[-1]["calibration_strength"] if tried else None
+
     def report(self) -> dict[str, Any]:
         """JSON-ready summary (no weights, no trajectories)."""
         return {
@@ -185,6 +192,7 @@ class BakeResult:
             "target_reached": self.target_reached,
             "lora_scale": self.lora_scale,
             "scale_search": self.scale_search,
+            "calibration_strength": self.calibration_strength,
             "history": [dataclasses.asdict(row) for row in self.history],
             "train_trajectories": len(self.trajectories.train),
             "heldout_trajectories": len(self.trajectories.heldout),

@@ -186,6 +186,14 @@ def retained_tool_transcripts(tokenizer, sources: Sequence[str], config, data_di
     return retained_sequences(tokenizer, pairs, max_len)
 
 
+def bake_retention(tokenizer, config, sources: Sequence[str], data_dir: str | None, max_len: int | None,
+                   seed: int) -> list[Trajectory]:
+    """What every bake of the phase holds: ``config.bake_retain_items`` train-side direct problems (none of them one
+    the scoreboard measures) and the tool transcripts of ``retained_tool_transcripts``."""
+    direct = retained_direct_answers(tokenizer, taskworld.easy_train_items(config.bake_retain_items, seed=seed), max_len)
+    return direct + retained_tool_transcripts(tokenizer, sources, config, data_dir, max_len, seed)
+
+
 def choose_input(inputs: dict[str, Path]) -> str:
     """The previous phase's model (``single_input``)."""
     name = single_input(inputs)
@@ -296,7 +304,8 @@ class ToolPersonaWork:
             return 0.0
         self.prompts.setdefault("bakes", []).append({
             "prompt": prompt, "strength": strength, "kl_per_token": result.kl_reference,
-            "measured_strength": result.strength, "target_reached": result.target_reached,
+            "measured_strength": result.strength, "calibration_strength": result.calibration_strength,
+            "target_reached": result.target_reached,
             "lora_scale": result.lora_scale, "retained_sequences": len(self.retain),
             "retain_loss_last_epoch": result.history[-1].retain_loss})
         self.model = result.merge().eval()
@@ -393,10 +402,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
                          f"{config.validation_items} validation items; lower tool_persona.validation_items")
     persona_tasks = dict(TASK_WEIGHTS) if ctx.data_dir else dict(OFFLINE_PERSONA_TASKS)
     bake_inputs = bake_questions(sources, config.bake_inputs, ctx.data_dir)
-    # Train-side easy problems: none of them is one the scoreboard measures.
-    retained = taskworld.easy_train_items(config.bake_retain_items, seed=ctx.config.seed)
-    retain = retained_direct_answers(tokenizer, retained, max_positions(model)) + retained_tool_transcripts(
-        tokenizer, sources, config, ctx.data_dir, max_positions(model), ctx.config.seed)
+    retain = bake_retention(tokenizer, config, sources, ctx.data_dir, max_positions(model), ctx.config.seed)
     share = evaluation_share(model.state_dict(), ctx.config.device, config.eval_actors)
     # A benchmark actor whose process dies is restarted and its evaluation re-sent (ray.max_restarts).
     actors = [BenchmarkActor.options(**share.ray_options(), **restart_options(ctx.config.ray.max_restarts)).remote(
