@@ -286,9 +286,10 @@ class ToolPersonaPhaseConfig:
     """Generation budget of generated-answer tasks in the B-cycle."""
     validation_items: int = 48
     """Held-out items of the final check (A: disjoint from every iteration's subset)."""
-    bake_inputs: int = 64
+    bake_inputs: int = 128
     """Train-side questions that follow the prompt in the bake's trajectories (their held-out and calibration splits
-    measure the strength: with 32, four of eight half-bakes missed 0.5 +/- 0.1, with 64 none; docs/BENCHMARKS.md)."""
+    measure the strength and choose the LoRA scale: with 64 the default run's half-bake measured 0.356, its scale
+    chosen on 13 questions; docs/BENCHMARKS.md)."""
     bake_retain_items: int = 64
     """Train-side task-world problems asked directly (the scoreboard's form) whose gold answers every bake holds."""
     bake_retain_tool_items: int = 96
@@ -296,11 +297,13 @@ class ToolPersonaPhaseConfig:
     answers every bake also holds, so a bake keeps the tool use Phase 5 taught (32 kept less of it than 96:
     docs/BENCHMARKS.md); 0: none."""
     baking: BakingConfig = field(default_factory=lambda: BakingConfig(
-        lora_r=16, learning_rate=5e-4, batch_size=8, samples_per_input=2, max_new_tokens=16, mode="target_strength",
-        full_epochs=6.0, num_epochs=6.0, retention_weight=4.0))
+        lora_r=16, learning_rate=1e-3, batch_size=8, samples_per_input=2, max_new_tokens=16, mode="target_strength",
+        full_epochs=10.0, num_epochs=10.0, retention_weight=4.0))
     """Spec: LoRA r=16, lr 5e-4. Target mode: a half-bake closes half the prompt's KL gap (the LoRA update scaled
-    to it), a lock-in runs the whole schedule; mode: epochs makes a half-bake half of it. The retained direct answers
-    weigh 4 (1 lost 0.1 of the scoreboard's task accuracy), 6 epochs leave room to reach the target beside them."""
+    to it), a lock-in runs the whole schedule; mode: epochs makes a half-bake half of it. The retained sequences
+    weigh 4 (1 lost 0.1 of the scoreboard's task accuracy); against them a persona's half-bake stayed at 0.25-0.43
+    after 6 epochs at 5e-4, so it trains at 1e-3 for up to 10 (a bake stops at the first epoch whose calibration
+    strength reaches the target)."""
 
     def __post_init__(self) -> None:
         for name in ("bake_retain_items", "bake_retain_tool_items"):
