@@ -287,9 +287,8 @@ class ToolPersonaPhaseConfig:
     validation_items: int = 48
     """Held-out items of the final check (A: disjoint from every iteration's subset)."""
     bake_inputs: int = 128
-    """Train-side questions that follow the prompt in the bake's trajectories (their held-out and calibration splits
-    measure the strength and choose the LoRA scale: with 64 the default run's half-bake measured 0.356, its scale
-    chosen on 13 questions; docs/BENCHMARKS.md)."""
+    """Train-side questions that follow the prompt in the bake's trajectories; their held-out and calibration splits
+    measure the strength and choose the LoRA scale, so too few put a half-bake outside its band (docs/BENCHMARKS.md)."""
     bake_retain_items: int = 64
     """Train-side task-world problems asked directly (the scoreboard's form) whose gold answers every bake holds."""
     bake_retain_tool_items: int = 96
@@ -301,9 +300,9 @@ class ToolPersonaPhaseConfig:
         full_epochs=10.0, num_epochs=10.0, retention_weight=4.0))
     """Spec: LoRA r=16, lr 5e-4. Target mode: a half-bake closes half the prompt's KL gap (the LoRA update scaled
     to it), a lock-in runs the whole schedule; mode: epochs makes a half-bake half of it. The retained sequences
-    weigh 4 (1 lost 0.1 of the scoreboard's task accuracy); against them a persona's half-bake stayed at 0.25-0.43
-    after 6 epochs at 5e-4, so it trains at 1e-3 for up to 10 (a bake stops at the first epoch whose calibration
-    strength reaches the target)."""
+    weigh 4 (less lost the scoreboard's task accuracy); against them a persona's half-bake needs lr 1e-3 and up to 10
+    epochs to reach its target (a bake stops at the first epoch whose calibration strength reaches it;
+    docs/BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         for name in ("bake_retain_items", "bake_retain_tool_items"):
