@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a variant: its name, then config overrides (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--cycles", default="AB", choices=["A", "B", "AB"],
-                        help="which half-bakes: A the initial tool prompt, B a persona after it, AB both")
+                        help="which half-bakes: A the initial tool prompt, B a persona, AB both (the persona after the tool prompt)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model_dir(args.model, device="cpu")
