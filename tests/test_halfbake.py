@@ -65,10 +65,13 @@ def test_a_bake_just_outside_the_tolerance_is_reported_missed(pirate):
     at = dataclasses.replace(half, config=dataclasses.replace(half.config, strength_tolerance=off + 1e-9))
     below = dataclasses.replace(half, config=dataclasses.replace(half.config, strength_tolerance=off - 1e-9))
     assert at.target_reached and not below.target_reached
+    # The console line says which: the band and the verdict beside the measured strength.
+    assert at.describe_strength().startswith(f"strength {half.strength:.3f} (target 0.5 +/- {off + 1e-9:g}: reached;")
+    assert f": missed; calibration {half.calibration_strength:.3f} at LoRA scale" in below.describe_strength()
     assert within_tolerance(0.6, 0.5, 0.1) and within_tolerance(0.4, 0.5, 0.1)
     assert not within_tolerance(0.6001, 0.5, 0.1) and not within_tolerance(0.3999, 0.5, 0.1)
-    assert bake_prompt(copy.deepcopy(model), tokenizer, PROMPT, inputs,
-                       dataclasses.replace(CONFIG, mode="epochs")).target_reached is None
+    epochs = bake_prompt(copy.deepcopy(model), tokenizer, PROMPT, inputs, dataclasses.replace(CONFIG, mode="epochs"))
+    assert epochs.target_reached is None and epochs.describe_strength() == f"strength {epochs.strength:.3f}"
 
 
 def test_an_update_that_makes_the_model_worse_is_not_applied(pirate):

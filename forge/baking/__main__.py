@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         export_merged(result, tokenizer, out)
     atomic_write_json(report_path, report)
-    target = ("" if result.target_reached is None else f" (target {config.target_strength:g}: "
-              f"{'reached' if result.target_reached else 'missed'}, LoRA scale {result.lora_scale:.3f})")
-    print(f"[forge.baking] KL {result.kl_before:.4f} -> {result.kl_after:.4f}, strength {result.strength:.3f}{target}; "
+    print(f"[forge.baking] KL {result.kl_before:.4f} -> {result.kl_after:.4f}, {result.describe_strength()}; "
           f"{args.save} written to {out}, report {report_path}", flush=True)
     return 0
 

@@ -175,6 +175,17 @@ class BakeResult:
         tried = [row for row in self.scale_search if row["scale"] == self.lora_scale]
         return tried[-1]["calibration_strength"] if tried else None
 
+    def describe_strength(self) -> str:
+        """The measured strength for a console line; in target mode with the verdict against the target band
+        and what the LoRA scale was chosen by, e.g. ``strength 0.465 (target 0.5 +/- 0.1: reached; ...)``."""
+        text = f"strength {self.strength:.3f}"
+        if self.target_reached is None:
+            return text
+        calibration = ("" if self.calibration_strength is None
+                       else f"calibration {self.calibration_strength:.3f} at ")
+        return (f"{text} (target {self.config.target_strength:g} +/- {self.config.strength_tolerance:g}: "
+                f"{'reached' if self.target_reached else 'missed'}; {calibration}LoRA scale {self.lora_scale:.3f})")
+
     def report(self) -> dict[str, Any]:
         """JSON-ready summary (no weights, no trajectories)."""
         return {

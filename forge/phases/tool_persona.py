@@ -308,6 +308,7 @@ class ToolPersonaWork:
             "target_reached": result.target_reached,
             "lora_scale": result.lora_scale, "retained_sequences": len(self.retain),
             "retain_loss_last_epoch": result.history[-1].retain_loss})
+        print(f"[forge] tool_persona: {strength}-bake: held-out {result.describe_strength()}", flush=True)
         self.model = result.merge().eval()
         return result.strength
 
