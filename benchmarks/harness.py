@@ -235,6 +235,8 @@ def evaluate(model, tokenizer, tasks: Sequence[str], *, limit: int | None = None
             metrics, samples = _evaluate_task(model, tokenizer, task, docs, pool, settings, info)
             if task.group_by is not None:
                 metrics.update(_group_means(task, docs, samples))
+            if task.guess_accuracy is not None:  # what "above chance" is measured against, on these items
+                metrics["guess_accuracy"] = float(np.mean([task.guess_accuracy(doc) for doc in docs]))
             result = TaskResult(task=task.name, metrics=metrics, primary_metric=task.primary_metric,
                                 n_items=len(docs), wall_s=time.perf_counter() - start, config=config,
                                 samples=samples if log_samples else None)

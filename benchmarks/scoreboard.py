@@ -8,7 +8,8 @@ Figures (each with a seeded bootstrap confidence interval over items):
 - ``task_accuracy``: the mean of the per-task accuracies (primary metric of each task) on held-out items:
   ``taskworld_easy`` (generated add and cmp problems) without a data folder, a small fixed subset of ARC-Easy,
   ARC-Challenge, PIQA, HellaSwag, GSM8K and MMLU with one; items are resampled within each task.
-  ``task_accuracy/<task>`` per task.
+  ``task_accuracy/<task>`` per task, with the accuracy of a uniform guess on the same items (``guess_accuracy``)
+  where the task defines one (``taskworld_easy``).
 - ``tool_accuracy``: the multi-turn tool-use benchmark (``benchmarks.tooluse``) on held-out problems: without a
   data folder the ``hard`` multi-digit problems, which a tiny model solves only with the calculator (a call, then
   the answer: ``tool_max_turns`` 2), so the figure shows when a phase teaches or loses tool use.
@@ -183,8 +184,10 @@ def task_figures(model, tokenizer, tasks: Sequence[str], data_dir, s: Scoreboard
     for name, values in per_task.items():
         interval = bootstrap_interval([values], np.mean, resamples=s.bootstrap_resamples, seed=s.seed,
                                       confidence=s.confidence)
+        guess = results[name].metrics.get("guess_accuracy")
         figures[f"task_accuracy/{name}"] = _figure(values.mean(), interval, len(values),
-                                                   metric=get_task(name).primary_metric)
+                                                   metric=get_task(name).primary_metric,
+                                                   **({} if guess is None else {"guess_accuracy": guess}))
     statistic = lambda *groups: float(np.mean([g.mean() for g in groups]))  # noqa: E731
     groups = list(per_task.values())
     interval = bootstrap_interval(groups, statistic, resamples=s.bootstrap_resamples, seed=s.seed,

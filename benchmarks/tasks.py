@@ -53,6 +53,7 @@ class Task:
     program: Callable[[Doc, str], str] | None = None  # code: the test program of a completion
     split_dataset: str | None = None  # name in forge.data.splits for the held-out half
     group_by: Callable[[Doc], str] | None = None  # also report the primary metric per group (subject, level)
+    guess_accuracy: Callable[[Doc], float] | None = None  # the item's primary metric under a uniform guess
 
 
 # ---------------------------------------------------------------- prompt formats (lm-eval)
@@ -249,11 +250,19 @@ def _score_taskworld(doc: Doc, generation: str) -> dict[str, float]:
     return {"exact_match": float(is_correct(doc["answer"], generation))}
 
 
+def _taskworld_guess(doc: Doc) -> float:
+    from forge.data.taskworld import guess_accuracy
+
+    return guess_accuracy(doc["family"], doc["level"])
+
+
 def _taskworld(name: str, mode: str, easy: bool, until: tuple[str, ...], max_new_tokens: int) -> Task:
+    # Only the easy families have a uniform guess (forge.data.taskworld.guess_accuracy).
     return Task(name=name, kind="generate", read_local=partial(read_taskworld, mode=mode, easy=easy), hub=None,
                 from_hub=None, primary_metric="exact_match", doc_to_text=lambda doc: doc["prompt"],
                 doc_to_target=lambda doc: doc["target"], target_delimiter="", until=until,
-                max_new_tokens=max_new_tokens, score_generation=_score_taskworld, group_by=lambda doc: doc["cell"])
+                max_new_tokens=max_new_tokens, score_generation=_score_taskworld, group_by=lambda doc: doc["cell"],
+                guess_accuracy=_taskworld_guess if easy else None)
 
 
 # ---------------------------------------------------------------- the registry

@@ -196,13 +196,13 @@ def _scored(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Path, 
     if not config.scoreboard.enabled:
         return result
     scored = time.time()
-    outputs, board = score_phase(config, run_dir, phase, phase_dir, result.outputs, inputs, data_dir,
-                                 {**texts, **result.texts})
+    outputs, board, figures = score_phase(config, run_dir, phase, phase_dir, result.outputs, inputs, data_dir,
+                                          {**texts, **result.texts})
     board["wall_s"] = round(time.time() - scored, 2)
     summary = {**result.summary, "scoreboard": board}
     scored_criteria = load_scored_criteria(phase)
     if scored_criteria is not None:
-        criteria = {**summary.get("criteria", {}), **scored_criteria(config, board["rows"])}
+        criteria = {**summary.get("criteria", {}), **scored_criteria(config, figures)}
         summary.update(criteria=criteria, criteria_missed=missed(criteria))
     return dataclasses.replace(result, outputs=outputs, summary=summary)
 

@@ -106,12 +106,39 @@ def test_cognate_gsm8k_criterion_is_model_1s_scoreboard_accuracy_at_the_spec_thr
 
     config = PipelineConfig()
     first, second = (spec.name for spec in config.cognate.models[:2])
-    met_of = lambda value: scored_criteria(config, {first: {"task_accuracy/gsm8k": value},  # noqa: E731
-                                                    second: {"task_accuracy/gsm8k": 1.0}})["gsm8k_acc"]["met"]
+    figure = lambda value: {"value": value, "low": value - 0.1, "high": value + 0.1, "n": 50}  # noqa: E731
+    met_of = lambda value: scored_criteria(config, {first: {"task_accuracy/gsm8k": figure(value)},  # noqa: E731
+                                                    second: {"task_accuracy/gsm8k": figure(1.0)}})["gsm8k_acc"]["met"]
     assert_boundary(met_of, 0.10, ">")  # assert final_metrics["gsm8k_acc"] > 0.10 (Model 1's)
     # Not measured (no data folder: no GSM8K row): missed, with no value.
-    assert scored_criteria(config, {first: {"task_accuracy/synthetic_reasoning": 1.0}})["gsm8k_acc"] == {
+    assert scored_criteria(config, {first: {"task_accuracy/synthetic_reasoning": figure(1.0)}})["gsm8k_acc"] == {
         "value": None, "direction": ">", "threshold": 0.1, "required": "> 0.1", "met": False}
+
+
+def test_cognate_easy_criteria_are_each_models_interval_above_a_guess_on_the_same_items():
+    from forge.config import PipelineConfig
+    from forge.phases.cognate import scored_criteria
+
+    config = PipelineConfig()
+    names = [spec.name for spec in config.cognate.models]
+    guess = 0.2458
+
+    def easy(low: float, with_guess: bool = True) -> dict:
+        return {"value": low + 0.1, "low": low, "high": low + 0.2, "n": 90,
+                **({"guess_accuracy": guess} if with_guess else {})}
+
+    # Issue 18: "clearly above chance" is the interval's lower end above the guess, not the accuracy itself.
+    met_of = lambda low: scored_criteria(config, {name: {"task_accuracy/taskworld_easy": easy(low)}  # noqa: E731
+                                                  for name in names})[f"easy_accuracy_low_{names[-1]}"]["met"]
+    assert_boundary(met_of, guess, ">")
+    criteria = scored_criteria(config, {names[0]: {"task_accuracy/taskworld_easy": easy(0.3)},
+                                        names[1]: {"task_accuracy/taskworld_easy": easy(0.2)}})
+    assert criteria[f"easy_accuracy_low_{names[0]}"]["met"] and not criteria[f"easy_accuracy_low_{names[1]}"]["met"]
+    assert criteria[f"easy_accuracy_low_{names[1]}"]["required"] == f"> {guess:g}"
+    # A model not scored on the task (a data folder's scoreboard), or a figure without a guess: no criterion.
+    assert f"easy_accuracy_low_{names[2]}" not in criteria
+    assert scored_criteria(config, {names[0]: {"task_accuracy/taskworld_easy": easy(0.3, False)}}).keys() == {
+        "gsm8k_acc"}
 
 
 # ---------------------------------------------------------------------------------------- Phase 2

@@ -203,6 +203,7 @@ def test_rows_are_fixed_per_model_and_change_with_the_model(two_models, ray_sess
     assert figures["heldout_perplexity"]["n"] == len(TEXTS)
     # No data folder: the task world's easy held-out problems, offline_task_items of them (task_items is for data).
     assert figures["task_accuracy"]["tasks"] == ["taskworld_easy"]
+    assert 0.2 < figures["task_accuracy/taskworld_easy"]["guess_accuracy"] < 0.3  # a uniform guess on these items
     assert figures["task_accuracy"]["n"] == SETTINGS.offline_task_items
     # ... and the multi-digit problems only the calculator solves, with a turn for the call and one for the answer.
     assert figures["tool_accuracy"]["sources"] == ["hard"] and figures["tool_accuracy"]["n"] == SETTINGS.tool_items

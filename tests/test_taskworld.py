@@ -178,6 +178,37 @@ def test_harness_scores_taskworld_generations_per_cell():
     for sample in result.samples:
         assert sample["exact_match"] == float(taskworld.is_correct(docs[sample["id"]]["answer"], sample["generation"]))
     assert result.metrics["exact_match"] == sum(s["exact_match"] for s in result.samples) / 12
-    assert set(result.metrics) - {"exact_match"} <= {"exact_match/add_1", "exact_match/add_2", "exact_match/cmp_1",
-                                                     "exact_match/cmp_2"}
-    assert len(result.metrics) > 2
+    assert set(result.metrics) - {"exact_match", "guess_accuracy"} <= {"exact_match/add_1", "exact_match/add_2",
+                                                                       "exact_match/cmp_1", "exact_match/cmp_2"}
+    assert len(result.metrics) > 3
+    # The floor "above chance" means, on the 12 items evaluated: the mean of their uniform guesses.
+    expected = sum(taskworld.guess_accuracy(docs[s["id"]]["family"], docs[s["id"]]["level"]) for s in result.samples)
+    assert result.metrics["guess_accuracy"] == pytest.approx(expected / 12)
+
+
+@pytest.mark.parametrize("family", ["add", "sub", "cmp"])
+@pytest.mark.parametrize("level", [1, 2])
+def test_a_guess_is_right_once_per_possible_answer(family, level):
+    # Every answer the generator's operands can give, enumerated: a uniform guess among them is right 1/len times.
+    numbers = range(10 ** level)
+    answers = ({a + b for a in numbers for b in numbers} if family == "add"
+               else {a - b for a in numbers for b in numbers if b <= a} if family == "sub" else None)
+    expected = 0.5 if family == "cmp" else 1 / len(answers)  # cmp: either of the two numbers shown
+    assert taskworld.guess_accuracy(family, level) == pytest.approx(expected)
+    rng = random.Random(0)
+    items = [taskworld.generate_item(family, level, rng) for _ in range(200)]
+    assert all(int(item.answer) in answers for item in items) if answers else all(
+        item.answer in item.question for item in items)
+
+
+def test_the_scoreboards_easy_items_have_a_guess_floor_and_others_name_why_not():
+    easy = load_docs(get_task("taskworld_easy"), None)
+    floor = sum(taskworld.guess_accuracy(doc["family"], doc["level"]) for doc in easy) / len(easy)
+    cells = {cell: sum(doc["cell"] == cell for doc in easy) for cell in ("add_1", "add_2", "cmp_1", "cmp_2")}
+    assert floor == pytest.approx((cells["add_1"] / 19 + cells["add_2"] / 199 + (cells["cmp_1"] + cells["cmp_2"]) / 2)
+                                  / len(easy))
+    assert get_task("taskworld").guess_accuracy is None  # mul and word answers span no range
+    with pytest.raises(ValueError, match="no uniform guess"):
+        taskworld.guess_accuracy("mul", 1)
+    with pytest.raises(ValueError, match="level 6"):
+        taskworld.guess_accuracy("add", 6)

@@ -348,6 +348,22 @@ EASY_FAMILIES = ("add", "cmp")
 EASY_LEVELS = (1, 2)
 
 
+def guess_accuracy(family: str, level: int) -> float:
+    """How often a uniform guess among the answers a problem of ``family`` at ``level`` can have is right: the
+    floor that "above chance" means. add: one of the 2*10^n - 1 sums; sub: one of the 10^n differences; cmp:
+    either of the two numbers shown. mul and word answers have no such uniform range, so they have none."""
+    if level not in LEVELS:
+        raise ValueError(f"level {level}: choose one of {LEVELS}")
+    if family == "add":
+        return 1.0 / (2 * 10 ** level - 1)
+    if family == "sub":
+        return 1.0 / 10 ** level
+    if family == "cmp":
+        return 0.5
+    raise ValueError(f"family {family!r} has no uniform guess (its answers do not span a range); "
+                     "add, sub and cmp have one")
+
+
 # Modes of the curriculum's documents, drawn uniformly from this tuple: direct in 8 of 10 (the learning curve
 # above was measured in direct mode; a direct document is 41 characters, a work one 82, a calculator one 106,
 # so uniform modes would give direct 18% of the task-world text), work and calculator in 1 each, so that the

@@ -14,7 +14,7 @@ def load_phase(name: str):
 
 
 def load_scored_criteria(name: str):
-    """Phase ``name``'s ``scored_criteria(config, rows) -> criteria``, for spec criteria measured on its scoreboard
-    rows (``{model: {metric: value}}``), or None when it has none."""
+    """Phase ``name``'s ``scored_criteria(config, figures) -> criteria``, for criteria measured on its scoreboard
+    figures (``{model: {metric: {"value", "low", "high", ...}}}``), or None when it has none."""
     load_phase(name)
     return getattr(importlib.import_module(f"forge.phases.{name}"), "scored_criteria", None)

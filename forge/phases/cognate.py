@@ -139,12 +139,25 @@ GSM8K_REQUIRED = 0.10
 """The spec's Phase 1 success criterion ``gsm8k_acc > 0.10`` (Model 1's final validation)."""
 
 
-def scored_criteria(config: PipelineConfig, rows: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+EASY_TASK = "task_accuracy/taskworld_easy"
+"""The scoreboard figure of issue 18's "clearly above chance on the easy tasks" (without a data folder)."""
+
+
+def scored_criteria(config: PipelineConfig,
+                    figures: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """The spec's ``gsm8k_acc > 0.10`` for Model 1 (the first configured model, reasoning-focused), on the
-    scoreboard's held-out GSM8K items. They need a data folder; without one the value is None: missed, as
-    not measured."""
-    model = config.cognate.models[0].name
-    return {"gsm8k_acc": criterion(rows.get(model, {}).get("task_accuracy/gsm8k"), ">", GSM8K_REQUIRED)}
+    scoreboard's held-out GSM8K items: they need a data folder; without one the value is None: missed, as not
+    measured. Where the scoreboard scores ``taskworld_easy`` (no data folder), each model's
+    ``easy_accuracy_low_<name>``: "clearly above chance" as the lower end of the accuracy's 95% interval above
+    a uniform guess's accuracy on the same items."""
+    first = config.cognate.models[0].name
+    gsm8k = figures.get(first, {}).get("task_accuracy/gsm8k")
+    criteria = {"gsm8k_acc": criterion(None if gsm8k is None else gsm8k["value"], ">", GSM8K_REQUIRED)}
+    for spec in config.cognate.models:
+        easy = figures.get(spec.name, {}).get(EASY_TASK)
+        if easy is not None and "guess_accuracy" in easy:
+            criteria[f"easy_accuracy_low_{spec.name}"] = criterion(easy["low"], ">", easy["guess_accuracy"])
+    return criteria
 
 
 def diversity_criteria(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -109,11 +109,12 @@ def judge(output: Mapping[str, Any], input_rows: Mapping[str, Mapping[str, Any]]
 
 def score_phase(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Path, outputs: dict[str, Path],
                 inputs: Mapping[str, Path], data_dir: str | None,
-                texts: Mapping[str, Path]) -> tuple[dict[str, Path], dict[str, Any]]:
+                texts: Mapping[str, Path]) -> tuple[dict[str, Path], dict[str, Any], dict[str, dict[str, Any]]]:
     """Score the phase's outputs, apply the gate, record both in scoreboard.json.
 
     ``texts``: the run's declared text outputs (Phase 1's held-out documents are the perplexity items).
-    Returns the outputs to hand on (an input replaces a gated output) and the manifest's summary entry.
+    Returns the outputs to hand on (an input replaces a gated output), the manifest's summary entry (values only)
+    and each output's figures with their intervals (``{name: {metric: figure}}``, what criteria judge).
     """
     board = config.scoreboard
     if (phase_dir / GATED_DIR).exists():  # an earlier decision's copies (re-gating after a settings change)
@@ -148,7 +149,7 @@ def score_phase(config: PipelineConfig, run_dir: Path, phase: str, phase_dir: Pa
     summary = {"primary_metric": metric,
                "rows": {name: {k: v["value"] for k, v in row["metrics"].items()} for name, row in rows.items()},
                "gate": entry["gate"], "handed_on": entry["handed_on"]}
-    return handed_on, summary
+    return handed_on, summary, {name: row["metrics"] for name, row in rows.items()}
 
 
 def console_lines(phase: str, entry: Mapping[str, Any], metric: str) -> list[str]:
