@@ -66,10 +66,6 @@ class CognateModelSpec:
     taskworld_dataset: Literal["taskworld", "taskworld_direct"] = "taskworld"
     """Which task-world dataset the share draws: taskworld (mostly direct answers, some worked and calculator
     transcripts, so the instructions change what the model writes) or taskworld_direct (direct answers only)."""
-    fork_lr_scale: float | None = None
-    """This model's peak learning rates after the fork, as a fraction of cognate.train.optimizer's; None:
-    cognate.trunk.fork_lr_scale. A fork keeps more of the trunk's task-world answers at a lower rate; the rate
-    each model needs to stay above chance was measured per model (docs/BENCHMARKS.md)."""
 
 
 def _spec_models() -> list[CognateModelSpec]:
@@ -84,7 +80,7 @@ def _spec_models() -> list[CognateModelSpec]:
                          taskworld_share=0.15),
         CognateModelSpec("speed", 0.99, 64, 44, [1, 1, 1],
                          {"math": 0.2, "qa": 0.2, "code": 0.1, "commonsense": 0.4, "language": 0.1},
-                         taskworld_share=0.15, fork_lr_scale=0.15),
+                         taskworld_share=0.15),
     ]
 
 
@@ -128,9 +124,8 @@ class CognateTrunkConfig:
     """Cap on the trunk's optimizer steps per epoch (cognate.train.max_steps_per_epoch is the models'); None: its
     whole corpus."""
     fork_lr_scale: float = 0.3
-    """Peak learning rates of the forked models as a fraction of cognate.train.optimizer's (a model's own
-    fork_lr_scale overrides it): forks that restarted at the full rate lost most of the trunk's task-world answers
-    (docs/BENCHMARKS.md); 1: the full rate."""
+    """Peak learning rates of the forked models as a fraction of cognate.train.optimizer's: forks that restarted
+    at the full rate lost most of the trunk's task-world answers (docs/BENCHMARKS.md); 1: the full rate."""
 
 
 @dataclass
@@ -499,9 +494,6 @@ def validate(config: PipelineConfig) -> None:
         if len(spec.stage_epochs) != 3 or min(spec.stage_epochs) < 0:
             raise ConfigError(f"cognate.models[{spec.name}].stage_epochs: three non-negative counts "
                               "(foundation, reasoning, advanced)")
-        if spec.fork_lr_scale is not None and not 0.0 < spec.fork_lr_scale <= 1.0:
-            raise ConfigError(f"cognate.models[{spec.name}].fork_lr_scale={spec.fork_lr_scale} must be in (0, 1] "
-                              "(a fraction of cognate.train.optimizer's rates) or null (the trunk's)")
     trunk = cognate.trunk
     if trunk.enabled and "trunk" in names:
         raise ConfigError("cognate.models: 'trunk' names the shared trunk's trainer; rename the model")

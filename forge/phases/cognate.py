@@ -342,13 +342,9 @@ def run(ctx: PhaseContext) -> PhaseResult:
             "unigram_val_perplexity": unigram_perplexity(trunk_stream + own_stream, val_stream, len(tokenizer)),
         }
         # A fork refines the trunk at a lower peak rate; at the full rate it overwrote the trunk's task answers.
-        fork_train = cognate.train
-        if trunk:
-            scale = trunk.fork_lr_scale if spec.fork_lr_scale is None else spec.fork_lr_scale
-            fork_train = replace(cognate.train, optimizer=replace(
-                cognate.train.optimizer, muon_lr=cognate.train.optimizer.muon_lr * scale,
-                adam_lr=cognate.train.optimizer.adam_lr * scale))
-            data_record[spec.name]["fork_lr_scale"] = scale
+        fork_train = cognate.train if not trunk else replace(cognate.train, optimizer=replace(
+            cognate.train.optimizer, muon_lr=cognate.train.optimizer.muon_lr * trunk.fork_lr_scale,
+            adam_lr=cognate.train.optimizer.adam_lr * trunk.fork_lr_scale))
         jobs.append(job(spec.name, spec, stages, init_from=trunk_dir, train=fork_train))
     results, share = _train_jobs(jobs, config, plan,
                                  {name: record["unigram_val_perplexity"] for name, record in data_record.items()})
