@@ -352,8 +352,7 @@ def guess_accuracy(family: str, level: int) -> float:
     """How often a uniform guess among the answers a problem of ``family`` at ``level`` can have is right: the
     floor that "above chance" means. add: one of the 2*10^n - 1 sums; sub: one of the 10^n differences; cmp:
     either of the two numbers shown. mul and word answers have no such uniform range, so they have none."""
-    if level not in LEVELS:
-        raise ValueError(f"level {level}: choose one of {LEVELS}")
+    _check_choice([family], [level])
     if family == "add":
         return 1.0 / (2 * 10 ** level - 1)
     if family == "sub":
