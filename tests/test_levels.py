@@ -415,3 +415,5 @@ def test_every_task_world_level_rehearses_easy_train_side_problems():
     assert rehearsal_pairs(dataclasses.replace(config, level_source="synthetic")) == []
     with pytest.raises(ValueError, match="rehearsal_items must be >= 0"):
         CurriculumPhaseConfig(rehearsal_items=-1)
+    with pytest.raises(ValueError, match="bake_retain_rehearsal >= 0"):
+        CurriculumPhaseConfig(bake_retain_rehearsal=-1)

@@ -15,7 +15,8 @@ from forge.baking import BakingConfig
 from forge.config import PipelineConfig
 from forge.data.tokenizer import train_bpe_tokenizer
 from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig, TaskWorldLevel, bake_inputs,
-                          build_levels, completion_text, load_value_prompts, prompt_text, retained_answers)
+                          build_levels, completion_text, load_value_prompts, prompt_text, rehearsal_pairs,
+                          retained_answers)
 from forge.phases.base import PhaseContext
 from forge.data.heldout import HELDOUT, REPLAY, TEXT_FILES
 from forge.phases.curriculum import (FLOAT_OUTPUT_NOTE, bakes_kept_skill, change_interval, choose_input,
@@ -232,13 +233,22 @@ def test_retained_items_follow_the_bake_questions_and_never_repeat_them(ternary_
     _, tokenizer = load_model_dir(ternary_dir)
     level = build_levels(CURRICULUM, None)[0]  # 24 training items
     questions = set(bake_inputs(level, 16))
-    retained = retained_answers(tokenizer, level, 16, 64, None)
+    config = dataclasses.replace(CURRICULUM, bake_inputs=16, bake_retain_items=64, bake_retain_rehearsal=0)
+    retained = retained_answers(tokenizer, level, config, None)
     assert len(retained) == 24 - 16  # as many as the level has after the bake's questions
-    assert len(retained_answers(tokenizer, level, 16, 5, None)) == 5  # else its last items
+    assert len(retained_answers(tokenizer, level, dataclasses.replace(config, bake_retain_items=5), None)) == 5
     contexts = {tokenizer.decode(list(t.student_context)) for t in retained}
     assert contexts == {prompt_text(item) for item in level.train[16:]} and not contexts & questions
     first = retained[0]
     assert tokenizer.decode(list(first.generated)).startswith(completion_text(level.train[16]))
+    with_rehearsal = retained_answers(tokenizer, level, dataclasses.replace(config, bake_retain_rehearsal=3), None)
+    rehearsed = [(tokenizer.decode(list(t.student_context)), tokenizer.decode(list(t.generated)))
+                 for t in with_rehearsal[len(retained):]]  # the easy direct answers, after the level's items
+    assert with_rehearsal[:len(retained)] == retained and len(rehearsed) == 3
+    assert [prompt for prompt, _ in rehearsed] == [prompt for prompt, _ in rehearsal_pairs(config)[:3]]
+    assert all(answer.startswith("Answer: ") for _, answer in rehearsed)
+    fewer = dataclasses.replace(config, rehearsal_items=2, bake_retain_rehearsal=3)  # all the rehearsal there is
+    assert len(retained_answers(tokenizer, level, fewer, None)) == len(retained) + 2
 
 
 def test_input_choice_and_values_file_errors(tmp_path, ternary_dir):

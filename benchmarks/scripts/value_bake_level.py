@@ -11,7 +11,9 @@ against the run's record, so every variant starts from the model the phase baked
 overrides (``key=value``) of the bake (``curriculum.baking.*``, ``curriculum.bake_*``); ``inputs=text`` bakes on
 the openings of Phase 1's replay documents that are not task-world problems (``curriculum.bake_inputs`` of them,
 ``TEXT_INPUT_CHARS`` characters each) instead of the level's questions. Per variant: each value prompt's strength
-against the trained model, the joint bake's held-out strength per epoch, the level's accuracy.
+against the trained model, the joint bake's held-out strength per epoch, the level's accuracy and the scoreboard's
+direct-answer accuracy (``taskworld_easy``, thinking suppressed: what the gate after Phase 5 compares), the latter also
+after training.
 
 The ceiling: one student (the model without a prompt) serves all six prompts on the same questions, so where the
 prompted teachers disagree it cannot match each. The best single next-token distribution for the summed KL of the
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks.scoreboard import OFFLINE_TASKS, task_figures  # noqa: E402
 from forge.artifacts import atomic_write_json, load_model_dir, read_json  # noqa: E402
 from forge.baking import bake_together  # noqa: E402
 from forge.baking.compose import frozen_copy, prompt_target  # noqa: E402
@@ -92,6 +95,11 @@ def joint_ceiling(model, tokenizer, prompts: list[str], inputs: list[str], confi
     return ceilings
 
 
+def scoreboard_direct(model, tokenizer, config) -> float:
+    """The scoreboard's offline task accuracy of ``model`` (its settings from the run's config)."""
+    return task_figures(model, tokenizer, OFFLINE_TASKS, None, config.scoreboard.settings())["task_accuracy"]["value"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True, help="a finished run's preset folder, e.g. /tmp/run9/tiny")
@@ -120,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                 replay_first_step=(level.spec.level - 1) * phase.steps_per_level)
     model.eval()
     trained, interval, _ = accuracy_figures(model, tokenizer, level, phase)
-    print(f"level {args.level} trained: accuracy {trained:.3f} (the run's {record['accuracy_after_training']:.3f}); "
-          f"{time.perf_counter() - started:.0f} s", flush=True)
+    trained_direct = scoreboard_direct(model, tokenizer, cfg)
+    print(f"level {args.level} trained: accuracy {trained:.3f} (the run's {record['accuracy_after_training']:.3f}), "
+          f"scoreboard direct {trained_direct:.3f}; {time.perf_counter() - started:.0f} s", flush=True)
     if trained != record["accuracy_after_training"]:
         raise SystemExit(f"the level trained to {trained}, not the run's {record['accuracy_after_training']}: this "
                          "tree or config does not reproduce the run; use the run's commit")
@@ -136,26 +145,28 @@ def main(argv: list[str] | None = None) -> int:
         on_text = "inputs=text" in overrides
         overrides = [item for item in overrides if item != "inputs=text"]
         variant = load_pipeline_config(config_file=str(run_dir / "config.json"), overrides=overrides).curriculum
-        retain = retained_answers(tokenizer, level, variant.bake_inputs, variant.bake_retain_items,
-                                  max_positions(model))
+        retain = retained_answers(tokenizer, level, variant, max_positions(model))
         inputs = (text_inputs(replay_texts, variant.bake_inputs) if on_text
                   else bake_inputs(level, variant.bake_inputs))
         baked, bake = bake_together(copy.deepcopy(model), tokenizer, prompts, inputs,
                                     variant.baking.at_strength("full"), retain=retain)
         baked.eval()
         accuracy, _, _ = accuracy_figures(baked, tokenizer, level, phase)
+        direct = scoreboard_direct(baked, tokenizer, cfg)
         strengths = {names[p]: value for p, value in bake["strengths"].items()}
         rows.append({"variant": name, "overrides": overrides, "inputs": "text" if on_text else "level",
                      "example_input": inputs[0], "strengths": strengths,
                      "strength_min": min(strengths.values()),
                      "joint_heldout_strength_per_epoch": [row["strength"] for row in bake["joint"]["history"]],
-                     "accuracy_after_baking": accuracy, "wall_s": time.perf_counter() - variant_started})
+                     "accuracy_after_baking": accuracy, "scoreboard_direct_after_baking": direct,
+                     "retained_sequences": len(retain), "wall_s": time.perf_counter() - variant_started})
         print(f"{name}: strengths min {rows[-1]['strength_min']:.3f}, per epoch "
-              f"{[round(s, 3) for s in rows[-1]['joint_heldout_strength_per_epoch']]}, accuracy {accuracy:.3f}; "
+              f"{[round(s, 3) for s in rows[-1]['joint_heldout_strength_per_epoch']]}, accuracy {accuracy:.3f}, "
+              f"scoreboard direct {direct:.3f}; "
               f"{rows[-1]['wall_s']:.0f} s", flush=True)
     atomic_write_json(Path(args.json), {
         "run_dir": str(run_dir), "level": args.level, "accuracy_after_training": trained,
-        "accuracy_after_training_interval": interval,
+        "accuracy_after_training_interval": interval, "scoreboard_direct_after_training": trained_direct,
         "ceiling": {names[p]: value for p, value in ceiling.items()}, "variants": rows,
         "wall_s": time.perf_counter() - started})
     print(f"wrote {args.json}")

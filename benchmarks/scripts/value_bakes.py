@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     trained, interval, _ = accuracy_figures(model, tokenizer, level, cfg)
     print(f"level 1 trained: accuracy {trained:.3f} {interval} ({time.perf_counter() - started:.0f} s)", flush=True)
     config = cfg.baking.at_strength("full")
-    retain = retained_answers(tokenizer, level, cfg.bake_inputs, cfg.bake_retain_items, max_positions(model))
+    retain = retained_answers(tokenizer, level, cfg, max_positions(model))
     counts = args.inputs or [cfg.bake_inputs]
     variants = [("sequential", counts[0], ())] + [(kind, n, keep) for n in counts
                                                   for kind, keep in (("joint", ()), ("joint_retained", retain))]

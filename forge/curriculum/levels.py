@@ -106,6 +106,9 @@ class CurriculumPhaseConfig:
     # the prompt, and all prompts are baked together on them (forge.baking.bake_together)
     bake_retain_items: int = 64  # the level's last training items (not the bake's questions; fewer if the level
     # has fewer), whose answers the bake holds (forge.baking retention, ``baking.retention_target``); 0: none
+    bake_retain_rehearsal: int = 64  # the first of the rehearsal problems (``rehearsal_items``, fewer if there are
+    # fewer: easy direct answers) whose answers the bake holds besides, so value prompts that ask for worked steps
+    # do not turn the easy cells' direct answers into worked ones (docs/BENCHMARKS.md); 0: none
     bake_skill_tolerance: float = 0.05  # the bakes keep a level's skill when its held-out accuracy after them is
     # at most this far below the accuracy after training
     replay_sequences: int = 4  # Phase 1 training-text blocks replayed in every step (keeps the model's text
@@ -166,9 +169,10 @@ class CurriculumPhaseConfig:
             raise ValueError(f"curriculum.bake_inputs must be >= {least} (one is held out to measure strength"
                              f"{', one to calibrate the target strength on' if least == 3 else ''}), "
                              f"got {self.bake_inputs}")
-        if self.bake_retain_items < 0 or not 0.0 <= self.bake_skill_tolerance < 1.0:
-            raise ValueError(f"curriculum needs bake_retain_items >= 0 and bake_skill_tolerance in [0, 1), got "
-                             f"{self.bake_retain_items} and {self.bake_skill_tolerance}")
+        if self.bake_retain_items < 0 or self.bake_retain_rehearsal < 0 or not 0.0 <= self.bake_skill_tolerance < 1.0:
+            raise ValueError(f"curriculum needs bake_retain_items, bake_retain_rehearsal >= 0 and bake_skill_tolerance "
+                             f"in [0, 1), got {self.bake_retain_items}, {self.bake_retain_rehearsal} and "
+                             f"{self.bake_skill_tolerance}")
 
 
 @dataclass(frozen=True)
@@ -594,11 +598,15 @@ def retained_sequences(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int
             for ids, prompt_len in encode_pairs(tokenizer, pairs, max_len)]
 
 
-def retained_answers(tokenizer, level: Level, skip: int, count: int, max_len: int | None) -> list[Trajectory]:
-    """The level's last ``count`` training items, none of the first ``skip`` (:func:`bake_inputs`' questions): fewer
-    when the level has fewer; each its prompt and its reference completion, the sequences a bake holds."""
-    items = level.train[max(skip, len(level.train) - count):] if count else []
-    return retained_sequences(tokenizer, [(prompt_text(item), completion_text(item)) for item in items], max_len)
+def retained_answers(tokenizer, level: Level, config: CurriculumPhaseConfig, max_len: int | None) -> list[Trajectory]:
+    """The sequences a level's bake holds: the level's last ``bake_retain_items`` training items, none of the first
+    ``bake_inputs`` (:func:`bake_inputs`' questions), fewer when the level has fewer; then the first
+    ``bake_retain_rehearsal`` rehearsal problems (:func:`rehearsal_pairs`). Each its prompt and its reference
+    completion."""
+    count = config.bake_retain_items
+    items = level.train[max(config.bake_inputs, len(level.train) - count):] if count else []
+    pairs = [(prompt_text(item), completion_text(item)) for item in items]
+    return retained_sequences(tokenizer, pairs + rehearsal_pairs(config)[:config.bake_retain_rehearsal], max_len)
 
 
 def count_tokens(tokenizer, text: str) -> int:

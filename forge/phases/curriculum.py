@@ -152,7 +152,7 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
         record["heldout_perplexity_after_training"] = perplexity(model)
 
     started = time.perf_counter()
-    retain = retained_answers(tokenizer, level, cfg.bake_inputs, cfg.bake_retain_items, max_positions(model))
+    retain = retained_answers(tokenizer, level, cfg, max_positions(model))
     model, baked = bake_together(model, tokenizer, [prompt.text for prompt in prompts],
                                  bake_inputs(level, cfg.bake_inputs), cfg.baking.at_strength("full"), retain=retain)
     record["bakes"] = [{"name": prompt.name, "kl_per_token": baked["kl_per_token"][prompt.text],
