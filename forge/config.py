@@ -72,7 +72,8 @@ def _spec_models() -> list[CognateModelSpec]:
     # Spec: reasoning (ACT 0.95, LTM 2048, seed 42, 10 epochs), memory (0.85, 8192, 43, 12, language-heavy),
     # speed (0.99, 2048, 44, 8, commonsense-heavy). The tiny preset keeps the differences with fewer epochs
     # and the memory scaled by 1/32 (64 and 256 slots, the same 1:4 ratio): at 2048+ slots the memory alone
-    # costs several times the rest of a hidden-128 model.
+    # costs several times the rest of a hidden-128 model. The speed model's task-world share is direct answers
+    # only: it is the one that does not show its work (with the mixed modes it kept no more than chance of them).
     return [
         CognateModelSpec("reasoning", 0.95, 64, 42, [1, 1, 1], taskworld_share=0.3),
         CognateModelSpec("memory", 0.85, 256, 43, [1, 1, 2],
@@ -80,7 +81,7 @@ def _spec_models() -> list[CognateModelSpec]:
                          taskworld_share=0.15),
         CognateModelSpec("speed", 0.99, 64, 44, [1, 1, 1],
                          {"math": 0.2, "qa": 0.2, "code": 0.1, "commonsense": 0.4, "language": 0.1},
-                         taskworld_share=0.15),
+                         taskworld_share=0.15, taskworld_dataset="taskworld_direct"),
     ]
 
 
@@ -215,7 +216,7 @@ class QuietStarPhaseConfig:
     else taskworld."""
     data_file: str | None = None
     """The dataset read when data_source is file."""
-    num_examples: int = 400
+    num_examples: int = 800
     """Reasoning examples to build (spec: >= 20,000)."""
     min_examples: int = 300
     """The data validation's minimum count (spec: 20,000; the tiny preset trains on fewer)."""
