@@ -38,7 +38,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LADDER = [TaskWorldLevel(["add", "cmp"], 2), TaskWorldLevel(["add", "sub", "cmp"], 2)]
 CURRICULUM = CurriculumPhaseConfig(
     num_levels=2, taskworld_ladder=LADDER, train_items=24, heldout_items=4, steps_per_level=15, batch_size=8,
-    learning_rate=3e-3, max_new_tokens=20, bake_inputs=5, bake_retain_items=8, tool_use_items=0, replay_sequences=2, replay_seq_len=32,
+    learning_rate=3e-3, max_new_tokens=20, bake_inputs=5, bake_retain_items=8, bake_retain_rehearsal=4,
+    tool_use_items=0, replay_sequences=2, replay_seq_len=32,
     baking=BakingConfig(lora_r=4, lora_alpha=8, learning_rate=1e-2, batch_size=4, samples_per_input=2,
                         max_new_tokens=6, mode="epochs"))
 
@@ -109,7 +110,7 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
         assert [bake["name"] for bake in level["bakes"]] == [p.name for p in prompts]
         # One full-strength joint bake of a few steps at a high rate must take hold measurably.
         assert level["joint_bake"]["strength"] > 0.05, level["joint_bake"]
-        assert level["joint_bake"]["retained_sequences"] == 8 and level["joint_bake"]["retain_loss_last_epoch"] >= 0
+        assert level["joint_bake"]["retained_sequences"] == 8 + 4 and level["joint_bake"]["retain_loss_last_epoch"] >= 0
         families = level["heldout_by_family"]
         assert set(families) <= set(level["families"])  # 4 held-out items may miss a family
         assert sum(counts["items"] for counts in families.values()) == level["heldout_items"]

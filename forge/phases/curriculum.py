@@ -7,7 +7,8 @@ weights, so the output is a float model and the manifest says so. Per level (``f
 accuracy before, a short AdamW training stage on the level's items, accuracy after, then the value prompts
 baked together into one adapter on the level's questions (``forge.baking.bake_together``: baked one after
 another on the same inputs, each bake overwrote the one before and the level's accuracy fell to 0), with
-other training items' answers held (retention: to their own tokens in the tiny preset, ``baking.retention_target``),
+other training items' answers and some rehearsed easy direct answers held (retention: to their own tokens in the
+tiny preset, ``baking.retention_target``),
 each prompt's strength measured against the model the level's bakes started from, and the accuracy once more. A
 level is passed when its accuracy after training reaches ``pass_accuracy``; each accuracy is recorded with a 95%
 bootstrap interval over the held-out items, and each item's answer (0/1) for the paired intervals of the changes
