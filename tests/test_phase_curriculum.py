@@ -19,9 +19,10 @@ from forge.curriculum.levels import (DEFAULT_VALUES_FILE, CurriculumPhaseConfig,
                           retained_answers)
 from forge.phases.base import PhaseContext
 from forge.data.heldout import HELDOUT, REPLAY, TEXT_FILES
+from forge.criteria import verdict
 from forge.phases.curriculum import (FLOAT_OUTPUT_NOTE, bakes_kept_skill, change_interval, choose_input,
-                                    family_figures, phase_criteria, resume_state, run, run_fingerprint,
-                                    tool_demonstrations, unlearned_family_notes)
+                                    family_figures, phase_criteria, prompts_cost_the_skill, resume_state, run,
+                                    run_fingerprint, tool_demonstrations, unlearned_family_notes)
 from forge.quant.bitlinear import TernaryLinear
 from forge.quant.convert import int8_candidates, pack_model, quantizable_linears, to_bitlinear, to_int8
 from forge.quant.int8 import Int8Embedding, Int8Linear
@@ -108,6 +109,11 @@ def test_phase_writes_model_with_metadata_and_resumes_after_level_1(tmp_path, te
         assert level["heldout_answer_loss_after"] < level["heldout_answer_loss_before"]
         assert level["training"]["loss_last"] < level["training"]["loss_first"]
         assert [bake["name"] for bake in level["bakes"]] == [p.name for p in prompts]
+        if level is levels[-1]:  # each prompt's teacher, measured where the strength criterion judges the bakes
+            assert set(level["accuracy_prompted"]) == {p.name for p in prompts}
+            assert all(0.0 <= value <= 1.0 for value in level["accuracy_prompted"].values())
+        else:
+            assert "accuracy_prompted" not in level
         # One full-strength joint bake of a few steps at a high rate must take hold measurably.
         assert level["joint_bake"]["strength"] > 0.05, level["joint_bake"]
         assert level["joint_bake"]["retained_sequences"] == 8 + 4 and level["joint_bake"]["retain_loss_last_epoch"] >= 0
@@ -167,6 +173,28 @@ def test_value_strength_at_the_end_is_judged_at_its_floor(last_strength, met):
     # Only the last level's bakes are on the phase's output: level 1's weak strengths do not count.
     assert criteria["value_strength_at_end_min"]["value"] == last_strength
     assert criteria["value_strength_at_end_min"]["met"] is met
+
+
+@pytest.mark.parametrize("teacher, conflict", [(0.45, False), (0.4499, True)])
+def test_a_missed_strength_names_the_prompt_whose_teacher_costs_the_skill(teacher, conflict):
+    config = dataclasses.replace(CURRICULUM, bake_skill_tolerance=0.05)
+    records = [level_record(0.1, 0.5, 0.5, [0.7, 0.75])]
+    records[0]["level"] = 1
+    records[0]["accuracy_prompted"] = {"p0": 0.5, "p1": teacher}
+    strength = phase_criteria(records, config)["value_strength_at_end_min"]
+    assert strength["met"] is False
+    if conflict:  # the teacher answers more than the tolerance below the trained model
+        assert strength["out_of_reach"].startswith("with the value prompts in its context the trained level-1 model "
+                                                   "answers its held-out items at 0.450-0.500 against 0.500 without "
+                                                   "(p1 0.450")
+        assert "missed (out of reach here:" in verdict(strength)
+    else:
+        assert "out_of_reach" not in strength and prompts_cost_the_skill(records[0], config) is None
+    # A met floor carries no reason; nor does a record from before the teachers were measured.
+    records[0]["bakes"] = [{"name": "p0", "strength_vs_level_start": 0.8}]
+    assert "out_of_reach" not in phase_criteria(records, config)["value_strength_at_end_min"]
+    del records[0]["accuracy_prompted"]
+    assert prompts_cost_the_skill(records[0], config) is None
 
 
 @pytest.mark.parametrize("baked, met", [(0.45, True), (0.4499, False)])

@@ -15,6 +15,11 @@ against the trained model, the joint bake's held-out strength per epoch, the lev
 direct-answer accuracy (``taskworld_easy``, thinking suppressed: what the gate after Phase 5 compares), the latter also
 after training.
 
+The prompted teachers: the trained model's own accuracy with each value prompt in its context (the context the bake's
+teacher reads: the prompt's tokens, then the question's), on the level's held-out items and on the scoreboard's direct
+problems. A bake at strength 1 makes the unprompted model answer as its prompted teacher does; where a teacher answers
+worse than the trained model, full strength and the level's skill pull apart.
+
 The ceiling: one student (the model without a prompt) serves all six prompts on the same questions, so where the
 prompted teachers disagree it cannot match each. The best single next-token distribution for the summed KL of the
 six is their mixture (the mean of their probabilities); per prompt, ``1 - KL(teacher || mixture) / KL(teacher ||
@@ -36,20 +41,23 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.scoreboard import OFFLINE_TASKS, task_figures  # noqa: E402
+from benchmarks.tasks import read_taskworld, select_docs  # noqa: E402
 from forge.artifacts import atomic_write_json, load_model_dir, read_json  # noqa: E402
 from forge.baking import bake_together  # noqa: E402
 from forge.baking.compose import frozen_copy, prompt_target  # noqa: E402
 from forge.baking.hidden import final_hidden  # noqa: E402
-from forge.baking.trajectories import Trajectory, collate  # noqa: E402
+from forge.baking.trajectories import Trajectory, collate, encode_contexts  # noqa: E402
 from forge.config import load_pipeline_config  # noqa: E402
-from forge.curriculum.levels import (bake_inputs, build_levels, load_value_prompts, rehearsal_pairs,  # noqa: E402
-                                     retained_answers, train_stage, values_path)
+from forge.curriculum.levels import (bake_inputs, build_levels, level_correct, load_value_prompts,  # noqa: E402
+                                     rehearsal_pairs, retained_answers, train_stage, values_path)
+from forge.data.taskworld import is_correct  # noqa: E402
 from forge.data.heldout import REPLAY, TEXT_FILES, read_texts  # noqa: E402
 from forge.data.replay import Replay  # noqa: E402
 from forge.modelinfo import max_positions, pad_token_id  # noqa: E402
 from forge.phases.base import PhaseContext  # noqa: E402
 from forge.phases.curriculum import accuracy_figures, tool_demonstrations  # noqa: E402
 from forge.quant.convert import dequantize_model  # noqa: E402
+from forge.quietstar.generate import generate  # noqa: E402
 
 
 TEXT_INPUT_CHARS = 80  # characters of a replay document's opening used as a bake input (cut at a space)
@@ -95,6 +103,30 @@ def joint_ceiling(model, tokenizer, prompts: list[str], inputs: list[str], confi
     return ceilings
 
 
+@torch.no_grad()
+def prompted_teachers(model, tokenizer, prompts: dict[str, str], level, config) -> dict:
+    """Per prompt (and without one): the level's held-out accuracy with the prompt before each question
+    (``level_correct``'s ``context``), and the scoreboard's direct problems (its item draw) answered the same way,
+    read from the first line as the scoreboard reads them (thinking forbidden); with each set's first output."""
+    s = config.scoreboard.settings()
+    easy = select_docs(read_taskworld(easy=True), s.offline_task_items, s.seed)
+    max_new_tokens = config.curriculum.max_new_tokens
+    rows = {}
+    for name, prompt in {"(no prompt)": "", **prompts}.items():
+        if prompt and any(tokenizer(prompt + doc["prompt"], add_special_tokens=True)["input_ids"]
+                          != encode_contexts(tokenizer, prompt, doc["prompt"])[0] for doc in easy):
+            raise RuntimeError(f"{name}: prompt + question tokenizes otherwise than the bake's teacher context")
+        level_right = level_correct(model, tokenizer, level.heldout, max_new_tokens, context=prompt)
+        outputs = generate(model, tokenizer, [prompt + doc["prompt"] for doc in easy], max_new_tokens=max_new_tokens,
+                           allow_thinking=False)
+        direct_right = [is_correct(doc["answer"], output.visible_text.split("\n", 1)[0])
+                        for doc, output in zip(easy, outputs)]
+        rows[name] = {"level": sum(level_right) / len(level_right),
+                      "scoreboard_direct": sum(direct_right) / len(direct_right),
+                      "scoreboard_direct_example": outputs[0].visible_text}
+    return rows
+
+
 def scoreboard_direct(model, tokenizer, config) -> float:
     """The scoreboard's offline task accuracy of ``model`` (its settings from the run's config)."""
     return task_figures(model, tokenizer, OFFLINE_TASKS, None, config.scoreboard.settings())["task_accuracy"]["value"]
@@ -136,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                          "tree or config does not reproduce the run; use the run's commit")
     names = {prompt.text: prompt.name for prompt in load_value_prompts(values_path(phase))}
     prompts = list(names)
+    teachers = prompted_teachers(model, tokenizer, {names[p]: p for p in prompts}, level, cfg)
+    print("prompted teachers (level / scoreboard direct): " + ", ".join(
+        f"{name} {row['level']:.3f} / {row['scoreboard_direct']:.3f}"
+        for name, row in teachers.items()), flush=True)
     full = phase.baking.at_strength("full")
     ceiling = joint_ceiling(frozen_copy(model), tokenizer, prompts, bake_inputs(level, phase.bake_inputs), full)
     print("ceiling: " + ", ".join(f"{names[p]} {value:.3f}" for p, value in ceiling.items()), flush=True)
@@ -167,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(Path(args.json), {
         "run_dir": str(run_dir), "level": args.level, "accuracy_after_training": trained,
         "accuracy_after_training_interval": interval, "scoreboard_direct_after_training": trained_direct,
-        "ceiling": {names[p]: value for p, value in ceiling.items()}, "variants": rows,
+        "ceiling": {names[p]: value for p, value in ceiling.items()}, "prompted_teachers": teachers,
+        "variants": rows,
         "wall_s": time.perf_counter() - started})
     print(f"wrote {args.json}")
     return 0

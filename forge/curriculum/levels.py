@@ -501,19 +501,23 @@ def batch_loss_backward(model, rows: Sequence[tuple[list[int], int]], pad_id: in
 
 # ------------------------------------------------------------------------------------ accuracy
 
-def level_correct(model, tokenizer, items: Sequence[LevelItem], max_new_tokens: int) -> list[bool]:
+def level_correct(model, tokenizer, items: Sequence[LevelItem], max_new_tokens: int,
+                  context: str = "") -> list[bool]:
     """Whether each item's greedy answer (thoughts stripped) is right: task-world items by ``taskworld.is_correct``
     (exact match), the others by ``forge.quietstar.generate.answer_accuracy`` (the answer line compared as
-    numbers), whose ``Question: ...\n`` prompt :func:`prompt_text` matches."""
+    numbers), whose ``Question: ...\n`` prompt :func:`prompt_text` matches. ``context``: text the model reads
+    before each question (a value prompt, as a bake's teacher reads it)."""
     if not items:
         raise ValueError("level accuracy needs at least one item")
     if all(item.task is not None for item in items):
-        outputs = generate(model, tokenizer, [prompt_text(item) for item in items], max_new_tokens=max_new_tokens)
+        outputs = generate(model, tokenizer, [context + prompt_text(item) for item in items],
+                           max_new_tokens=max_new_tokens)
         return [taskworld.is_correct(item.answer, output.visible_text) for item, output in zip(items, outputs)]
     if any(item.task is not None for item in items):
         raise ValueError("a level's items are all task-world problems or none: build them with build_levels")
     problems = [(item.question, item.answer) for item in items]
-    return [row["correct"] for row in answer_accuracy(model, tokenizer, problems, max_new_tokens=max_new_tokens)["items"]]
+    return [row["correct"] for row in answer_accuracy(model, tokenizer, problems, max_new_tokens=max_new_tokens,
+                                                      context=context)["items"]]
 
 
 def level_accuracy(model, tokenizer, items: Sequence[LevelItem], max_new_tokens: int) -> float:

@@ -130,9 +130,12 @@ def change_interval(before: Sequence[int], after: Sequence[int], seed: int) -> l
 
 def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cfg: CurriculumPhaseConfig,
               extra_pairs: Sequence[tuple[str, str]] = (), replay: Replay | None = None,
-              perplexity: Callable[[torch.nn.Module], float] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+              perplexity: Callable[[torch.nn.Module], float] | None = None,
+              measure_teachers: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train, measure and bake one level; returns the baked model and the level's record. ``perplexity``
-    (held-out text) is recorded before, after training and after baking when given."""
+    (held-out text) is recorded before, after training and after baking when given; ``measure_teachers``: the
+    trained model's held-out accuracy with each prompt before the question too (``accuracy_prompted``; the phase
+    asks it of the last level alone, whose bakes the strength criterion judges: it generates once per prompt)."""
     heldout = level.heldout
     record: dict[str, Any] = {**dataclasses.asdict(level.spec), "train_items": len(level.train),
                               "heldout_items": len(heldout)}
@@ -151,6 +154,11 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
     record["heldout_answer_loss_after"] = answer_loss(model, tokenizer, heldout)
     if perplexity is not None:
         record["heldout_perplexity_after_training"] = perplexity(model)
+    if measure_teachers:  # what a full-strength bake moves the model towards: its answers with the prompt in context
+        record["accuracy_prompted"] = {
+            prompt.name: float(np.mean(level_correct(model, tokenizer, heldout, cfg.max_new_tokens,
+                                                     context=prompt.text)))
+            for prompt in prompts}
 
     started = time.perf_counter()
     retain = retained_answers(tokenizer, level, cfg, max_positions(model))
@@ -189,6 +197,15 @@ def family_figures(record: dict[str, Any]) -> str:
         return ""
     return ", ".join(f"{name} " + " -> ".join(f"{counts[f'right_{stage}']}/{counts['items']}" for stage in STAGES)
                      for name, counts in families.items())
+
+
+def teachers_figures(record: dict[str, Any]) -> str:
+    """The console's words for a level's ``accuracy_prompted`` (empty where it was not measured)."""
+    teachers = record.get("accuracy_prompted")
+    if not teachers:
+        return ""
+    return ("; trained accuracy with each prompt before the question (what full strength moves to) "
+            + ", ".join(f"{name} {value:.3f}" for name, value in teachers.items()))
 
 
 def unlearned_family_notes(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -232,12 +249,32 @@ def phase_criteria(records: Sequence[dict[str, Any]], cfg: CurriculumPhaseConfig
 
     gain, gain_interval = weakest("before", "after_training")
     bake_change, bake_interval = weakest("after_training", "after_baking")
+    strength = min(bake["strength_vs_level_start"] for bake in last["bakes"])
     return {
         "level_accuracy_gain_min": criterion(gain, ">", 0.0, interval=gain_interval),
         "bake_accuracy_change_min": criterion(bake_change, ">=", -cfg.bake_skill_tolerance, interval=bake_interval),
         "value_strength_at_end_min": criterion(
-            min(bake["strength_vs_level_start"] for bake in last["bakes"]), ">=", VALUE_STRENGTH_FLOOR),
+            strength, ">=", VALUE_STRENGTH_FLOOR,
+            out_of_reach=None if strength >= VALUE_STRENGTH_FLOOR else prompts_cost_the_skill(last, cfg)),
     }
+
+
+def prompts_cost_the_skill(record: dict[str, Any], cfg: CurriculumPhaseConfig) -> str | None:
+    """Why the value strength floor and the bakes' skill tolerance cannot both hold on this level, when they
+    cannot: some prompt's teacher (the trained model with the prompt in its context) answers the level's held-out
+    items more than ``bake_skill_tolerance`` below the trained model, and a bake at full strength makes the model
+    answer as its teachers do. None when every teacher answers within the tolerance (or was not measured)."""
+    teachers = record.get("accuracy_prompted")
+    if not teachers:
+        return None
+    trained = record["accuracy_after_training"]
+    name, worst = min(teachers.items(), key=lambda item: item[1])
+    if worst >= trained - cfg.bake_skill_tolerance:
+        return None
+    return (f"with the value prompts in its context the trained level-{record['level']} model answers its held-out "
+            f"items at {worst:.3f}-{max(teachers.values()):.3f} against {trained:.3f} without ({name} {worst:.3f}, "
+            f"more than the {cfg.bake_skill_tolerance:g} the bakes may cost): the prompts' full strength is their "
+            "teachers' answers, which bake_accuracy_change_min keeps the model from")
 
 
 def level_metrics(record: dict[str, Any]) -> dict[str, Any]:
@@ -317,7 +354,7 @@ def run(ctx: PhaseContext) -> PhaseResult:
     try:
         for level in levels[resumed_after:]:
             model, record = run_level(model, tokenizer, level, prompts, cfg, tool_pairs + rehearsal, replay,
-                                      heldout_perplexity)
+                                      heldout_perplexity, measure_teachers=level is levels[-1])
             state["records"].append(record)
             tracker.log(level_metrics(record), step=level.spec.level)
             save_model_dir(model, tokenizer, level_dir(ctx, level.spec.level), phase=PHASE,
@@ -330,8 +367,8 @@ def run(ctx: PhaseContext) -> PhaseResult:
                   f"{figure(record, 'accuracy_after_baking')} (baked){by_family}; held-out perplexity "
                   f"{record['heldout_perplexity_before']:.1f} -> {record['heldout_perplexity_after_training']:.1f} -> "
                   f"{record['heldout_perplexity_after_baking']:.1f}; "
-                  "strengths " + ", ".join(f"{b['name']} {b['strength_vs_level_start']:.3f}" for b in record["bakes"]),
-                  flush=True)
+                  "strengths " + ", ".join(f"{b['name']} {b['strength_vs_level_start']:.3f}" for b in record["bakes"])
+                  + teachers_figures(record), flush=True)
             progress.update()
     finally:
         progress.close()
@@ -375,5 +412,6 @@ def run(ctx: PhaseContext) -> PhaseResult:
     summary["resumed_after_level"] = resumed_after
     summary["accuracy"] = {r["level"]: {key: r[key] for key in (
         "accuracy_before", "accuracy_before_interval", "accuracy_after_training", "accuracy_after_training_interval",
-        "accuracy_after_baking", "passed", "bakes_kept_skill", "heldout_by_family") if key in r} for r in records}
+        "accuracy_after_baking", "accuracy_prompted", "passed", "bakes_kept_skill", "heldout_by_family") if key in r}
+        for r in records}
     return PhaseResult(outputs={"model": out_dir}, summary=summary)

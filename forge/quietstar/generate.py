@@ -198,14 +198,14 @@ def _answer_line_done(visible_text: str) -> bool:
 
 
 def answer_accuracy(model, tokenizer, problems: list[tuple[str, str]], *, max_new_tokens: int,
-                    allow_thinking: bool = True) -> dict:
+                    allow_thinking: bool = True, context: str = "") -> dict:
     """Greedy answers to ``(question, gold answer)`` problems, prompted as ``"Question: ...\\n"`` (the baking
-    format), read from the visible text (thoughts stripped) and compared with ``answers_match`` (numbers as
+    format) after ``context`` (e.g. a prompt being baked), read from the visible text (thoughts stripped) and compared with ``answers_match`` (numbers as
     numbers). Returns ``{"accuracy", "n", "thinking_usage", "items": [{question, gold, answer, correct,
     used_thinking, generated_tokens}]}``."""
     if not problems:
         raise ValueError("answer_accuracy needs at least one (question, answer) problem")
-    prompts = [f"Question: {question}\n" for question, _ in problems]
+    prompts = [f"{context}Question: {question}\n" for question, _ in problems]
     outputs = _generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, hide_thoughts=True,
                         allow_thinking=allow_thinking, temperature=0.0, seed=0, finished=_answer_line_done)
     items = []
