@@ -12,21 +12,25 @@ import torch.nn as nn
 
 from forge.quant.run import QuantizeJobConfig, next_token_guard
 from forge.quant.staged import Guard
+from forge.quietstar.tokens import suppressed_thinking_ids
 
 
 def task_guard(tokenizer, tasks: Sequence[str], *, limit: int, seed: int,
                data_dir: str | os.PathLike | None) -> Guard:
     """The mean score of ``tasks`` on a fixed sample of ``limit`` of their held-out items each (the items no
-    phase trains on), drawn with ``seed``: the same items before and after every staged step."""
+    phase trains on), drawn with ``seed``: the same items before and after every staged step. Answered with the
+    thinking tokens suppressed, as the scoreboard reads direct answers: allowed, a thought opened on a direct
+    problem scores as a wrong answer line, and the guard would reward healing that forgets Phase 3's thinking."""
     from benchmarks.harness import evaluate as run_tasks
 
     tasks = tuple(tasks)
     if not tasks:
         raise ValueError("task_guard needs at least one benchmark task")
+    suppressed = suppressed_thinking_ids(tokenizer)
 
     def evaluate(model: nn.Module) -> float:
         results = run_tasks(model, tokenizer, tasks, limit=limit, seed=seed, heldout_only=True,
-                            data_dir=data_dir)
+                            data_dir=data_dir, suppress_token_ids=suppressed)
         return sum(result.score for result in results.values()) / len(results)
     return Guard(evaluate, f"mean score of {', '.join(tasks)} ({limit} held-out items each)")
 

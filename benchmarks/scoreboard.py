@@ -35,6 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from forge.quietstar.tokens import has_thinking_tokens, suppressed_thinking_ids
+
 DATA_TASKS = ("arc_easy", "arc_challenge", "piqa", "hellaswag", "gsm8k", "mmlu")
 # Without a data folder: the task world's easy held-out problems (exact match; the tiny trunk trains on their train
 # side). synthetic_reasoning (multiple choice, chance 0.25) gave every model of the default run 0.29-0.33.
@@ -171,11 +173,7 @@ def task_figures(model, tokenizer, tasks: Sequence[str], data_dir, s: Scoreboard
     from benchmarks.tasks import get_task
 
     limit = s.task_items if data_dir else s.offline_task_items
-    suppressed = ()
-    if s.suppress_thinking and has_thinking_tokens(tokenizer):
-        from forge.quietstar.tokens import thinking_token_ids
-
-        suppressed = sorted(thinking_token_ids(tokenizer).values())
+    suppressed = suppressed_thinking_ids(tokenizer) if s.suppress_thinking else ()
     results = evaluate(model, tokenizer, list(tasks), limit=limit, seed=s.seed, heldout_only=True,
                        data_dir=data_dir, max_new_tokens=s.max_new_tokens, log_samples=True,
                        suppress_token_ids=suppressed)
@@ -211,13 +209,6 @@ def _tool_figure(model, tokenizer, data_dir, s: ScoreboardSettings) -> dict[str,
                                   confidence=s.confidence)
     return _figure(correct.mean(), interval, len(correct), sources=sources,
                    tool_usage_rate=result.metrics["tool_usage_rate"], items={"tool": correct.tolist()})
-
-
-def has_thinking_tokens(tokenizer) -> bool:
-    from forge.quietstar.tokens import THINKING_TOKENS
-
-    vocab = tokenizer.get_vocab()
-    return all(token in vocab for token in THINKING_TOKENS)
 
 
 def thinking_problems(s: ScoreboardSettings) -> list[tuple[str, str]]:

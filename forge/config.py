@@ -427,7 +427,7 @@ class PipelineConfig:
     """Phase 3: thinking tokens, the reasoning format baked, RL on thoughts."""
     bitnet: QuantizeJobConfig = field(default_factory=lambda: QuantizeJobConfig(
         seq_len=32, eval_sequences=64, finetune_sequences=1600, guard_tasks_offline=("taskworld_easy",),
-        guard_task_floor=0.2, heal_steps=150))
+        guard_task_floor=0.2, heal_steps=400))
     """Phase 4: BitNet 1.58 ternary compression under the accuracy guard. Without a data folder Phase 1's replay
     documents calibrate and heal, its held-out documents and the task world's easy held-out problems guard."""
     curriculum: CurriculumPhaseConfig = field(default_factory=CurriculumPhaseConfig)

@@ -432,7 +432,7 @@ def test_strict_stops_at_the_first_missed_criterion_with_exit_code_3(tmp_path, s
 def test_every_phase_has_a_scoreboard_row_from_its_own_output_and_a_report(tiny_run, tmp_path):
     from transformers import AutoTokenizer
 
-    from benchmarks.scoreboard import has_thinking_tokens
+    from forge.quietstar.tokens import has_thinking_tokens
     from forge.artifacts import read_manifest
     from forge.report import PLOTS, main as report_main
 

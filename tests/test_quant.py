@@ -480,6 +480,43 @@ def test_the_tasks_guard_with_the_text_only_from_the_floor_up(shared_data):
     assert f"under guard_task_floor {score + 0.01}" in text_only.description
 
 
+def test_the_tasks_guard_reads_direct_answers_with_the_thinking_tokens_suppressed():
+    # A model that opens a thought first whenever it may, and otherwise writes the first problem's right answer: the
+    # guard must score the answer (as the scoreboard does), not the thought (a wrong answer line).
+    from benchmarks.guard import task_guard
+    from benchmarks.harness import evaluate
+    from benchmarks.tasks import get_task, load_docs, select_docs
+    from forge.data.tokenizer import train_bpe_tokenizer
+    from forge.quietstar.tokens import THINK_START, add_thinking_tokens, suppressed_thinking_ids
+
+    task = get_task("taskworld_easy")
+    doc = select_docs(load_docs(task, None, heldout_only=True), 1, 1234)[0]
+    tokenizer = train_bpe_tokenizer([doc["prompt"] + doc["target"]] * 4, vocab_size=300)
+    prompt_ids = tokenizer(doc["prompt"], add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer(doc["target"], add_special_tokens=False)["input_ids"]
+
+    class ThinksFirst(LlamaForCausalLM):
+        def forward(self, input_ids=None, cache=None, **kwargs):
+            out = super().forward(input_ids=input_ids, cache=cache, **kwargs)
+            written = (cache.get_seq_length() if cache is not None else 0) + input_ids.shape[1] - len(prompt_ids)
+            logits = out.logits.clone()
+            logits[:, -1, self.think_id] += 100.0
+            if 0 <= written < len(answer_ids):
+                logits[:, -1, answer_ids[written]] += 50.0
+            out.logits = logits
+            return out
+
+    torch.manual_seed(0)
+    model = ThinksFirst(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                    num_key_value_heads=2, vocab_size=len(tokenizer))).eval()
+    model.think_id = add_thinking_tokens(model, tokenizer)[THINK_START]
+    thinking = evaluate(model, tokenizer, ["taskworld_easy"], limit=1, seed=1234, heldout_only=True)
+    direct = evaluate(model, tokenizer, ["taskworld_easy"], limit=1, seed=1234, heldout_only=True,
+                      suppress_token_ids=suppressed_thinking_ids(tokenizer))
+    assert (thinking["taskworld_easy"].score, direct["taskworld_easy"].score) == (0.0, 1.0)
+    assert task_guard(tokenizer, ["taskworld_easy"], limit=1, seed=1234, data_dir=None).evaluate(model) == 1.0
+
+
 def test_staged_quantization_needs_a_positive_baseline():
     model = tiny_llama()
     with pytest.raises(ValueError, match="positive"):

@@ -17,10 +17,9 @@ sys.path.insert(0, str(ROOT))
 
 import forge  # noqa: E402,F401  (registers the Cognate architecture)
 from benchmarks.harness import evaluate, item_scores  # noqa: E402
-from benchmarks.scoreboard import has_thinking_tokens  # noqa: E402
 from forge.artifacts import atomic_write_json, load_model_dir  # noqa: E402
 from forge.config import load_pipeline_config  # noqa: E402
-from forge.quietstar.tokens import thinking_token_ids  # noqa: E402
+from forge.quietstar.tokens import suppressed_thinking_ids  # noqa: E402
 
 TASK = "taskworld_easy"
 CALL = "<calc>"
@@ -35,10 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for path in args.models:
         model, tokenizer = load_model_dir(path, device="cpu")
-        suppressed = sorted(thinking_token_ids(tokenizer).values()) if has_thinking_tokens(tokenizer) else ()
         result = evaluate(model, tokenizer, [TASK], limit=board.offline_task_items, seed=board.seed,
                           heldout_only=True, max_new_tokens=board.max_new_tokens, log_samples=True,
-                          suppress_token_ids=suppressed)[TASK]
+                          suppress_token_ids=suppressed_thinking_ids(tokenizer))[TASK]
         counts = collections.Counter()
         examples = {}
         for sample, score in zip(result.samples, item_scores(TASK, result)):

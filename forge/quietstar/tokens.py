@@ -46,6 +46,18 @@ def strategies_in(text: str) -> list[str]:
     return [token for token in STRATEGY_TOKENS if token in text]
 
 
+def has_thinking_tokens(tokenizer) -> bool:
+    """Whether ``tokenizer`` holds every Quiet-STaR token (a model from Phase 3 on)."""
+    vocab = tokenizer.get_vocab()
+    return all(token in vocab for token in THINKING_TOKENS)
+
+
+def suppressed_thinking_ids(tokenizer) -> tuple[int, ...]:
+    """The thinking tokens' ids, sorted: what generation that must not think (a direct answer) suppresses; () for a
+    tokenizer without them."""
+    return tuple(sorted(thinking_token_ids(tokenizer).values())) if has_thinking_tokens(tokenizer) else ()
+
+
 def thinking_token_ids(tokenizer) -> dict[str, int]:
     """Id of every thinking token in ``tokenizer``; raises ValueError if any is missing."""
     vocab = tokenizer.get_vocab()
