@@ -48,7 +48,7 @@ from forge.baking.compose import frozen_copy, prompt_target  # noqa: E402
 from forge.baking.hidden import final_hidden  # noqa: E402
 from forge.baking.trajectories import Trajectory, collate, encode_contexts  # noqa: E402
 from forge.config import load_pipeline_config  # noqa: E402
-from forge.curriculum.levels import (bake_inputs, build_levels, level_correct, load_value_prompts,  # noqa: E402
+from forge.curriculum.levels import (bake_inputs, build_levels, level_accuracy, load_value_prompts,  # noqa: E402
                                      rehearsal_pairs, retained_answers, train_stage, values_path)
 from forge.data.taskworld import is_correct  # noqa: E402
 from forge.data.heldout import REPLAY, TEXT_FILES, read_texts  # noqa: E402
@@ -106,7 +106,7 @@ def joint_ceiling(model, tokenizer, prompts: list[str], inputs: list[str], confi
 @torch.no_grad()
 def prompted_teachers(model, tokenizer, prompts: dict[str, str], level, config) -> dict:
     """Per prompt (and without one): the level's held-out accuracy with the prompt before each question
-    (``level_correct``'s ``context``), and the scoreboard's direct problems (its item draw) answered the same way,
+    (``level_accuracy``'s ``context``), and the scoreboard's direct problems (its item draw) answered the same way,
     read from the first line as the scoreboard reads them (thinking forbidden); with each set's first output."""
     s = config.scoreboard.settings()
     easy = select_docs(read_taskworld(easy=True), s.offline_task_items, s.seed)
@@ -116,12 +116,11 @@ def prompted_teachers(model, tokenizer, prompts: dict[str, str], level, config) 
         if prompt and any(tokenizer(prompt + doc["prompt"], add_special_tokens=True)["input_ids"]
                           != encode_contexts(tokenizer, prompt, doc["prompt"])[0] for doc in easy):
             raise RuntimeError(f"{name}: prompt + question tokenizes otherwise than the bake's teacher context")
-        level_right = level_correct(model, tokenizer, level.heldout, max_new_tokens, context=prompt)
         outputs = generate(model, tokenizer, [prompt + doc["prompt"] for doc in easy], max_new_tokens=max_new_tokens,
                            allow_thinking=False)
         direct_right = [is_correct(doc["answer"], output.visible_text.split("\n", 1)[0])
                         for doc, output in zip(easy, outputs)]
-        rows[name] = {"level": sum(level_right) / len(level_right),
+        rows[name] = {"level": level_accuracy(model, tokenizer, level.heldout, max_new_tokens, context=prompt),
                       "scoreboard_direct": sum(direct_right) / len(direct_right),
                       "scoreboard_direct_example": outputs[0].visible_text}
     return rows

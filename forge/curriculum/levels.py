@@ -520,9 +520,9 @@ def level_correct(model, tokenizer, items: Sequence[LevelItem], max_new_tokens: 
                                                       context=context)["items"]]
 
 
-def level_accuracy(model, tokenizer, items: Sequence[LevelItem], max_new_tokens: int) -> float:
-    """Share of :func:`level_correct` items."""
-    correct = level_correct(model, tokenizer, items, max_new_tokens)
+def level_accuracy(model, tokenizer, items: Sequence[LevelItem], max_new_tokens: int, context: str = "") -> float:
+    """Share of :func:`level_correct` items (``context`` read before each question)."""
+    correct = level_correct(model, tokenizer, items, max_new_tokens, context)
     return sum(correct) / len(correct)
 
 

@@ -37,8 +37,8 @@ from forge.console import Progress
 from forge.baking import bake_together
 from forge.configtools import config_hash
 from forge.curriculum.levels import (CurriculumPhaseConfig, Level, ValuePrompt, answer_loss, bake_inputs, build_levels,
-                          count_tokens, level_correct, level_passed, load_value_prompts, rehearsal_pairs,
-                          retained_answers, right_by_family, train_stage, values_path)
+                          count_tokens, level_accuracy, level_correct, level_passed, load_value_prompts,
+                          rehearsal_pairs, retained_answers, right_by_family, train_stage, values_path)
 from forge.criteria import criterion, missed
 from forge.data.heldout import HELDOUT, REPLAY
 from forge.data.replay import Replay
@@ -156,8 +156,7 @@ def run_level(model, tokenizer, level: Level, prompts: Sequence[ValuePrompt], cf
         record["heldout_perplexity_after_training"] = perplexity(model)
     if measure_teachers:  # what a full-strength bake moves the model towards: its answers with the prompt in context
         record["accuracy_prompted"] = {
-            prompt.name: float(np.mean(level_correct(model, tokenizer, heldout, cfg.max_new_tokens,
-                                                     context=prompt.text)))
+            prompt.name: level_accuracy(model, tokenizer, heldout, cfg.max_new_tokens, context=prompt.text)
             for prompt in prompts}
 
     started = time.perf_counter()

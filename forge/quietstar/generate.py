@@ -200,9 +200,9 @@ def _answer_line_done(visible_text: str) -> bool:
 def answer_accuracy(model, tokenizer, problems: list[tuple[str, str]], *, max_new_tokens: int,
                     allow_thinking: bool = True, context: str = "") -> dict:
     """Greedy answers to ``(question, gold answer)`` problems, prompted as ``"Question: ...\\n"`` (the baking
-    format) after ``context`` (e.g. a prompt being baked), read from the visible text (thoughts stripped) and compared with ``answers_match`` (numbers as
-    numbers). Returns ``{"accuracy", "n", "thinking_usage", "items": [{question, gold, answer, correct,
-    used_thinking, generated_tokens}]}``."""
+    format) after ``context`` (e.g. a prompt being baked), read from the visible text (thoughts stripped) and
+    compared with ``answers_match`` (numbers as numbers). Returns ``{"accuracy", "n", "thinking_usage", "items":
+    [{question, gold, answer, correct, used_thinking, generated_tokens}]}``."""
     if not problems:
         raise ValueError("answer_accuracy needs at least one (question, answer) problem")
     prompts = [f"{context}Question: {question}\n" for question, _ in problems]
