@@ -151,6 +151,9 @@ def test_bitnet_quantizes_the_champion_and_reports_the_spec_criteria(tiny_run):
     assert bitnet["inputs"] == {"model": quietstar["outputs"]["model"]["digest"]}
     summary = bitnet["summary"]
     assert summary["input"] == "model" and summary["text_source"].startswith("WikiText-2")
+    # Phase 3 declares its reasoning dataset (hashed in its manifest); Phase 4 heals on its traces with the text.
+    assert quietstar["texts"]["reasoning"]["path"] == "reasoning.jsonl"
+    assert summary["text_source"].endswith("; Phase 3's 120 reasoning traces shuffled into the train side")
     # The spec's criteria compare the figures this phase measured (boundaries: tests/test_criteria.py).
     assert summary["criteria"] == bitnet_criteria(summary["compression_ratio"],
                                                   6.0 if summary["size_category"] == "tiny" else 8.0,
@@ -196,6 +199,32 @@ def test_bitnet_without_data_folder_takes_the_best_model_and_phase1_heldout_text
     # Without a data folder the task world's easy problems guard with the text, if the model answers enough.
     assert "taskworld_easy" in summary["guard_metric"]
     assert read_json(result.outputs["model"] / "manifest.json")["input"] == summary["input"]
+
+
+def test_bitnet_heals_on_phase3s_traces_shuffled_into_the_text_unless_told_not_to(tiny_run, tmp_path):
+    from forge.phases.base import PhaseContext
+    from forge.phases.bitnet import quantization_texts
+    from forge.pipeline import declared_texts
+    from forge.quietstar.data import read_dataset
+
+    out, run_dir = tiny_run
+    traces = [example.text() for example in read_dataset(run_dir / "quietstar" / "reasoning.jsonl")[0]]
+
+    def train_side(*extra, texts=declared_texts(run_dir, "bitnet")):
+        config = load_pipeline_config("tiny", overrides=[*SMALL, *extra], out_dir=str(out))  # no data folder
+        ctx = PhaseContext(config=config, run_dir=run_dir, phase_dir=tmp_path, inputs={}, texts=texts)
+        return quantization_texts(ctx, config.bitnet)
+
+    text_only, heldout, description = train_side("bitnet.reasoning_traces=false")
+    assert description.startswith("no data folder") and "traces" not in description
+    mixed, heldout_mixed, description = train_side()
+    assert heldout_mixed == heldout  # the guard's held-out side never changes
+    assert sorted(mixed) == sorted(text_only + traces) and mixed != text_only + traces  # all of both, shuffled
+    assert mixed == train_side()[0] and mixed != train_side("seed=1")[0]  # by the run's seed
+    assert description.endswith(f"Phase 3's {len(traces)} reasoning traces shuffled into the train side")
+    # A run whose Phase 3 did not run (or did not declare its dataset) heals on the text alone.
+    no_phase3 = {name: path for name, path in declared_texts(run_dir, "bitnet").items() if name != "reasoning"}
+    assert train_side(texts=no_phase3)[0] == text_only
 
 
 def test_quietstar_adds_thinking_tokens_and_reports_every_stage(tiny_run):

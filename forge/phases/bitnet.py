@@ -4,14 +4,16 @@ Input: the previous phase's ``champion`` (EvoMerge); when it wrote several model
 ``--phases cognate,bitnet``), the one with the lowest perplexity on the guard's held-out text. Text: with a
 data folder, WikiText-2's one partition (train side: calibration and straight-through fine-tuning; held-out
 side: the guard); without one, Phase 1's replay documents (its train side, task-world problems and text) and
-its held-out documents, which no model trained on. The work is ``forge.quant.run.quantize_model_dir``, run on
-the driver: one model at a time, and its int8 kernels are CPU kernels. The phase passes the guard in
-(``benchmarks.guard.job_guard``). The summary records every spec criterion as met or missed.
+its held-out documents, which no model trained on. When Phase 3 ran, its reasoning traces join the train side.
+The work is ``forge.quant.run.quantize_model_dir``, run on the driver: one model at a time, and its int8 kernels
+are CPU kernels. The phase passes the guard in (``benchmarks.guard.job_guard``). The summary records every spec
+criterion as met or missed.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +22,7 @@ from forge.artifacts import load_model_dir
 from forge.criteria import missed
 from forge.phases.base import PhaseContext, PhaseResult, single_input
 from forge.data.heldout import HELDOUT, REPLAY
+from forge.quietstar.data import REASONING, read_dataset
 from forge.quant.run import (QuantizeJobConfig, next_token_scores, quantize_model_dir, text_token_ids,
                              wikitext_texts)
 
@@ -27,13 +30,21 @@ log = logging.getLogger(__name__)
 
 
 def quantization_texts(ctx: PhaseContext, job: QuantizeJobConfig) -> tuple[list[str], list[str], str]:
-    """(train side, held-out side, description) of the text this phase calibrates and guards with."""
+    """(train side, held-out side, description) of the text this phase calibrates, heals and guards with; with
+    ``job.reasoning_traces``, Phase 3's traces shuffled into the train side."""
     if job.data_dir is not None:
-        return (*wikitext_texts(job.data_dir),
-                f"WikiText-2 from {job.data_dir}: train side calibrates and fine-tunes, held-out side guards")
-    return (ctx.read_texts(REPLAY, max_chars=10**12), ctx.read_texts(HELDOUT, max_chars=10**12),
-            "no data folder: Phase 1's replay documents (train side) calibrate, heal and fine-tune, its held-out "
-            "documents guard")
+        train, heldout = wikitext_texts(job.data_dir)
+        description = f"WikiText-2 from {job.data_dir}: train side calibrates and fine-tunes, held-out side guards"
+    else:
+        train, heldout = ctx.read_texts(REPLAY, max_chars=10**12), ctx.read_texts(HELDOUT, max_chars=10**12)
+        description = ("no data folder: Phase 1's replay documents (train side) calibrate, heal and fine-tune, its "
+                       "held-out documents guard")
+    if job.reasoning_traces and REASONING in ctx.texts:
+        examples, _ = read_dataset(ctx.texts[REASONING])
+        train = list(train) + [example.text() for example in examples]
+        random.Random(ctx.config.seed).shuffle(train)
+        description += f"; Phase 3's {len(examples)} reasoning traces shuffled into the train side"
+    return list(train), list(heldout), description
 
 
 def choose_input(inputs: dict[str, Path], heldout: Sequence[str], job: QuantizeJobConfig) -> tuple[str, dict]:

@@ -35,7 +35,7 @@ from forge.data import taskworld
 from forge.data.heldout import HELDOUT, REPLAY
 from forge.devices import limit_gpu_memory
 from forge.phases.base import PhaseContext, PhaseResult, single_input
-from forge.quietstar.data import dataset_metadata, read_dataset, validate_examples, write_dataset
+from forge.quietstar.data import REASONING, dataset_metadata, read_dataset, validate_examples, write_dataset
 from forge.quietstar.format_training import bake_reasoning_format, select_examples
 from forge.quietstar.generate import answer_accuracy, generation_speed
 from forge.quietstar.offline import OfflineConfig, OfflineReasoningGenerator
@@ -296,4 +296,4 @@ def run(ctx: PhaseContext) -> PhaseResult:
                "criteria": criteria, "criteria_missed": missed(criteria), "notes": notes,
                "wall_time_s": time.perf_counter() - started}
     atomic_write_json(ctx.phase_dir / "quietstar_report.json", json.loads(json.dumps(summary, default=str)))
-    return PhaseResult(outputs={"model": out_dir}, summary=summary)
+    return PhaseResult(outputs={"model": out_dir}, summary=summary, texts={REASONING: dataset_path})

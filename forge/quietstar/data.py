@@ -19,6 +19,9 @@ from forge.artifacts import atomic_write_bytes, atomic_write_json, read_json
 from forge.quietstar.tokens import STRATEGY_TOKENS, THINK_END, THINK_START, THINKING_TOKENS, strategies_in
 
 DATASET_KIND = "agent-forge/quietstar-reasoning"
+REASONING = "reasoning"
+"""Phase 3's declared text output: its reasoning dataset file, whose traces Phase 4 heals on with the text (so that
+healing does not erase the thinking Phase 3 baked)."""
 
 
 @dataclass(frozen=True)
