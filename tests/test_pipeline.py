@@ -38,7 +38,7 @@ SMALL = [
     "evomerge.max_generations=1", "evomerge.heldout_max_chars=1500", "evomerge.perplexity_window=64",
     "evomerge.speed_batch=2", "evomerge.speed_seq_len=16", "evomerge.speed_repeats=1", "evomerge.accuracy_limit=4",
     "bitnet.seq_len=16", "bitnet.eval_sequences=32", "bitnet.finetune_sequences=16", "bitnet.latency_repeats=1",
-    "bitnet.heal_steps=2", "bitnet.guard_limit=4",
+    "bitnet.heal_steps=2", "bitnet.guard_limit=4", "bitnet.reasoning_traces=true",
     "quietstar.num_examples=120", "quietstar.min_examples=100", "quietstar.eval_problems=3",
     "quietstar.eval_max_new_tokens=12", "quietstar.format_bake.epochs=1", "quietstar.format_bake.mitigation_epochs=1",
     "quietstar.format_bake.seq_len=80", "quietstar.rl.episodes=2", "quietstar.rl.check_every=2",

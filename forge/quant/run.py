@@ -72,12 +72,13 @@ class QuantizeJobConfig:
     heal_objective: Literal["lm", "distill"] = "lm"
     """What healing and fine-tuning minimise: ``lm``, the next-token cross-entropy of the train-side text;
     ``distill``, the KL from the float model's own predictions on that text. Healed with ``lm`` on text alone the
-    tiny preset's model stops opening thinking blocks (``reasoning_traces`` keeps them); with ``distill`` it keeps
-    them, at a lower compression (docs/BENCHMARKS.md)."""
-    reasoning_traces: bool = True
+    tiny preset's model opens fewer thinking blocks or none (``reasoning_traces`` keeps them); with ``distill`` it
+    keeps them, at a lower compression (docs/BENCHMARKS.md)."""
+    reasoning_traces: bool = False
     """The pipeline phase mixes the run's reasoning traces (Phase 3's declared dataset, when the run has one) into
-    the train-side text, shuffled with the run's seed: healed on text alone with ``lm``, the tiny preset's model
-    stops opening thinking blocks (docs/BENCHMARKS.md, Phase 4 healed on Phase 3's traces)."""
+    the train-side text, shuffled with the run's seed, so that ``lm`` healing keeps the thinking Phase 3 baked. Off
+    by default: on one of the two tiny lineages measured the guard then refused int4 storage, and Phase 5 ends the
+    thinking either way (docs/BENCHMARKS.md, Phase 4 healed on Phase 3's traces)."""
     latency_batch: int = 1
     """Sequences per forward pass when timing float against ternary."""
     latency_repeats: int = 5
