@@ -361,8 +361,12 @@ def test_phase1_texts_are_declared_hashed_outputs_that_later_phases_receive(tiny
     assert digests == {name: sha256_file(run_dir / "cognate" / entry["path"]) for name, entry in cognate["texts"].items()}
     assert declared_texts(run_dir, "cognate") == {}
     assert declared_texts(run_dir, "evomerge") == {n: run_dir / "cognate" / e["path"] for n, e in cognate["texts"].items()}
+    given = dict(digests)
     for phase in PHASES[1:]:  # each later phase records the texts it was given, so a change to them redoes it
-        assert read_json(run_dir / phase / "manifest.json")["input_texts"] == digests
+        manifest = read_json(run_dir / phase / "manifest.json")
+        assert manifest["input_texts"] == given
+        given |= {name: entry["digest"] for name, entry in manifest.get("texts", {}).items()}  # Phase 3's reasoning
+    assert set(given) == {"heldout", "replay", "reasoning"}
 
     copy = tmp_path / "run" / "cognate"  # a copy of the finished phase, its replay texts then altered
     copy.mkdir(parents=True)
