@@ -20,8 +20,8 @@ from forge.quietstar.tokens import STRATEGY_TOKENS, THINK_END, THINK_START, THIN
 
 DATASET_KIND = "agent-forge/quietstar-reasoning"
 REASONING = "reasoning"
-"""Phase 3's declared text output: its reasoning dataset file, whose traces Phase 4 heals on with the text (so that
-healing does not erase the thinking Phase 3 baked)."""
+"""Phase 3's declared text output: its reasoning dataset file, whose traces Phase 4 heals on with the text when
+``bitnet.reasoning_traces`` is set (so that healing does not erase the thinking Phase 3 baked)."""
 
 
 @dataclass(frozen=True)
