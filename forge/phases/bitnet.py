@@ -4,10 +4,10 @@ Input: the previous phase's ``champion`` (EvoMerge); when it wrote several model
 ``--phases cognate,bitnet``), the one with the lowest perplexity on the guard's held-out text. Text: with a
 data folder, WikiText-2's one partition (train side: calibration and straight-through fine-tuning; held-out
 side: the guard); without one, Phase 1's replay documents (its train side, task-world problems and text) and
-its held-out documents, which no model trained on. With ``bitnet.reasoning_traces``, Phase 3's traces join the train side.
-The work is ``forge.quant.run.quantize_model_dir``, run on the driver: one model at a time, and its int8 kernels
-are CPU kernels. The phase passes the guard in (``benchmarks.guard.job_guard``). The summary records every spec
-criterion as met or missed.
+its held-out documents, which no model trained on. With ``bitnet.reasoning_traces``, Phase 3's traces join the
+train side. The work is ``forge.quant.run.quantize_model_dir``, run on the driver: one model at a time, and its
+int8 kernels are CPU kernels. The phase passes the guard in (``benchmarks.guard.job_guard``). The summary records
+every spec criterion as met or missed.
 """
 from __future__ import annotations
 
